@@ -1,0 +1,29 @@
+# gruflow — every target builds .venv from uv.lock first; nothing is installed by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+STAMP := $(VENV)/.synced
+
+.PHONY: env run test test-all lint bench clean-outputs
+
+env: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+run: $(STAMP)  ## run the whole pipeline on the configured source (default: built-in corpus)
+	$(VENV)/bin/gruflow run
+
+test: $(STAMP)  ## the CI suite (unit + end-to-end)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)  ## unit tests only
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check components flows tests

@@ -1,0 +1,88 @@
+"""GRU + causal attention language model, in Keras 3 (`keras.layers`/`keras.ops` only).
+
+Usage: `model = build_model(cfg.model, vocab_size, embeddings, unigram_log_probs)`.
+
+    ids (B, T) -> Embedding (B, T, E) -> GRU x L (B, T, H)
+      -> CausalAttention: α_ti = softmax_i(h_i · h_t / √H) over i <= t, c_t = Σ_i α_ti h_i
+      -> tanh(W [h_t; c_t]) (B, T, H) -> Dense over the vocabulary (B, T, V) logits
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from components.params import Model
+
+
+@keras.saving.register_keras_serializable(package="gruflow")
+class CausalAttention(layers.Layer):
+    """Scaled dot-product attention of each GRU state over itself and the past.
+
+    Returns the context vectors (B, T, H) and, with `return_attention=True`, the weights
+    (B, T, T) where row t holds α_t· and every entry above the diagonal is zero.
+    """
+
+    def __init__(self, return_attention: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.return_attention = return_attention
+
+    def call(self, states):
+        H = ops.shape(states)[-1]
+        T = ops.shape(states)[1]
+        scores = ops.einsum("bth,bih->bti", states, states)  # (B, T, T): v_i · h_t
+        scores = scores / ops.sqrt(ops.cast(H, scores.dtype))
+        causal = ops.tril(ops.ones((T, T), dtype="bool"))  # (T, T): i <= t
+        scores = ops.where(causal[None, :, :], scores, ops.full_like(scores, -1e9))
+        alpha = ops.softmax(scores, axis=-1)  # (B, T, T), rows sum to 1
+        context = ops.einsum("bti,bih->bth", alpha, states)  # (B, T, H)
+        if self.return_attention:
+            return context, alpha
+        return context
+
+    def compute_output_shape(self, input_shape):
+        B, T, H = input_shape
+        if self.return_attention:
+            return (B, T, H), (B, T, T)
+        return (B, T, H)
+
+    def get_config(self):
+        return {**super().get_config(), "return_attention": self.return_attention}
+
+
+def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = None,
+                unigram_log_probs: np.ndarray | None = None) -> keras.Model:
+    """The LM as a functional model; `embeddings` initialise the Embedding layer (word2vec)."""
+    if embeddings is not None and embeddings.shape != (vocab_size, cfg.embedding_dim):
+        raise ValueError(
+            f"embedding matrix shape {embeddings.shape} != (vocab {vocab_size}, "
+            f"model.embedding_dim {cfg.embedding_dim})"
+        )
+    emb_init = (keras.initializers.Constant(embeddings) if embeddings is not None
+                else "uniform")
+    # Log unigram frequencies as the output bias start the model off the unigram plateau.
+    bias_init = (keras.initializers.Constant(unigram_log_probs)
+                 if unigram_log_probs is not None else "zeros")
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
+    x = layers.Embedding(vocab_size, cfg.embedding_dim, embeddings_initializer=emb_init,
+                         trainable=cfg.embedding_trainable, name="embedding")(ids)  # (B, T, E)
+    x = layers.Dropout(cfg.dropout)(x)
+    for i in range(cfg.gru_layers):
+        # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
+        x = layers.GRU(cfg.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
+        x = layers.Dropout(cfg.dropout)(x)
+    context = CausalAttention(name="attention")(x)  # (B, T, H)
+    combined = layers.Concatenate()([x, context])  # (B, T, 2H)
+    combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
+    combined = layers.Dropout(cfg.dropout)(combined)
+    logits = layers.Dense(vocab_size, bias_initializer=bias_init, name="logits")(combined)
+    return keras.Model(ids, logits, name="gruflow_lm")  # (B, T, V)
+
+
+def attention_model(model: keras.Model) -> keras.Model:
+    """A view of a trained model that returns the attention weights α (B, T, T)."""
+    att = model.get_layer("attention")
+    probe = CausalAttention(return_attention=True)
+    _, alpha = probe(att.input)
+    return keras.Model(model.input, alpha)

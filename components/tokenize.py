@@ -1,0 +1,92 @@
+"""Stage `tokenize`: train a byte-level BPE tokenizer on the train split, write token ids.
+
+Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{split}.parquet
+(doc_id, ids: list<int32> framed as <bos> ... <eos>) and reports/tokenize.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from components.artifacts import atomic_dir, atomic_file, write_json
+from components.clean import SPLITS
+from components.errors import GruflowError, guarded
+from components.params import Tokenize, load_params
+
+SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]  # ids 0..3, in this order
+PAD, UNK, BOS, EOS = range(4)
+SCHEMA = pa.schema([("doc_id", pa.string()), ("ids", pa.list_(pa.int32())),
+                    ("n_bytes", pa.int64())])
+BATCH_DOCS = 2048
+
+
+def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
+    """Byte-level BPE: every string is encodable (no <unk>) and decodes back exactly."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text framed as <bos> ... <eos> (batch encoding runs in parallel)."""
+    return [[BOS, *enc.ids, EOS] for enc in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def _texts(path: Path) -> Iterator[str]:
+    for batch in ds.dataset(path).to_batches(columns=["text"]):
+        yield from batch.column("text").to_pylist()
+
+
+def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
+        report: Path) -> dict:
+    train_file = clean_dir / "train.parquet"
+    if not train_file.is_file():
+        raise GruflowError(f"{train_file}: missing — run the clean stage first")
+    tok = train_tokenizer(_texts(train_file), cfg)
+    summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {}}
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            n_docs = n_tokens = n_unk = 0
+            with pq.ParquetWriter(tmp / f"{split}.parquet", SCHEMA, compression="zstd") as writer:
+                for batch in ds.dataset(clean_dir / f"{split}.parquet").to_batches(
+                        columns=["doc_id", "text"], batch_size=BATCH_DOCS):
+                    texts = batch.column("text").to_pylist()
+                    ids = encode(tok, texts)
+                    n_docs += len(ids)
+                    n_tokens += sum(len(x) for x in ids)
+                    n_unk += sum(x.count(UNK) for x in ids)
+                    n_bytes = [len(t.encode("utf-8")) for t in texts]
+                    writer.write_table(pa.table(
+                        [batch.column("doc_id"), pa.array(ids, pa.list_(pa.int32())),
+                         pa.array(n_bytes, pa.int64())], schema=SCHEMA))
+            summary["splits"][split] = {"documents": n_docs, "tokens": n_tokens,
+                                        "unk_rate": n_unk / max(n_tokens, 1)}
+        with atomic_file(tokenizer_path) as tmp_tok:
+            tok.save(str(tmp_tok))
+    write_json(report, summary)
+    return summary
+
+
+@guarded
+def main() -> None:
+    p = load_params()
+    s = run(p.tokenize, Path(p.paths.clean), Path(p.paths.tokenizer), Path(p.paths.tokens),
+            Path(p.paths.reports) / "tokenize.json")
+    counts = ", ".join(f"{k} {v['tokens']}" for k, v in s["splits"].items())
+    print(f"tokenize: vocabulary {s['vocab_size']}; tokens {counts}")
+
+
+if __name__ == "__main__":
+    main()

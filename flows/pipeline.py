@@ -1,0 +1,106 @@
+"""Prefect flow: run the DVC stages in DAG order, track them in MLflow, register the model.
+
+Usage: `gruflow run` (or `python -m flows.pipeline`). Each task runs its DVC stage, so DVC
+decides what is up to date; Prefect adds retries, logs, UI and the MLflow side effects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+
+from components.params import Params, load_params
+from flows import tracking
+from flows.stages import STAGES, is_changed, reproduce
+
+
+@dataclass
+class PipelineResult:
+    executed: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    parent_run_id: str = ""
+    model_version: str | None = None
+    tracking_uri: str = ""
+
+
+@task(name="stage")
+def run_stage(root: Path, stage: str, force: bool = False) -> bool:
+    get_run_logger().info("stage %s: starting", stage)
+    ran = reproduce(root, stage, force=force)
+    get_run_logger().info("stage %s: %s", stage, "done" if ran else "up to date, skipped")
+    return ran
+
+
+@task(name="train")
+def train(root: Path, params: Params, force: bool) -> bool:
+    """The train stage inside a nested MLflow run; epochs are logged live by the stage."""
+    if not (force or is_changed(root, "train")):
+        return run_stage.fn(root, "train")
+    with mlflow.start_run(run_name="train", nested=True) as run:
+        os.environ["GRUFLOW_MLFLOW_RUN_ID"] = run.info.run_id
+        try:
+            ran = run_stage.fn(root, "train", force)
+        finally:
+            os.environ.pop("GRUFLOW_MLFLOW_RUN_ID", None)
+    tracking.log_train(run.info.run_id, params, root / params.paths.reports)
+    return ran
+
+
+@task(name="evaluate")
+def evaluate(root: Path, params: Params, force: bool) -> tuple[bool, dict]:
+    reports = root / params.paths.reports
+    if not (force or is_changed(root, "evaluate")):
+        return run_stage.fn(root, "evaluate"), {}
+    with mlflow.start_run(run_name="evaluate", nested=True) as run:
+        ran = run_stage.fn(root, "evaluate", force)
+    return ran, tracking.log_evaluate(run.info.run_id, reports)
+
+
+@task(name="register", retries=2, retry_delay_seconds=[2, 10])
+def register(root: Path, params: Params, parent_run_id: str, metrics: dict) -> str | None:
+    """Register the current model unless the registry already holds this exact file."""
+    tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
+    model_md5 = tags.get(f"dvc.{params.paths.model}", "")
+    name = params.registry.model_name
+    if model_md5 and (existing := tracking.registered_version(name, model_md5)):
+        get_run_logger().info("model already registered as %s version %s", name, existing)
+        return None
+    if not metrics:
+        metrics = tracking.read_metrics(root / params.paths.reports)
+    version = tracking.register(root, params, parent_run_id, {**tags, "model_md5": model_md5},
+                                metrics)
+    decision = tracking.gate(name, version, metrics)
+    get_run_logger().info("registered %s version %s: %s", name, version, decision)
+    return version
+
+
+@flow(name="gruflow-pipeline", log_prints=True)
+def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
+    root = Path(project).resolve()
+    params = load_params(root / "params.yaml")  # fail before any work on bad params
+    result = PipelineResult(tracking_uri=tracking.configure(root, params.mlflow.experiment))
+    with mlflow.start_run(run_name="pipeline") as parent:
+        result.parent_run_id = parent.info.run_id
+        mlflow.log_params({"data.source": params.data.source,
+                           "registry.model_name": params.registry.model_name})
+        for stage in STAGES[:4]:
+            if run_stage.with_options(name=stage)(root, stage, force):
+                result.executed.append(stage)
+        if train(root, params, force):
+            result.executed.append("train")
+        ran, result.metrics = evaluate(root, params, force)
+        if ran:
+            result.executed.append("evaluate")
+        result.model_version = register(root, params, parent.info.run_id, result.metrics)
+        mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
+                         "executed_stages": ",".join(result.executed) or "none"})
+    return result
+
+
+if __name__ == "__main__":
+    pipeline()

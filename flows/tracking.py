@@ -1,0 +1,175 @@
+"""MLflow side of the pipeline: store location, lineage tags, nested runs, registration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+from components.params import Params, params_digest
+
+log = logging.getLogger(__name__)
+
+
+def configure(root: Path, experiment: str) -> str:
+    """sqlite store + artifact root in the project unless MLFLOW_TRACKING_URI says otherwise."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # stage subprocesses log to the same store
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http") else \
+            (root / "mlartifacts").resolve().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
+    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests."""
+    tags = {
+        "git_commit": _git(root, "rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))),
+        "params_digest": params_digest(params),
+        "uv_lock_digest": _digest(root / "uv.lock"),
+        "prefect_flow_run_id": flow_run_id or "",
+    }
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                tags[f"dvc.{out['path']}"] = out.get("md5", "")
+    return tags
+
+
+def _numbers(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def log_train(run_id: str, params: Params, reports: Path) -> None:
+    """Params, summary metrics and the history of a finished train run (epochs are live)."""
+    client = MlflowClient()
+    flat = {f"model.{k}": v for k, v in params.model.model_dump().items()}
+    flat |= {f"train.{k}": v for k, v in params.train.model_dump().items()}
+    for key, value in flat.items():
+        client.log_param(run_id, key, value)
+    summary = json.loads((reports / "train.json").read_text())
+    for key, value in _numbers(summary).items():
+        client.log_metric(run_id, key, value)
+    for name in ("train.json", "train_history.csv", "model_summary.txt"):
+        if (reports / name).is_file():
+            client.log_artifact(run_id, str(reports / name))
+
+
+def log_evaluate(run_id: str, reports: Path) -> dict:
+    metrics = json.loads((reports / "metrics.json").read_text())
+    client = MlflowClient()
+    for key, value in _numbers(metrics).items():
+        client.log_metric(run_id, key, value)
+    client.log_artifact(run_id, str(reports / "metrics.json"))
+    return metrics
+
+
+def registered_version(name: str, model_md5: str) -> str | None:
+    """The registry version already holding this exact model file, if any."""
+    client = MlflowClient()
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get("model_md5") == model_md5:
+            return mv.version
+    return None
+
+
+def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
+             metrics: dict) -> str:
+    """Log the pyfunc (tokenizer + Keras model) in `run_id` and register a new version."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from components.lm_pyfunc import DEFAULT_PARAMS, file_digest
+
+    paths = params.paths
+    with tempfile.TemporaryDirectory() as tmp:
+        info = Path(tmp) / "info.json"
+        info.write_text(json.dumps({"seq_len": params.train.seq_len,
+                                    "tokenizer_sha256": file_digest(root / paths.tokenizer)}))
+        example = pd.DataFrame({"text": ["The return value"]})
+        signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != run_id:
+            raise RuntimeError("register() must run inside the pipeline's parent run")
+        model_info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(root / "components" / "lm_pyfunc.py"),
+            artifacts={"model": str(root / paths.model),
+                       "tokenizer": str(root / paths.tokenizer), "info": str(info)},
+            code_paths=[str(root / "components")],
+            signature=signature,
+            input_example=(example, DEFAULT_PARAMS),
+            registered_model_name=params.registry.model_name,
+        )
+    version = str(model_info.registered_model_version)
+    client = MlflowClient()
+    version_tags = {**tags, "mlflow_run_id": run_id,
+                    **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(params.registry.model_name, version, key, value)
+    return version
+
+
+def read_metrics(reports: Path) -> dict:
+    path = reports / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def gate(name: str, version: str, metrics: dict) -> str:
+    """Alias the new version `challenger`; make it `champion` when it earns it.
+
+    With no champion yet, it must beat the unigram baseline. Against a champion it must
+    have a lower test perplexity measured on the same test data (same DVC hash); a champion
+    scored on other data is kept until `evaluate` re-scores both on one test set.
+    """
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "challenger", version)
+    ppl = float(metrics.get("perplexity", float("inf")))
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if champion is None:
+        promote = ppl < float(metrics.get("baseline_perplexity", 0.0))
+        reason = "first version, beats the unigram baseline" if promote else \
+            "first version, does not beat the unigram baseline"
+    else:
+        mine = client.get_model_version(name, version).tags
+        same_test = all(mine.get(k) == v for k, v in champion.tags.items()
+                        if k.startswith("dvc.") and "tokens" in k)
+        old = float(champion.tags.get("metric.perplexity", "inf"))
+        promote = same_test and ppl < old
+        reason = (f"perplexity {ppl:.2f} vs champion {old:.2f}" if same_test
+                  else "champion was scored on other test data; kept")
+    if promote:
+        client.set_registered_model_alias(name, "champion", version)
+    client.set_model_version_tag(name, version, "gate", ("promoted: " if promote else
+                                                         "not promoted: ") + reason)
+    return ("champion" if promote else "challenger") + f" ({reason})"
