@@ -19,9 +19,8 @@ from components.errors import GruflowError, guarded
 from components.params import Clean, Split, load_params
 
 SPLITS = ("train", "val", "test")
-SCHEMA = pa.schema(
-    [("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("split", pa.string())]
-)
+SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
+                    ("source", pa.string()), ("split", pa.string())])
 # RE2 patterns: C0/C1 controls except \t and \n; zero-width characters and the BOM.
 CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 ZERO_WIDTH = r"[\x{200b}-\x{200d}\x{2060}\x{feff}]"

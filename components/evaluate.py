@@ -93,8 +93,9 @@ def run(p: Params) -> dict:
 @guarded
 def main() -> None:
     m = run(load_params())
-    print(f"evaluate: test perplexity {m['perplexity']:.1f} (unigram {m['baseline_perplexity']:.1f},"
-          f" bigram {m['bigram_perplexity']:.1f}), {m['bits_per_byte']:.3f} bits/byte")
+    print(f"evaluate: test perplexity {m['perplexity']:.1f} "
+          f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "
+          f"{m['bits_per_byte']:.3f} bits/byte")
 
 
 if __name__ == "__main__":
