@@ -96,7 +96,7 @@ def registered_version(name: str, model_md5: str) -> str | None:
     client = MlflowClient()
     for mv in client.search_model_versions(f"name = '{name}'"):
         if mv.tags.get("model_md5") == model_md5:
-            return mv.version
+            return str(mv.version)
     return None
 
 

@@ -1,0 +1,181 @@
+"""End to end: the real Prefect flow, DVC repo and MLflow store on a tiny corpus.
+
+The project is copied into a fresh git repository; the flow runs through Prefect's
+temporary local server, DVC runs every stage, MLflow (sqlite) tracks and registers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+SUBJECTS = ["the parser", "a socket", "the buffer", "each thread", "the module", "a file"]
+VERBS = ["reads", "returns", "closes", "opens", "writes", "checks"]
+OBJECTS = ["the header", "a list of names", "the next line", "an integer", "the cached value"]
+
+
+def tiny_corpus(path: Path, n_docs: int = 240) -> None:
+    """Grammar-generated sentences: small, learnable, and no network needed."""
+    rng = random.Random(0)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n_docs):
+            sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+                         for _ in range(rng.randint(3, 6))]
+            f.write(json.dumps({"text": f"Doc {i}: " + " ".join(sentences), "id": i}) + "\n")
+
+
+def tiny_params(source: Path) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["source"] = str(source)
+    params["clean"]["min_chars"] = 10
+    params["split"].update(val_fraction=0.1, test_fraction=0.1)
+    params["tokenize"].update(vocab_size=200, min_frequency=1)
+    params["embed"].update(dim=8, epochs=2)
+    params["model"].update(embedding_dim=8, units=16)
+    params["train"].update(seq_len=16, batch_size=16, epochs=2)
+    return params
+
+
+def copy_project(dest: Path) -> None:
+    """The tracked files of the project (as a clean clone has them), without run outputs."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for rel in files:
+        if rel == "dvc.lock" or rel.startswith(("reports/", "tests/")) or not (ROOT / rel).exists():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project,
+                   check=True, capture_output=True)
+
+
+def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    project = base / "project"
+    project.mkdir()
+    copy_project(project)
+    tiny_corpus(base / "corpus.jsonl")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(base / "corpus.jsonl")))
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "init")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = gruflow(project, env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    lock_after_first = (project / "dvc.lock").read_text()
+    second = gruflow(project, env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return {"project": project, "env": env, "first": first, "second": second,
+            "lock_after_first": lock_after_first}
+
+
+def test_first_run_executes_every_stage_and_writes_metrics(pipeline_run):
+    out = pipeline_run["first"].stdout
+    assert "stages executed: ingest, clean, tokenize, embed, train, evaluate" in out
+    metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
+    for key in ("perplexity", "bits_per_byte", "token_accuracy", "baseline_perplexity",
+                "bigram_perplexity"):
+        assert metrics[key] > 0, key
+    assert metrics["perplexity"] < metrics["baseline_perplexity"]
+    assert "test perplexity" in out and "MLflow run" in out
+
+
+def test_rerun_executes_no_stage(pipeline_run):
+    assert "stages executed: none" in pipeline_run["second"].stdout
+    assert (pipeline_run["project"] / "dvc.lock").read_text() == pipeline_run["lock_after_first"]
+    repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=pipeline_run["project"],
+                           env=pipeline_run["env"], capture_output=True, text=True)
+    assert repro.returncode == 0, repro.stderr
+    assert "Running stage" not in repro.stdout
+
+
+def test_changing_a_train_param_invalidates_only_train(pipeline_run):
+    project = pipeline_run["project"]
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["learning_rate"] = 0.01
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project,
+                                env=pipeline_run["env"], capture_output=True, text=True)
+        assert status.returncode == 0, status.stderr
+        assert set(json.loads(status.stdout)) == {"train"}
+    finally:
+        params_file.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(pipeline_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_run['project'] / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
+    exp = mlflow_client.get_experiment_by_name("gruflow")
+    runs = mlflow_client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2  # one per pipeline run; the second executed nothing
+    first = parents[0]
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
+    assert set(children) == {"train", "evaluate"}
+    history = mlflow_client.get_metric_history(children["train"].info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1]  # live per-epoch logging
+    assert children["train"].data.params["train.epochs"] == "2"
+    assert children["evaluate"].data.metrics["perplexity"] > 0
+    assert parents[1].data.tags["executed_stages"] == "none"
+    assert len(first.data.tags["git_commit"]) == 40
+
+
+def test_model_registered_once_with_lineage(mlflow_client):
+    versions = mlflow_client.search_model_versions("name = 'gruflow-lm'")
+    assert [str(v.version) for v in versions] == ["1"]  # the rerun registered nothing new
+    tags = versions[0].tags
+    for key in ("git_commit", "git_dirty", "params_digest", "uv_lock_digest", "model_md5",
+                "prefect_flow_run_id", "mlflow_run_id", "metric.perplexity"):
+        assert tags.get(key), key
+    assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "challenger").version) == "1"
+    assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "champion").version) == "1"
+
+
+def test_registered_pyfunc_generates_and_scores(mlflow_client):
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model("models:/gruflow-lm@champion")
+    prompts = pd.DataFrame({"text": ["the parser"]})
+    out = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})
+    again = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})
+    assert isinstance(out["text"][0], str) and out["text"][0] == again["text"][0]
+    scores = model.predict(pd.DataFrame({"text": ["the parser reads the header."]}),
+                           params={"mode": "score"})
+    assert scores["perplexity"][0] > 1.0 and scores["bits_per_byte"][0] > 0
+    with pytest.raises(Exception, match="text"):
+        model.predict(pd.DataFrame({"prompt": ["x"]}))
