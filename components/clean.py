@@ -7,6 +7,7 @@ data/clean/{train,val,test}.parquet (doc_id, text, source, split) and reports/cl
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,19 +22,36 @@ from components.params import Clean, Split, load_params
 SPLITS = ("train", "val", "test")
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])
-# RE2 patterns: C0/C1 controls except \t and \n; zero-width characters and the BOM.
-CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+# RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
+# line breaks; the other C0/C1 controls (except \t) are removed, as are zero-width characters.
+LINE_BREAKS = r"[\x0b\x0c\x85\x{2028}\x{2029}]"
+CONTROL = r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
 ZERO_WIDTH = r"[\x{200b}-\x{200d}\x{2060}\x{feff}]"
 
 
+def nfkc(text: pa.Array) -> pa.Array:
+    """Unicode NFKC. ASCII strings are already NFKC and pass through untouched.
+
+    pyarrow's `utf8_normalize` does not recompose on pyarrow 25 (apache/arrow#51225: 'café'
+    stays decomposed), so non-ASCII strings go through `unicodedata` instead.
+    """
+    is_ascii = pc.string_is_ascii(text)
+    if pc.all(is_ascii).as_py() is not False:
+        return text
+    flags = is_ascii.to_pylist()
+    return pa.array([v if ok or v is None else unicodedata.normalize("NFKC", v)
+                     for v, ok in zip(text.to_pylist(), flags, strict=True)], pa.string())
+
+
 def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
-    """NFKC, `\\n` line ends, controls and zero-width removed, whitespace collapsed."""
+    """`\\n` line ends, controls and zero-width removed, NFKC, whitespace collapsed."""
     counts = {}
-    text = pc.utf8_normalize(text, "NFKC")
     text = pc.replace_substring_regex(text, r"\r\n?", "\n")
+    text = pc.replace_substring_regex(text, LINE_BREAKS, "\n")
     for name, pattern in (("control_chars_removed", CONTROL), ("zero_width_removed", ZERO_WIDTH)):
         counts[name] = pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0
         text = pc.replace_substring_regex(text, pattern, "")
+    text = nfkc(text)
     text = pc.replace_substring_regex(text, r"[^\S\n]+", " ")  # runs of blanks -> one space
     text = pc.replace_substring_regex(text, r" ?\n ?", "\n")
     text = pc.replace_substring_regex(text, r"\n{3,}", "\n\n")

@@ -75,7 +75,7 @@ def file_documents(path: Path, text_column: str) -> Iterator[Document]:
         text, bad = decode(path.read_bytes())
         yield Document(text, str(path), bad)
         return
-    table = _read_table(path, suffix)
+    table = _read_table(path, suffix, text_column)
     if text_column not in table.column_names:
         raise GruflowError(
             f"{path}: no column '{text_column}' (has {table.column_names}) — "
@@ -86,12 +86,13 @@ def file_documents(path: Path, text_column: str) -> Iterator[Document]:
             yield Document(value, str(path))
 
 
-def _read_table(path: Path, suffix: str) -> pa.Table:
+def _read_table(path: Path, suffix: str, text_column: str) -> pa.Table:
     try:
         if suffix == ".parquet":
             return pq.read_table(path)
-        if suffix == ".csv":
-            return pacsv.read_csv(path)
+        if suffix == ".csv":  # never let type inference turn text like "007" into a number
+            options = pacsv.ConvertOptions(column_types={text_column: pa.string()})
+            return pacsv.read_csv(path, convert_options=options)
         return pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
