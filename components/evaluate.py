@@ -1,8 +1,9 @@
 """Stage `evaluate`: score the trained LM and two count baselines on the test split.
 
 Usage: `python -m components.evaluate`. Writes reports/metrics.json (DVC metrics) with
-perplexity per token, bits per byte, token accuracy (top-1/top-5) and the baselines: an
-add-one unigram (`baseline_perplexity`) and a Witten-Bell bigram (`bigram_perplexity`).
+perplexity per token, bits per byte, top-1/top-5 token accuracy, loss by position bucket and
+the baselines: an add-one unigram (`baseline_perplexity`) and a Witten-Bell bigram
+(`bigram_perplexity`); plots under reports/plots/ and seeded samples in reports/samples.md.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.artifacts import write_json
+from components import plots
+from components.artifacts import atomic_file, write_json
 from components.errors import GruflowError, guarded
+from components.inference import generate, token_stats
 from components.params import Params, load_params
 from components.windows import make_windows, read_stream, unigram_log_probs
+
+N_SAMPLES, PROMPT_WORDS, SAMPLE_TOKENS, ATTENTION_TOKENS = 3, 6, 32, 24
 
 
 def bigram_log_probs(train: np.ndarray, test: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -37,56 +41,94 @@ def bigram_log_probs(train: np.ndarray, test: np.ndarray, vocab_size: int) -> np
     return np.log(p)
 
 
-def score_model(model, test: np.ndarray, seq_len: int, batch_size: int) -> dict[str, float]:
-    """Summed NLL (nats), tokens, and top-1/top-5 hits over every test target."""
+def score_model(model, test: np.ndarray, seq_len: int, batch_size: int) -> dict:
+    """Summed NLL (nats), tokens, top-1/top-5 rates, per-target NLL and loss by position."""
     x, y, w = make_windows(test, seq_len)
-    nll = hits1 = hits5 = 0.0
-    for start in range(0, len(x), batch_size):
-        logits = np.asarray(model.predict_on_batch(x[start:start + batch_size]), np.float64)
-        yb, wb = y[start:start + batch_size], w[start:start + batch_size]  # (B, T)
-        m = logits.max(-1, keepdims=True)
-        logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]  # (B, T)
-        target = np.take_along_axis(logits, yb[..., None], -1)[..., 0]  # (B, T)
-        nll += float(((logz - target) * wb).sum())
-        rank = (logits > target[..., None]).sum(-1)  # (B, T): how many beat the target
-        hits1 += float(((rank < 1) * wb).sum())
-        hits5 += float(((rank < 5) * wb).sum())
+    nll, rank = token_stats(model, x, y, batch_size)  # (N, T) each
     n = float(w.sum())
-    return {"nll": nll, "tokens": n, "top1": hits1 / n, "top5": hits5 / n}
+    per_target = (nll * w).reshape(-1)[: test.size - 1]  # target i predicts test[i + 1]
+    by_position = {}
+    lo = 0
+    while lo < seq_len:  # buckets 0, 1, 2-3, 4-7, ...: does attention help later positions?
+        hi = min(max(2 * lo, 1), seq_len)
+        weight = w[:, lo:hi].sum()
+        if weight:
+            by_position[f"{lo}-{hi - 1}"] = float((nll[:, lo:hi] * w[:, lo:hi]).sum() / weight)
+        lo = hi
+    return {"nll": float(per_target.sum()), "tokens": n,
+            "top1": float(((rank < 1) * w).sum() / n), "top5": float(((rank < 5) * w).sum() / n),
+            "per_target_nll": per_target, "loss_by_position": by_position}
 
 
-def test_bytes(path: Path) -> int:
-    """UTF-8 bytes of the test text plus one per document for its <eos> separator."""
-    n_bytes = pq.read_table(path, columns=["n_bytes"]).column("n_bytes")
-    return int(pc.sum(n_bytes).as_py() or 0) + len(n_bytes)
+def per_document(per_target: np.ndarray, doc_lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Perplexity of each document from the NLL of the targets that fall inside it."""
+    owner = np.repeat(np.arange(len(doc_lengths)), doc_lengths)[1:]  # doc of each target
+    nll = np.bincount(owner, weights=per_target, minlength=len(doc_lengths))
+    counts = np.bincount(owner, minlength=len(doc_lengths))
+    keep = counts > 0
+    return doc_lengths[keep], np.exp(nll[keep] / counts[keep])
+
+
+def write_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -> None:
+    """Seeded continuations of the opening words of the first test documents."""
+    lines = ["# Samples", "", "Seeded (seed 0, temperature 0.8, top-k 40) continuations of "
+             "the opening words of test documents.", ""]
+    for text in texts[:N_SAMPLES]:
+        prompt = " ".join(text.split()[:PROMPT_WORDS]) or text[:40]
+        cont = generate(model, tokenizer, prompt, SAMPLE_TOKENS, 0.8, 40, 0, seq_len)
+        lines += [f"**{prompt}** {cont}".replace("\n", " "), ""]
+    with atomic_file(out) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+
+
+def attention_inputs(model, tokenizer, ids: list[list[int]]) -> list:
+    from components.model import attention_model
+
+    probe = attention_model(model)
+    maps = []
+    for doc in ids[:N_SAMPLES]:
+        x = np.array([doc[:ATTENTION_TOKENS]], dtype=np.int32)  # (1, T)
+        alpha = np.asarray(probe.predict_on_batch(x))[0]  # (T, T)
+        maps.append(([tokenizer.decode([i]) or tokenizer.id_to_token(i) for i in x[0]], alpha))
+    return maps
 
 
 def run(p: Params) -> dict:
     import keras
+    from tokenizers import Tokenizer
 
     from components import model as _layers  # noqa: F401  (registers custom layers)
 
-    paths, tokens = p.paths, Path(p.paths.tokens)
+    paths, tokens, reports = p.paths, Path(p.paths.tokens), Path(p.paths.reports)
     train, test = read_stream(tokens / "train.parquet"), read_stream(tokens / "test.parquet")
     if not Path(paths.model).is_file():
         raise GruflowError(f"{paths.model}: missing — run the train stage first")
     model = keras.saving.load_model(paths.model, safe_mode=True)
+    tokenizer = Tokenizer.from_file(paths.tokenizer)
     vocab_size = int(model.output_shape[-1])
     s = score_model(model, test, p.train.seq_len, p.evaluate.batch_size)
-    n_bytes = test_bytes(tokens / "test.parquet")
+    table = pq.read_table(tokens / "test.parquet", columns=["ids", "n_bytes"]).to_pydict()
+    n_bytes = sum(table["n_bytes"]) + len(table["n_bytes"])  # + one <eos> per document
     uni = unigram_log_probs(train, vocab_size)
     metrics = {
         "perplexity": math.exp(s["nll"] / s["tokens"]),
         "bits_per_byte": s["nll"] / math.log(2) / n_bytes,
-        "token_accuracy": s["top1"],
-        "top5_accuracy": s["top5"],
+        "token_accuracy": s["top1"], "top5_accuracy": s["top5"],
         "baseline_perplexity": math.exp(-float(uni[test[1:]].astype(np.float64).mean())),
         "bigram_perplexity": math.exp(-float(bigram_log_probs(train, test, vocab_size).mean())),
-        "test_tokens": int(s["tokens"]),
-        "test_bytes": n_bytes,
+        "loss_by_position": s["loss_by_position"],
+        "test_tokens": int(s["tokens"]), "test_bytes": n_bytes,
         "embedding_init": p.model.embedding_init,
     }
-    write_json(Path(paths.reports) / "metrics.json", metrics)
+    lengths = np.array([len(d) for d in table["ids"]])
+    plots.perplexity_by_length(*per_document(s["per_target_nll"], lengths),
+                               reports / "plots" / "perplexity_by_length.png")
+    plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
+                         reports / "plots" / "attention.png")
+    plots.learning_curves(reports / "train_history.csv", reports / "plots" / "learning_curves.png")
+    texts = pq.read_table(Path(paths.clean) / "test.parquet", columns=["text"]).column("text")
+    write_samples(model, tokenizer, texts.to_pylist(), p.train.seq_len, reports / "samples.md")
+    write_json(reports / "metrics.json", metrics)
     return metrics
 
 

@@ -59,14 +59,10 @@ def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = Non
             f"embedding matrix shape {embeddings.shape} != (vocab {vocab_size}, "
             f"model.embedding_dim {cfg.embedding_dim})"
         )
-    emb_init = (keras.initializers.Constant(embeddings) if embeddings is not None
-                else "uniform")
-    # Log unigram frequencies as the output bias start the model off the unigram plateau.
-    bias_init = (keras.initializers.Constant(unigram_log_probs)
-                 if unigram_log_probs is not None else "zeros")
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
-    x = layers.Embedding(vocab_size, cfg.embedding_dim, embeddings_initializer=emb_init,
-                         trainable=cfg.embedding_trainable, name="embedding")(ids)  # (B, T, E)
+    embedding = layers.Embedding(vocab_size, cfg.embedding_dim, embeddings_initializer="uniform",
+                                 trainable=cfg.embedding_trainable, name="embedding")
+    x = embedding(ids)  # (B, T, E)
     x = layers.Dropout(cfg.dropout)(x)
     for i in range(cfg.gru_layers):
         # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
@@ -76,8 +72,16 @@ def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = Non
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
     combined = layers.Dropout(cfg.dropout)(combined)
-    logits = layers.Dense(vocab_size, bias_initializer=bias_init, name="logits")(combined)
-    return keras.Model(ids, logits, name="gruflow_lm")  # (B, T, V)
+    output = layers.Dense(vocab_size, name="logits")
+    logits = output(combined)  # (B, T, V)
+    # Initial values are assigned, not passed as Constant initialisers, so the matrices do
+    # not end up inside the saved model's config.json.
+    if embeddings is not None:
+        embedding.embeddings.assign(embeddings)
+    if unigram_log_probs is not None:
+        # Log unigram frequencies as the output bias start the model off the unigram plateau.
+        output.bias.assign(unigram_log_probs)
+    return keras.Model(ids, logits, name="gruflow_lm")
 
 
 def attention_model(model: keras.Model) -> keras.Model:

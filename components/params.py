@@ -18,6 +18,7 @@ from components.errors import GruflowError
 PosInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+SplitFraction = Annotated[float, Field(gt=0.0, lt=1.0)]  # val/test may not be empty
 
 
 class _Section(BaseModel):
@@ -46,8 +47,8 @@ class Clean(_Section):
 
 
 class Split(_Section):
-    val_fraction: Fraction
-    test_fraction: Fraction
+    val_fraction: SplitFraction
+    test_fraction: SplitFraction
     seed: NonNegInt
 
     @model_validator(mode="after")
@@ -97,6 +98,7 @@ class Evaluate(_Section):
 
 class Registry(_Section):
     model_name: str = Field(min_length=1)
+    min_improvement: Fraction
 
 
 class Mlflow(_Section):

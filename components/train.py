@@ -75,7 +75,10 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     val_ds, _ = make_dataset(val, t.seq_len, t.batch_size, None)
     model = build_model(p.model, vocab_size, embeddings, unigram_log_probs(train, vocab_size))
     model.compile(optimizer=keras.optimizers.AdamW(t.learning_rate, clipnorm=t.clipnorm),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  # Divide by the real tokens, not the window slots: padding must not
+                  # lower the reported (validation) loss.
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True, reduction="mean_with_sample_weight"))
     callbacks = [
         keras.callbacks.EarlyStopping("val_loss", patience=t.patience, restore_best_weights=True),
         EpochLogger.create(n_train),

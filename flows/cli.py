@@ -1,6 +1,7 @@
 """`gruflow` command line: run the pipeline and inspect its artifacts.
 
-Usage: `gruflow run [--force] [--project DIR]`.
+Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
+`gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,97 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> tuple[Path, str]:
+    """Project root and registered model name, with MLflow pointed at the project's store."""
+    from flows import tracking
+
+    root = Path(args.project).resolve()
+    params = load_params(root / "params.yaml")
+    tracking.configure(root, params.mlflow.experiment)
+    return root, params.registry.model_name
+
+
+def _load_model(args: argparse.Namespace):
+    import mlflow
+
+    _, name = _registry(args)
+    uri = args.model or f"models:/{name}@champion"
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise GruflowError(f"cannot load model '{uri}' ({exc.message.splitlines()[0]}) — "
+                           "run `gruflow run` first or pass --model URI") from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    model = _load_model(args)
+    params = {"mode": "generate", "max_new_tokens": args.max_new_tokens,
+              "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    out = model.predict(pd.DataFrame({"text": [args.prompt]}), params=params)
+    print(args.prompt + out["text"][0])
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise GruflowError(f"{path}: no such file — pass a UTF-8 text file to score")
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if not text.strip():
+        raise GruflowError(f"{path}: the file is empty — nothing to score")
+    row = _load_model(args).predict(pd.DataFrame({"text": [text]}),
+                                    params={"mode": "score"}).iloc[0]
+    print(f"{path}: perplexity {row['perplexity']:.3f}, {row['bits_per_byte']:.4f} bits/byte "
+          f"({int(row['tokens'])} tokens, {int(row['bytes'])} bytes)")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from flows import registry
+
+    _, name = _registry(args)
+    registry.promote(name, str(args.version))
+    print(f"gruflow: {name} version {args.version} is now champion")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from flows import registry
+
+    _, name = _registry(args)
+    version = registry.rollback(name)
+    print(f"gruflow: {name} champion rolled back to version {version}")
+    return 0
+
+
+def _model_commands(sub) -> None:
+    gen = sub.add_parser("generate", help="continue a prompt with the champion model")
+    gen.add_argument("prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=40)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate)
+    score = sub.add_parser("score", help="perplexity and bits/byte of a text file")
+    score.add_argument("file")
+    score.set_defaults(func=_score)
+    for p in (gen, score):
+        p.add_argument("--model", help="model URI (default: models:/<registry.model_name>"
+                                       "@champion)")
+    promote = sub.add_parser("promote", help="make a registered version the champion")
+    promote.add_argument("version", type=int)
+    promote.set_defaults(func=_promote)
+    rollback = sub.add_parser("rollback", help="give the champion alias back to the "
+                                               "previous champion")
+    rollback.set_defaults(func=_rollback)
+    for p in (gen, score, promote, rollback):
+        p.add_argument("--project", default=".", help="project root (default: current folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gruflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--project", default=".", help="project root (default: current folder)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.set_defaults(func=_run)
+    _model_commands(sub)
     return parser
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from components.params import Params, load_params
-from flows import tracking
+from flows import registry, tracking
 from flows.stages import STAGES, is_changed, reproduce
 
 
@@ -63,19 +64,28 @@ def evaluate(root: Path, params: Params, force: bool) -> tuple[bool, dict]:
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
 def register(root: Path, params: Params, parent_run_id: str, metrics: dict) -> str | None:
-    """Register the current model unless the registry already holds this exact file."""
+    """Register the current model unless the registry already holds this exact file, then
+    gate it. Idempotent, so a retry after a partial failure finishes the job."""
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     model_md5 = tags.get(f"dvc.{params.paths.model}", "")
     name = params.registry.model_name
-    if model_md5 and (existing := tracking.registered_version(name, model_md5)):
-        get_run_logger().info("model already registered as %s version %s", name, existing)
-        return None
-    if not metrics:
-        metrics = tracking.read_metrics(root / params.paths.reports)
-    version = tracking.register(root, params, parent_run_id, {**tags, "model_md5": model_md5},
-                                metrics)
-    decision = tracking.gate(name, version, metrics)
-    get_run_logger().info("registered %s version %s: %s", name, version, decision)
+    metrics = metrics or tracking.read_metrics(root / params.paths.reports)
+    version = tracking.registered_version(name, model_md5) if model_md5 else None
+    new = version is None
+    if new:
+        version = tracking.register(root, params, parent_run_id,
+                                    {**tags, "model_md5": model_md5}, metrics)
+    if registry.is_gated(name, version):
+        get_run_logger().info("model already registered and gated as %s version %s",
+                              name, version)
+        return version if new else None
+    decision = registry.gate(name, version, metrics, root / params.paths.clean / "test.parquet",
+                             params.registry.min_improvement)
+    create_markdown_artifact(registry.gate_markdown(name, decision, parent_run_id),
+                             key="gruflow-gate", description="champion/challenger decision")
+    get_run_logger().info("registered %s version %s: %s (%s)", name, version,
+                          "champion" if decision["promoted"] else "challenger",
+                          decision["reason"])
     return version
 
 

@@ -85,9 +85,14 @@ def log_train(run_id: str, params: Params, reports: Path) -> None:
 def log_evaluate(run_id: str, reports: Path) -> dict:
     metrics = json.loads((reports / "metrics.json").read_text())
     client = MlflowClient()
-    for key, value in _numbers(metrics).items():
+    by_position = {f"loss_position_{k}": v for k, v in metrics.get("loss_by_position", {}).items()}
+    for key, value in (_numbers(metrics) | by_position).items():
         client.log_metric(run_id, key, value)
     client.log_artifact(run_id, str(reports / "metrics.json"))
+    if (reports / "samples.md").is_file():
+        client.log_artifact(run_id, str(reports / "samples.md"))
+    if (reports / "plots").is_dir():
+        client.log_artifacts(run_id, str(reports / "plots"), artifact_path="plots")
     return metrics
 
 
@@ -131,7 +136,7 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
     version = str(model_info.registered_model_version)
     client = MlflowClient()
     version_tags = {**tags, "mlflow_run_id": run_id,
-                    **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+                    **{f"metric.{k}": str(v) for k, v in _numbers(metrics).items()}}
     for key, value in version_tags.items():
         client.set_model_version_tag(params.registry.model_name, version, key, value)
     return version
@@ -140,36 +145,3 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
 def read_metrics(reports: Path) -> dict:
     path = reports / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def gate(name: str, version: str, metrics: dict) -> str:
-    """Alias the new version `challenger`; make it `champion` when it earns it.
-
-    With no champion yet, it must beat the unigram baseline. Against a champion it must
-    have a lower test perplexity measured on the same test data (same DVC hash); a champion
-    scored on other data is kept until `evaluate` re-scores both on one test set.
-    """
-    client = MlflowClient()
-    client.set_registered_model_alias(name, "challenger", version)
-    ppl = float(metrics.get("perplexity", float("inf")))
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
-        champion = None
-    if champion is None:
-        promote = ppl < float(metrics.get("baseline_perplexity", 0.0))
-        reason = "first version, beats the unigram baseline" if promote else \
-            "first version, does not beat the unigram baseline"
-    else:
-        mine = client.get_model_version(name, version).tags
-        same_test = all(mine.get(k) == v for k, v in champion.tags.items()
-                        if k.startswith("dvc.") and "tokens" in k)
-        old = float(champion.tags.get("metric.perplexity", "inf"))
-        promote = same_test and ppl < old
-        reason = (f"perplexity {ppl:.2f} vs champion {old:.2f}" if same_test
-                  else "champion was scored on other test data; kept")
-    if promote:
-        client.set_registered_model_alias(name, "champion", version)
-    client.set_model_version_tag(name, version, "gate", ("promoted: " if promote else
-                                                         "not promoted: ") + reason)
-    return ("champion" if promote else "challenger") + f" ({reason})"

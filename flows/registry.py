@@ -1,0 +1,129 @@
+"""MLflow Model Registry rules: the champion/challenger gate, promote and rollback.
+
+Every decision is recorded as tags on the model version (and, in a flow, as a Prefect
+markdown artifact), so the registry says why each champion is champion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from components.errors import GruflowError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def champion_version(name: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def bits_per_byte(model_uri: str, texts: list[str]) -> float:
+    """Score a registered model on texts: total NLL over total bytes, in bits per byte."""
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    scores = model.predict(pd.DataFrame({"text": texts}), params={"mode": "score"})
+    # Only the per-text `bits_per_byte` column is relied on (older versions return no more);
+    # every version counts a text's bytes as its UTF-8 length + 1 for <eos>.
+    n_bytes = [len(t.encode("utf-8")) + 1 for t in texts]
+    bits = sum(b * n for b, n in zip(scores["bits_per_byte"], n_bytes, strict=True))
+    return float(bits / sum(n_bytes))
+
+
+def is_gated(name: str, version: str) -> bool:
+    return "gate.promoted" in MlflowClient().get_model_version(name, version).tags
+
+
+def set_champion(name: str, version: str, reason: str) -> None:
+    """Move the champion alias, remembering the previous champion for rollback."""
+    client = MlflowClient()
+    previous = champion_version(name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promoted_at", _now())
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    if previous and previous != version:
+        client.set_model_version_tag(name, version, "previous_champion", previous)
+
+
+def gate(name: str, version: str, metrics: dict, test_file: Path,
+         min_improvement: float) -> dict:
+    """Alias `version` challenger; make it champion if it beats the current champion by
+    `min_improvement` (relative, bits per byte on the *current* test texts) and beats the
+    bigram baseline. The first version only has to beat the bigram baseline."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
+    decision = {"challenger": version, "champion_before": champion_version(name),
+                "challenger_perplexity": metrics["perplexity"],
+                "bigram_perplexity": metrics["bigram_perplexity"], "beats_bigram": beats_bigram}
+    if decision["champion_before"] is None:
+        promote = beats_bigram
+        reason = "first version, " + ("beats" if beats_bigram else "does not beat") + \
+            " the bigram baseline"
+    else:
+        texts = pq.read_table(test_file, columns=["text"]).column("text").to_pylist()
+        new = bits_per_byte(f"models:/{name}/{version}", texts)
+        old = bits_per_byte(f"models:/{name}/{decision['champion_before']}", texts)
+        decision |= {"challenger_bits_per_byte": new, "champion_bits_per_byte": old}
+        better = new < old * (1.0 - min_improvement)
+        promote = better and beats_bigram
+        reason = (f"bits/byte {new:.4f} vs champion {old:.4f} on the current test set "
+                  f"(needs {min_improvement:.1%} better), bigram baseline "
+                  + ("beaten" if beats_bigram else "not beaten"))
+    decision |= {"promoted": promote, "reason": reason}
+    for key in ("promoted", "reason"):
+        client.set_model_version_tag(name, version, f"gate.{key}", str(decision[key]))
+    if promote:
+        set_champion(name, version, "gate: " + reason)
+    return decision
+
+
+def promote(name: str, version: str) -> str:
+    """A human's promotion of VERSION to champion, recorded on the version."""
+    client = MlflowClient()
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise GruflowError(f"model '{name}' has no version {version} — see the registry "
+                           "(mlflow ui) for the versions that exist") from None
+    set_champion(name, version, f"promoted by {getpass.getuser()} (gruflow promote)")
+    return version
+
+
+def rollback(name: str) -> str:
+    """Put the previous champion back, recorded on both versions."""
+    current = champion_version(name)
+    if current is None:
+        raise GruflowError(f"model '{name}' has no champion to roll back")
+    client = MlflowClient()
+    previous = client.get_model_version(name, current).tags.get("previous_champion")
+    if not previous:
+        raise GruflowError(f"champion version {current} of '{name}' has no previous champion")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, current, "rolled_back_at", _now())
+    client.set_model_version_tag(name, previous, "promoted_at", _now())
+    client.set_model_version_tag(name, previous, "promotion_reason",
+                                 f"rollback from version {current} by {getpass.getuser()}")
+    return previous
+
+
+def gate_markdown(name: str, decision: dict, run_id: str) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in decision.items())
+    return (f"# gruflow gate: {name} version {decision['challenger']}\n\n"
+            f"**{'Promoted to champion' if decision['promoted'] else 'Kept as challenger'}**"
+            f" — {decision['reason']}\n\n| key | value |\n|---|---|\n{rows}\n\n"
+            f"MLflow run `{run_id}`; model `models:/{name}/{decision['challenger']}`\n")

@@ -1,0 +1,193 @@
+"""The GRU + causal attention LM (components/model.py) on tiny sizes, CPU only."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from components.model import CausalAttention, attention_model, build_model  # noqa: E402
+from components.params import load_params  # noqa: E402
+from components.tokenize import PAD  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+V, E, H, T, B = 37, 8, 12, 10, 3
+
+
+def tiny_cfg(**update):
+    base = load_params(ROOT / "params.yaml").model
+    return base.model_copy(update={"units": H, "embedding_dim": E, "gru_layers": 1,
+                                   "dropout": 0.1, **update})
+
+
+def logits_of(model, ids) -> np.ndarray:
+    return np.asarray(model(np.asarray(ids, dtype=np.int32), training=False))
+
+
+def np_attention(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Direct NumPy reference: α_ti = softmax_i(h_i·h_t/√H) over i <= t, c_t = Σ_i α_ti h_i."""
+    h = h.astype(np.float64)
+    bsz, steps, dim = h.shape
+    alpha = np.zeros((bsz, steps, steps))
+    for b in range(bsz):
+        for t in range(steps):
+            s = np.array([h[b, i] @ h[b, t] for i in range(t + 1)]) / np.sqrt(dim)
+            e = np.exp(s - s.max())
+            alpha[b, t, : t + 1] = e / e.sum()
+    return alpha @ h, alpha
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return build_model(tiny_cfg(gru_layers=2), V)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.default_rng(1).integers(4, V, size=(B, T), dtype=np.int32)
+
+
+def test_output_shape_is_batch_time_vocab(model, ids):
+    out = logits_of(model, ids)
+    assert out.shape == (B, T, V)
+    assert np.isfinite(out).all()
+    # Variable length: the same model accepts another T.
+    assert logits_of(model, ids[:, :4]).shape == (B, 4, V)
+
+
+def test_causal_future_tokens_never_change_past_logits(model, ids):
+    base = ids[0]
+    variants = [base]
+    for k in range(T):
+        changed = base.copy()
+        changed[k] = 4 + (changed[k] - 4 + 7) % (V - 4)  # a different real token
+        assert changed[k] != base[k]
+        variants.append(changed)
+    out = logits_of(model, np.stack(variants))  # (T+1, T, V)
+    ref = out[0]
+    for k in range(T):
+        got = out[k + 1]
+        np.testing.assert_allclose(got[:k], ref[:k], rtol=0, atol=1e-6,
+                                   err_msg=f"position < {k} changed by the token at {k}")
+        assert np.abs(got[k:] - ref[k:]).max() > 1e-4, f"token at {k} had no effect at >= {k}"
+        assert np.abs(got[k] - ref[k]).max() > 1e-4, f"token at {k} had no effect at {k}"
+
+
+def test_attention_model_weights_are_causal_and_normalised(model, ids):
+    alpha = np.asarray(attention_model(model)(ids, training=False))
+    assert alpha.shape == (B, T, T)
+    above = np.triu(np.ones((T, T), dtype=bool), k=1)
+    assert np.all(alpha[:, above] == 0.0)
+    np.testing.assert_allclose(alpha.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(alpha[:, 0, 0], 1.0, atol=1e-6)
+    assert (alpha[:, ~above] > 0).all()
+
+
+def test_attention_model_matches_numpy_on_the_models_gru_states(model, ids):
+    states_model = keras.Model(model.input, model.get_layer("attention").input)
+    states = np.asarray(states_model(ids, training=False))
+    alpha = np.asarray(attention_model(model)(ids, training=False))
+    _, ref_alpha = np_attention(states)
+    np.testing.assert_allclose(alpha, ref_alpha, atol=1e-5)
+
+
+def test_causal_attention_equals_direct_numpy_computation():
+    h = np.random.default_rng(2).normal(scale=1.5, size=(2, 7, 5)).astype(np.float32)
+    context, alpha = CausalAttention(return_attention=True)(h)
+    ref_context, ref_alpha = np_attention(h)
+    np.testing.assert_allclose(np.asarray(alpha), ref_alpha, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(context), ref_context, rtol=1e-4, atol=1e-5)
+    only_context = np.asarray(CausalAttention()(h))
+    np.testing.assert_allclose(only_context, ref_context, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_attention_config_round_trip():
+    h = np.random.default_rng(3).normal(size=(2, 6, 4)).astype(np.float32)
+    layer = CausalAttention(return_attention=True, name="att")
+    cfg = layer.get_config()
+    assert cfg["return_attention"] is True
+    clone = CausalAttention.from_config(cfg)
+    assert clone.return_attention is True and clone.name == "att"
+    for a, b in zip(layer(h), clone(h), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Through the registry, as the .keras loader does it.
+    blob = keras.saving.serialize_keras_object(CausalAttention(name="plain"))
+    again = keras.saving.deserialize_keras_object(blob, safe_mode=True)
+    assert isinstance(again, CausalAttention) and again.return_attention is False
+    np.testing.assert_array_equal(np.asarray(again(h)), np.asarray(layer(h)[0]))
+
+
+def test_keras_file_round_trip_gives_identical_predictions(tmp_path, ids):
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(V, E)).astype(np.float32)
+    uni = np.log(rng.dirichlet(np.ones(V))).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(), V, emb, uni)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(logits_of(loaded, ids), logits_of(model, ids))
+    np.testing.assert_array_equal(np.asarray(attention_model(loaded)(ids)),
+                                  np.asarray(attention_model(model)(ids)))
+    assert loaded.get_layer("embedding").trainable == model.get_layer("embedding").trainable
+
+
+def test_embedding_starts_from_word2vec_matrix_and_bias_from_unigram():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(V, E)).astype(np.float32)
+    uni = np.log(rng.dirichlet(np.ones(V))).astype(np.float32)
+    model = build_model(tiny_cfg(), V, emb, uni)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("embedding").embeddings), emb)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("logits").bias), uni)
+    # Without them: not the matrix, and a zero bias.
+    plain = build_model(tiny_cfg(), V)
+    assert not np.allclose(np.asarray(plain.get_layer("embedding").embeddings), emb)
+    np.testing.assert_array_equal(np.asarray(plain.get_layer("logits").bias), np.zeros(V))
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_embedding_trainable_flag(trainable):
+    emb = np.random.default_rng(6).normal(size=(V, E)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(embedding_trainable=trainable), V, emb)
+    layer = model.get_layer("embedding")
+    assert layer.trainable is trainable
+    in_trainable = any(w is layer.embeddings for w in model.trainable_weights)
+    assert in_trainable is trainable
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(7).integers(4, V, size=(4, T), dtype=np.int32)
+    model.train_on_batch(x, np.roll(x, -1, axis=1))
+    moved = not np.array_equal(np.asarray(layer.embeddings), emb)
+    assert moved is trainable
+
+
+@pytest.mark.parametrize("shape", [(V, E + 1), (V - 1, E), (E, V)])
+def test_wrong_shaped_embedding_matrix_raises(shape):
+    with pytest.raises(ValueError, match="embedding matrix shape"):
+        build_model(tiny_cfg(), V, np.zeros(shape, dtype=np.float32))
+
+
+def test_right_padding_never_changes_real_token_losses(model):
+    rng = np.random.default_rng(8)
+    n_real = 7
+    stream = rng.integers(4, V, size=n_real + 1, dtype=np.int32)
+    x_real, y_real = stream[None, :-1], stream[None, 1:]  # (1, n_real - ... )
+    x_pad = np.concatenate([x_real, np.full((1, T - x_real.shape[1]), PAD, np.int32)], axis=1)
+    assert x_pad.shape == (1, T)
+    short, padded = logits_of(model, x_real), logits_of(model, x_pad)
+    np.testing.assert_allclose(padded[:, : x_real.shape[1]], short, rtol=0, atol=1e-6)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    l_short = np.asarray(loss(y_real, short))
+    l_pad = np.asarray(loss(y_real, padded[:, : x_real.shape[1]]))
+    np.testing.assert_allclose(l_pad, l_short, rtol=1e-6, atol=1e-6)
+    # The padded tail itself does produce (different) outputs, so the comparison is not vacuous.
+    assert np.abs(padded[0, -1] - padded[0, x_real.shape[1] - 1]).max() > 1e-4

@@ -1,0 +1,425 @@
+"""Registry gate, promote/rollback, the pyfunc, the real `mlflow models serve` and the CLI.
+
+One tiny project in a temporary folder (components symlinked, params.yaml copied with absolute
+model/tokenizer paths, seq_len 16), a small BPE tokenizer and untrained 8-unit Keras models
+whose special tokens are biased away (so generation never stops early and text is never empty),
+and a sqlite MLflow store. Everything registers through flows.tracking.register and is gated
+through flows.registry, exactly as the pipeline's register task does.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+from components.errors import GruflowError  # noqa: E402
+from components.lm_pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
+from components.model import build_model  # noqa: E402
+from components.params import load_params  # noqa: E402
+from components.tokenize import BOS, EOS, SPECIALS, train_tokenizer  # noqa: E402
+from flows import registry, tracking  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = ROOT / ".venv" / "bin"
+SEQ_LEN = 16
+NAME, WEAK_NAME = "tiny-lm", "tiny-lm-weak"
+SENTENCES = [
+    "the parser reads the header and returns a list of names",
+    "each thread opens a file, checks the next line and closes the socket",
+    "the module writes an integer to the cached value",
+    "a function returns the value of the attribute when it is set",
+    "the server answers every request with a status line and a body",
+]
+PROMPT = "the parser"  # few tokens: prompt + new tokens stay inside one seq_len window
+
+
+def _save_model(path: Path, cfg, vocab: int, seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    model = build_model(cfg, vocab)
+    kernel, bias = model.get_layer("logits").get_weights()
+    bias[: len(SPECIALS)] = -1e4  # <pad> <unk> <bos> <eos> never win: fixed-length output
+    model.get_layer("logits").set_weights([kernel, bias])
+    model.save(path)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    (root / "components").symlink_to(ROOT / "components")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["paths"] |= {"model": str(root / "model_a.keras"),
+                     "tokenizer": str(root / "tokenizer.json")}
+    raw["train"]["seq_len"] = SEQ_LEN
+    raw["registry"]["model_name"] = NAME
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(root / "params.yaml")
+
+    tok = train_tokenizer(iter(SENTENCES * 4), params.tokenize.model_copy(
+        update={"vocab_size": 120, "min_frequency": 1}))
+    tok.save(str(root / "tokenizer.json"))
+    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
+                                          "embedding_init": "random"})
+    _save_model(root / "model_a.keras", cfg, tok.get_vocab_size(), seed=0)
+    _save_model(root / "model_b.keras", cfg, tok.get_vocab_size(), seed=1)
+    (root / "clean").mkdir()
+    pq.write_table(pa.table({"text": SENTENCES}), root / "clean" / "test.parquet")
+
+    prev_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        tracking.configure(root, "gruflow")
+        yield {"root": root, "params": params, "tokenizer": tok}
+        mlflow.set_tracking_uri(prev_uri)
+
+
+def _register(project, params, metrics: dict, flow_run_id: str) -> tuple[str, str]:
+    root = project["root"]
+    tags = {**tracking.lineage_tags(root, params, flow_run_id),
+            "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest()}
+    with mlflow.start_run() as run:
+        version = tracking.register(root, params, run.info.run_id, tags=tags, metrics=metrics)
+    return version, run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def registered(project):
+    """tiny-lm: v1 (model A, gated first: beats bigram) and v2 (model B, gated against v1
+    with min_improvement 0.99 so it must stay challenger). tiny-lm-weak: v1 misses bigram."""
+    root, params = project["root"], project["params"]
+    test_file = root / "clean" / "test.parquet"
+    v1, run1 = _register(project, params, {"perplexity": 20.0, "bigram_perplexity": 50.0,
+                                           "bits_per_byte": 1.5}, "flow-run-1")
+    first = registry.gate(NAME, v1, {"perplexity": 20.0, "bigram_perplexity": 50.0},
+                          test_file, params.registry.min_improvement)
+    params_b = params.model_copy(update={"paths": params.paths.model_copy(
+        update={"model": str(root / "model_b.keras")})})
+    v2, _ = _register(project, params_b, {"perplexity": 19.0, "bigram_perplexity": 50.0},
+                      "flow-run-2")
+    second = registry.gate(NAME, v2, {"perplexity": 19.0, "bigram_perplexity": 50.0},
+                           test_file, min_improvement=0.99)
+    weak_params = params.model_copy(update={"registry": params.registry.model_copy(
+        update={"model_name": WEAK_NAME})})
+    weak_v, _ = _register(project, weak_params, {"perplexity": 60.0, "bigram_perplexity": 50.0},
+                          "flow-run-3")
+    weak = registry.gate(WEAK_NAME, weak_v, {"perplexity": 60.0, "bigram_perplexity": 50.0},
+                         test_file, params.registry.min_improvement)
+    return {"v1": v1, "run1": run1, "first": first, "v2": v2, "second": second,
+            "weak_v": weak_v, "weak": weak}
+
+
+# --- registry ------------------------------------------------------------------------------
+
+def test_first_version_has_signature_and_lineage(registered):
+    assert registered["v1"] == "1"
+    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    assert info.signature.inputs.input_names() == ["text"]
+    assert {p.name for p in info.signature.params.params} >= {
+        "mode", "max_new_tokens", "temperature", "top_k", "seed"}
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert tags["mlflow_run_id"] == registered["run1"]
+    assert tags["prefect_flow_run_id"] == "flow-run-1"
+    assert re.fullmatch(r"[0-9a-f]{16}", tags["params_digest"])
+    assert tags["git_commit"] and tags["git_dirty"] in {"True", "False"}
+    assert re.fullmatch(r"[0-9a-f]{32}", tags["model_md5"])
+    assert float(tags["metric.perplexity"]) == 20.0
+    assert float(tags["metric.bits_per_byte"]) == 1.5
+
+
+def test_first_version_beating_bigram_becomes_champion(registered):
+    assert registered["first"]["promoted"] is True
+    assert registered["first"]["champion_before"] is None
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert tags["gate.promoted"] == "True"
+    assert "promoted_at" in tags and "bigram" in tags["promotion_reason"]
+
+
+def test_first_version_missing_bigram_is_not_champion(registered):
+    assert registered["weak"]["promoted"] is False
+    assert registry.champion_version(WEAK_NAME) is None
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(WEAK_NAME, "challenger").version) == \
+        registered["weak_v"]
+    assert client.get_model_version(WEAK_NAME, registered["weak_v"]).tags["gate.promoted"] == \
+        "False"
+
+
+def test_second_version_short_of_min_improvement_stays_challenger(project, registered):
+    decision = registered["second"]
+    assert registered["v2"] == "2"
+    assert decision["promoted"] is False and decision["champion_before"] == "1"
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["gate.promoted"] == "False"
+    new, old = decision["challenger_bits_per_byte"], decision["champion_bits_per_byte"]
+    assert 0 < new and 0 < old and new != old  # two different models, both really scored
+    assert f"{new:.4f}" in tags["gate.reason"] and f"{old:.4f}" in tags["gate.reason"]
+    # the gate scored on the test parquet: same figure as scoring the champion directly
+    texts = pq.read_table(project["root"] / "clean" / "test.parquet").column("text").to_pylist()
+    assert registry.bits_per_byte(f"models:/{NAME}/1", texts) == pytest.approx(old, rel=1e-6)
+
+
+def test_promote_then_rollback_restores_previous_champion(registered):
+    client = MlflowClient()
+    try:
+        assert registry.promote(NAME, "2") == "2"
+        assert registry.champion_version(NAME) == "2"
+        tags = client.get_model_version(NAME, "2").tags
+        assert tags["previous_champion"] == "1"
+        assert "gruflow promote" in tags["promotion_reason"]
+        assert registry.rollback(NAME) == "1"
+        assert registry.champion_version(NAME) == "1"
+        assert "rolled_back_at" in client.get_model_version(NAME, "2").tags
+        assert "rollback from version 2" in \
+            client.get_model_version(NAME, "1").tags["promotion_reason"]
+        # version 1 was the first champion: nothing before it to roll back to
+        with pytest.raises(GruflowError, match="no previous champion"):
+            registry.rollback(NAME)
+        assert registry.champion_version(NAME) == "1"
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_rollback_without_champion_is_an_error(registered):
+    with pytest.raises(GruflowError, match=WEAK_NAME):
+        registry.rollback(WEAK_NAME)
+
+
+def test_promote_missing_version_is_an_error(registered):
+    with pytest.raises(GruflowError, match="no version 99"):
+        registry.promote(NAME, "99")
+    assert registry.champion_version(NAME) == "1"
+
+
+# --- pyfunc --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def champion(registered):
+    return mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+
+
+@pytest.fixture(scope="module")
+def keras_a(project):
+    return keras.saving.load_model(project["root"] / "model_a.keras")
+
+
+def _generate(model, prompt: str, **params) -> str:
+    out = model.predict(pd.DataFrame({"text": [prompt]}), params={"mode": "generate", **params})
+    return out["text"].iloc[0]
+
+
+def _greedy(keras_model, tok: Tokenizer, prompt: str, n: int) -> list[int]:
+    """Reference: n argmax steps of the bare Keras model, last SEQ_LEN tokens as context."""
+    ids = [BOS, *tok.encode(prompt, add_special_tokens=False).ids]
+    start = len(ids)
+    for _ in range(n):
+        x = np.array([ids[-SEQ_LEN:]], dtype=np.int32)  # (1, T)
+        nxt = int(np.argmax(np.asarray(keras_model(x, training=False))[0, -1]))
+        if nxt == EOS:
+            break
+        ids.append(nxt)
+    return ids[start:]
+
+
+def test_generate_is_deterministic_for_a_seed(champion):
+    a = _generate(champion, PROMPT, max_new_tokens=8, temperature=1.0, seed=3)
+    b = _generate(champion, PROMPT, max_new_tokens=8, temperature=1.0, seed=3)
+    c = _generate(champion, PROMPT, max_new_tokens=8, temperature=1.0, seed=4)
+    assert a == b and a
+    assert a != c  # ~116 allowed tokens, 8 draws: equal only if the seed were ignored
+
+
+def test_temperature_zero_is_greedy_and_respects_max_new_tokens(champion, keras_a, project):
+    tok = project["tokenizer"]
+    for n in (1, 5):
+        ids = _greedy(keras_a, tok, PROMPT, n)
+        assert len(ids) == n  # the bare model never picks a special token
+        assert _generate(champion, PROMPT, max_new_tokens=n, temperature=0.0) == tok.decode(ids)
+    # temperature 0 ignores the seed; top_k 1 is greedy whatever the temperature
+    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=0.0, seed=7) == \
+        tok.decode(_greedy(keras_a, tok, PROMPT, 5))
+    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=1.0, top_k=1, seed=9) == \
+        tok.decode(_greedy(keras_a, tok, PROMPT, 5))
+
+
+def test_sampled_generation_is_at_most_max_new_tokens(champion, project):
+    tok = project["tokenizer"]
+    singles = {tok.decode([i]) for i in range(tok.get_vocab_size())}
+    for seed in range(3):
+        assert _generate(champion, PROMPT, max_new_tokens=1, temperature=1.0, seed=seed) in singles
+
+
+def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
+    texts = ["the parser reads the header", "a socket"]
+    rows = champion.predict(pd.DataFrame({"text": texts}), params={"mode": "score"})
+    assert len(rows) == 2
+    for text, row in zip(texts, rows.to_dict("records"), strict=True):
+        assert row["perplexity"] > 1 and row["bits_per_byte"] > 0
+        assert row["bytes"] == len(text.encode("utf-8")) + 1  # + <eos>
+        assert row["bits_per_byte"] == pytest.approx(row["nll"] / math.log(2) / row["bytes"])
+        assert row["perplexity"] == pytest.approx(math.exp(row["nll"] / row["tokens"]))
+    # independent check of the NLL: one forward pass of the bare model over <bos> text <eos>
+    tok = project["tokenizer"]
+    ids = [BOS, *tok.encode(texts[0], add_special_tokens=False).ids, EOS]
+    assert len(ids) - 1 <= SEQ_LEN
+    logits = np.asarray(keras_a(np.array([ids[:-1]], np.int32), training=False),
+                        np.float64)[0]  # (T, V)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    nll = float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
+    assert rows["tokens"].iloc[0] == len(ids) - 1
+    assert rows["nll"].iloc[0] == pytest.approx(nll, rel=1e-4)
+
+
+# --- the real server -----------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, dict | str]:
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, body = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read().decode()
+    try:
+        return status, json.loads(body)
+    except json.JSONDecodeError:
+        return status, body
+
+
+@pytest.fixture(scope="module")
+def server(project, registered):
+    port, log = _free_port(), project["root"] / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            cwd=project["root"], env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)  # own process group: uvicorn and its worker go with it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n"
+                            + log.read_text()[-3000:])
+            try:
+                if _http(url + "/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server not up after 120 s:\n" + log.read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_server_generates(server):
+    status, body = _http(server + "/invocations", {
+        "dataframe_records": [{"text": PROMPT}, {"text": "a socket"}],
+        "params": {"mode": "generate", "max_new_tokens": 8, "seed": 0}})
+    assert status == 200, body
+    preds = body["predictions"]
+    assert isinstance(preds, list) and len(preds) == 2
+    assert all(isinstance(p["text"], str) and p["text"] for p in preds)
+
+
+def test_server_scores(server):
+    status, body = _http(server + "/invocations", {
+        "dataframe_records": [{"text": "the parser reads the header"}],
+        "params": {"mode": "score"}})
+    assert status == 200, body
+    row = body["predictions"][0]
+    assert row["perplexity"] > 1 and row["bits_per_byte"] > 0
+
+
+@pytest.mark.parametrize(("records", "params", "mentions"), [
+    ([{"prompt": "hello"}], {}, "text"),
+    ([{"text": ""}], {}, "empty"),
+    ([{"text": 5}], {}, "text"),
+    ([{"text": "hello"}], {"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, "max_new_tokens"),
+    ([{"text": "hello"}], {"temperature": -0.5}, "temperature"),
+], ids=["missing-text-column", "empty-string", "non-string", "max-new-tokens-cap",
+        "negative-temperature"])
+def test_server_rejects_bad_requests_and_stays_up(server, records, params, mentions):
+    status, body = _http(server + "/invocations", {
+        "dataframe_records": records, "params": {"mode": "generate", **params}})
+    assert 400 <= status < 500, body
+    assert mentions in body["message"].lower(), body["message"]
+    assert _http(server + "/ping")[0] == 200
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+def _gruflow(project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "gruflow"), *args], cwd=project["root"],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_generate_prints_prompt_and_continuation(project, registered):
+    done = _gruflow(project, "generate", PROMPT, "--project", str(project["root"]),
+                    "--model", f"models:/{NAME}/1", "--max-new-tokens", "5")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith(PROMPT) and len(line) > len(PROMPT)
+
+
+def test_cli_score_prints_perplexity_and_bits_per_byte(project, registered, champion):
+    text = "the parser reads the header and returns a list of names\n"
+    (project["root"] / "sample.txt").write_text(text)
+    done = _gruflow(project, "score", "sample.txt", "--project", str(project["root"]))
+    assert done.returncode == 0, done.stderr
+    m = re.search(r"perplexity ([\d.]+), ([\d.]+) bits/byte", done.stdout)
+    assert m, done.stdout
+    row = champion.predict(pd.DataFrame({"text": [text]}), params={"mode": "score"}).iloc[0]
+    assert float(m[1]) == pytest.approx(row["perplexity"], abs=1e-3)
+    assert float(m[2]) == pytest.approx(row["bits_per_byte"], abs=1e-4)
+
+
+def test_cli_score_missing_file_is_one_line_exit_2(project):
+    done = _gruflow(project, "score", "missing.txt", "--project", str(project["root"]))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.txt" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
