@@ -1,27 +1,45 @@
-"""Stage `embed`: skip-gram negative-sampling word vectors over the tokenizer's vocabulary.
+"""Stage `embed`: skip-gram or CBOW negative-sampling word vectors over the tokenizer's vocabulary.
 
 Usage: `python -m components.embed`. Trains gensim's optimised Word2Vec on the train split's
 token-id sequences, so row i of artifacts/embeddings.npy is the vector of token id i.
-Ids that never occur get N(0, σ²) rows with σ the std of the trained vectors; <pad> is zero.
+Ids without a trained vector (absent from the train split, or rarer than embed.min_count) get
+N(0, σ²) rows with σ the std of the trained vectors; <pad> is zero. The trained vectors are
+also written in word2vec text format (keys: the tokenizer's token strings, e.g. "Ġreturn")
+and as TensorBoard projector files; reports/embed.json holds the evaluation (embed_eval.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
-from gensim.models import Word2Vec
+from gensim.models import KeyedVectors, Word2Vec
+from gensim.models.word2vec_inner import MAX_WORDS_IN_BATCH
+from tokenizers import Tokenizer
 
-from components.artifacts import atomic_file, write_json
+from components.artifacts import atomic_dir, atomic_file, write_json
+from components.embed_eval import TokenVectors, cosine_neighbours, evaluate, word_token
 from components.errors import GruflowError, guarded
-from components.params import Embed, load_params
+from components.params import Embed, Params, load_params
 from components.tokenize import PAD
 
 log = logging.getLogger(__name__)
+
+__all__ = ["cosine_neighbours", "run", "similar", "train_vectors"]
+
+
+@dataclass(frozen=True)
+class Exports:
+    """What the full stage adds to the matrix: token names, word2vec text, projector files."""
+
+    tokenizer: Tokenizer
+    word2vec: Path
+    projector: Path
 
 
 def stable_hash(text: str) -> int:
@@ -29,65 +47,181 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.md5(text.encode()).digest()[:4], "little")
 
 
-class TokenSentences:
-    """Restartable iterable of token-id sequences as strings (gensim makes several passes)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __iter__(self) -> Iterator[list[str]]:
-        for batch in ds.dataset(self.path).to_batches(columns=["ids"]):
+def read_sentences(path: Path, vocab_size: int) -> list[list[str]]:
+    """Token-id sequences as strings, in memory (gensim makes several passes; streaming the
+    Parquet file on every pass costs ~13% throughput). Sequences are cut into pieces of at most
+    MAX_WORDS_IN_BATCH tokens, because gensim silently drops the rest of a longer one."""
+    names = [str(i) for i in range(vocab_size)]  # one shared str per id, not one per token
+    sentences = []
+    try:
+        for batch in ds.dataset(path).to_batches(columns=["ids"]):
             for ids in batch.column("ids").to_pylist():
-                yield [str(i) for i in ids]
+                for start in range(0, len(ids), MAX_WORDS_IN_BATCH):
+                    sentences.append([names[i] for i in ids[start:start + MAX_WORDS_IN_BATCH]])
+    except IndexError:
+        raise GruflowError(f"{path}: token ids beyond the tokenizer's {vocab_size} — the tokens "
+                           "are stale; rerun the tokenize stage") from None
+    return sentences
 
 
-def train_vectors(sentences, vocab_size: int, cfg: Embed) -> np.ndarray:
-    """Return a [vocab_size, dim] float32 matrix aligned to token ids."""
-    w2v = Word2Vec(sentences, vector_size=cfg.dim, window=cfg.window, negative=cfg.negatives,
-                   min_count=cfg.min_count, epochs=cfg.epochs, seed=cfg.seed, sg=1, workers=1,
-                   hashfxn=stable_hash)
+def word2vec_settings(cfg: Embed) -> dict:
+    """gensim Word2Vec keyword arguments for `cfg` (negative sampling, no hierarchical softmax)."""
+    return {"vector_size": cfg.dim, "window": cfg.window, "negative": cfg.negatives, "hs": 0,
+            "sg": 1 if cfg.algorithm == "skipgram" else 0, "sample": cfg.subsample,
+            "min_count": cfg.min_count, "epochs": cfg.epochs, "seed": cfg.seed,
+            "workers": cfg.workers, "hashfxn": stable_hash}
+
+
+def fit_word2vec(sentences: list[list[str]], cfg: Embed) -> KeyedVectors:
+    """Build the vocabulary, check the corpus can train, then train (as Word2Vec(sentences))."""
+    w2v = Word2Vec(**word2vec_settings(cfg))
+    w2v.build_vocab(sentences)
+    if w2v.corpus_total_words < cfg.window + 1:
+        raise GruflowError(f"embed: the train split has {w2v.corpus_total_words} tokens, fewer "
+                           f"than embed.window + 1 ({cfg.window + 1}) — lower embed.window "
+                           "or add text")
     if len(w2v.wv) == 0:
         raise GruflowError("embed: no token reached embed.min_count — lower it or add text")
-    rng = np.random.default_rng(cfg.seed)
-    sigma = float(w2v.wv.vectors.std())
-    matrix = rng.normal(0.0, sigma, size=(vocab_size, cfg.dim)).astype(np.float32)
-    ids = np.array([int(k) for k in w2v.wv.index_to_key])
-    matrix[ids] = w2v.wv.vectors
+    w2v.train(sentences, total_examples=w2v.corpus_count, total_words=w2v.corpus_total_words,
+              epochs=w2v.epochs)
+    return w2v.wv
+
+
+def align(wv: KeyedVectors, vocab_size: int, seed: int) -> np.ndarray:
+    """[vocab_size, dim] float32 matrix, row i = token id i; rows without a vector: N(0, σ²)."""
+    rng = np.random.default_rng(seed)
+    sigma = float(wv.vectors.std())
+    matrix = rng.normal(0.0, sigma, size=(vocab_size, wv.vector_size)).astype(np.float32)
+    matrix[[int(k) for k in wv.index_to_key]] = wv.vectors
     matrix[PAD] = 0.0
     return matrix
 
 
-def cosine_neighbours(matrix: np.ndarray, token: int, k: int) -> list[tuple[int, float]]:
-    """Top-k ids by sim(w1, w2) = v1·v2 / (|v1||v2|), excluding the token itself."""
-    norms = np.linalg.norm(matrix, axis=1) + 1e-12
-    sims = matrix @ matrix[token] / (norms * norms[token])
-    sims[token] = -np.inf
-    top = np.argsort(-sims)[:k]
-    return [(int(i), float(sims[i])) for i in top]
+def train_vectors(sentences: list[list[str]], vocab_size: int, cfg: Embed) -> np.ndarray:
+    """Return a [vocab_size, dim] float32 matrix aligned to token ids."""
+    return align(fit_word2vec(sentences, cfg), vocab_size, cfg.seed)
 
 
-def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path) -> dict:
+def token_texts(tokenizer: Tokenizer, names: list[str]) -> dict[str, str]:
+    """Token string -> the text it decodes to ("Ġreturn" -> " return"; specials stay "<bos>")."""
+    ids = [tokenizer.token_to_id(name) for name in names]
+    texts = tokenizer.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return dict(zip(names, texts, strict=True))
+
+
+def escape(text: str) -> str:
+    """One TSV cell: backslash, tab, newline and carriage return written as escapes."""
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def w2v_key(token: str) -> str:
+    """A token as a word2vec key, which may hold no whitespace. Byte-level BPE tokens never do
+    (a space is "Ġ"); other tokenizers' whitespace tokens are written escaped ("\\s", "\\n")."""
+    if not any(ch.isspace() for ch in token):
+        return token
+    named = {" ": "\\s", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(named.get(ch, f"\\u{ord(ch):04x}") if ch.isspace() else ch for ch in token)
+
+
+def write_word2vec(path: Path, table: TokenVectors) -> None:
+    """The C word2vec text format: a `count dim` header, then `token v1 ... vdim` per line."""
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.write(f"{len(table.names)} {table.vectors.shape[1]}\n")
+        for name, row in zip(table.names, table.vectors, strict=True):
+            f.write(f"{w2v_key(name)} {' '.join(map(str, row))}\n")  # str(float32): exact
+
+
+def write_projector(folder: Path, table: TokenVectors, texts: dict[str, str],
+                    ids: list[int], counts: list[int]) -> None:
+    """TensorBoard Embedding Projector files: vectors.tsv and metadata.tsv (with a header)."""
+    with atomic_dir(folder) as tmp:
+        np.savetxt(tmp / "vectors.tsv", table.vectors, fmt="%.6g", delimiter="\t")
+        rows = [f"{escape(texts[n])}\t{i}\t{c}" for n, i, c in zip(table.names, ids, counts,
+                                                                    strict=True)]
+        (tmp / "metadata.tsv").write_text("token\tid\tcount\n" + "\n".join(rows) + "\n",
+                                          encoding="utf-8")
+
+
+def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
+    """Write the word2vec and projector files of the trained vectors; return their evaluation."""
+    ids = [int(k) for k in wv.index_to_key]  # most frequent first
+    table = TokenVectors([exports.tokenizer.id_to_token(i) for i in ids], wv.vectors)
+    texts = token_texts(exports.tokenizer, table.names)
+    report = evaluate(table, exports.tokenizer.get_vocab(), cfg, texts)  # may fail: write after
+    write_word2vec(exports.word2vec, table)
+    write_projector(exports.projector, table, texts, ids,
+                    [int(wv.get_vecattr(k, "count")) for k in wv.index_to_key])
+    return report
+
+
+def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, *,
+        exports: Exports | None = None) -> dict:
+    """Train, save the aligned matrix and the report; with `exports`, also export and evaluate."""
     train = tokens_dir / "train.parquet"
     if not train.is_file():
         raise GruflowError(f"{train}: missing — run the tokenize stage first")
-    matrix = train_vectors(TokenSentences(train), vocab_size, cfg)
+    sentences = read_sentences(train, vocab_size)
+    t0 = time.perf_counter()
+    wv = fit_word2vec(sentences, cfg)
+    seconds = time.perf_counter() - t0
+    matrix = align(wv, vocab_size, cfg.seed)
+    words = sum(len(s) for s in sentences)
+    summary = {"algorithm": cfg.algorithm, "vocab_size": vocab_size, "dim": cfg.dim,
+               "train_tokens": words, "trained_tokens": len(wv),
+               "coverage": round(len(wv) / vocab_size, 4),
+               "mean_norm": float(np.linalg.norm(matrix, axis=1).mean()),
+               "seconds": round(seconds, 2),
+               "words_per_second": round(words * cfg.epochs / seconds, 1)}
+    if exports is not None:
+        summary |= export(wv, exports, cfg)
     with atomic_file(out) as tmp:
         np.save(tmp, matrix)
-    summary = {"vocab_size": vocab_size, "dim": cfg.dim,
-               "mean_norm": float(np.linalg.norm(matrix, axis=1).mean())}
     write_json(report, summary)
     return summary
 
 
+def similar(word: str, k: int, params: Params, root: Path = Path(".")) -> list[tuple[str, float]]:
+    """The k tokens nearest to `word` by cosine similarity, from the current word2vec file."""
+    if k < 1:
+        raise GruflowError(f"-k {k}: ask for at least one neighbour")
+    paths = params.paths
+    tok_path, w2v_path = root / paths.tokenizer, root / paths.word2vec
+    for path in (tok_path, w2v_path):
+        if not path.is_file():
+            raise GruflowError(f"{path}: missing — run `gruflow run` (or `dvc repro embed`) "
+                               "first")
+    tokenizer = Tokenizer.from_file(str(tok_path))
+    vocab = tokenizer.get_vocab()
+    kv = KeyedVectors.load_word2vec_format(str(w2v_path))
+    tokens = {w2v_key(t): t for t in vocab}
+    table = TokenVectors([tokens.get(key, key) for key in kv.index_to_key], kv.vectors)
+    token = word_token(word, vocab)
+    if token is None:
+        raise GruflowError(f"'{word}' is not a single token of {paths.tokenizer} — try another "
+                           f"word, or a token listed in {paths.projector}/metadata.tsv")
+    if token not in table.index:
+        raise GruflowError(f"'{word}' (token {token!r}) has no trained vector: it occurs fewer "
+                           "than embed.min_count times in the train split — try another word")
+    texts = token_texts(tokenizer, table.names)
+    return [(texts[table.names[r]], sim)
+            for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]
+
+
 @guarded
 def main() -> None:
-    from tokenizers import Tokenizer
-
     p = load_params()
-    vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
-    s = run(p.embed, Path(p.paths.tokens), vocab, Path(p.paths.embeddings),
-            Path(p.paths.reports) / "embed.json")
-    print(f"embed: {s['vocab_size']} x {s['dim']} vectors")
+    if not Path(p.paths.tokenizer).is_file():
+        raise GruflowError(f"{p.paths.tokenizer}: missing — run the tokenize stage first")
+    tokenizer = Tokenizer.from_file(p.paths.tokenizer)
+    exports = Exports(tokenizer, Path(p.paths.word2vec), Path(p.paths.projector))
+    s = run(p.embed, Path(p.paths.tokens), tokenizer.get_vocab_size(), Path(p.paths.embeddings),
+            Path(p.paths.reports) / "embed.json", exports=exports)
+    rho = s["word_pairs"]["spearman"]
+    print(f"embed: {s['algorithm']} {s['vocab_size']} x {s['dim']} vectors "
+          f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); word-pair "
+          f"Spearman {'n/a' if rho is None else f'{rho:.3f}'} "
+          f"({s['word_pairs']['oov']} of {s['word_pairs']['pairs']} pairs out of vocabulary)")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,14 @@ class CausalAttention(layers.Layer):
     def call(self, states):
         H = ops.shape(states)[-1]
         T = ops.shape(states)[1]
+        out_dtype = states.dtype
+        states = ops.cast(states, "float32")  # softmax and the -1e9 mask stay in float32
         scores = ops.einsum("bth,bih->bti", states, states)  # (B, T, T): v_i · h_t
         scores = scores / ops.sqrt(ops.cast(H, scores.dtype))
         causal = ops.tril(ops.ones((T, T), dtype="bool"))  # (T, T): i <= t
         scores = ops.where(causal[None, :, :], scores, ops.full_like(scores, -1e9))
         alpha = ops.softmax(scores, axis=-1)  # (B, T, T), rows sum to 1
-        context = ops.einsum("bti,bih->bth", alpha, states)  # (B, T, H)
+        context = ops.cast(ops.einsum("bti,bih->bth", alpha, states), out_dtype)  # (B, T, H)
         if self.return_attention:
             return context, alpha
         return context
@@ -72,7 +74,7 @@ def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = Non
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
     combined = layers.Dropout(cfg.dropout)(combined)
-    output = layers.Dense(vocab_size, name="logits")
+    output = layers.Dense(vocab_size, dtype="float32", name="logits")  # f32 under mixed precision
     logits = output(combined)  # (B, T, V)
     # Initial values are assigned, not passed as Constant initialisers, so the matrices do
     # not end up inside the saved model's config.json.

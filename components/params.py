@@ -31,7 +31,12 @@ class Paths(_Section):
     tokens: str
     tokenizer: str
     embeddings: str
+    word2vec: str
+    projector: str
     model: str
+    checkpoints: str
+    best_params: str
+    tune_dir: str
     reports: str
 
 
@@ -65,12 +70,19 @@ class Tokenize(_Section):
 
 
 class Embed(_Section):
+    algorithm: Literal["skipgram", "cbow"]
     dim: PosInt
     window: PosInt
     negatives: PosInt
     min_count: PosInt
+    subsample: Fraction
     epochs: PosInt
     seed: NonNegInt
+    workers: PosInt
+    probes: list[Annotated[str, Field(strict=True, min_length=1)]]
+    neighbours: PosInt
+    pairs_file: str = Field(strict=True, min_length=1)
+    analogy_file: str = Field(strict=True)
 
 
 class Model(_Section):
@@ -87,9 +99,15 @@ class Train(_Section):
     batch_size: PosInt
     epochs: PosInt
     learning_rate: Annotated[float, Field(gt=0.0)]
+    schedule: Literal["cosine", "constant"]
+    warmup_fraction: Fraction
+    min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
     clipnorm: Annotated[float, Field(gt=0.0)]
     patience: NonNegInt
     seed: NonNegInt
+    mixed_precision: bool
+    xla: bool
 
 
 class Evaluate(_Section):
@@ -105,6 +123,76 @@ class Mlflow(_Section):
     experiment: str = Field(min_length=1)
 
 
+TUNABLE_SECTIONS = ("model", "train")  # tune.space may name fields of these sections only
+
+
+class SpaceSpec(_Section):
+    """One tuned parameter: a numeric range (int, float, logfloat) or a list of choices."""
+
+    type: Literal["int", "float", "logfloat", "categorical"]
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
+    choices: list[bool | int | float | str] | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SpaceSpec:
+        if self.type == "categorical":
+            if not self.choices or (self.low, self.high, self.step) != (None, None, None):
+                raise ValueError("categorical needs a non-empty 'choices' list and no low/high/step")
+            return self
+        if self.choices is not None or self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high' (and no 'choices')")
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low ({self.low}) must be below high "
+                             f"({self.high})")
+        if self.type == "int" and not all(float(v).is_integer() for v in self.bounds()):
+            raise ValueError("int needs whole-number low/high/step")
+        if self.type == "logfloat" and (self.low <= 0 or self.step is not None):
+            raise ValueError("logfloat needs low > 0 and no step")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be positive (got {self.step})")
+        return self
+
+    def bounds(self) -> list[int | float]:
+        return [v for v in (self.low, self.high, self.step) if v is not None]
+
+    def candidates(self) -> list[bool | int | float | str]:
+        """Values whose validity for the target field stands for the whole space."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+    def contains(self, value: object) -> bool:
+        if self.type == "categorical":
+            return value in (self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        k = (value - self.low) / self.step
+        return abs(k - round(k)) < 1e-9
+
+
+class Tune(_Section):
+    n_trials: NonNegInt
+    timeout: NonNegInt
+    n_workers: PosInt
+    seed: NonNegInt
+    sampler_startup_trials: NonNegInt
+    pruner: Literal["median", "hyperband"]
+    pruner_startup_trials: NonNegInt
+    pruner_warmup_epochs: NonNegInt
+    data_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
+    max_epochs: PosInt
+    study_name: str = Field(strict=True, min_length=1)
+    storage: str = Field(strict=True)
+    space: dict[str, SpaceSpec]
+
+
 class Params(_Section):
     paths: Paths
     data: Data
@@ -114,6 +202,7 @@ class Params(_Section):
     embed: Embed
     model: Model
     train: Train
+    tune: Tune
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
@@ -126,6 +215,45 @@ class Params(_Section):
                 f"({self.embed.dim}) when model.embedding_init is word2vec"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tune_space_names_fields(self) -> Params:
+        for name, spec in self.tune.space.items():
+            _check_space_entry(self, name, spec)
+        return self
+
+
+def _check_space_entry(p: Params, name: str, spec: SpaceSpec) -> None:
+    """A space entry must name a model/train field, every value must suit that field, and the
+    params.yaml value must lie inside (it is trial 0 of the study)."""
+    key = f"'tune.space.{name}'"
+    section, _, field = name.partition(".")
+    if section not in TUNABLE_SECTIONS or field not in type(getattr(p, section)).model_fields:
+        raise ValueError(f"{key}: unknown parameter — name a field of the "
+                         f"{' or '.join(TUNABLE_SECTIONS)} section, e.g. train.learning_rate")
+    current = getattr(p, section)
+    for value in spec.candidates():
+        try:
+            type(current).model_validate({**current.model_dump(), field: value})
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{key}: {value!r} is not a valid {name} ({msg})") from None
+    default = getattr(current, field)
+    if p.tune.n_trials and not spec.contains(default):
+        raise ValueError(f"{key}: the {name} value {default!r} lies outside the space — widen "
+                         "the space (the params.yaml values are the study's first trial)")
+
+
+def with_overrides(p: Params, values: dict[str, object], source: str) -> Params:
+    """Params with dotted `section.field` values replaced, validated again like params.yaml."""
+    raw = p.model_dump()
+    for name, value in values.items():
+        section, _, field = name.partition(".")
+        if section not in TUNABLE_SECTIONS or field not in raw[section]:
+            raise GruflowError(f"{source}: unknown parameter '{name}' — only "
+                               f"{'/'.join(TUNABLE_SECTIONS)} fields can be overridden")
+        raw[section][field] = value
+    return parse_params(raw, source)
 
 
 def _describe(err: ValidationError, file: Path) -> str:

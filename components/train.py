@@ -1,13 +1,16 @@
 """Stage `train`: fit the GRU+attention LM on packed windows of the train split.
 
-Usage: `python -m components.train`. Writes artifacts/model.keras, reports/train_history.csv
-and reports/train.json. When GRUFLOW_MLFLOW_RUN_ID is set (the Prefect flow sets it), each
-epoch's metrics are also logged live to that MLflow run.
+Usage: `python -m components.train`. Writes artifacts/model.keras, reports/train_history.csv,
+reports/train.json and TensorBoard logs. Resumes from its epoch checkpoint when restarted after
+a kill. When GRUFLOW_MLFLOW_RUN_ID is set (the Prefect flow sets it), each epoch's metrics are
+also logged live to that MLflow run.
 """
 
 from __future__ import annotations
 
-import logging
+import csv
+import hashlib
+import json
 import math
 import os
 import time
@@ -20,73 +23,149 @@ from components.errors import GruflowError, guarded
 from components.params import Params, load_params
 from components.windows import make_windows, read_stream, unigram_log_probs
 
-log = logging.getLogger(__name__)
 
-
-def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | None):
+def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | None,
+                 first_epoch: int = 0, epochs: int = 1):
+    """Batched windows; with a seed, epoch e is shuffled by a stateless permutation keyed on
+    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would."""
     import tensorflow as tf
 
     x, y, w = make_windows(stream, seq_len)
-    ds = tf.data.Dataset.from_tensor_slices((x, y, w))
-    if seed is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), int(w.sum())
+    n = len(x)
+    data = tf.data.Dataset.from_tensor_slices((x, y, w))
+    if seed is None:
+        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE), int(w.sum())
+    tensors = (tf.constant(x), tf.constant(y), tf.constant(w))
+
+    def epoch_batches(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    def gather(idx):
+        return tuple(tf.gather(t, idx) for t in tensors)
+
+    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), \
+        int(w.sum())
 
 
-class EpochLogger:
-    """Keras callback factory: per-epoch perplexity, throughput, and MLflow when asked."""
+def flops_per_token(vocab: int, E: int, H: int, layers: int, T: int) -> int:
+    """Forward multiply-adds x 2 per token: GRU gates, causal attention (T/2 positions on
+    average, scores + context), combine and output projection."""
+    gru = sum(2 * 3 * ((E if i == 0 else H) + H) * H for i in range(layers))
+    return int(gru + 2 * T * H + 2 * 2 * H * H + 2 * H * vocab)
 
-    @staticmethod
-    def create(tokens_per_epoch: int):
-        import keras
 
-        run_id = os.environ.get("GRUFLOW_MLFLOW_RUN_ID")
+def resume_digest(p: Params, vocab_size: int, tokens_dir: Path) -> str:
+    """What a checkpoint must share with this run to be resumed."""
+    train = p.train.model_dump(exclude={"epochs", "patience"})
+    blob = json.dumps([p.model.model_dump(), train, vocab_size], sort_keys=True).encode()
+    h = hashlib.sha256(blob)
+    for split in ("train", "val"):
+        h.update((tokens_dir / f"{split}.parquet").read_bytes())
+    return h.hexdigest()[:16]
 
-        class _Logger(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.perf_counter()
 
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs if logs is not None else {}
-                logs["val_perplexity"] = math.exp(min(logs.get("val_loss", 50.0), 50.0))
-                logs["tokens_per_second"] = tokens_per_epoch / (time.perf_counter() - self.t0)
-                logs["learning_rate"] = float(self.model.optimizer.learning_rate)
-                if run_id:
-                    from mlflow.tracking import MlflowClient
+def devices() -> dict:
+    """Log which hardware trains: every GPU TensorFlow sees (MirroredStrategy if several)."""
+    import tensorflow as tf
 
-                    client = MlflowClient()
-                    for k, v in logs.items():
-                        client.log_metric(run_id, k, float(v), step=epoch)
+    gpus = tf.config.list_physical_devices("GPU")
+    return {"device": f"{len(gpus)} GPU" if gpus else "CPU",
+            "strategy": "MirroredStrategy" if len(gpus) > 1 else "default"}
 
-        return _Logger()
+
+def optimizer(p: Params, steps_per_epoch: int):
+    """AdamW; learning rate constant or linear warm-up then cosine decay over the run."""
+    import keras
+
+    t = p.train
+    lr = t.learning_rate
+    if t.schedule == "cosine":
+        total = max(steps_per_epoch * t.epochs, 1)
+        warmup = int(total * t.warmup_fraction)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else t.learning_rate, decay_steps=max(total - warmup, 1),
+            alpha=t.min_lr_fraction, warmup_target=t.learning_rate if warmup else None,
+            warmup_steps=warmup)
+    return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
+
+
+def epoch_logger(tokens_per_epoch: int):
+    """Per-epoch perplexity, learning rate and throughput; live to MLflow when asked."""
+    import keras
+
+    run_id = os.environ.get("GRUFLOW_MLFLOW_RUN_ID")
+
+    class _Logger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            logs["val_perplexity"] = math.exp(min(logs.get("val_loss", 50.0), 50.0))
+            logs["tokens_per_second"] = tokens_per_epoch / (time.perf_counter() - self.t0)
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+            if run_id:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient()
+                for k, v in logs.items():
+                    client.log_metric(run_id, k, float(v), step=epoch)
+
+    return _Logger()
 
 
 def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
-        embeddings: np.ndarray | None, history_csv: Path):
+        embeddings: np.ndarray | None, digest: str):
+    """Build (or resume) and fit the model; returns (model, history, train tokens, hardware)."""
     import keras
     import tensorflow as tf
 
+    from components.checkpoint import Checkpoint, ResumableEarlyStopping
     from components.model import build_model
 
-    keras.utils.set_random_seed(p.train.seed)
+    t, hw = p.train, devices()
+    keras.utils.set_random_seed(t.seed)
     tf.config.experimental.enable_op_determinism()
-    t = p.train
-    train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed)
+    if hw["device"] != "CPU" and t.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
+                else tf.distribute.get_strategy())
+    ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
+    with strategy.scope():
+        restored = ckpt.restore()
+        model, state = restored if restored else (None, {})
+        if model is None:
+            model = build_model(p.model, vocab_size, embeddings,
+                                unigram_log_probs(train, vocab_size))
+            steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
+            # Divide by the real tokens, not the window slots: padding must not lower the loss.
+            model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
+                          loss=keras.losses.SparseCategoricalCrossentropy(
+                              from_logits=True, reduction="mean_with_sample_weight"))
+    first = state["epoch"] + 1 if state else 0
+    train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed, first, t.epochs)
     val_ds, _ = make_dataset(val, t.seq_len, t.batch_size, None)
-    model = build_model(p.model, vocab_size, embeddings, unigram_log_probs(train, vocab_size))
-    model.compile(optimizer=keras.optimizers.AdamW(t.learning_rate, clipnorm=t.clipnorm),
-                  # Divide by the real tokens, not the window slots: padding must not
-                  # lower the reported (validation) loss.
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, reduction="mean_with_sample_weight"))
-    callbacks = [
-        keras.callbacks.EarlyStopping("val_loss", patience=t.patience, restore_best_weights=True),
-        EpochLogger.create(n_train),
-        keras.callbacks.CSVLogger(str(history_csv)),
-    ]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=callbacks,
-                        verbose=2)
-    return model, history.history, n_train
+    stopper = ResumableEarlyStopping(ckpt, t.patience, state)
+    callbacks = [epoch_logger(n_train), stopper,
+                 keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
+    if first < t.epochs and not state.get("stopped"):
+        steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
+        model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    return model, stopper.history, n_train, hw
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    keys = sorted(history)
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["epoch", *keys])
+        for epoch in range(len(history["val_loss"])):
+            out.writerow([epoch, *(history[k][epoch] for k in keys)])
 
 
 def run(p: Params) -> dict:
@@ -107,35 +186,43 @@ def run(p: Params) -> dict:
                                f"vocabulary {vocab_size} x model.embedding_dim "
                                f"{p.model.embedding_dim} — rerun the embed stage")
     reports = Path(paths.reports)
-    reports.mkdir(parents=True, exist_ok=True)
-    with atomic_file(reports / "train_history.csv") as hist:
-        t0 = time.perf_counter()
-        model, history, n_train = fit(p, vocab_size, train, val, embeddings, hist)
-        seconds = time.perf_counter() - t0
-        with atomic_file(paths.model) as tmp:
-            model.save(tmp)
+    t0 = time.perf_counter()
+    model, history, n_train, hw = fit(p, vocab_size, train, val, embeddings,
+                                      resume_digest(p, vocab_size, tokens))
+    seconds = time.perf_counter() - t0
+    with atomic_file(paths.model) as tmp:
+        model.save(tmp)
+    write_history(history, reports / "train_history.csv")
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
     with atomic_file(reports / "model_summary.txt") as tmp_summary:
         tmp_summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     best = int(np.argmin(history["val_loss"]))
+    tps = float(np.median(history["tokens_per_second"]))
+    fpt = flops_per_token(vocab_size, p.model.embedding_dim, p.model.units,
+                          p.model.gru_layers, p.train.seq_len)
     summary = {
         "epochs_run": len(history["val_loss"]), "best_epoch": best + 1,
-        "best_val_loss": float(history["val_loss"][best]),
-        "best_val_perplexity": float(math.exp(history["val_loss"][best])),
-        "train_tokens": n_train, "seconds": round(seconds, 1),
-        "tokens_per_second": round(n_train * len(history["val_loss"]) / seconds, 1),
+        "best_val_loss": history["val_loss"][best],
+        "best_val_perplexity": math.exp(history["val_loss"][best]),
+        "train_tokens": n_train, "seconds": round(seconds, 1), "tokens_per_second": round(tps, 1),
+        "flops_per_token": fpt, "achieved_flops_per_second": round(3 * fpt * tps),
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
+        **hw,
     }
     write_json(reports / "train.json", summary)
+    from components.checkpoint import Checkpoint
+
+    Checkpoint(Path(paths.checkpoints), "").clear()  # finished: the next run starts afresh
     return summary
 
 
 @guarded
 def main() -> None:
     s = run(load_params())
-    print(f"train: {s['epochs_run']} epochs, best val perplexity {s['best_val_perplexity']:.1f} "
-          f"(epoch {s['best_epoch']}), {s['tokens_per_second']:.0f} tokens/s")
+    print(f"train: {s['epochs_run']} epochs on {s['device']}, best val perplexity "
+          f"{s['best_val_perplexity']:.1f} (epoch {s['best_epoch']}), "
+          f"{s['tokens_per_second']:.0f} tokens/s")
 
 
 if __name__ == "__main__":

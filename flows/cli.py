@@ -101,6 +101,17 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _similar(args: argparse.Namespace) -> int:
+    import json
+
+    from components.embed import similar
+
+    root = Path(args.project).resolve()
+    for token, sim in similar(args.token, args.k, load_params(root / "params.yaml"), root):
+        print(f"{sim:7.4f}  {json.dumps(token, ensure_ascii=False)}")
+    return 0
+
+
 def _model_commands(sub) -> None:
     gen = sub.add_parser("generate", help="continue a prompt with the champion model")
     gen.add_argument("prompt")
@@ -133,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.set_defaults(func=_run)
     _model_commands(sub)
+    similar = sub.add_parser("similar", help="nearest tokens to a word by cosine similarity "
+                                             "of the current word vectors")
+    similar.add_argument("token", help="a word that is one token, e.g. function")
+    similar.add_argument("-k", type=int, default=10, help="neighbours to print (default 10)")
+    similar.add_argument("--project", default=".", help="project root (default: current folder)")
+    similar.set_defaults(func=_similar)
     return parser
 
 

@@ -19,6 +19,8 @@ from components.params import Params, load_params
 from flows import registry, tracking
 from flows.stages import STAGES, is_changed, reproduce
 
+TRACKED = ("embed", "tune", "train", "evaluate")  # stages that get a nested MLflow run
+
 
 @dataclass
 class PipelineResult:
@@ -37,29 +39,31 @@ def run_stage(root: Path, stage: str, force: bool = False) -> bool:
     return ran
 
 
-@task(name="train")
-def train(root: Path, params: Params, force: bool) -> bool:
-    """The train stage inside a nested MLflow run; epochs are logged live by the stage."""
-    if not (force or is_changed(root, "train")):
-        return run_stage.fn(root, "train")
-    with mlflow.start_run(run_name="train", nested=True) as run:
+def _log_stage(root: Path, params: Params, stage: str, run_id: str) -> dict:
+    """After a tracked stage ran: log what it produced into its nested MLflow run."""
+    reports = root / params.paths.reports
+    if stage == "embed":
+        return tracking.log_embed(run_id, reports, root / params.paths.projector)
+    if stage == "train":
+        tracking.log_train(run_id, params, reports)
+    if stage == "evaluate":
+        return tracking.log_evaluate(run_id, reports)
+    return {}
+
+
+@task(name="tracked-stage")
+def tracked_stage(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dict]:
+    """A stage inside its own nested MLflow run (opened only when the stage will run); the
+    stage logs live to it through GRUFLOW_MLFLOW_RUN_ID (train epochs, tune trials)."""
+    if not (force or is_changed(root, stage)):
+        return run_stage.fn(root, stage), {}
+    with mlflow.start_run(run_name=stage, nested=True) as run:
         os.environ["GRUFLOW_MLFLOW_RUN_ID"] = run.info.run_id
         try:
-            ran = run_stage.fn(root, "train", force)
+            ran = run_stage.fn(root, stage, force)
         finally:
             os.environ.pop("GRUFLOW_MLFLOW_RUN_ID", None)
-    tracking.log_train(run.info.run_id, params, root / params.paths.reports)
-    return ran
-
-
-@task(name="evaluate")
-def evaluate(root: Path, params: Params, force: bool) -> tuple[bool, dict]:
-    reports = root / params.paths.reports
-    if not (force or is_changed(root, "evaluate")):
-        return run_stage.fn(root, "evaluate"), {}
-    with mlflow.start_run(run_name="evaluate", nested=True) as run:
-        ran = run_stage.fn(root, "evaluate", force)
-    return ran, tracking.log_evaluate(run.info.run_id, reports)
+    return ran, _log_stage(root, params, stage, run.info.run_id)
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
@@ -98,14 +102,15 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
         result.parent_run_id = parent.info.run_id
         mlflow.log_params({"data.source": params.data.source,
                            "registry.model_name": params.registry.model_name})
-        for stage in STAGES[:4]:
-            if run_stage.with_options(name=stage)(root, stage, force):
+        for stage in STAGES:
+            if stage in TRACKED:
+                ran, logged = tracked_stage.with_options(name=stage)(root, params, stage, force)
+                if stage == "evaluate":
+                    result.metrics = logged
+            else:
+                ran = run_stage.with_options(name=stage)(root, stage, force)
+            if ran:
                 result.executed.append(stage)
-        if train(root, params, force):
-            result.executed.append("train")
-        ran, result.metrics = evaluate(root, params, force)
-        if ran:
-            result.executed.append("evaluate")
         result.model_version = register(root, params, parent.info.run_id, result.metrics)
         mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
                          "executed_stages": ",".join(result.executed) or "none"})

@@ -145,3 +145,29 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
 def read_metrics(reports: Path) -> dict:
     path = reports / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _embed_numbers(d: dict, prefix: str) -> dict[str, float]:
+    """Numeric leaves of a nested report as dotted metric names (lists and strings skipped)."""
+    out: dict[str, float] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out |= _embed_numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def log_embed(run_id: str, reports: Path, projector: Path | None = None) -> dict:
+    """reports/embed.json in `run_id`: its numbers as `embed.*` metrics (e.g.
+    embed.word_pairs.spearman, embed.analogies.accuracy), the file itself, and with `projector`
+    the TensorBoard projector files under artifact path `projector`."""
+    report = json.loads((reports / "embed.json").read_text())
+    client = MlflowClient()
+    for key, value in _embed_numbers(report, "embed.").items():
+        client.log_metric(run_id, key, value)
+    client.set_tag(run_id, "embed.algorithm", str(report.get("algorithm", "")))
+    client.log_artifact(run_id, str(reports / "embed.json"))
+    if projector is not None and projector.is_dir():
+        client.log_artifacts(run_id, str(projector), artifact_path="projector")
+    return report

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.stages import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -94,7 +96,7 @@ def pipeline_run(tmp_path_factory):
 
 def test_first_run_executes_every_stage_and_writes_metrics(pipeline_run):
     out = pipeline_run["first"].stdout
-    assert "stages executed: ingest, clean, tokenize, embed, train, evaluate" in out
+    assert f"stages executed: {', '.join(STAGES)}" in out
     metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
     for key in ("perplexity", "bits_per_byte", "token_accuracy", "baseline_perplexity",
                 "bigram_perplexity"):
@@ -145,7 +147,7 @@ def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
     first = parents[0]
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
-    assert set(children) == {"train", "evaluate"}
+    assert set(children) == {"embed", "train", "evaluate"} | ({"tune"} & set(STAGES))
     history = mlflow_client.get_metric_history(children["train"].info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]  # live per-epoch logging
     assert children["train"].data.params["train.epochs"] == "2"
@@ -154,7 +156,7 @@ def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
     assert len(first.data.tags["git_commit"]) == 40
 
 
-def test_model_registered_once_with_lineage(mlflow_client):
+def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     versions = mlflow_client.search_model_versions("name = 'gruflow-lm'")
     assert [str(v.version) for v in versions] == ["1"]  # the rerun registered nothing new
     tags = versions[0].tags
@@ -162,14 +164,18 @@ def test_model_registered_once_with_lineage(mlflow_client):
                 "prefect_flow_run_id", "mlflow_run_id", "metric.perplexity"):
         assert tags.get(key), key
     assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "challenger").version) == "1"
-    assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "champion").version) == "1"
+    metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
+    beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
+    assert tags["gate.promoted"] == str(beats_bigram)
+    if beats_bigram:
+        assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "champion").version) == "1"
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):
     import mlflow
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model("models:/gruflow-lm@champion")
+    model = mlflow.pyfunc.load_model("models:/gruflow-lm@challenger")
     prompts = pd.DataFrame({"text": ["the parser"]})
     out = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})
     again = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})

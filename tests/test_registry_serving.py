@@ -34,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
@@ -42,12 +43,12 @@ from components.lm_pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
 from components.model import build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
 from components.tokenize import BOS, EOS, SPECIALS, train_tokenizer  # noqa: E402
-from flows import registry, tracking  # noqa: E402
+from flows import cli, registry, tracking  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 SEQ_LEN = 16
-NAME, WEAK_NAME = "tiny-lm", "tiny-lm-weak"
+NAME, WEAK_NAME, OPS_NAME = "tiny-lm", "tiny-lm-weak", "tiny-lm-ops"
 SENTENCES = [
     "the parser reads the header and returns a list of names",
     "each thread opens a file, checks the next line and closes the socket",
@@ -56,13 +57,14 @@ SENTENCES = [
     "the server answers every request with a status line and a body",
 ]
 PROMPT = "the parser"  # few tokens: prompt + new tokens stay inside one seq_len window
+SAMPLE = "the parser reads the header and returns a list of names\n"
 
 
 def _save_model(path: Path, cfg, vocab: int, seed: int) -> None:
     keras.utils.set_random_seed(seed)
     model = build_model(cfg, vocab)
     kernel, bias = model.get_layer("logits").get_weights()
-    bias[: len(SPECIALS)] = -1e4  # <pad> <unk> <bos> <eos> never win: fixed-length output
+    bias[: len(SPECIALS)] = -30.0  # <pad> <unk> <bos> <eos> never win: fixed-length output
     model.get_layer("logits").set_weights([kernel, bias])
     model.save(path)
 
@@ -80,7 +82,7 @@ def project(tmp_path_factory):
     params = load_params(root / "params.yaml")
 
     tok = train_tokenizer(iter(SENTENCES * 4), params.tokenize.model_copy(
-        update={"vocab_size": 120, "min_frequency": 1}))
+        update={"vocab_size": 300, "min_frequency": 1}))  # 256 bytes + 4 specials + merges
     tok.save(str(root / "tokenizer.json"))
     cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
                                           "embedding_init": "random"})
@@ -107,30 +109,47 @@ def _register(project, params, metrics: dict, flow_run_id: str) -> tuple[str, st
     return version, run.info.run_id
 
 
+def _named(params, name: str, model: Path | None = None):
+    update: dict = {"registry": params.registry.model_copy(update={"model_name": name})}
+    if model is not None:
+        update["paths"] = params.paths.model_copy(update={"model": str(model)})
+    return params.model_copy(update=update)
+
+
+GOOD = {"perplexity": 20.0, "bigram_perplexity": 50.0}
+
+
 @pytest.fixture(scope="module")
-def registered(project):
-    """tiny-lm: v1 (model A, gated first: beats bigram) and v2 (model B, gated against v1
-    with min_improvement 0.99 so it must stay challenger). tiny-lm-weak: v1 misses bigram."""
+def first_version(project):
+    """tiny-lm v1 (model A), gated as the first version: beats the bigram -> champion.
+    Nothing below moves tiny-lm's champion, so the server and CLI runs may load it early."""
+    params = project["params"]
+    v1, run1 = _register(project, params, {**GOOD, "bits_per_byte": 1.5}, "flow-run-1")
+    first = registry.gate(NAME, v1, GOOD, project["root"] / "clean" / "test.parquet",
+                          params.registry.min_improvement)
+    return {"v1": v1, "run1": run1, "first": first}
+
+
+@pytest.fixture(scope="module")
+def registered(project, first_version, background):
+    """After the background processes start (their imports overlap this and the in-process
+    tests): tiny-lm v2 (model B) gated with min_improvement 0.99, so it must stay challenger;
+    tiny-lm-weak v1 gated as a first version that misses the bigram; tiny-lm-ops v1 (gated,
+    champion) and v2 (not gated) for promote and rollback."""
     root, params = project["root"], project["params"]
-    test_file = root / "clean" / "test.parquet"
-    v1, run1 = _register(project, params, {"perplexity": 20.0, "bigram_perplexity": 50.0,
-                                           "bits_per_byte": 1.5}, "flow-run-1")
-    first = registry.gate(NAME, v1, {"perplexity": 20.0, "bigram_perplexity": 50.0},
-                          test_file, params.registry.min_improvement)
-    params_b = params.model_copy(update={"paths": params.paths.model_copy(
-        update={"model": str(root / "model_b.keras")})})
-    v2, _ = _register(project, params_b, {"perplexity": 19.0, "bigram_perplexity": 50.0},
+    test_file, model_b = root / "clean" / "test.parquet", root / "model_b.keras"
+    v2, _ = _register(project, _named(params, NAME, model_b), {**GOOD, "perplexity": 19.0},
                       "flow-run-2")
-    second = registry.gate(NAME, v2, {"perplexity": 19.0, "bigram_perplexity": 50.0},
-                           test_file, min_improvement=0.99)
-    weak_params = params.model_copy(update={"registry": params.registry.model_copy(
-        update={"model_name": WEAK_NAME})})
-    weak_v, _ = _register(project, weak_params, {"perplexity": 60.0, "bigram_perplexity": 50.0},
-                          "flow-run-3")
-    weak = registry.gate(WEAK_NAME, weak_v, {"perplexity": 60.0, "bigram_perplexity": 50.0},
-                         test_file, params.registry.min_improvement)
-    return {"v1": v1, "run1": run1, "first": first, "v2": v2, "second": second,
-            "weak_v": weak_v, "weak": weak}
+    second = registry.gate(NAME, v2, {**GOOD, "perplexity": 19.0}, test_file,
+                           min_improvement=0.99)
+    weak_metrics = {"perplexity": 60.0, "bigram_perplexity": 50.0}
+    weak_v, _ = _register(project, _named(params, WEAK_NAME), weak_metrics, "flow-run-3")
+    weak = registry.gate(WEAK_NAME, weak_v, weak_metrics, test_file,
+                         params.registry.min_improvement)
+    ops_v1, _ = _register(project, _named(params, OPS_NAME), GOOD, "flow-run-4")
+    registry.gate(OPS_NAME, ops_v1, GOOD, test_file, params.registry.min_improvement)
+    _register(project, _named(params, OPS_NAME, model_b), GOOD, "flow-run-5")
+    return {**first_version, "v2": v2, "second": second, "weak_v": weak_v, "weak": weak}
 
 
 # --- registry ------------------------------------------------------------------------------
@@ -187,23 +206,21 @@ def test_second_version_short_of_min_improvement_stays_challenger(project, regis
 
 def test_promote_then_rollback_restores_previous_champion(registered):
     client = MlflowClient()
-    try:
-        assert registry.promote(NAME, "2") == "2"
-        assert registry.champion_version(NAME) == "2"
-        tags = client.get_model_version(NAME, "2").tags
-        assert tags["previous_champion"] == "1"
-        assert "gruflow promote" in tags["promotion_reason"]
-        assert registry.rollback(NAME) == "1"
-        assert registry.champion_version(NAME) == "1"
-        assert "rolled_back_at" in client.get_model_version(NAME, "2").tags
-        assert "rollback from version 2" in \
-            client.get_model_version(NAME, "1").tags["promotion_reason"]
-        # version 1 was the first champion: nothing before it to roll back to
-        with pytest.raises(GruflowError, match="no previous champion"):
-            registry.rollback(NAME)
-        assert registry.champion_version(NAME) == "1"
-    finally:
-        client.set_registered_model_alias(NAME, "champion", "1")
+    assert registry.champion_version(OPS_NAME) == "1"
+    assert registry.promote(OPS_NAME, "2") == "2"
+    assert registry.champion_version(OPS_NAME) == "2"
+    tags = client.get_model_version(OPS_NAME, "2").tags
+    assert tags["previous_champion"] == "1"
+    assert "gruflow promote" in tags["promotion_reason"]
+    assert registry.rollback(OPS_NAME) == "1"
+    assert registry.champion_version(OPS_NAME) == "1"
+    assert "rolled_back_at" in client.get_model_version(OPS_NAME, "2").tags
+    assert "rollback from version 2" in \
+        client.get_model_version(OPS_NAME, "1").tags["promotion_reason"]
+    # version 1 was the first champion: nothing before it to roll back to
+    with pytest.raises(GruflowError, match="no previous champion"):
+        registry.rollback(OPS_NAME)
+    assert registry.champion_version(OPS_NAME) == "1"
 
 
 def test_rollback_without_champion_is_an_error(registered):
@@ -276,7 +293,7 @@ def test_sampled_generation_is_at_most_max_new_tokens(champion, project):
 
 
 def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
-    texts = ["the parser reads the header", "a socket"]
+    texts = ["the header", "a socket opens"]
     rows = champion.predict(pd.DataFrame({"text": texts}), params={"mode": "score"})
     assert len(rows) == 2
     for text, row in zip(texts, rows.to_dict("records"), strict=True):
@@ -294,6 +311,16 @@ def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
     nll = float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
     assert rows["tokens"].iloc[0] == len(ids) - 1
     assert rows["nll"].iloc[0] == pytest.approx(nll, rel=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lm_pyfunc does not validate params.seed: a negative seed reaches "
+    "np.random.default_rng and raises ValueError, so the server answers MLflow's generic "
+    "'unexpected error' message instead of naming the bad parameter"))
+def test_negative_seed_is_a_clear_bad_request(champion):
+    with pytest.raises(MlflowException, match="seed") as exc:
+        _generate(champion, PROMPT, max_new_tokens=2, temperature=0.0, seed=-1)
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 # --- the real server -----------------------------------------------------------------------
@@ -319,39 +346,75 @@ def _http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[i
         return status, body
 
 
+def _env() -> dict[str, str]:
+    """The test's MLflow store; the venv's bin first on PATH (the server execs `uvicorn`)."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _spawn(project, log_name: str, *argv: str) -> subprocess.Popen:
+    """Start a command in its own process group, output to a log file in the project."""
+    with (project["root"] / log_name).open("wb") as out:
+        return subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=project["root"],
+                                env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group: uvicorn and its worker go too
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
-def server(project, registered):
-    port, log = _free_port(), project["root"] / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            cwd=project["root"], env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)  # own process group: uvicorn and its worker go with it
-    url = f"http://127.0.0.1:{port}"
+def background(project, first_version):
+    """The server and the two model-loading CLI runs start together as soon as tiny-lm has a
+    champion: each spends ~20 s importing TensorFlow and MLflow, so overlapping them with each
+    other and with the in-process tests keeps the module fast."""
+    root, port = str(project["root"]), _free_port()
+    (project["root"] / "sample.txt").write_text(SAMPLE)
+    procs = {
+        "server": _spawn(project, "serve.log", "mlflow", "models", "serve", "-m",
+                         f"models:/{NAME}@champion", "--env-manager", "local",
+                         "-h", "127.0.0.1", "-p", str(port), "-w", "1"),
+        "generate": _spawn(project, "generate.log", "gruflow", "generate", PROMPT,
+                           "--project", root, "--model", f"models:/{NAME}/1",
+                           "--max-new-tokens", "5"),
+        "score": _spawn(project, "score.log", "gruflow", "score", "sample.txt",
+                        "--project", root),
+    }
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n"
-                            + log.read_text()[-3000:])
-            try:
-                if _http(url + "/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server not up after 120 s:\n" + log.read_text()[-3000:])
-            time.sleep(0.5)
-        yield url
+        yield {"port": port, **procs}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for proc in procs.values():
+            _stop(proc)
+
+
+def _finished(project, background, key: str) -> tuple[int, str]:
+    rc = background[key].wait(timeout=300)
+    return rc, (project["root"] / f"{key}.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def server(project, background):
+    proc, log = background["server"], project["root"] / "serve.log"
+    url = f"http://127.0.0.1:{background['port']}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited {proc.returncode}:\n"
+                        + log.read_text()[-3000:])
+        try:
+            if _http(url + "/ping", timeout=2)[0] == 200:
+                return url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("server not up after 120 s:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)
 
 
 def test_server_generates(server):
@@ -391,35 +454,50 @@ def test_server_rejects_bad_requests_and_stays_up(server, records, params, menti
 
 # --- the CLI -------------------------------------------------------------------------------
 
-def _gruflow(project, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "gruflow"), *args], cwd=project["root"],
-                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+def test_cli_generate_prints_prompt_and_continuation(project, background):
+    rc, out = _finished(project, background, "generate")
+    assert rc == 0, out[-3000:]
+    line = out.strip().splitlines()[-1]  # after any TensorFlow log lines
+    assert line.startswith(PROMPT) and len(line) > len(PROMPT), out[-3000:]
 
 
-def test_cli_generate_prints_prompt_and_continuation(project, registered):
-    done = _gruflow(project, "generate", PROMPT, "--project", str(project["root"]),
-                    "--model", f"models:/{NAME}/1", "--max-new-tokens", "5")
-    assert done.returncode == 0, done.stderr
-    line = done.stdout.strip().splitlines()[-1]
-    assert line.startswith(PROMPT) and len(line) > len(PROMPT)
-
-
-def test_cli_score_prints_perplexity_and_bits_per_byte(project, registered, champion):
-    text = "the parser reads the header and returns a list of names\n"
-    (project["root"] / "sample.txt").write_text(text)
-    done = _gruflow(project, "score", "sample.txt", "--project", str(project["root"]))
-    assert done.returncode == 0, done.stderr
-    m = re.search(r"perplexity ([\d.]+), ([\d.]+) bits/byte", done.stdout)
-    assert m, done.stdout
-    row = champion.predict(pd.DataFrame({"text": [text]}), params={"mode": "score"}).iloc[0]
+def test_cli_score_prints_perplexity_and_bits_per_byte(project, background, champion):
+    rc, out = _finished(project, background, "score")
+    assert rc == 0, out[-3000:]
+    m = re.search(r"sample.txt: perplexity ([\d.]+), ([\d.]+) bits/byte", out)
+    assert m, out[-3000:]
+    row = champion.predict(pd.DataFrame({"text": [SAMPLE]}), params={"mode": "score"}).iloc[0]
     assert float(m[1]) == pytest.approx(row["perplexity"], abs=1e-3)
     assert float(m[2]) == pytest.approx(row["bits_per_byte"], abs=1e-4)
 
 
+def test_cli_promote_missing_version_is_one_line_exit_2(project, registered, capsys):
+    rc = cli.main(["promote", "99", "--project", str(project["root"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "no version 99" in err[0]
+    assert registry.champion_version(NAME) == "1"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "flows/cli.py main() catches only GruflowError: the pyfunc's MlflowException for "
+    "--max-new-tokens above the cap or a negative --temperature escapes as a traceback "
+    "(exit 1) instead of one line on stderr and exit 2"))
+@pytest.mark.parametrize(("option", "value"), [
+    ("--max-new-tokens", str(MAX_NEW_TOKENS_CAP + 1)), ("--temperature", "-1")])
+def test_cli_generate_bad_option_is_one_line_exit_2(project, registered, capsys, option, value):
+    rc = cli.main(["generate", PROMPT, "--project", str(project["root"]),
+                   "--model", f"models:/{NAME}/1", option, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and option.strip("-").replace("-", "_") in err[0]
+
+
 def test_cli_score_missing_file_is_one_line_exit_2(project):
-    done = _gruflow(project, "score", "missing.txt", "--project", str(project["root"]))
+    done = subprocess.run([str(VENV_BIN / "gruflow"), "score", "missing.txt",
+                           "--project", str(project["root"])], cwd=project["root"], env=_env(),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.txt" in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
-
+    assert done.stdout == ""

@@ -83,7 +83,9 @@ def make_project(root: Path) -> tuple[Params, int]:
     assert PATTERN.max() < vocab
     emb = np.random.default_rng(1).normal(scale=0.1, size=(vocab, EMB_DIM)).astype(np.float32)
     np.save(artifacts / "embeddings.npy", emb)
+    # Every path into tmp; ones this test does not name go under root/other/<key>.
     paths = base.paths.model_copy(update={
+        **{k: str(root / "other" / k) for k in base.paths.model_dump()},
         "raw": str(root / "data" / "raw"), "clean": str(clean), "tokens": str(tokens),
         "tokenizer": str(artifacts / "tokenizer.json"),
         "embeddings": str(artifacts / "embeddings.npy"),

@@ -1,0 +1,334 @@
+"""Stage `tune`: an Optuna search over `tune.space` whose best values feed the train stage.
+
+Usage: `python -m components.tune` (the DVC cmd); train applies the result with
+`merge_best(params, load_best(params.paths.best_params))`.
+
+Trial 0 is the params.yaml values; every trial trains on the first `tune.data_fraction` of the
+train tokens for at most `tune.max_epochs` epochs and reports its validation loss each epoch to
+the pruner. The study is persistent (a journal file in `paths.tune_dir`, or the RDB URL in
+`tune.storage` / GRUFLOW_OPTUNA_STORAGE) and named after a digest of its objective, so a killed
+run restarted with the same command only runs the missing trials, while a changed space, model,
+train section or data starts a new study. `tune.n_workers` processes (and `gruflow tune-worker`
+on other machines) join it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from components import tune_report
+from components.artifacts import write_json
+from components.errors import GruflowError, guarded
+from components.params import Params, SpaceSpec, load_params, with_overrides
+from components.windows import make_windows, read_stream, unigram_log_probs
+
+STORAGE_ENV = "GRUFLOW_OPTUNA_STORAGE"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class TrialData:
+    vocab_size: int
+    train: np.ndarray  # the first tune.data_fraction of the train stream
+    val: np.ndarray
+    embeddings: np.ndarray | None
+    digest: str  # of the files the objective reads
+
+
+def load_data(p: Params) -> TrialData:
+    from tokenizers import Tokenizer
+
+    tokens = Path(p.paths.tokens)
+    vocab_size = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
+    train, val = read_stream(tokens / "train.parquet"), read_stream(tokens / "val.parquet")
+    train = train[: max(int(train.size * p.tune.data_fraction), p.train.seq_len + 1)]
+    files = [tokens / "train.parquet", tokens / "val.parquet"]
+    embeddings = None
+    if p.model.embedding_init == "word2vec":
+        files.append(Path(p.paths.embeddings))
+        embeddings = np.load(p.paths.embeddings)
+        if embeddings.shape != (vocab_size, p.model.embedding_dim):
+            raise GruflowError(f"{p.paths.embeddings}: shape {embeddings.shape} does not match "
+                               f"vocabulary {vocab_size} x model.embedding_dim "
+                               f"{p.model.embedding_dim} — rerun the embed stage")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return TrialData(vocab_size, train, val, embeddings, h.hexdigest())
+
+
+def study_name(p: Params, data: TrialData) -> str:
+    """tune.study_name + a digest of what defines the objective; budget and storage excluded,
+    so raising n_trials continues the study and any other change starts a new one."""
+    objective = p.tune.model_dump(exclude={"n_trials", "timeout", "n_workers", "storage",
+                                           "study_name"})
+    blob = json.dumps([objective, p.model.model_dump(), p.train.model_dump(), data.digest],
+                      sort_keys=True).encode()
+    return f"{p.tune.study_name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def suggest(trial: optuna.Trial, name: str, spec: SpaceSpec):
+    if spec.type == "categorical":
+        return trial.suggest_categorical(name, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1))
+    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step,
+                               log=spec.type == "logfloat")
+
+
+def trial_params(p: Params, values: dict) -> Params:
+    """The params one trial trains with; its learning-rate schedule spans its own epochs."""
+    epochs = min(values.get("train.epochs", p.train.epochs), p.tune.max_epochs)
+    return with_overrides(p, {**values, "train.epochs": epochs}, "tune trial")
+
+
+def pruning_callback(trial: optuna.Trial, on_epoch: Callable[[int, float], None] | None = None):
+    """Report each epoch's val_loss to the study; raise TrialPruned when the pruner says so."""
+    import keras
+
+    class _Pruning(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            val_loss = float((logs or {})["val_loss"])
+            if on_epoch is not None:
+                on_epoch(epoch, val_loss)
+            trial.report(val_loss, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_loss {val_loss:.4f} after epoch {epoch}")
+
+    return _Pruning()
+
+
+def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
+    """Train a fresh model with p; the best epoch's validation loss."""
+    import keras
+    import tensorflow as tf
+
+    from components.model import build_model
+    from components.train import make_dataset, optimizer
+
+    t = p.train
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(t.seed)
+    if t.mixed_precision and tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = build_model(p.model, data.vocab_size, data.embeddings,
+                        unigram_log_probs(data.train, data.vocab_size))
+    steps = -(-len(make_windows(data.train, t.seq_len)[0]) // t.batch_size)
+    model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True, reduction="mean_with_sample_weight"))
+    train_ds, _ = make_dataset(data.train, t.seq_len, t.batch_size, t.seed, 0, t.epochs)
+    val_ds, _ = make_dataset(data.val, t.seq_len, t.batch_size, None)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=0)
+    return float(np.min(history.history["val_loss"]))
+
+
+def objective(p: Params, data: TrialData) -> Callable[[optuna.Trial], float]:
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {name: suggest(trial, name, spec) for name, spec in p.tune.space.items()}
+        tracked = tune_report.TrialRun(trial.number, values)
+        try:
+            loss = fit_trial(trial_params(p, values), data,
+                             [pruning_callback(trial, tracked.log_epoch)])
+        except optuna.TrialPruned:
+            tracked.end("PRUNED")
+            raise
+        except Exception:
+            tracked.end("FAIL")  # optimize(catch=...) records it as FAIL; the study goes on
+            raise
+        tracked.end("COMPLETE" if np.isfinite(loss) else "FAIL")
+        return loss
+
+    return run_trial
+
+
+def storage_url(p: Params) -> str:
+    return os.environ.get(STORAGE_ENV) or p.tune.storage
+
+
+def open_storage(p: Params) -> optuna.storages.BaseStorage:
+    """The study's storage; an unreachable database fails here, before any trial."""
+    url = storage_url(p)
+    if not url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(p.paths.tune_dir).mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(Path(p.paths.tune_dir) / "study.journal")))
+    if url.startswith("sqlite") and p.tune.n_workers > 1:
+        raise GruflowError("tune.storage: SQLite cannot take parallel writers — use a journal "
+                           "file ('') or a server database with tune.n_workers > 1")
+    connect = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Heartbeats let another worker (or a restart) fail and retry a killed one's trial.
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=60,
+                grace_period=180, heartbeat_stale_trial_callback=(
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)))
+    except Exception as exc:  # SQLAlchemy/driver errors: bad URL, no driver, no server
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise GruflowError(f"tune.storage: cannot open the study database '{_redact(url)}' "
+                           f"({type(exc).__name__}: {reason}) — fix the URL or start the "
+                           f"server, or set tune.storage: '' for a local journal") from None
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def open_study(p: Params, storage, data: TrialData, worker: int) -> optuna.Study:
+    """Create or load the study; a fresh one starts with the params.yaml values as trial 0."""
+    name = study_name(p, data)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                load_if_exists=True)
+    if not study.trials:
+        defaults = {n: getattr(getattr(p, n.split(".")[0]), n.split(".")[1])
+                    for n in p.tune.space}
+        study.enqueue_trial(defaults, user_attrs={"defaults": True})
+    t = p.tune
+    # Seeded by worker and study size: a restart does not replay the first run's samples.
+    sampler = optuna.samplers.TPESampler(
+        seed=t.seed + 1000 * worker + len(study.trials), n_startup_trials=t.sampler_startup_trials,
+        constant_liar=t.n_workers > 1)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
+                                          n_warmup_steps=t.pruner_warmup_epochs)
+              if t.pruner == "median" else
+              optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs))
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def recover_interrupted(study: optuna.Study, storage) -> int:
+    """Trials left RUNNING by a killed run of this stage: mark them failed and queue them again
+    (they do not count toward the budget). Only for the stage's own journal file."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        attrs = {k: v for k, v in t.user_attrs.items() if k != "interrupted"}
+        study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
+    return len(stale)
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if not t.user_attrs.get("interrupted"))
+
+
+def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | None) -> None:
+    """Run trials until the study holds tune.n_trials finished ones or the deadline passes."""
+    n_trials = p.tune.n_trials
+
+    def stop_at_budget(study: optuna.Study, _trial) -> None:  # other workers count too
+        if finished(study) >= n_trials:
+            study.stop()
+
+    remaining = n_trials - finished(study)
+    timeout = None if deadline is None else deadline - time.time()
+    if remaining <= 0 or (timeout is not None and timeout <= 0):
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective(p, data), n_trials=remaining, timeout=timeout,
+                   catch=(Exception,), callbacks=[stop_at_budget], gc_after_trial=True)
+
+
+def join(p: Params, worker: int, deadline: float | None) -> None:
+    """One worker: join the study and optimise (the entry point of spawned processes)."""
+    if p.tune.n_workers > 1:
+        import tensorflow as tf
+
+        threads = max(1, (os.cpu_count() or 1) // p.tune.n_workers)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    data = load_data(p)
+    storage = open_storage(p)
+    optimize(open_study(p, storage, data, worker), p, data, deadline)
+
+
+def run(p: Params) -> dict:
+    t0 = time.time()
+    best: dict = {}
+    study: optuna.Study | None = None
+    if p.tune.n_trials == 0:  # tuning off: train keeps the params.yaml values
+        summary = tune_report.summarise(None, 0.0)
+    else:
+        data = load_data(p)
+        storage = open_storage(p)
+        study = open_study(p, storage, data, worker=0)
+        if not storage_url(p):
+            recover_interrupted(study, storage)
+        deadline = t0 + p.tune.timeout if p.tune.timeout else None
+        ctx = multiprocessing.get_context("spawn")
+        workers = [ctx.Process(target=join, args=(p, i, deadline))
+                   for i in range(1, p.tune.n_workers)]
+        for w in workers:
+            w.start()
+        optimize(study, p, data, deadline)
+        for w in workers:
+            w.join()
+            if w.exitcode:
+                print(f"tune: worker process exited with code {w.exitcode}", file=sys.stderr)
+        summary = tune_report.summarise(study, time.time() - t0)
+        best = tune_report.best_params(study)
+    write_json(p.paths.best_params, best)
+    tune_report.save_plots(study, Path(p.paths.reports))
+    write_json(Path(p.paths.reports) / "tune.json", summary)
+    tune_report.log_to_parent(summary, Path(p.paths.reports))
+    return summary
+
+
+def load_best(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GruflowError(f"{path}: missing — run the tune stage first")
+    best = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(best, dict):
+        raise GruflowError(f"{path}: expected a JSON object of dotted names — rerun tune")
+    return best
+
+
+def merge_best(params: Params, best: dict) -> tuple[Params, dict]:
+    """params with the tuned values applied and validated again, and the overrides that
+    changed a params.yaml value (name -> tuned value)."""
+    if not best:
+        return params, {}
+    merged = with_overrides(params, best, params.paths.best_params)
+    changed = {name: value for name, value in best.items()
+               if getattr(getattr(params, name.split(".")[0]), name.split(".")[1]) != value}
+    return merged, changed
+
+
+@guarded
+def main() -> None:
+    s = run(load_params())
+    n = s["n_trials"]
+    if not s["enabled"]:
+        print("tune: disabled (tune.n_trials is 0) — train uses params.yaml as is")
+        return
+    print(f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials in "
+          f"{s['seconds']:.0f} s; best val loss {s['best_value']} (params.yaml values: "
+          f"{s['defaults_val_loss']})")
+
+
+if __name__ == "__main__":
+    main()

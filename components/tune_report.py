@@ -1,0 +1,133 @@
+"""What the tune stage reports: one MLflow run per trial, the summary, and the study's plots.
+
+Usage: inside components/tune.py. MLflow is used only when GRUFLOW_MLFLOW_RUN_ID is set (the
+flow sets it to the tune stage's run); plots are matplotlib PNGs for `dvc plots` and MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from components.artifacts import atomic_file
+
+RUN_ENV = "GRUFLOW_MLFLOW_RUN_ID"
+PLOTS = ("tune_history.png", "tune_importance.png")
+_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class TrialRun:
+    """A nested MLflow run for one trial under $GRUFLOW_MLFLOW_RUN_ID; a no-op without it."""
+
+    def __init__(self, number: int, values: dict):
+        self.parent = os.environ.get(RUN_ENV)
+        if not self.parent:
+            return
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        experiment = self.client.get_run(self.parent).info.experiment_id
+        run = self.client.create_run(experiment, tags={
+            "mlflow.parentRunId": self.parent, "mlflow.runName": f"trial-{number}",
+            "optuna.trial_number": str(number)})
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+
+    def log_epoch(self, epoch: int, val_loss: float) -> None:
+        if self.parent:
+            self.client.log_metric(self.run_id, "val_loss", val_loss, step=epoch)
+
+    def end(self, state: str) -> None:
+        if self.parent:
+            self.client.set_tag(self.run_id, "optuna.state", state)
+            self.client.set_terminated(self.run_id, status=_STATUS[state])
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+
+
+def best_params(study: optuna.Study) -> dict:
+    """Dotted name -> value of the best complete trial; {} when none completed."""
+    complete = _complete(study)
+    return dict(min(complete, key=lambda t: t.value).params) if complete else {}
+
+
+def summarise(study: optuna.Study | None, seconds: float) -> dict:
+    """reports/tune.json: best and params.yaml (trial 0) values, trials by state, time."""
+    trials = study.get_trials(deepcopy=False) if study is not None else []
+    interrupted = {t.number for t in trials if t.user_attrs.get("interrupted")}
+    by_state = {name: sum(t.state == state and t.number not in interrupted for t in trials)
+                for name, state in (("complete", TrialState.COMPLETE),
+                                    ("pruned", TrialState.PRUNED), ("fail", TrialState.FAIL))}
+    complete = _complete(study) if study is not None else []
+    best = min(complete, key=lambda t: t.value) if complete else None
+    defaults = [t for t in complete if t.user_attrs.get("defaults")]
+    finished = sum(by_state.values())
+    return {
+        "enabled": study is not None, "study": study.study_name if study else None,
+        "best_value": best.value if best else None, "best_trial": best.number if best else None,
+        "defaults_val_loss": defaults[0].value if defaults else None,
+        "n_trials": {**by_state, "interrupted": len(interrupted)},
+        "pruned_fraction": round(by_state["pruned"] / finished, 3) if finished else 0.0,
+        "seconds": round(seconds, 1),
+        "trial_seconds": round(sum(t.duration.total_seconds() for t in trials
+                                   if t.duration is not None), 1),
+    }
+
+
+def save_plots(study: optuna.Study | None, reports: Path) -> None:
+    """Optimisation history and parameter importance; a note in the figure when there is too
+    little to plot (DVC expects both files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as oplt
+
+    n = len(_complete(study)) if study is not None else 0
+    makers = ((oplt.plot_optimization_history, 1), (oplt.plot_param_importances, 2))
+    for name, (make, needed) in zip(PLOTS, makers, strict=True):
+        ax, note = None, f"{n} complete trial(s): not enough to plot"
+        if n >= needed:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna's ExperimentalWarning
+                    ax = make(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                note = f"no plot: {exc}"
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+            ax.set_axis_off()
+        fig = ax.figure
+        fig.set_size_inches(7, 4.5)
+        fig.tight_layout()
+        with atomic_file(reports / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
+
+def log_to_parent(summary: dict, reports: Path) -> None:
+    """Summary metrics, plots and tune.json on the stage's MLflow run, when the flow set one."""
+    parent = os.environ.get(RUN_ENV)
+    if not parent:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    metrics = {f"trials_{k}": v for k, v in summary["n_trials"].items()}
+    for key in ("best_value", "defaults_val_loss", "seconds"):
+        if summary[key] is not None:
+            metrics[key] = summary[key]
+    for key, value in metrics.items():
+        client.log_metric(parent, key, float(value))
+    for name in (*PLOTS, "tune.json"):
+        if (reports / name).is_file():
+            client.log_artifact(parent, str(reports / name), "tune")

@@ -1,0 +1,335 @@
+"""The embed stage on tiny inputs: training, exports, evaluation, `gruflow similar`, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from gensim.models import KeyedVectors, Word2Vec
+from scipy.stats import spearmanr
+from tokenizers import Tokenizer
+
+from components import embed, embed_eval
+from components.embed_eval import TokenVectors
+from components.errors import GruflowError
+from components.params import Params, load_params, parse_params
+from components.tokenize import BOS, EOS, PAD, encode, train_tokenizer
+from flows import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_A, CLUSTER_B = list(range(4, 14)), list(range(14, 24))
+VOCAB = 40  # ids 24..39 never occur
+SUBJECTS = ["the parser", "a socket", "the buffer", "each thread", "the module", "a file"]
+VERBS = ["reads", "returns", "closes", "opens", "writes", "checks"]
+OBJECTS = ["the header", "a list of names", "the next line", "an integer", "the cached value"]
+
+
+@pytest.fixture(scope="module")
+def raw_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def params(raw_params) -> Params:
+    return parse_params(raw_params)
+
+
+def cluster_sentences(n: int = 150) -> list[list[str]]:
+    rng = random.Random(0)
+    return [[str(rng.choice(cluster)) for _ in range(12)] for cluster in [CLUSTER_A, CLUSTER_B] * n]
+
+
+def small(params: Params, **update):
+    return params.embed.model_copy(update={"dim": 16, "epochs": 5, "min_count": 1, **update})
+
+
+def write_tokens(path: Path, docs: list[list[int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"ids": pa.array(docs, pa.list_(pa.int32()))}), path)
+
+
+# --------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize(("algorithm", "sg"), [("skipgram", 1), ("cbow", 0)])
+def test_word2vec_settings(params, algorithm, sg):
+    cfg = small(params, algorithm=algorithm, subsample=0.0)
+    settings = embed.word2vec_settings(cfg)
+    assert settings["sg"] == sg and settings["hs"] == 0 and settings["sample"] == 0.0
+    assert (settings["vector_size"], settings["negative"]) == (16, cfg.negatives)
+
+
+@pytest.mark.parametrize("algorithm", ["skipgram", "cbow"])
+def test_trained_rows_equal_the_bare_gensim_call(params, algorithm):
+    cfg = small(params, algorithm=algorithm)
+    sentences = cluster_sentences(40)
+    matrix = embed.train_vectors(sentences, VOCAB, cfg)
+    bare = Word2Vec(sentences, **embed.word2vec_settings(cfg)).wv
+    ids = [int(k) for k in bare.index_to_key]
+    np.testing.assert_array_equal(matrix[ids], bare.vectors)  # same vectors, same seed
+    assert not matrix[PAD].any() and (np.linalg.norm(matrix[24:], axis=1) > 0).all()
+
+
+@pytest.mark.parametrize("token", [4, 9, 15, 22])
+def test_cbow_neighbours_stay_in_cluster(params, token):
+    matrix = embed.train_vectors(cluster_sentences(), VOCAB, small(params, algorithm="cbow"))
+    own = CLUSTER_A if token in CLUSTER_A else CLUSTER_B
+    neighbours = [i for i, _ in embed.cosine_neighbours(matrix, token, k=5)]
+    assert sum(i in own for i in neighbours) >= 4, neighbours
+
+
+def test_read_sentences_cuts_what_gensim_would_truncate(tmp_path):
+    n = embed.MAX_WORDS_IN_BATCH
+    write_tokens(tmp_path / "t.parquet", [[5] * (2 * n + 7), [BOS, 6, EOS]])
+    sentences = embed.read_sentences(tmp_path / "t.parquet", VOCAB)
+    assert [len(s) for s in sentences] == [n, n, 7, 3]
+    assert sentences[3] == [str(BOS), "6", str(EOS)]
+
+
+def test_stale_token_ids_fail(tmp_path):
+    write_tokens(tmp_path / "t.parquet", [[BOS, VOCAB + 3, EOS]])
+    with pytest.raises(GruflowError, match="rerun the tokenize stage"):
+        embed.read_sentences(tmp_path / "t.parquet", VOCAB)
+
+
+def test_corpus_smaller_than_the_window_fails(params):
+    with pytest.raises(GruflowError, match=r"fewer than embed.window \+ 1 \(6\)"):
+        embed.train_vectors([["4", "5", "6"]], VOCAB, small(params, window=5))
+
+
+def test_min_count_above_every_token_fails(params):
+    with pytest.raises(GruflowError, match="embed.min_count"):
+        embed.train_vectors([[str(i) for i in range(4, 20)]], VOCAB, small(params, min_count=2))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def test_word_token_prefers_the_word_after_a_space():
+    vocab = {"Ġreturn": 5, "return": 6, "(": 7}
+    assert embed_eval.word_token("return", vocab) == "Ġreturn"
+    assert embed_eval.word_token("(", vocab) == "("
+    assert embed_eval.word_token("returns", vocab) is None
+
+
+def test_spearman_by_hand_and_against_scipy():
+    assert embed_eval.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6·2/60
+    x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]  # ties on both sides
+    assert embed_eval.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert embed_eval.spearman([1, 2, 3], [5, 5, 5]) is None  # constant: undefined
+    assert embed_eval.spearman([1], [2]) is None
+
+
+def toy_table() -> tuple[TokenVectors, dict[str, int]]:
+    e = np.eye(5, dtype=np.float32)
+    names = ["Ġa", "Ġb", "Ġc", "Ġd", "Ġe"]  # b - a + c = d exactly
+    vectors = np.stack([e[0], e[0] + e[1], e[2], e[2] + e[1], e[3] + 0.2 * e[4]])
+    return TokenVectors(names, vectors), {n: i for i, n in enumerate([*names, "Ġrare"])}
+
+
+def test_pairs_spearman_on_a_toy_file(tmp_path):
+    table, vocab = toy_table()
+    f = tmp_path / "pairs.tsv"
+    f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\n"
+                 "zzz\ta\t3\n")
+    pairs = embed_eval.read_pairs(f)
+    assert len(pairs) == 6 and pairs[0] == ("a", "b", 9.0)
+    result = embed_eval.evaluate_pairs(table, vocab, pairs)
+    # cosines: a·b = c·d = 1/√2, a·c = 0, b·d = 1/2 -> ranks agree with the scores but for a tie
+    assert result["pairs"] == 6 and result["oov"] == 2  # "rare" has no vector, "zzz" no token
+    assert result["spearman"] == pytest.approx(spearmanr([9, 8.5, 1, 4],
+                                                         [0.7071, 0.7071, 0, 0.5]).statistic)
+
+
+def test_bad_pairs_line_names_file_and_line(tmp_path):
+    f = tmp_path / "pairs.tsv"
+    f.write_text("a\tb\t1\na\tb\tvery\n")
+    with pytest.raises(GruflowError, match=r"pairs.tsv:2: expected 'word1<TAB>word2<TAB>score'"):
+        embed_eval.read_pairs(f)
+    with pytest.raises(GruflowError, match="evaluation file not found"):
+        embed_eval.read_pairs(tmp_path / "missing.tsv")
+
+
+def test_analogy_accuracy_on_a_toy_file(tmp_path):
+    table, vocab = toy_table()
+    f = tmp_path / "questions.txt"
+    f.write_text(": toy\na b c d\nc d a b\na b c e\na b c rare\n")
+    questions = embed_eval.read_analogies(f)
+    assert questions[0] == ("a", "b", "c", "d")
+    result = embed_eval.analogy_accuracy(table, vocab, questions)
+    assert result == {"questions": 4, "oov": 1, "accuracy": pytest.approx(2 / 3)}
+    f.write_text("a b c\n")
+    with pytest.raises(GruflowError, match="questions.txt:1: expected four words"):
+        embed_eval.read_analogies(f)
+
+
+def test_probe_neighbours_list_unknown_words():
+    table, vocab = toy_table()
+    texts = {n: n.replace("Ġ", " ") for n in table.names}
+    found, unknown = embed_eval.probe_neighbours(table, vocab, ["a", "rare", "nope"], 2, texts)
+    assert unknown == ["rare", "nope"]
+    assert [n["token"] for n in found["a"]] == [" b", " c"]  # c, d, e tie at 0: lowest row
+    assert found["a"][0]["similarity"] == pytest.approx(0.7071, abs=1e-4)
+
+
+def test_readable_escapes():
+    assert embed.escape("a\tb\nc\\") == "a\\tb\\nc\\\\"
+    assert embed.w2v_key("Ġreturn") == "Ġreturn" and embed.w2v_key(" \n") == "\\s\\n"
+
+
+# --------------------------------------------------------------------------- the stage
+
+def tiny_texts(n_docs: int = 200) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+                     for _ in range(5)) + "\n\tEnd." for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, raw_params) -> Path:
+    """A tiny project: params.yaml, tokenizer, token Parquet, pairs file; paths are relative."""
+    root = tmp_path_factory.mktemp("embed_project")
+    raw = copy.deepcopy(raw_params)
+    raw["tokenize"].update(vocab_size=400, min_frequency=1)
+    raw["embed"].update(dim=8, epochs=2, probes=["header", "frobnicate"],
+                        neighbours=3, analogy_file="eval/questions.txt")
+    raw["model"]["embedding_dim"] = 8
+    raw["embed"]["pairs_file"] = "eval/pairs.tsv"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "eval").mkdir()
+    (root / "eval/pairs.tsv").write_text("header\tline\t6\nlist\tnames\t7\nthe\tan\t8\n"
+                                         "header\tan\t1\nfrobnicate\tthe\t2\n")
+    (root / "eval/questions.txt").write_text("header line list names\nthe an a zzz\n")
+    p = parse_params(raw)
+    tok = train_tokenizer(iter(tiny_texts()), p.tokenize)
+    (root / "artifacts").mkdir()
+    tok.save(str(root / p.paths.tokenizer))
+    for split, texts in (("train", tiny_texts()), ("val", tiny_texts(20))):
+        write_tokens(root / p.paths.tokens / f"{split}.parquet", encode(tok, texts))
+    return root
+
+
+@pytest.fixture(scope="module")
+def staged(project) -> dict:
+    mp = pytest.MonkeyPatch()
+    mp.chdir(project)
+    try:
+        embed.main()
+        p = load_params()
+    finally:
+        mp.undo()
+    report = json.loads((project / p.paths.reports / "embed.json").read_text())
+    return {"p": p, "report": report, "tok": Tokenizer.from_file(str(project / p.paths.tokenizer))}
+
+
+def test_stage_matrix_and_word2vec_text_round_trip(project, staged):
+    p, tok = staged["p"], staged["tok"]
+    matrix = np.load(project / p.paths.embeddings)
+    assert matrix.shape == (tok.get_vocab_size(), 8) and not matrix[PAD].any()
+    kv = KeyedVectors.load_word2vec_format(str(project / p.paths.word2vec))
+    assert len(kv) == staged["report"]["trained_tokens"] and kv.vector_size == 8
+    for key in kv.index_to_key:
+        np.testing.assert_array_equal(kv[key], matrix[tok.token_to_id(key)])  # exact floats
+
+
+def test_stage_projector_files(project, staged):
+    folder = project / staged["p"].paths.projector
+    vectors = np.loadtxt(folder / "vectors.tsv", delimiter="\t")
+    lines = (folder / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "token\tid\tcount"
+    assert vectors.shape == (len(lines) - 1, 8) == (staged["report"]["trained_tokens"], 8)
+    cells = [line.split("\t") for line in lines[1:]]
+    assert all(len(c) == 3 for c in cells)  # tabs and newlines inside tokens are escaped
+    texts = [text for text, _, _ in cells]
+    assert any("\\n" in t for t in texts) and any("\\t" in t for t in texts)
+    assert {int(i): text for text, i, _ in cells}[BOS] == "<bos>"
+    counts = [int(c) for _, _, c in cells]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 0
+
+
+def test_stage_report(staged):
+    r = staged["report"]
+    assert r["algorithm"] == "skipgram" and r["dim"] == 8 and 0 < r["coverage"] <= 1
+    assert r["unknown_probes"] == ["frobnicate"] and list(r["neighbours"]) == ["header"]
+    assert len(r["neighbours"]["header"]) == 3
+    pairs = r["word_pairs"]
+    assert (pairs["file"], pairs["pairs"], pairs["oov"]) == ("eval/pairs.tsv", 5, 1)
+    assert -1 <= pairs["spearman"] <= 1
+    assert r["analogies"]["questions"] == 2 and r["analogies"]["oov"] == 1
+
+
+def test_bad_pairs_file_keeps_previous_outputs(project, staged):
+    p = staged["p"]
+    before = (project / p.paths.embeddings).read_bytes()
+    cfg = p.embed.model_copy(update={"pairs_file": str(project / "eval/missing.tsv")})
+    exports = embed.Exports(staged["tok"], project / p.paths.word2vec, project / "other")
+    with pytest.raises(GruflowError, match="missing.tsv: evaluation file not found"):
+        embed.run(cfg, project / p.paths.tokens, staged["tok"].get_vocab_size(),
+                  project / p.paths.embeddings, project / "r.json", exports=exports)
+    assert (project / p.paths.embeddings).read_bytes() == before
+    assert not (project / "other").exists() and not (project / "r.json").exists()
+
+
+# --------------------------------------------------------------------------- gruflow similar
+
+def test_similar_prints_k_neighbours(project, staged, capsys):
+    assert cli.main(["similar", "header", "-k", "4", "--project", str(project)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    sims = [float(line.split()[0]) for line in lines]
+    assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
+    result = embed.similar("header", 4, staged["p"], project)
+    assert [round(s, 4) for _, s in result] == sims
+
+
+def test_similar_unknown_word_is_one_line_error(project, staged, capsys):
+    assert cli.main(["similar", "frobnicate", "--project", str(project)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'frobnicate' is not a single token" in err
+
+
+def test_similar_word_without_vector_and_missing_artifacts(project, staged, tmp_path):
+    p, tok = staged["p"], staged["tok"]
+    kv = KeyedVectors.load_word2vec_format(str(project / p.paths.word2vec))
+    keep = [k for k in kv.index_to_key if k != "Ġheader"]
+    embed.write_word2vec(tmp_path / p.paths.word2vec, TokenVectors(keep, kv[keep]))
+    tok.save(str(tmp_path / p.paths.tokenizer))
+    with pytest.raises(GruflowError, match=r"'header' \(token 'Ġheader'\) has no trained vector"):
+        embed.similar("header", 3, p, tmp_path)
+    with pytest.raises(GruflowError, match="missing — run `gruflow run`"):
+        embed.similar("header", 3, p, tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- params and train
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("algorithm", "glove", "'embed.algorithm'"),
+    ("subsample", -0.1, "'embed.subsample'"),
+    ("probes", "function", "'embed.probes'"),
+    ("pairs_file", "", "'embed.pairs_file'"),
+    ("neighbours", 0, "'embed.neighbours'"),
+])
+def test_bad_embed_params(raw_params, key, value, message):
+    raw = copy.deepcopy(raw_params)
+    raw["embed"][key] = value
+    with pytest.raises(GruflowError, match=message):
+        parse_params(raw)
+
+
+def test_train_stage_rejects_vectors_of_another_dim(project, staged):
+    from components import train
+
+    p = staged["p"]
+    bad = project / "artifacts" / "dim4.npy"
+    np.save(bad, np.zeros((staged["tok"].get_vocab_size(), 4), np.float32))
+    paths = {k: str(project / v) for k, v in p.paths.model_dump().items()}
+    paths["embeddings"] = str(bad)
+    p = p.model_copy(update={"paths": p.paths.model_copy(update=paths),
+                             "train": p.train.model_copy(update={"seq_len": 8})})
+    with pytest.raises(GruflowError, match=r"does not match .* model.embedding_dim 8"):
+        train.run(p)

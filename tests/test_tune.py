@@ -1,0 +1,256 @@
+"""Stage `tune`: space validation, pass-through, a tiny real study, resuming, failures, pruning,
+MLflow trial runs and merge_best — on synthetic token data in a temporary folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from tokenizers import Tokenizer
+
+from components import tune
+from components.errors import GruflowError
+from components.params import Params, parse_params
+from components.tokenize import BOS, EOS, SCHEMA, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+PATTERN = np.random.default_rng(0).permutation(np.arange(4, 24)).astype(np.int32)
+TEXT = ["the parser reads the header and returns a list of names",
+        "each thread opens a file, checks the next line and closes the socket"] * 10
+SPACE = {"train.learning_rate": {"type": "logfloat", "low": 0.005, "high": 0.05},
+         "model.units": {"type": "categorical", "choices": [8, 16]}}
+
+
+def write_tokens(path: Path, n_docs: int, length: int, offset: int) -> None:
+    docs = [[BOS, *(int(PATTERN[(i * 7 + j) % PATTERN.size]) for j in range(length)), EOS]
+            for i in range(offset, offset + n_docs)]
+    pq.write_table(pa.table([pa.array([f"d{i}" for i in range(n_docs)], pa.string()),
+                             pa.array(docs, pa.list_(pa.int32())),
+                             pa.array([4 * length] * n_docs, pa.int64())], schema=SCHEMA), path)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tune-project")
+    (root / "data" / "tokens").mkdir(parents=True)
+    write_tokens(root / "data" / "tokens" / "train.parquet", 30, 60, 0)
+    write_tokens(root / "data" / "tokens" / "val.parquet", 3, 30, 30)
+    (root / "artifacts").mkdir()
+    cfg = parse_params(DEFAULTS).tokenize.model_copy(update={"vocab_size": 300,
+                                                             "min_frequency": 1})
+    train_tokenizer(iter(TEXT), cfg).save(str(root / "artifacts" / "tokenizer.json"))
+    vocab = Tokenizer.from_file(str(root / "artifacts" / "tokenizer.json")).get_vocab_size()
+    emb = np.random.default_rng(1).normal(scale=0.1, size=(vocab, 8)).astype(np.float32)
+    np.save(root / "artifacts" / "embeddings.npy", emb)
+    return root
+
+
+def make_params(root: Path, space: dict | None = None, **tune_values) -> Params:
+    """Tiny model and budget; every path under `root`."""
+    raw = copy.deepcopy(DEFAULTS)
+    raw["paths"].update({k: str(root / v) for k, v in raw["paths"].items()})
+    raw["embed"]["dim"] = 8
+    raw["model"].update(embedding_dim=8, units=16, dropout=0.0)
+    raw["train"].update(seq_len=12, batch_size=16, epochs=2, learning_rate=0.02)
+    raw["tune"].update(n_trials=3, timeout=0, n_workers=1, data_fraction=1.0, max_epochs=2,
+                       pruner_startup_trials=1, sampler_startup_trials=1,
+                       space=copy.deepcopy(SPACE if space is None else space))
+    raw["tune"].update(tune_values)
+    return parse_params(raw)
+
+
+def journal_trials(p: Params, name: str) -> list:
+    storage = JournalStorage(JournalFileBackend(str(Path(p.paths.tune_dir) / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow(monkeypatch):
+    monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)
+
+
+def fake_fit(losses: list[float | None]):
+    """A stand-in for fit_trial: one epoch whose loss is the next value (None = crash)."""
+    values = iter(losses)
+
+    def fit(p, data, callbacks):
+        loss = next(values)
+        if loss is None:
+            raise RuntimeError("simulated out-of-memory")
+        for cb in callbacks:
+            cb.on_epoch_end(0, {"val_loss": loss})
+        return loss
+
+    return fit
+
+
+# --- validation: one line before any trial --------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"model.units": {"type": "int", "low": 64, "high": 64}},
+     "'tune.space.model.units': empty or inverted range"),
+    ({"model.units": {"type": "int", "low": 128, "high": 64}},
+     "'tune.space.model.units': empty or inverted range"),
+    ({"model.unitz": {"type": "int", "low": 8, "high": 64}},
+     "'tune.space.model.unitz': unknown parameter"),
+    ({"paths.model": {"type": "categorical", "choices": ["a.keras"]}},
+     "'tune.space.paths.model': unknown parameter"),
+    ({"model.dropout": {"type": "normal", "low": 0.0, "high": 0.3}}, "tune.space.model.dropout"),
+    ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}},
+     "'tune.space.model.dropout': 1.5 is not a valid model.dropout"),
+    ({"model.units": {"type": "float", "low": 8, "high": 64}}, "is not a valid model.units"),
+    ({"train.learning_rate": {"type": "logfloat", "low": 0.0, "high": 0.1}}, "logfloat needs"),
+    ({"model.units": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
+    ({"train.learning_rate": {"type": "logfloat", "low": 0.1, "high": 0.5}},
+     "'tune.space.train.learning_rate': the train.learning_rate value 0.02 lies outside"),
+])
+def test_bad_space_fails_at_load(tmp_path, entry, expected):
+    with pytest.raises(GruflowError) as err:
+        make_params(tmp_path, space=entry)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/x/study.db", "nosuchdb://host/db"])
+def test_unreachable_storage_fails_before_any_trial(project, monkeypatch, url):
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([]))  # StopIteration if a trial ran
+    p = make_params(project, storage=url)
+    with pytest.raises(GruflowError, match="tune.storage: cannot open") as err:
+        tune.run(p)
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv(tune.STORAGE_ENV, url)  # the env variable overrides params
+    with pytest.raises(GruflowError, match="tune.storage"):
+        tune.run(make_params(project))
+
+
+def test_zero_trials_passes_params_through(tmp_path):
+    p = make_params(tmp_path, n_trials=0)
+    summary = tune.run(p)  # no data needed: nothing is trained
+    assert json.loads(Path(p.paths.best_params).read_text()) == {}
+    assert summary["enabled"] is False and sum(summary["n_trials"].values()) == 0
+    for name in ("tune_history.png", "tune_importance.png", "tune.json"):
+        assert (Path(p.paths.reports) / name).is_file()
+    assert tune.merge_best(p, {}) == (p, {})
+
+
+# --- a real tiny study: outputs and resuming -----------------------------------------------
+
+
+def test_study_writes_outputs_and_a_restart_continues_it(project):
+    first = tune.run(make_params(project, n_trials=2))
+    assert sum(first["n_trials"].values()) == 2
+    p = make_params(project, n_trials=3)  # "restarted with the same command", bigger budget
+    summary = tune.run(p)
+    assert summary["study"] == first["study"]
+    assert len(journal_trials(p, summary["study"])) == 3  # 2 + 1, not 2 + 3
+    n = summary["n_trials"]
+    assert n["complete"] + n["pruned"] + n["fail"] == 3 and n["complete"] >= 1
+    assert summary["defaults_val_loss"] is not None
+    assert summary["best_value"] <= summary["defaults_val_loss"]
+    best = json.loads(Path(p.paths.best_params).read_text())
+    assert set(best) == set(SPACE) and best["model.units"] in (8, 16)
+    assert json.loads((Path(p.paths.reports) / "tune.json").read_text()) == summary
+    for name in ("tune_history.png", "tune_importance.png"):
+        assert (Path(p.paths.reports) / name).read_bytes()[:4] == b"\x89PNG"
+    assert sum(tune.run(p)["n_trials"].values()) == 3  # budget reached: nothing more runs
+
+
+def test_changed_objective_starts_a_new_study(project, monkeypatch):
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0]))
+    a = make_params(project, n_trials=1)
+    b = make_params(project, n_trials=1, data_fraction=0.5)
+    data = tune.load_data(a)
+    assert tune.study_name(a, data) != tune.study_name(b, tune.load_data(b))
+    assert tune.study_name(a, data) == tune.study_name(make_params(project, n_trials=9,
+                                                                   timeout=5), data)
+
+
+def test_killed_trial_is_failed_and_queued_again(tmp_path, project, monkeypatch):
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.5]))
+    p = make_params(project, n_trials=1, study_name="killed")
+    storage = tune.open_storage(p)
+    study = tune.open_study(p, storage, tune.load_data(p), worker=0)
+    study.ask()  # the params.yaml trial starts, then the process "dies"
+    summary = tune.run(p)
+    assert summary["n_trials"] == {"complete": 1, "pruned": 0, "fail": 0, "interrupted": 1}
+    assert summary["defaults_val_loss"] == 1.5  # the defaults trial was run again
+
+
+# --- failures, pruning, MLflow ------------------------------------------------------------
+
+
+def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(project, monkeypatch):
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0, None, 3.0, 0.5]))
+    p = make_params(project, n_trials=4, study_name="failing")
+    summary = tune.run(p)
+    assert summary["n_trials"] == {"complete": 2, "pruned": 1, "fail": 1, "interrupted": 0}
+    assert summary["best_value"] == 0.5 and summary["defaults_val_loss"] == 1.0
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_pruning_callback_reports_and_prunes_after_epoch_zero():
+    study = optuna.create_study(pruner=AlwaysPrune())
+    trial = study.ask()
+    seen: list = []
+    callback = tune.pruning_callback(trial, lambda epoch, loss: seen.append((epoch, loss)))
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_epoch_end(0, {"val_loss": 2.5, "loss": 2.7})
+    assert seen == [(0, 2.5)]
+    assert study.trials[0].intermediate_values == {0: 2.5}
+    keep = tune.pruning_callback(optuna.create_study(pruner=optuna.pruners.NopPruner()).ask())
+    keep.on_epoch_end(0, {"val_loss": 2.5})  # no exception: the trial goes on
+
+
+def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0, 2.0, 0.5]))
+    # Through the environment only, restored afterwards: no global URI leaks to other tests.
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    parent = client.create_run(client.create_experiment("tune-test")).info.run_id
+    monkeypatch.setenv("GRUFLOW_MLFLOW_RUN_ID", parent)
+    tune.run(make_params(project, n_trials=3, study_name="tracked"))
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    states = {r.data.tags["mlflow.runName"]: r.data.tags["optuna.state"] for r in children}
+    assert states == {"trial-0": "COMPLETE", "trial-1": "PRUNED", "trial-2": "COMPLETE"}
+    assert all(set(r.data.params) == set(SPACE) for r in children)
+    assert {r.data.metrics["val_loss"] for r in children} == {1.0, 2.0, 0.5}
+    logged = {a.path for a in client.list_artifacts(parent, "tune")}
+    assert {"tune/tune_history.png", "tune/tune_importance.png", "tune/tune.json"} <= logged
+
+
+# --- merge_best -----------------------------------------------------------------------------
+
+
+def test_merge_best_applies_and_validates(tmp_path):
+    p = make_params(tmp_path)
+    merged, changed = tune.merge_best(p, {"model.units": 8, "train.learning_rate": 0.02})
+    assert merged.model.units == 8 and merged.train.learning_rate == 0.02
+    assert changed == {"model.units": 8}  # the learning rate is the params.yaml value
+    assert merged.embed == p.embed and merged.paths == p.paths
+    with pytest.raises(GruflowError, match="model.units"):
+        tune.merge_best(p, {"model.units": -8})
+    with pytest.raises(GruflowError, match="unknown parameter 'paths.model'"):
+        tune.merge_best(p, {"paths.model": "elsewhere.keras"})
+    best_file = Path(p.paths.best_params)
+    best_file.parent.mkdir(parents=True, exist_ok=True)
+    best_file.write_text('{"model.units": 8}')
+    assert tune.merge_best(p, tune.load_best(best_file))[0].model.units == 8
