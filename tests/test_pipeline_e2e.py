@@ -168,7 +168,8 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
     assert tags["gate.promoted"] == str(beats_bigram)
     if beats_bigram:
-        assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "champion").version) == "1"
+        champion = mlflow_client.get_model_version_by_alias("gruflow-lm", "champion")
+        assert str(champion.version) == "1"
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):
