@@ -75,6 +75,6 @@ def score_texts(model, tokenizer, texts: list[str], seq_len: int,
     for text, total, n in zip(texts, per_text_nll, per_text_tokens, strict=True):
         n_bytes = len(text.encode("utf-8")) + 1
         rows.append({"nll": float(total), "tokens": int(n), "bytes": n_bytes,
-                     "perplexity": math.exp(total / n),
+                     "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
                      "bits_per_byte": total / math.log(2) / n_bytes})
     return rows

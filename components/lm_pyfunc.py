@@ -64,6 +64,8 @@ class GruLM(PythonModel):
             raise _bad(f"params.temperature must be >= 0, got {temp}")
         if k < 0:
             raise _bad(f"params.top_k must be >= 0 (0 = no limit), got {k}")
+        if int(p["seed"]) < 0:
+            raise _bad(f"params.seed must be >= 0, got {p['seed']}")
         return pd.DataFrame({"text": [
             generate(self.model, self.tokenizer, t, n, temp, k, int(p["seed"]), self.seq_len)
             for t in texts]})

@@ -20,27 +20,38 @@ from components.params import Model
 class CausalAttention(layers.Layer):
     """Scaled dot-product attention of each GRU state over itself and the past.
 
-    Returns the context vectors (B, T, H) and, with `return_attention=True`, the weights
-    (B, T, T) where row t holds α_t· and every entry above the diagonal is zero.
+    The seed's α_ti = softmax_i(v_i · h_t / √d): queries, keys and values are the GRU states
+    themselves, split into `heads` groups of d = H / heads features. With `window` > 0 a
+    position sees only the last `window` positions (itself included). Returns the context
+    (B, T, H) and, with `return_attention=True`, the weights averaged over heads (B, T, T):
+    row t holds α_t·, every entry above the diagonal is zero.
     """
 
-    def __init__(self, return_attention: bool = False, **kwargs):
+    def __init__(self, heads: int = 1, window: int = 0, return_attention: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.return_attention = return_attention
+        self.heads, self.window, self.return_attention = heads, window, return_attention
 
     def call(self, states):
-        H = ops.shape(states)[-1]
-        T = ops.shape(states)[1]
-        out_dtype = states.dtype
-        states = ops.cast(states, "float32")  # softmax and the -1e9 mask stay in float32
-        scores = ops.einsum("bth,bih->bti", states, states)  # (B, T, T): v_i · h_t
-        scores = scores / ops.sqrt(ops.cast(H, scores.dtype))
-        causal = ops.tril(ops.ones((T, T), dtype="bool"))  # (T, T): i <= t
-        scores = ops.where(causal[None, :, :], scores, ops.full_like(scores, -1e9))
-        alpha = ops.softmax(scores, axis=-1)  # (B, T, T), rows sum to 1
-        context = ops.cast(ops.einsum("bti,bih->bth", alpha, states), out_dtype)  # (B, T, H)
+        B, T, H = ops.shape(states)[0], ops.shape(states)[1], ops.shape(states)[2]
+        n, out_dtype = self.heads, states.dtype
+        d = H // n
+        x = ops.cast(states, "float32")  # softmax and the -1e9 mask stay in float32
+        x = ops.transpose(ops.reshape(x, (B, T, n, d)), (0, 2, 1, 3))  # (B, n, T, d)
+        scores = ops.einsum("bntd,bnid->bnti", x, x)  # (B, n, T, T): v_i · h_t
+        scores = scores / ops.sqrt(ops.cast(d, "float32"))
+        t = ops.arange(T)[:, None]
+        i = ops.arange(T)[None, :]
+        allowed = i <= t  # (T, T) causal
+        if self.window:
+            allowed = ops.logical_and(allowed, t - i < self.window)
+        scores = ops.where(allowed[None, None], scores, ops.full_like(scores, -1e9))
+        alpha = ops.softmax(scores, axis=-1)  # (B, n, T, T), rows sum to 1
+        context = ops.einsum("bnti,bnid->bntd", alpha, x)  # (B, n, T, d)
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (B, T, H))  # (B, T, H)
+        context = ops.cast(context, out_dtype)
         if self.return_attention:
-            return context, alpha
+            return context, ops.mean(alpha, axis=1)  # (B, T, T)
         return context
 
     def compute_output_shape(self, input_shape):
@@ -50,7 +61,36 @@ class CausalAttention(layers.Layer):
         return (B, T, H)
 
     def get_config(self):
-        return {**super().get_config(), "return_attention": self.return_attention}
+        return {**super().get_config(), "heads": self.heads, "window": self.window,
+                "return_attention": self.return_attention}
+
+
+@keras.saving.register_keras_serializable(package="gruflow")
+class TiedEmbedding(layers.Layer):
+    """One (V, E) matrix used twice: ids -> vectors, and vectors -> logits (x Eᵀ + b)."""
+
+    def __init__(self, vocab_size: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.dim = vocab_size, dim
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(shape=(self.vocab_size, self.dim),
+                                          initializer="uniform", name="embeddings")
+        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+
+    def call(self, inputs, mode: str = "embed"):
+        if mode == "embed":
+            return ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)  # (B, T, E)
+        w = ops.cast(self.embeddings, inputs.dtype)
+        return ops.matmul(inputs, ops.transpose(w)) + ops.cast(self.bias, inputs.dtype)
+
+    def compute_output_spec(self, inputs, mode: str = "embed"):
+        if mode == "embed":
+            return keras.KerasTensor((*inputs.shape, self.dim), dtype=self.compute_dtype)
+        return keras.KerasTensor((*inputs.shape[:-1], self.vocab_size), dtype=inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
 
 def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = None,
@@ -62,33 +102,46 @@ def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = Non
             f"model.embedding_dim {cfg.embedding_dim})"
         )
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
-    embedding = layers.Embedding(vocab_size, cfg.embedding_dim, embeddings_initializer="uniform",
-                                 trainable=cfg.embedding_trainable, name="embedding")
+    if cfg.tie_embeddings:
+        embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, name="embedding",
+                                  trainable=cfg.embedding_trainable)
+    else:
+        embedding = layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding",
+                                     embeddings_initializer="uniform",
+                                     trainable=cfg.embedding_trainable)
     x = embedding(ids)  # (B, T, E)
     x = layers.Dropout(cfg.dropout)(x)
     for i in range(cfg.gru_layers):
         # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
         x = layers.GRU(cfg.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
         x = layers.Dropout(cfg.dropout)(x)
-    context = CausalAttention(name="attention")(x)  # (B, T, H)
+    context = CausalAttention(cfg.attention_heads, cfg.attention_window,
+                              name="attention")(x)  # (B, T, H)
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
     combined = layers.Dropout(cfg.dropout)(combined)
-    output = layers.Dense(vocab_size, dtype="float32", name="logits")  # f32 under mixed precision
-    logits = output(combined)  # (B, T, V)
+    if cfg.tie_embeddings:
+        combined = layers.Dense(cfg.embedding_dim, name="tie_projection")(combined)  # (B, T, E)
+        logits = embedding(layers.Activation("linear", dtype="float32")(combined),
+                           mode="logits")  # (B, T, V)
+        bias = embedding.bias
+    else:
+        output = layers.Dense(vocab_size, dtype="float32", name="logits")  # f32 if mixed
+        logits = output(combined)  # (B, T, V)
+        bias = output.bias
     # Initial values are assigned, not passed as Constant initialisers, so the matrices do
     # not end up inside the saved model's config.json.
     if embeddings is not None:
         embedding.embeddings.assign(embeddings)
     if unigram_log_probs is not None:
         # Log unigram frequencies as the output bias start the model off the unigram plateau.
-        output.bias.assign(unigram_log_probs)
+        bias.assign(unigram_log_probs)
     return keras.Model(ids, logits, name="gruflow_lm")
 
 
 def attention_model(model: keras.Model) -> keras.Model:
     """A view of a trained model that returns the attention weights α (B, T, T)."""
     att = model.get_layer("attention")
-    probe = CausalAttention(return_attention=True)
+    probe = CausalAttention(att.heads, att.window, return_attention=True)
     _, alpha = probe(att.input)
     return keras.Model(model.input, alpha)

@@ -91,7 +91,17 @@ class Model(_Section):
     embedding_trainable: bool
     units: PosInt
     gru_layers: PosInt
+    attention_heads: PosInt
+    attention_window: NonNegInt
+    tie_embeddings: bool
     dropout: Fraction
+
+    @model_validator(mode="after")
+    def _heads_divide_units(self) -> Model:
+        if self.units % self.attention_heads:
+            raise ValueError(f"attention_heads ({self.attention_heads}) must divide units "
+                             f"({self.units})")
+        return self
 
 
 class Train(_Section):
@@ -139,7 +149,8 @@ class SpaceSpec(_Section):
     def _well_formed(self) -> SpaceSpec:
         if self.type == "categorical":
             if not self.choices or (self.low, self.high, self.step) != (None, None, None):
-                raise ValueError("categorical needs a non-empty 'choices' list and no low/high/step")
+                raise ValueError("categorical needs a non-empty 'choices' list and no "
+                                 "low/high/step")
             return self
         if self.choices is not None or self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs 'low' and 'high' (and no 'choices')")

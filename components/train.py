@@ -154,8 +154,13 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
                  keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
     if first < t.epochs and not state.get("stopped"):
         steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
-        model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
-                  steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+        except tf.errors.ResourceExhaustedError:
+            raise GruflowError(f"a batch of train.batch_size {t.batch_size} x train.seq_len "
+                               f"{t.seq_len} does not fit in memory — lower one of them "
+                               "(finished epochs are checkpointed)") from None
     return model, stopper.history, n_train, hw
 
 
@@ -171,6 +176,11 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
 def run(p: Params) -> dict:
     from tokenizers import Tokenizer
 
+    from components.tune import load_best, merge_best
+
+    p, tuned = merge_best(p, load_best(p))  # the tune stage's best values over params.yaml
+    if tuned:
+        print(f"train: using tuned values from {p.paths.best_params}: {tuned}")
     paths = p.paths
     vocab_size = Tokenizer.from_file(paths.tokenizer).get_vocab_size()
     tokens = Path(paths.tokens)
@@ -208,7 +218,7 @@ def run(p: Params) -> dict:
         "train_tokens": n_train, "seconds": round(seconds, 1), "tokens_per_second": round(tps, 1),
         "flops_per_token": fpt, "achieved_flops_per_second": round(3 * fpt * tps),
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
-        **hw,
+        "tuned": tuned, **hw,
     }
     write_json(reports / "train.json", summary)
     from components.checkpoint import Checkpoint

@@ -1,7 +1,7 @@
 """Stage `tune`: an Optuna search over `tune.space` whose best values feed the train stage.
 
 Usage: `python -m components.tune` (the DVC cmd); train applies the result with
-`merge_best(params, load_best(params.paths.best_params))`.
+`params, tuned = merge_best(params, load_best(params))`.
 
 Trial 0 is the params.yaml values; every trial trains on the first `tune.data_fraction` of the
 train tokens for at most `tune.max_epochs` epochs and reports its validation loss each epoch to
@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
 import warnings
@@ -133,13 +134,14 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     train_ds, _ = make_dataset(data.train, t.seq_len, t.batch_size, t.seed, 0, t.epochs)
     val_ds, _ = make_dataset(data.val, t.seq_len, t.batch_size, None)
     history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=0)
+                        callbacks=callbacks, shuffle=False, verbose=0)
     return float(np.min(history.history["val_loss"]))
 
 
 def objective(p: Params, data: TrialData) -> Callable[[optuna.Trial], float]:
     def run_trial(trial: optuna.Trial) -> float:
         values = {name: suggest(trial, name, spec) for name, spec in p.tune.space.items()}
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tracked = tune_report.TrialRun(trial.number, values)
         try:
             loss = fit_trial(trial_params(p, values), data,
@@ -236,33 +238,40 @@ def finished(study: optuna.Study) -> int:
                if not t.user_attrs.get("interrupted"))
 
 
-def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | None) -> None:
-    """Run trials until the study holds tune.n_trials finished ones or the deadline passes."""
-    n_trials = p.tune.n_trials
+def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | None) -> int:
+    """Run trials until the study holds tune.n_trials finished ones (counting every worker's)
+    or the deadline passes; the number this process ran."""
+    n_trials, ran = p.tune.n_trials, []
 
-    def stop_at_budget(study: optuna.Study, _trial) -> None:  # other workers count too
+    def stop_at_budget(study: optuna.Study, trial) -> None:
+        ran.append(trial.number)
         if finished(study) >= n_trials:
             study.stop()
 
     remaining = n_trials - finished(study)
     timeout = None if deadline is None else deadline - time.time()
-    if remaining <= 0 or (timeout is not None and timeout <= 0):
-        return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective(p, data), n_trials=remaining, timeout=timeout,
-                   catch=(Exception,), callbacks=[stop_at_budget], gc_after_trial=True)
+    if remaining > 0 and (timeout is None or timeout > 0):
+        study.optimize(objective(p, data), n_trials=remaining, timeout=timeout,
+                       catch=(Exception,), callbacks=[stop_at_budget], gc_after_trial=True)
+    return len(ran)
 
 
-def join(p: Params, worker: int, deadline: float | None) -> None:
-    """One worker: join the study and optimise (the entry point of spawned processes)."""
-    if p.tune.n_workers > 1:
+def join(p: Params, worker: int, deadline: float | None) -> int:
+    """One worker: join the study and optimise (spawned processes, `gruflow tune-worker`)."""
+    if p.tune.n_workers > 1:  # share the cores instead of oversubscribing them
         import tensorflow as tf
 
         threads = max(1, (os.cpu_count() or 1) // p.tune.n_workers)
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-    data = load_data(p)
     storage = open_storage(p)
-    optimize(open_study(p, storage, data, worker), p, data, deadline)
+    data = load_data(p)
+    return optimize(open_study(p, storage, data, worker), p, data, deadline)
+
+
+def work(p: Params) -> int:
+    """`gruflow tune-worker`: join from anywhere for up to tune.timeout seconds."""
+    return join(p, worker=os.getpid(), deadline=time.time() + p.tune.timeout
+                if p.tune.timeout else None)
 
 
 def run(p: Params) -> dict:
@@ -272,8 +281,8 @@ def run(p: Params) -> dict:
     if p.tune.n_trials == 0:  # tuning off: train keeps the params.yaml values
         summary = tune_report.summarise(None, 0.0)
     else:
-        data = load_data(p)
         storage = open_storage(p)
+        data = load_data(p)
         study = open_study(p, storage, data, worker=0)
         if not storage_url(p):
             recover_interrupted(study, storage)
@@ -297,11 +306,18 @@ def run(p: Params) -> dict:
     return summary
 
 
-def load_best(path: Path | str) -> dict:
-    path = Path(path)
+def load_best(p: Params) -> dict:
+    """The tune stage's best values; {} when tuning is off (tune.n_trials: 0)."""
+    path = Path(p.paths.best_params)
+    if p.tune.n_trials == 0:
+        return {}
     if not path.is_file():
-        raise GruflowError(f"{path}: missing — run the tune stage first")
-    best = json.loads(path.read_text(encoding="utf-8"))
+        raise GruflowError(f"{path}: missing — run the tune stage first (dvc repro tune), "
+                           "or set tune.n_trials: 0 to train with params.yaml as is")
+    try:
+        best = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        best = None
     if not isinstance(best, dict):
         raise GruflowError(f"{path}: expected a JSON object of dotted names — rerun tune")
     return best

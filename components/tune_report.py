@@ -56,7 +56,11 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def best_params(study: optuna.Study) -> dict:
     """Dotted name -> value of the best complete trial; {} when none completed."""
     complete = _complete(study)
-    return dict(min(complete, key=lambda t: t.value).params) if complete else {}
+    if not complete:
+        return {}
+    params = min(complete, key=lambda t: t.value).params
+    # 12 significant digits: a stepped float reads 0.15, not 0.15000000000000002
+    return {k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in params.items()}
 
 
 def summarise(study: optuna.Study | None, seconds: float) -> dict:
@@ -100,6 +104,8 @@ def save_plots(study: optuna.Study | None, reports: Path) -> None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # optuna's ExperimentalWarning
                     ax = make(study)
+                if make is oplt.plot_optimization_history:
+                    ax.set_ylabel("validation loss (nats/token)")
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 note = f"no plot: {exc}"
         if ax is None:

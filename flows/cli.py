@@ -1,7 +1,8 @@
 """`gruflow` command line: run the pipeline and inspect its artifacts.
 
 Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
-`gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`.
+`gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`,
+`gruflow tune-worker [--storage URL]`.
 """
 
 from __future__ import annotations
@@ -56,13 +57,23 @@ def _load_model(args: argparse.Namespace):
                            "run `gruflow run` first or pass --model URI") from None
 
 
+def _predict(model, frame, params: dict):
+    """The model's own validation errors (bad temperature, ...) become one-line errors."""
+    import mlflow
+
+    try:
+        return model.predict(frame, params=params)
+    except mlflow.exceptions.MlflowException as exc:
+        raise GruflowError(exc.message.splitlines()[-1]) from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     model = _load_model(args)
     params = {"mode": "generate", "max_new_tokens": args.max_new_tokens,
               "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
-    out = model.predict(pd.DataFrame({"text": [args.prompt]}), params=params)
+    out = _predict(model, pd.DataFrame({"text": [args.prompt]}), params)
     print(args.prompt + out["text"][0])
     return 0
 
@@ -76,8 +87,7 @@ def _score(args: argparse.Namespace) -> int:
     text = path.read_bytes().decode("utf-8", errors="replace")
     if not text.strip():
         raise GruflowError(f"{path}: the file is empty — nothing to score")
-    row = _load_model(args).predict(pd.DataFrame({"text": [text]}),
-                                    params={"mode": "score"}).iloc[0]
+    row = _predict(_load_model(args), pd.DataFrame({"text": [text]}), {"mode": "score"}).iloc[0]
     print(f"{path}: perplexity {row['perplexity']:.3f}, {row['bits_per_byte']:.4f} bits/byte "
           f"({int(row['tokens'])} tokens, {int(row['bytes'])} bytes)")
     return 0
@@ -109,6 +119,24 @@ def _similar(args: argparse.Namespace) -> int:
     root = Path(args.project).resolve()
     for token, sim in similar(args.token, args.k, load_params(root / "params.yaml"), root):
         print(f"{sim:7.4f}  {json.dumps(token, ensure_ascii=False)}")
+    return 0
+
+
+def _tune_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from components import tune
+
+    root = Path(args.project).resolve()
+    params = load_params(root / "params.yaml")
+    if args.storage:
+        os.environ[tune.STORAGE_ENV] = args.storage
+    if not tune.storage_url(params):
+        raise GruflowError("tune-worker joins a study in a shared database: pass --storage URL, "
+                           f"set {tune.STORAGE_ENV} or tune.storage (e.g. postgresql://...)")
+    os.chdir(root)  # params paths are relative to the project root
+    n = tune.work(params)
+    print(f"gruflow: tune-worker finished {n} trial(s) of the study")
     return 0
 
 
@@ -150,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("-k", type=int, default=10, help="neighbours to print (default 10)")
     similar.add_argument("--project", default=".", help="project root (default: current folder)")
     similar.set_defaults(func=_similar)
+    worker = sub.add_parser("tune-worker", help="join the tune stage's Optuna study (in a "
+                                                "shared database) and run trials until its "
+                                                "budget is spent")
+    worker.add_argument("--storage", help="study database URL (default: $GRUFLOW_OPTUNA_STORAGE, "
+                                          "then tune.storage)")
+    worker.add_argument("--project", default=".", help="project root (default: current folder)")
+    worker.set_defaults(func=_tune_worker)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dvc.repo import Repo
 
-STAGES = ("ingest", "clean", "tokenize", "embed", "train", "evaluate")
+STAGES = ("ingest", "clean", "tokenize", "embed", "tune", "train", "evaluate")
 
 
 def stage_env() -> None:

@@ -69,7 +69,11 @@ def _numbers(d: dict) -> dict[str, float]:
 
 def log_train(run_id: str, params: Params, reports: Path) -> None:
     """Params, summary metrics and the history of a finished train run (epochs are live)."""
+    from components.tune import load_best, merge_best
+
+    params, tuned = merge_best(params, load_best(params))  # what train really used
     client = MlflowClient()
+    client.set_tag(run_id, "tuned_params", json.dumps(tuned, sort_keys=True) or "{}")
     flat = {f"model.{k}": v for k, v in params.model.model_dump().items()}
     flat |= {f"train.{k}": v for k, v in params.train.model_dump().items()}
     for key, value in flat.items():
@@ -80,6 +84,8 @@ def log_train(run_id: str, params: Params, reports: Path) -> None:
     for name in ("train.json", "train_history.csv", "model_summary.txt"):
         if (reports / name).is_file():
             client.log_artifact(run_id, str(reports / name))
+    if (reports / "tensorboard").is_dir():
+        client.log_artifacts(run_id, str(reports / "tensorboard"), artifact_path="tensorboard")
 
 
 def log_evaluate(run_id: str, reports: Path) -> dict:

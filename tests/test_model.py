@@ -191,3 +191,52 @@ def test_right_padding_never_changes_real_token_losses(model):
     np.testing.assert_allclose(l_pad, l_short, rtol=1e-6, atol=1e-6)
     # The padded tail itself does produce (different) outputs, so the comparison is not vacuous.
     assert np.abs(padded[0, -1] - padded[0, x_real.shape[1] - 1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("heads,window", [(3, 0), (1, 3), (3, 2)])
+def test_multi_head_windowed_attention_matches_numpy(heads, window):
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(2, 7, 6)).astype("float32")  # (B, T, H), 3 heads of d = 2
+    context, alpha = CausalAttention(heads, window, return_attention=True)(h)
+    d = 6 // heads
+    expected_ctx = np.zeros_like(h)
+    expected_alpha = np.zeros((2, 7, 7))
+    for n in range(heads):
+        x = h[..., n * d:(n + 1) * d]
+        scores = np.einsum("btd,bid->bti", x, x) / np.sqrt(d)
+        t, i = np.arange(7)[:, None], np.arange(7)[None, :]
+        allowed = (i <= t) & ((t - i < window) if window else True)
+        scores = np.where(allowed, scores, -np.inf)
+        a = np.exp(scores - scores.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        expected_ctx[..., n * d:(n + 1) * d] = np.einsum("bti,bid->btd", a, x)
+        expected_alpha += a / heads
+    np.testing.assert_allclose(np.asarray(context), expected_ctx, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(alpha), expected_alpha, atol=1e-5)
+    if window:
+        assert np.all(np.asarray(alpha)[:, 6, : 7 - window] == 0)  # outside the window
+
+
+def test_tied_embeddings_share_one_matrix_and_round_trip(tmp_path, ids):
+    emb = np.random.default_rng(0).normal(size=(V, 8)).astype("float32")
+    model = build_model(tiny_cfg(tie_embeddings=True), V, emb)
+    layer = model.get_layer("embedding")
+    np.testing.assert_array_equal(np.asarray(layer.embeddings), emb)
+    assert not any(w.path.startswith("logits") for w in model.weights)  # no separate output
+    untied = build_model(tiny_cfg(tie_embeddings=False), V, emb)
+    assert model.count_params() < untied.count_params()
+    model.save(tmp_path / "tied.keras")
+    again = keras.saving.load_model(tmp_path / "tied.keras", safe_mode=True)
+    np.testing.assert_array_equal(logits_of(model, ids), logits_of(again, ids))
+
+
+def test_heads_must_divide_units():
+    import yaml
+
+    from components.errors import GruflowError
+    from components.params import parse_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["attention_heads"] = 3  # default units are not a multiple of 3
+    with pytest.raises(GruflowError, match="attention_heads"):
+        parse_params(raw)

@@ -46,6 +46,8 @@ def tiny_params(source: Path) -> dict:
     params["embed"].update(dim=8, epochs=2)
     params["model"].update(embedding_dim=8, units=16)
     params["train"].update(seq_len=16, batch_size=16, epochs=2)
+    params["tune"].update(n_trials=2, timeout=0, max_epochs=1)  # a 2-trial study
+    params["tune"]["space"]["model.units"] = {"type": "categorical", "choices": [8, 16]}
     return params
 
 

@@ -313,10 +313,6 @@ def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
     assert rows["nll"].iloc[0] == pytest.approx(nll, rel=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lm_pyfunc does not validate params.seed: a negative seed reaches "
-    "np.random.default_rng and raises ValueError, so the server answers MLflow's generic "
-    "'unexpected error' message instead of naming the bad parameter"))
 def test_negative_seed_is_a_clear_bad_request(champion):
     with pytest.raises(MlflowException, match="seed") as exc:
         _generate(champion, PROMPT, max_new_tokens=2, temperature=0.0, seed=-1)
@@ -479,10 +475,6 @@ def test_cli_promote_missing_version_is_one_line_exit_2(project, registered, cap
     assert registry.champion_version(NAME) == "1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "flows/cli.py main() catches only GruflowError: the pyfunc's MlflowException for "
-    "--max-new-tokens above the cap or a negative --temperature escapes as a traceback "
-    "(exit 1) instead of one line on stderr and exit 2"))
 @pytest.mark.parametrize(("option", "value"), [
     ("--max-new-tokens", str(MAX_NEW_TOKENS_CAP + 1)), ("--temperature", "-1")])
 def test_cli_generate_bad_option_is_one_line_exit_2(project, registered, capsys, option, value):

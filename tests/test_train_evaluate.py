@@ -92,6 +92,7 @@ def make_project(root: Path) -> tuple[Params, int]:
         "model": str(artifacts / "model.keras"), "reports": str(root / "reports")})
     p = base.model_copy(update={
         "paths": paths,
+        "tune": base.tune.model_copy(update={"n_trials": 0}),  # train on these params as is
         "embed": base.embed.model_copy(update={"dim": EMB_DIM}),
         "model": base.model.model_copy(update={
             "embedding_dim": EMB_DIM, "units": UNITS, "gru_layers": 1, "dropout": 0.0,

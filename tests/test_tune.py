@@ -187,6 +187,16 @@ def test_killed_trial_is_failed_and_queued_again(tmp_path, project, monkeypatch)
     assert summary["defaults_val_loss"] == 1.5  # the defaults trial was run again
 
 
+@pytest.mark.slow
+def test_parallel_workers_share_one_study_and_budget(project):
+    p = make_params(project, n_trials=6, n_workers=2, study_name="parallel", max_epochs=1)
+    summary = tune.run(p)
+    trials = journal_trials(p, summary["study"])
+    assert 6 <= len(trials) <= 7  # a worker may start one trial while another ends the last
+    assert all(t.state.is_finished() for t in trials)
+    print("workers:", sorted({t.user_attrs["worker"] for t in trials}))
+
+
 # --- failures, pruning, MLflow ------------------------------------------------------------
 
 
@@ -251,6 +261,9 @@ def test_merge_best_applies_and_validates(tmp_path):
     with pytest.raises(GruflowError, match="unknown parameter 'paths.model'"):
         tune.merge_best(p, {"paths.model": "elsewhere.keras"})
     best_file = Path(p.paths.best_params)
+    with pytest.raises(GruflowError, match="run the tune stage first"):
+        tune.load_best(p)
     best_file.parent.mkdir(parents=True, exist_ok=True)
     best_file.write_text('{"model.units": 8}')
-    assert tune.merge_best(p, tune.load_best(best_file))[0].model.units == 8
+    assert tune.merge_best(p, tune.load_best(p))[0].model.units == 8
+    assert tune.load_best(make_params(tmp_path, n_trials=0)) == {}  # tuning off: no file needed

@@ -1,0 +1,92 @@
+"""Benchmark of the train stage: tokens/s of our tf.data + callbacks path vs a bare model.fit.
+
+Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
+tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
+the same windows held in memory as NumPy arrays, same run, `ratio` = value / raw_value, floor
+0.9), plus `flops_per_token` (forward, analytic) and `achieved_flops` (3 x forward FLOPs per
+training token x tokens/s). Both sides train 2 epochs; the second (compiled) epoch is timed.
+Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.artifacts import write_json
+from components.params import load_params
+from components.windows import make_windows, read_stream, unigram_log_probs
+
+BENCH_TOKENS = 150_000
+
+
+def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> float:
+    from components.train import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = p.paths.model_copy(update={"checkpoints": f"{tmp}/ckpt", "reports": tmp})
+        q = p.model_copy(update={"paths": paths, "train": p.train.model_copy(
+            update={"epochs": 2, "patience": 5})})
+        _, history, _, _ = fit(q, vocab, train, val, None, "bench")
+    return history["tokens_per_second"][-1]
+
+
+def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
+    import keras
+
+    from components.model import build_model
+    from components.train import optimizer
+
+    keras.utils.set_random_seed(p.train.seed)
+    x, y, w = make_windows(train, p.train.seq_len)
+    model = build_model(p.model, vocab, None, unigram_log_probs(train, vocab))
+    model.compile(optimizer=optimizer(p, -(-len(x) // p.train.batch_size)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True, reduction="mean_with_sample_weight"))
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    model.fit(x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=2, shuffle=True,
+              callbacks=[Timer()], verbose=0)
+    return float(w.sum()) / times[-1]
+
+
+def main() -> None:
+    from tokenizers import Tokenizer
+
+    from components.train import flops_per_token
+
+    p = load_params()
+    p = p.model_copy(update={"model": p.model.model_copy(update={"embedding_init": "random"})})
+    vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
+    tokens = Path(p.paths.tokens)
+    train = read_stream(tokens / "train.parquet")[:BENCH_TOKENS]
+    val = read_stream(tokens / "val.parquet")[: BENCH_TOKENS // 10]
+    value = stage_tokens_per_second(p, vocab, train, val)
+    raw = raw_tokens_per_second(p, vocab, train)
+    fpt = flops_per_token(vocab, p.model.embedding_dim, p.model.units, p.model.gru_layers,
+                          p.train.seq_len)
+    rows = [
+        {"name": "train", "value": value, "raw_value": raw, "unit": "tokens/s",
+         "ratio": value / raw},
+        {"name": "flops_per_token", "value": fpt, "raw_value": fpt, "unit": "FLOP (forward)",
+         "ratio": 1.0},
+        {"name": "achieved_flops", "value": 3 * fpt * value, "raw_value": 3 * fpt * raw,
+         "unit": "FLOP/s", "ratio": value / raw},
+    ]
+    write_json(Path(p.paths.reports) / "bench" / "train.json", rows)
+    print(f"bench train: stage {value:.0f} tokens/s vs bare model.fit {raw:.0f} tokens/s "
+          f"(ratio {value / raw:.2f}); {3 * fpt * value / 1e9:.2f} GFLOP/s achieved")
+
+
+if __name__ == "__main__":
+    main()
