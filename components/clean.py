@@ -7,6 +7,8 @@ data/clean/{train,val,test}.parquet (doc_id, text, source, split) and reports/cl
 from __future__ import annotations
 
 import hashlib
+import html
+import re
 import unicodedata
 from pathlib import Path
 
@@ -27,6 +29,69 @@ SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
 LINE_BREAKS = r"[\x0b\x0c\x85\x{2028}\x{2029}]"
 CONTROL = r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
 ZERO_WIDTH = r"[\x{200b}-\x{200d}\x{2060}\x{feff}]"
+# HTML: only real element names, so text such as `<class 'int'>` or `a < b > c` survives.
+# Block elements become a line break, inline ones vanish; script/style lose their content too.
+_BLOCK = "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|" \
+         "h[1-6]|header|hr|li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul"
+_INLINE = "a|abbr|b|body|button|center|cite|code|del|em|font|head|html|i|iframe|img|input|" \
+          "ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|span|strike|" \
+          "strong|sub|sup|textarea|title|tt|u|var"
+HTML_DROP = r"(?is)<(script|style)\b[^>]*>.*?</(?:script|style)\s*>|<!--.*?-->|<!doctype[^>]*>"
+_ATTRS = r"""(?:\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))*\s*/?>"""
+HTML_BLOCK = rf"(?i)</?(?:{_BLOCK}){_ATTRS}"  # attributes need a value: `<a statement>` stays
+HTML_INLINE = rf"(?i)</?(?:{_INLINE}){_ATTRS}"
+HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+# Privacy masks, applied in this order (a URL may hold an e-mail or an IP). Phones need a
+# phone shape (+country code, (area) code or 3-3-4 groups), so 3.11.7 or 1234567 stay.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_WIDE = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9])"  # two or three digits
+# one of the first three octets has 2+ digits, so section numbers like 7.1.4.34 stay
+_IPV4 = (rf"\b(?:{_WIDE}\.{_OCTET}\.{_OCTET}|[0-9]\.{_WIDE}\.{_OCTET}|[0-9]\.[0-9]\.{_WIDE})"
+         rf"\.{_OCTET}\b")
+PII = (
+    ("url", r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]"),
+    ("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    ("ip", rf"{_IPV4}|\b(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}\b"),
+    ("phone", r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}\b"
+              r"|\([0-9]{3}\) ?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b"),
+)
+# A word is a run of non-blank characters, or one CJK character (those scripts use no spaces).
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+WORD = rf"[{_CJK}]|[^\s{_CJK}]+"
+
+
+_ENTITY = re.compile(HTML_ENTITY)
+
+
+def count(text: pa.Array, pattern: str) -> int:
+    return pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0
+
+
+def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
+    """Drop tags (block tags -> line break), then unescape entities on rows that hold one."""
+    tags = count(text, HTML_DROP) + count(text, HTML_BLOCK) + count(text, HTML_INLINE)
+    text = pc.replace_substring_regex(text, HTML_DROP, "")
+    text = pc.replace_substring_regex(text, HTML_BLOCK, "\n")
+    text = pc.replace_substring_regex(text, HTML_INLINE, "")
+    entities = 0
+    if count(text, HTML_ENTITY):
+        flags = pc.match_substring_regex(text, HTML_ENTITY).to_pylist()
+        values = text.to_pylist()
+        for i, hit in enumerate(flags):
+            if hit:  # count only real entities: html.unescape leaves `&nosuch;` as it is
+                entities += sum(html.unescape(m) != m for m in _ENTITY.findall(values[i]))
+                values[i] = html.unescape(values[i])
+        text = pa.array(values, pa.string())
+    return text, {"html_tags_removed": tags, "html_entities_unescaped": entities}
+
+
+def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
+    """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>."""
+    counts = {}
+    for name, pattern in PII:
+        counts[f"masked_{name}"] = count(text, pattern)
+        text = pc.replace_substring_regex(text, pattern, f"<{name}>")
+    return text, counts
 
 
 def nfkc(text: pa.Array) -> pa.Array:
@@ -75,12 +140,24 @@ def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
 def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
                 counts: dict[str, int]) -> pa.Table:
     """Clean one batch; `seen` carries content hashes across batches for exact de-duplication."""
-    text, rule_counts = normalise(batch.column("text"), cfg)
-    for key, value in rule_counts.items():
-        counts[key] += value
-    long_enough = pc.greater_equal(pc.utf8_length(text), cfg.min_chars)
-    counts["dropped_too_short"] += len(text) - pc.sum(long_enough).as_py()
-    kept = pa.table({"text": text, "source": batch.column("source")}).filter(long_enough)
+    text = batch.column("text")
+    rules = [strip_html] if cfg.strip_html else []
+    rules.append(lambda t: normalise(t, cfg))
+    if cfg.mask_pii:
+        rules.append(mask_pii)
+    for rule in rules:
+        text, rule_counts = rule(text)
+        for key, value in rule_counts.items():
+            counts[key] += value
+    given = (batch.column("split") if "split" in batch.schema.names
+             else pa.nulls(len(text), pa.string()))
+    kept = pa.table({"text": text, "source": batch.column("source"), "split": given})
+    long_enough = pc.greater_equal(pc.utf8_length(kept["text"]), cfg.min_chars)
+    counts["dropped_too_short"] += kept.num_rows - pc.sum(long_enough).as_py()
+    kept = kept.filter(long_enough)
+    enough_words = pc.greater_equal(pc.count_substring_regex(kept["text"], WORD), cfg.min_words)
+    counts["dropped_too_few_words"] += kept.num_rows - (pc.sum(enough_words).as_py() or 0)
+    kept = kept.filter(enough_words)
     ids, keep = [], []
     for value in kept.column("text").to_pylist():
         doc = hashlib.sha256(value.encode("utf-8")).hexdigest()[:20]
@@ -91,7 +168,9 @@ def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
     mask = pa.array(keep, pa.bool_())
     ids = pa.array(ids, pa.string()).filter(mask)
     kept = kept.filter(mask)
-    splits = pa.array(assign_split(ids.to_pylist(), split), pa.string())
+    hashed = assign_split(ids.to_pylist(), split)
+    splits = pa.array([g or h for g, h in zip(kept["split"].to_pylist(), hashed, strict=True)],
+                      pa.string())  # the source's own split wins over the hash
     return pa.table([ids, kept.column("text"), kept.column("source"), splits], schema=SCHEMA)
 
 
@@ -99,8 +178,10 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path) ->
     files = sorted(raw_dir.glob("*.parquet"))
     if not files:
         raise GruflowError(f"{raw_dir}: no Parquet snapshot — run the ingest stage first")
-    counts = dict.fromkeys(["documents_in", "characters_in", "control_chars_removed",
-                            "zero_width_removed", "dropped_too_short", "dropped_duplicates",
+    counts = dict.fromkeys(["documents_in", "characters_in", "html_tags_removed",
+                            "html_entities_unescaped", "control_chars_removed",
+                            "zero_width_removed", *(f"masked_{name}" for name, _ in PII),
+                            "dropped_too_short", "dropped_too_few_words", "dropped_duplicates",
                             "documents_out", "characters_out"], 0)
     per_split = dict.fromkeys(SPLITS, 0)
     seen: set[str] = set()
@@ -108,7 +189,9 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path) ->
         writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, compression="zstd")
                    for s in SPLITS}
         try:
-            for batch in ds.dataset(files).to_batches(columns=["text", "source"]):
+            dataset = ds.dataset(files)
+            columns = ["text", "source", *(["split"] if "split" in dataset.schema.names else [])]
+            for batch in dataset.to_batches(columns=columns):
                 counts["documents_in"] += batch.num_rows
                 counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
                 table = clean_batch(batch, cfg, split, seen, counts)
@@ -122,24 +205,31 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path) ->
             for writer in writers.values():
                 writer.close()
         counts["documents_out"] = sum(per_split.values())
-        _validate(counts, per_split)
+        _validate(counts, per_split, cfg.min_documents)
     summary = {**counts, "split_documents": per_split}
     write_json(report, summary)
     return summary
 
 
-def _validate(counts: dict[str, int], per_split: dict[str, int]) -> None:
+def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: int) -> None:
+    why = (f"{counts['dropped_too_short']} too short, {counts['dropped_too_few_words']} with too "
+           f"few words, {counts['dropped_duplicates']} duplicates")
     if counts["documents_out"] == 0:
         raise GruflowError(
-            f"clean: all {counts['documents_in']} documents were dropped "
-            f"({counts['dropped_too_short']} too short, {counts['dropped_duplicates']} duplicates)"
-            " — lower clean.min_chars or add text"
+            f"clean: all {counts['documents_in']} documents were dropped ({why})"
+            " — lower clean.min_chars/clean.min_words or add text"
+        )
+    if counts["documents_out"] < min_documents:
+        raise GruflowError(
+            f"clean: only {counts['documents_out']} of {counts['documents_in']} documents kept "
+            f"({why}), below clean.min_documents={min_documents} — add text or lower the limits"
         )
     for name, n in per_split.items():
         if n == 0:
             raise GruflowError(
                 f"clean: split '{name}' is empty ({counts['documents_out']} documents in all) — "
-                "add documents or raise split.val_fraction/split.test_fraction"
+                "add documents, raise split.val_fraction/split.test_fraction, or give the "
+                "source's own split a file/folder/column for it"
             )
 
 

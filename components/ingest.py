@@ -21,7 +21,9 @@ from components.params import Data, load_params
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+# `split` is the source's own split (null = none given), `meta` its other columns as JSON.
+SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+                    ("split", pa.string()), ("meta", pa.string())])
 BATCH_DOCS = 4096
 
 
@@ -38,22 +40,26 @@ def to_batches(docs: Iterable[Document], size: int = BATCH_DOCS) -> Iterator[pa.
                 pa.array([doc_id(d.text) for d in chunk], pa.string()),
                 pa.array([d.text for d in chunk], pa.string()),
                 pa.array([d.source for d in chunk], pa.string()),
+                pa.array([d.split for d in chunk], pa.string()),
+                pa.array([d.meta for d in chunk], pa.string()),
             ],
             schema=SCHEMA,
         )
 
 
 def run(cfg: Data, out_dir: Path, report: Path) -> dict:
-    docs: Iterable[Document] = documents(cfg.source, cfg.text_column)
+    docs: Iterable[Document] = documents(cfg)
     if cfg.max_docs:
         docs = islice(docs, cfg.max_docs)
-    counts = {"documents": 0, "characters": 0, "documents_with_bad_bytes": 0}
+    counts = {"documents": 0, "characters": 0, "documents_with_bad_bytes": 0,
+              "documents_with_source_split": 0}
 
     def counted(items: Iterable[Document]) -> Iterator[Document]:
         for d in items:
             counts["documents"] += 1
             counts["characters"] += len(d.text)
             counts["documents_with_bad_bytes"] += d.had_bad_bytes
+            counts["documents_with_source_split"] += d.split is not None
             yield d
 
     with atomic_dir(out_dir) as tmp:

@@ -1,4 +1,4 @@
-"""Stage `tokenize`: train a byte-level BPE tokenizer on the train split, write token ids.
+"""Stage `tokenize`: train a tokenizer (bpe/unigram/wordpiece/word/char) on train, write ids.
 
 Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{split}.parquet
 (doc_id, ids: list<int32> framed as <bos> ... <eos>) and reports/tokenize.json.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from components.artifacts import atomic_dir, atomic_file, write_json
 from components.clean import SPLITS
@@ -24,18 +24,58 @@ PAD, UNK, BOS, EOS = range(4)
 SCHEMA = pa.schema([("doc_id", pa.string()), ("ids", pa.list_(pa.int32())),
                     ("n_bytes", pa.int64())])
 BATCH_DOCS = 2048
+# Scripts written without spaces: each character is its own pre-token, so a Chinese paragraph
+# is not one giant "word" (bounded training memory, and merges stay meaningful).
+CJK = Regex(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
+# WordPiece marks word-inner pieces; this character is outside the byte-level alphabet, so it
+# cannot clash with text (unlike the usual "##", common in code comments).
+CONTINUATION = "\u2581"
+
+
+def _byte_level() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(CJK, behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
+def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
+    """An untrained tokenizer of `cfg.kind` and its trainer. Subword kinds work on bytes, so
+    any text encodes without <unk> and decodes back exactly; word and char kinds map unseen
+    words or characters to <unk>."""
+    common = {"vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
+              "special_tokens": SPECIALS, "show_progress": False}
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if cfg.kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(initial_alphabet=alphabet, **common)
+    elif cfg.kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        common.pop("min_frequency")  # unigram prunes by likelihood, not by count
+        trainer = trainers.UnigramTrainer(unk_token="<unk>", initial_alphabet=alphabet, **common)
+    elif cfg.kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix=CONTINUATION,
+                                         max_input_chars_per_word=10_000))
+        trainer = trainers.WordPieceTrainer(initial_alphabet=alphabet,
+                                            continuing_subword_prefix=CONTINUATION, **common)
+    elif cfg.kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        trainer = trainers.WordLevelTrainer(**common)
+    else:  # char: every Unicode character is a token, joined back without separators
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok, trainers.WordLevelTrainer(**common)
+    tok.pre_tokenizer = _byte_level()
+    tok.decoder = (decoders.Sequence([decoders.Replace(CONTINUATION, ""), decoders.ByteLevel()])
+                   if cfg.kind == "wordpiece" else decoders.ByteLevel())
+    return tok, trainer
 
 
 def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
-    """Byte-level BPE: every string is encodable (no <unk>) and decodes back exactly."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
+    """Train on the given texts; the specials are ids 0..3 (<pad> <unk> <bos> <eos>)."""
+    tok, trainer = build_tokenizer(cfg)
     tok.train_from_iterator(texts, trainer=trainer)
+    if [tok.token_to_id(t) for t in SPECIALS] != [PAD, UNK, BOS, EOS]:
+        raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids 0..3")
     return tok
 
 

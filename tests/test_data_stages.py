@@ -235,9 +235,12 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
     assert summary["control_chars_removed"] == 1
     assert summary["zero_width_removed"] == 1
     assert summary["documents_out"] == 41 == sum(summary["split_documents"].values())
-    assert set(summary) == {"documents_in", "characters_in", "control_chars_removed",
-                            "zero_width_removed", "dropped_too_short", "dropped_duplicates",
-                            "documents_out", "characters_out", "split_documents"}
+    assert set(summary) == {"documents_in", "characters_in", "html_tags_removed",
+                            "html_entities_unescaped", "control_chars_removed",
+                            "zero_width_removed", "masked_url", "masked_email", "masked_ip",
+                            "masked_phone", "dropped_too_short", "dropped_too_few_words",
+                            "dropped_duplicates", "documents_out", "characters_out",
+                            "split_documents"}
     assert json.loads((tmp_path / "clean.json").read_text()) == summary
 
     rows = clean_rows(tmp_path)
