@@ -40,14 +40,27 @@ class Paths(_Section):
     reports: str
 
 
+SourceName = Annotated[str, Field(strict=True, min_length=1)]
+
+
 class Data(_Section):
-    source: str = Field(min_length=1)
+    source: SourceName | Annotated[list[SourceName], Field(min_length=1)]
     text_column: str = Field(min_length=1)
+    unit: Literal["file", "paragraph", "line"]
+    include: Annotated[list[SourceName], Field(min_length=1)]
     max_docs: NonNegInt
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
 class Clean(_Section):
+    strip_html: bool
+    mask_pii: bool
     min_chars: NonNegInt
+    min_words: NonNegInt
+    min_documents: PosInt
     lowercase: bool
 
 
@@ -64,7 +77,7 @@ class Split(_Section):
 
 
 class Tokenize(_Section):
-    kind: Literal["bpe"]
+    kind: Literal["bpe", "unigram", "wordpiece", "word", "char"]
     vocab_size: Annotated[int, Field(strict=True, ge=16)]
     min_frequency: PosInt
 
@@ -131,6 +144,19 @@ class Registry(_Section):
 
 class Mlflow(_Section):
     experiment: str = Field(min_length=1)
+
+
+class Orchestration(_Section):
+    """Where stages run (work pool per stage, absent or "local" = in the flow's process), the
+    default DVC remote, and the schedule `gruflow deploy` gives the retraining deployment."""
+
+    dvc_remote: str = Field(strict=True)
+    placement: dict[Literal["ingest", "clean", "tokenize", "embed", "tune", "train",
+                            "evaluate"], str] = {}
+    pool: str = Field(default="gpu", min_length=1)
+    schedule: str = Field(default="0 3 * * *", min_length=1)
+    timezone: str = Field(default="UTC", min_length=1)
+    stage_timeout: PosInt = 21600
 
 
 TUNABLE_SECTIONS = ("model", "train")  # tune.space may name fields of these sections only
@@ -217,6 +243,7 @@ class Params(_Section):
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
+    orchestration: Orchestration
 
     @model_validator(mode="after")
     def _embedding_dims_agree(self) -> Params:

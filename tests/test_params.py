@@ -48,7 +48,7 @@ def test_default_params_load():
         ({"train__epochs": -1}, "train.epochs"),
         ({"model__units": "big"}, "model.units"),
         ({"train__epochs": 2.5}, "train.epochs"),  # ints are strict: no silent truncation
-        ({"tokenize__kind": "wordpiece"}, "tokenize.kind"),
+        ({"tokenize__kind": "sentencepiece"}, "tokenize.kind"),
         ({"model__unitz": 128}, "unknown key 'model.unitz'"),
         ({"evaluate": None}, "missing key 'evaluate'"),
         ({"train__seq_len": None}, "missing key 'train.seq_len'"),
