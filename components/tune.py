@@ -21,23 +21,25 @@ import os
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from components import tune_report
 from components.artifacts import write_json
 from components.errors import GruflowError, guarded
 from components.params import Params, SpaceSpec, load_params, with_overrides
+from components.tune_study import (
+    finished,
+    open_storage,
+    open_study,
+    recover_interrupted,
+    storage_url,
+)
 from components.windows import make_windows, read_stream, unigram_log_probs
-
-STORAGE_ENV = "GRUFLOW_OPTUNA_STORAGE"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,6 @@ def load_data(p: Params) -> TrialData:
     for f in files:
         h.update(f.read_bytes())
     return TrialData(vocab_size, train, val, embeddings, h.hexdigest())
-
-
-def study_name(p: Params, data: TrialData) -> str:
-    """tune.study_name + a digest of what defines the objective; budget and storage excluded,
-    so raising n_trials continues the study and any other change starts a new one."""
-    objective = p.tune.model_dump(exclude={"n_trials", "timeout", "n_workers", "storage",
-                                           "study_name"})
-    blob = json.dumps([objective, p.model.model_dump(), p.train.model_dump(), data.digest],
-                      sort_keys=True).encode()
-    return f"{p.tune.study_name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
 def suggest(trial: optuna.Trial, name: str, spec: SpaceSpec):
@@ -158,86 +150,6 @@ def objective(p: Params, data: TrialData) -> Callable[[optuna.Trial], float]:
     return run_trial
 
 
-def storage_url(p: Params) -> str:
-    return os.environ.get(STORAGE_ENV) or p.tune.storage
-
-
-def open_storage(p: Params) -> optuna.storages.BaseStorage:
-    """The study's storage; an unreachable database fails here, before any trial."""
-    url = storage_url(p)
-    if not url:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(p.paths.tune_dir).mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(Path(p.paths.tune_dir) / "study.journal")))
-    if url.startswith("sqlite") and p.tune.n_workers > 1:
-        raise GruflowError("tune.storage: SQLite cannot take parallel writers — use a journal "
-                           "file ('') or a server database with tune.n_workers > 1")
-    connect = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # Heartbeats let another worker (or a restart) fail and retry a killed one's trial.
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=60,
-                grace_period=180, heartbeat_stale_trial_callback=(
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)))
-    except Exception as exc:  # SQLAlchemy/driver errors: bad URL, no driver, no server
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise GruflowError(f"tune.storage: cannot open the study database '{_redact(url)}' "
-                           f"({type(exc).__name__}: {reason}) — fix the URL or start the "
-                           f"server, or set tune.storage: '' for a local journal") from None
-
-
-def _redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-def open_study(p: Params, storage, data: TrialData, worker: int) -> optuna.Study:
-    """Create or load the study; a fresh one starts with the params.yaml values as trial 0."""
-    name = study_name(p, data)
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                load_if_exists=True)
-    if not study.trials:
-        defaults = {n: getattr(getattr(p, n.split(".")[0]), n.split(".")[1])
-                    for n in p.tune.space}
-        study.enqueue_trial(defaults, user_attrs={"defaults": True})
-    t = p.tune
-    # Seeded by worker and study size: a restart does not replay the first run's samples.
-    sampler = optuna.samplers.TPESampler(
-        seed=t.seed + 1000 * worker + len(study.trials), n_startup_trials=t.sampler_startup_trials,
-        constant_liar=t.n_workers > 1)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
-                                          n_warmup_steps=t.pruner_warmup_epochs)
-              if t.pruner == "median" else
-              optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs))
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-
-
-def recover_interrupted(study: optuna.Study, storage) -> int:
-    """Trials left RUNNING by a killed run of this stage: mark them failed and queue them again
-    (they do not count toward the budget). Only for the stage's own journal file."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        attrs = {k: v for k, v in t.user_attrs.items() if k != "interrupted"}
-        study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
-    return len(stale)
-
-
-def finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if not t.user_attrs.get("interrupted"))
-
-
 def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | None) -> int:
     """Run trials until the study holds tune.n_trials finished ones (counting every worker's)
     or the deadline passes; the number this process ran."""
@@ -256,16 +168,24 @@ def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | 
     return len(ran)
 
 
-def join(p: Params, worker: int, deadline: float | None) -> int:
-    """One worker: join the study and optimise (spawned processes, `gruflow tune-worker`)."""
-    if p.tune.n_workers > 1:  # share the cores instead of oversubscribing them
+def share_cores(n_workers: int) -> None:
+    """Give each of n local workers its share of the cores instead of oversubscribing them."""
+    if n_workers > 1:
         import tensorflow as tf
 
-        threads = max(1, (os.cpu_count() or 1) // p.tune.n_workers)
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(
+                max(1, (os.cpu_count() or 1) // n_workers))
+        except RuntimeError:  # TensorFlow already initialised in this process: keep its pool
+            pass
+
+
+def join(p: Params, worker: int, deadline: float | None) -> int:
+    """One worker: join the study and optimise (spawned processes, `gruflow tune-worker`)."""
+    share_cores(p.tune.n_workers)
     storage = open_storage(p)
     data = load_data(p)
-    return optimize(open_study(p, storage, data, worker), p, data, deadline)
+    return optimize(open_study(p, storage, data.digest, worker), p, data, deadline)
 
 
 def work(p: Params) -> int:
@@ -283,10 +203,11 @@ def run(p: Params) -> dict:
     else:
         storage = open_storage(p)
         data = load_data(p)
-        study = open_study(p, storage, data, worker=0)
+        study = open_study(p, storage, data.digest, worker=0)
         if not storage_url(p):
             recover_interrupted(study, storage)
         deadline = t0 + p.tune.timeout if p.tune.timeout else None
+        share_cores(p.tune.n_workers)
         ctx = multiprocessing.get_context("spawn")
         workers = [ctx.Process(target=join, args=(p, i, deadline))
                    for i in range(1, p.tune.n_workers)]
@@ -341,9 +262,10 @@ def main() -> None:
     if not s["enabled"]:
         print("tune: disabled (tune.n_trials is 0) — train uses params.yaml as is")
         return
-    print(f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials in "
-          f"{s['seconds']:.0f} s; best val loss {s['best_value']} (params.yaml values: "
-          f"{s['defaults_val_loss']})")
+    best, defaults = (f"{v:.4f}" if v is not None else "n/a"
+                      for v in (s["best_value"], s["defaults_val_loss"]))
+    print(f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
+          f"({s['seconds']:.0f} s this run); best val loss {best}, params.yaml values {defaults}")
 
 
 if __name__ == "__main__":

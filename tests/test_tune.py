@@ -16,7 +16,7 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from tokenizers import Tokenizer
 
-from components import tune
+from components import tune, tune_study
 from components.errors import GruflowError
 from components.params import Params, parse_params
 from components.tokenize import BOS, EOS, SCHEMA, train_tokenizer
@@ -76,7 +76,7 @@ def journal_trials(p: Params, name: str) -> list:
 @pytest.fixture(autouse=True)
 def no_mlflow(monkeypatch):
     monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(tune_study.STORAGE_ENV, raising=False)
 
 
 def fake_fit(losses: list[float | None]):
@@ -123,15 +123,18 @@ def test_bad_space_fails_at_load(tmp_path, entry, expected):
 
 
 @pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/x/study.db", "nosuchdb://host/db"])
-def test_unreachable_storage_fails_before_any_trial(project, monkeypatch, url):
-    monkeypatch.setattr(tune, "fit_trial", fake_fit([]))  # StopIteration if a trial ran
-    p = make_params(project, storage=url)
-    with pytest.raises(GruflowError, match="tune.storage: cannot open") as err:
+def test_unreachable_storage_fails_before_any_trial(tmp_path, project, monkeypatch, url):
+    monkeypatch.setattr(tune, "load_data", None)  # storage is opened before the data is read
+    p = make_params(project, storage=url, study_name="unreachable")
+    p = p.model_copy(update={"paths": p.paths.model_copy(update={
+        "best_params": str(tmp_path / "best.json"), "reports": str(tmp_path)})})
+    with pytest.raises(GruflowError, match="^tune.storage: cannot open the study database") as err:
         tune.run(p)
     assert "\n" not in str(err.value)
-    monkeypatch.setenv(tune.STORAGE_ENV, url)  # the env variable overrides params
-    with pytest.raises(GruflowError, match="tune.storage"):
+    monkeypatch.setenv(tune_study.STORAGE_ENV, url)  # the env variable overrides params
+    with pytest.raises(GruflowError, match=f"^{tune_study.STORAGE_ENV}: cannot open"):
         tune.run(make_params(project))
+    assert not list(tmp_path.iterdir())  # no output written
 
 
 def test_zero_trials_passes_params_through(tmp_path):
@@ -166,21 +169,20 @@ def test_study_writes_outputs_and_a_restart_continues_it(project):
     assert sum(tune.run(p)["n_trials"].values()) == 3  # budget reached: nothing more runs
 
 
-def test_changed_objective_starts_a_new_study(project, monkeypatch):
-    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0]))
+def test_changed_objective_starts_a_new_study(project):
     a = make_params(project, n_trials=1)
     b = make_params(project, n_trials=1, data_fraction=0.5)
-    data = tune.load_data(a)
-    assert tune.study_name(a, data) != tune.study_name(b, tune.load_data(b))
-    assert tune.study_name(a, data) == tune.study_name(make_params(project, n_trials=9,
-                                                                   timeout=5), data)
+    digest = tune.load_data(a).digest
+    assert tune_study.study_name(a, digest) != tune_study.study_name(b, tune.load_data(b).digest)
+    same_objective = make_params(project, n_trials=9, timeout=5)  # only the budget differs
+    assert tune_study.study_name(a, digest) == tune_study.study_name(same_objective, digest)
 
 
 def test_killed_trial_is_failed_and_queued_again(tmp_path, project, monkeypatch):
     monkeypatch.setattr(tune, "fit_trial", fake_fit([1.5]))
     p = make_params(project, n_trials=1, study_name="killed")
-    storage = tune.open_storage(p)
-    study = tune.open_study(p, storage, tune.load_data(p), worker=0)
+    storage = tune_study.open_storage(p)
+    study = tune_study.open_study(p, storage, tune.load_data(p).digest, worker=0)
     study.ask()  # the params.yaml trial starts, then the process "dies"
     summary = tune.run(p)
     assert summary["n_trials"] == {"complete": 1, "pruned": 0, "fail": 0, "interrupted": 1}
@@ -195,6 +197,14 @@ def test_parallel_workers_share_one_study_and_budget(project):
     assert 6 <= len(trials) <= 7  # a worker may start one trial while another ends the last
     assert all(t.state.is_finished() for t in trials)
     print("workers:", sorted({t.user_attrs["worker"] for t in trials}))
+
+
+def test_database_url_holds_the_study(tmp_path, project, monkeypatch):
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0, 0.5]))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    summary = tune.run(make_params(project, n_trials=2, storage=url, study_name="rdb"))
+    assert len(optuna.load_study(study_name=summary["study"], storage=url).trials) == 2
+    assert summary["best_value"] == 0.5
 
 
 # --- failures, pruning, MLflow ------------------------------------------------------------
