@@ -330,6 +330,7 @@ def test_train_stage_rejects_vectors_of_another_dim(project, staged):
     paths = {k: str(project / v) for k, v in p.paths.model_dump().items()}
     paths["embeddings"] = str(bad)
     p = p.model_copy(update={"paths": p.paths.model_copy(update=paths),
-                             "train": p.train.model_copy(update={"seq_len": 8})})
+                             "train": p.train.model_copy(update={"seq_len": 8}),
+                             "tune": p.tune.model_copy(update={"n_trials": 0})})
     with pytest.raises(GruflowError, match=r"does not match .* model.embedding_dim 8"):
         train.run(p)
