@@ -226,3 +226,21 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
+                      tokenizer: Tokenizer) -> list[tuple[str, float]]:
+    """The k tokens nearest to `word` in any id-aligned matrix (e.g. a registered model's
+    embedding layer); the special tokens (ids 0..3) are left out."""
+    if k < 1:
+        raise GruflowError(f"-k {k}: ask for at least one neighbour")
+    vocab = tokenizer.get_vocab()
+    token = word_token(word, vocab)
+    if token is None:
+        raise GruflowError(f"'{word}' is not a single token of this model's tokenizer — try "
+                           "another word")
+    names = [tokenizer.id_to_token(i) for i in range(4, matrix.shape[0])]
+    table = TokenVectors(names, np.asarray(matrix[4:], dtype=np.float32))
+    texts = token_texts(tokenizer, table.names)
+    return [(texts[table.names[r]], sim)
+            for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]

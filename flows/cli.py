@@ -2,7 +2,8 @@
 
 Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
 `gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`,
-`gruflow tune-worker [--storage URL]`.
+`gruflow tune-worker [--storage URL]`, `gruflow retrain`, `gruflow deploy`,
+`gruflow worker --pool gpu`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     result = pipeline(project=str(root), force=args.force)
+    if not args.no_push:
+        from flows.placement import dvc_push
+
+        print(f"gruflow: pushed {dvc_push(root)} file(s) to the DVC remote")
     m = result.metrics
     executed = ", ".join(result.executed) or "none (everything up to date)"
     print(f"gruflow: stages executed: {executed}")
@@ -114,10 +119,20 @@ def _rollback(args: argparse.Namespace) -> int:
 def _similar(args: argparse.Namespace) -> int:
     import json
 
+    import numpy as np
+
     from components.embed import similar
 
     root = Path(args.project).resolve()
-    for token, sim in similar(args.token, args.k, load_params(root / "params.yaml"), root):
+    if args.model:  # the embedding layer of a registered model, as trained by the LM
+        from components.embed import similar_in_matrix
+
+        lm = _load_model(args).unwrap_python_model()
+        matrix = lm.model.get_layer("embedding").embeddings
+        pairs = similar_in_matrix(args.token, args.k, np.asarray(matrix), lm.tokenizer)
+    else:
+        pairs = similar(args.token, args.k, load_params(root / "params.yaml"), root)
+    for token, sim in pairs:
         print(f"{sim:7.4f}  {json.dumps(token, ensure_ascii=False)}")
     return 0
 
@@ -125,15 +140,15 @@ def _similar(args: argparse.Namespace) -> int:
 def _tune_worker(args: argparse.Namespace) -> int:
     import os
 
-    from components import tune
+    from components import tune, tune_study
 
     root = Path(args.project).resolve()
     params = load_params(root / "params.yaml")
     if args.storage:
-        os.environ[tune.STORAGE_ENV] = args.storage
-    if not tune.storage_url(params):
+        os.environ[tune_study.STORAGE_ENV] = args.storage
+    if not tune_study.storage_url(params):
         raise GruflowError("tune-worker joins a study in a shared database: pass --storage URL, "
-                           f"set {tune.STORAGE_ENV} or tune.storage (e.g. postgresql://...)")
+                           f"set {tune_study.STORAGE_ENV} or tune.storage (e.g. postgresql://...)")
     os.chdir(root)  # params paths are relative to the project root
     n = tune.work(params)
     print(f"gruflow: tune-worker finished {n} trial(s) of the study")
@@ -170,13 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (DVC stages via Prefect, MLflow tracking)")
     run.add_argument("--project", default=".", help="project root (default: current folder)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
+    run.add_argument("--no-push", action="store_true", help="do not dvc push after the run")
     run.set_defaults(func=_run)
+    from flows.deploy import add_commands  # retrain, deploy, worker
+
+    add_commands(sub)
     _model_commands(sub)
     similar = sub.add_parser("similar", help="nearest tokens to a word by cosine similarity "
                                              "of the current word vectors")
     similar.add_argument("token", help="a word that is one token, e.g. function")
     similar.add_argument("-k", type=int, default=10, help="neighbours to print (default 10)")
     similar.add_argument("--project", default=".", help="project root (default: current folder)")
+    similar.add_argument("--model", help="read the vectors of a registered model's embedding "
+                                         "layer, e.g. models:/gruflow-lm@champion")
     similar.set_defaults(func=_similar)
     worker = sub.add_parser("tune-worker", help="join the tune stage's Optuna study (in a "
                                                 "shared database) and run trials until its "

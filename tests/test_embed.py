@@ -334,3 +334,17 @@ def test_train_stage_rejects_vectors_of_another_dim(project, staged):
                              "tune": p.tune.model_copy(update={"n_trials": 0})})
     with pytest.raises(GruflowError, match=r"does not match .* model.embedding_dim 8"):
         train.run(p)
+
+
+def test_similar_in_matrix_reads_any_id_aligned_matrix():
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    tok = train_tokenizer(iter(["red green blue cat dog cow " * 50]),
+                          p.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1}))
+    ids = {w: tok.token_to_id("Ġ" + w) for w in ("green", "blue", "dog", "cow")}
+    matrix = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 6)).astype(np.float32)
+    matrix[ids["blue"]] = matrix[ids["green"]] * 2.0 + 0.01  # same direction as green
+    pairs = embed.similar_in_matrix("green", 3, matrix, tok)
+    assert pairs[0][0] == " blue" and pairs[0][1] > 0.99
+    assert len(pairs) == 3 and all(name not in ("<pad>", "<bos>") for name, _ in pairs)
+    with pytest.raises(GruflowError, match="not a single token"):
+        embed.similar_in_matrix("zebra", 3, matrix, tok)
