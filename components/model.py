@@ -93,6 +93,24 @@ class TiedEmbedding(layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
 
+@keras.saving.register_keras_serializable(package="gruflow")
+class SmoothedTokenLoss(keras.losses.Loss):
+    """Label-smoothed token cross-entropy from logits: (1-ε)·NLL + ε·mean_v(-log p_v)."""
+
+    def __init__(self, epsilon: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, y_true, y_pred):
+        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)  # (B, T, V)
+        idx = ops.expand_dims(ops.cast(y_true, "int32"), -1)  # (B, T, 1)
+        nll = -ops.squeeze(ops.take_along_axis(logp, idx, axis=-1), -1)  # (B, T)
+        return (1.0 - self.epsilon) * nll - self.epsilon * ops.mean(logp, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
 def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = None,
                 unigram_log_probs: np.ndarray | None = None) -> keras.Model:
     """The LM as a functional model; `embeddings` initialise the Embedding layer (word2vec)."""

@@ -126,6 +126,7 @@ class Train(_Section):
     warmup_fraction: Fraction
     min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
     weight_decay: Annotated[float, Field(ge=0.0)]
+    label_smoothing: Fraction
     clipnorm: Annotated[float, Field(gt=0.0)]
     patience: NonNegInt
     seed: NonNegInt

@@ -92,6 +92,19 @@ def optimizer(p: Params, steps_per_epoch: int):
     return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
 
 
+def loss(t):
+    """Token cross-entropy averaged over real tokens (padding must not lower it); with
+    train.label_smoothing ε: (1-ε)·NLL + ε·mean over the vocabulary of -log p."""
+    import keras
+
+    if t.label_smoothing == 0:
+        return keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight")
+    from components.model import SmoothedTokenLoss
+
+    return SmoothedTokenLoss(t.label_smoothing, reduction="mean_with_sample_weight")
+
+
 def epoch_logger(tokens_per_epoch: int):
     """Per-epoch perplexity, learning rate and throughput; live to MLflow when asked."""
     import keras
@@ -142,10 +155,7 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
             model = build_model(p.model, vocab_size, embeddings,
                                 unigram_log_probs(train, vocab_size))
             steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
-            # Divide by the real tokens, not the window slots: padding must not lower the loss.
-            model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
-                          loss=keras.losses.SparseCategoricalCrossentropy(
-                              from_logits=True, reduction="mean_with_sample_weight"))
+            model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
     first = state["epoch"] + 1 if state else 0
     train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed, first, t.epochs)
     val_ds, _ = make_dataset(val, t.seq_len, t.batch_size, None)

@@ -240,3 +240,18 @@ def test_heads_must_divide_units():
     raw["model"]["attention_heads"] = 3  # default units are not a multiple of 3
     with pytest.raises(GruflowError, match="attention_heads"):
         parse_params(raw)
+
+
+def test_smoothed_token_loss_matches_formula_and_reduces_to_nll():
+    from components.model import SmoothedTokenLoss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5)).astype("float32")
+    y = rng.integers(0, 5, size=(2, 3))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    for eps in (0.0, 0.2):
+        got = np.asarray(SmoothedTokenLoss(eps, reduction=None)(y, logits))
+        np.testing.assert_allclose(got, (1 - eps) * nll - eps * logp.mean(-1), rtol=1e-5)
+    loss = SmoothedTokenLoss.from_config(SmoothedTokenLoss(0.3).get_config())
+    assert loss.epsilon == 0.3
