@@ -84,7 +84,7 @@ def suggest(trial: optuna.Trial, name: str, spec: SpaceSpec):
 
 def trial_params(p: Params, values: dict) -> Params:
     """The params one trial trains with; its learning-rate schedule spans its own epochs."""
-    epochs = min(values.get("train.epochs", p.train.epochs), p.tune.max_epochs)
+    epochs = min(values.get("train.epochs", p.tune.max_epochs), p.tune.max_epochs)
     return with_overrides(p, {**values, "train.epochs": epochs}, "tune trial")
 
 

@@ -23,12 +23,18 @@ STORAGE_ENV = "GRUFLOW_OPTUNA_STORAGE"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+# Trials run tune.max_epochs epochs with their own budget: the full run's length and early
+# stopping do not define the objective (dvc.yaml leaves them out of tune's params too).
+UNUSED_TRAIN_KEYS = {"epochs", "patience"}
+
+
 def study_name(p: Params, data_digest: str) -> str:
     """tune.study_name + a digest of what defines the objective; budget and storage excluded,
     so raising n_trials continues the study and any other change starts a new one."""
     objective = p.tune.model_dump(exclude={"n_trials", "timeout", "n_workers", "storage",
                                            "study_name"})
-    blob = json.dumps([objective, p.model.model_dump(), p.train.model_dump(), data_digest],
+    train = p.train.model_dump(exclude=UNUSED_TRAIN_KEYS)
+    blob = json.dumps([objective, p.model.model_dump(), train, data_digest],
                       sort_keys=True).encode()
     return f"{p.tune.study_name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 

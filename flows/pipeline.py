@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from components.params import Params, load_params
-from flows import registry, tracking
+from flows import placement, registry, tracking
 from flows.stages import STAGES, is_changed, reproduce
 
 TRACKED = ("embed", "tune", "train", "evaluate")  # stages that get a nested MLflow run
@@ -103,7 +103,9 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
         mlflow.log_params({"data.source": params.data.source,
                            "registry.model_name": params.registry.model_name})
         for stage in STAGES:
-            if stage in TRACKED:
+            if placement.placed_pool(params, stage):  # runs on a work pool's worker
+                ran = placement.run_placed(root, params, stage, force)
+            elif stage in TRACKED:
                 ran, logged = tracked_stage.with_options(name=stage)(root, params, stage, force)
                 if stage == "evaluate":
                     result.metrics = logged

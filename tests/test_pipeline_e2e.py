@@ -121,7 +121,7 @@ def test_changing_a_train_param_invalidates_only_train(pipeline_run):
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["train"]["learning_rate"] = 0.01
+    params["train"]["epochs"] = 3  # tune trials use tune.max_epochs: only train reruns
     params_file.write_text(yaml.safe_dump(params))
     try:
         status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project,

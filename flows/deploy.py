@@ -1,0 +1,102 @@
+"""`gruflow retrain`, `gruflow deploy` and `gruflow worker`: import-light CLI glue.
+
+`gruflow deploy` reads `orchestration.schedule`, `.timezone` and `.pool` from params.yaml and
+passes them to `prefect deploy --all` as the env values prefect.yaml templates
+(`{{ $GRUFLOW_SCHEDULE }}`, ...), with the git remote (`origin`) and branch as the code source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from components.errors import GruflowError
+from components.params import load_params
+
+
+def _prefect(*args: str, env: dict | None = None, cwd: Path | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    exe = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    out = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise GruflowError(f"prefect {' '.join(args)} failed: "
+                           f"{(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+    return out
+
+
+def _git(root: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    load_params(root / "params.yaml")
+    from flows.retrain import retrain
+
+    r = retrain(project=str(root), force=args.force)
+    if r.skipped:
+        print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, "
+              f"{r.seconds:.1f} s)")
+        return 0
+    print(f"gruflow: retrained — {r.reason}; stages executed: "
+          f"{', '.join(r.executed) or 'none'}")
+    if r.model_version:
+        print(f"gruflow: registered model version {r.model_version}")
+    print(f"gruflow: pushed {r.pushed} file(s) to the DVC remote; MLflow run {r.run_id}")
+    return 0
+
+
+def env_for_deploy(root: Path) -> dict[str, str]:
+    o = load_params(root / "params.yaml").orchestration
+    git_url = os.environ.get("GRUFLOW_GIT_URL") or _git(root, "remote", "get-url", "origin")
+    if not git_url:
+        raise GruflowError("deployments clone the code from git: add a remote named origin "
+                           "(or set GRUFLOW_GIT_URL) and push your commit")
+    return {**os.environ, "GRUFLOW_SCHEDULE": o.schedule, "GRUFLOW_TIMEZONE": o.timezone,
+            "GRUFLOW_POOL": o.pool, "GRUFLOW_GIT_URL": git_url,
+            "GRUFLOW_GIT_BRANCH": os.environ.get("GRUFLOW_GIT_BRANCH")
+            or _git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main"}
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    env = env_for_deploy(root)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise GruflowError("deployments live on a Prefect server: set PREFECT_API_URL "
+                           "(e.g. http://127.0.0.1:4200/api after `prefect server start`)")
+    pool = env["GRUFLOW_POOL"]
+    if _prefect("work-pool", "inspect", pool, env=env, check=False).returncode != 0:
+        _prefect("work-pool", "create", pool, "--type", "process", env=env)
+        print(f"gruflow: created work pool {pool} (process)")
+    if _prefect("gcl", "inspect", "gruflow-retrain", env=env, check=False).returncode != 0:
+        _prefect("gcl", "create", "gruflow-retrain", "--limit", "1", env=env)
+    _prefect("--no-prompt", "deploy", "--all", env=env, cwd=root)
+    print(f"gruflow: deployed gruflow-retrain (cron '{env['GRUFLOW_SCHEDULE']}' "
+          f"{env['GRUFLOW_TIMEZONE']}) and gruflow-stage (pool {pool}) from "
+          f"{env['GRUFLOW_GIT_URL']}@{env['GRUFLOW_GIT_BRANCH']}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    exe = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    os.execv(exe, [exe, "worker", "start", "--pool", args.pool])
+    return 0  # not reached
+
+
+def add_commands(sub) -> None:
+    r = sub.add_parser("retrain", help="refresh the data; retrain, gate and push only when "
+                                       "something changed")
+    r.add_argument("--project", default=".", help="project root (default: current folder)")
+    r.add_argument("--force", action="store_true", help="retrain even when nothing changed")
+    r.set_defaults(func=_retrain)
+    d = sub.add_parser("deploy", help="create the work pool if missing and deploy prefect.yaml")
+    d.add_argument("--project", default=".", help="project root (default: current folder)")
+    d.set_defaults(func=_deploy)
+    w = sub.add_parser("worker", help="start a Prefect worker on a work pool")
+    w.add_argument("--pool", default="gpu")
+    w.set_defaults(func=_worker)

@@ -1,0 +1,212 @@
+"""Where stages run and how their data moves: the DVC remote, push/pull tasks, and placed stages.
+
+A stage named in `orchestration.placement` (e.g. `train: gpu`) runs as the `gruflow-stage`
+deployment on that work pool: the worker clones the flow's git commit (prefect.yaml pull step),
+`dvc pull`s the stage's inputs, runs the stage, `dvc push`es its outputs and publishes its
+`dvc.lock` entry as an artifact; the parent merges that entry into its `dvc.lock` and pulls the
+outputs. Unplaced stages run in the flow's process (the default: no server needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from components.errors import GruflowError
+from components.params import Params, load_params
+
+REMOTE_NAME = "gruflow"
+STAGE_DEPLOYMENT = "gruflow-stage/gruflow-stage"
+LOCK_ARTIFACT = "gruflow-stage-lock"
+
+
+def remote_url(root: Path, params: Params) -> str:
+    """orchestration.dvc_remote (or $GRUFLOW_DVC_REMOTE, e.g. on a worker) as DVC wants it:
+    URLs as they are, folders made absolute against the project root."""
+    url = os.environ.get("GRUFLOW_DVC_REMOTE") or params.orchestration.dvc_remote
+    if not url or "://" in url:
+        return url
+    return str((root / url).resolve())
+
+
+def ensure_remote(root: Path, params: Params) -> str | None:
+    """Make orchestration.dvc_remote the default remote (in .dvc/config.local, which git
+    ignores, so lineage stays clean); "" keeps whatever .dvc/config says. Returns the remote."""
+    from dvc.repo import Repo
+
+    url = remote_url(root, params)
+    with Repo(str(root)) as repo:
+        if url:
+            if "://" not in url:
+                Path(url).mkdir(parents=True, exist_ok=True)
+            with repo.config.edit("local") as conf:
+                conf["remote"][REMOTE_NAME] = {"url": url}
+                conf["core"]["remote"] = REMOTE_NAME
+            return REMOTE_NAME
+        return repo.config.get("core", {}).get("remote")
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def dvc_push(root: Path, targets: list[str] | None = None) -> int:
+    """Push the cached outputs (all, or those of `targets` stages) to the default remote."""
+    from dvc.repo import Repo
+
+    params = load_params(root / "params.yaml")
+    if ensure_remote(root, params) is None:
+        get_run_logger().warning("no DVC remote configured (orchestration.dvc_remote is \"\"); "
+                                 "nothing pushed")
+        return 0
+    with Repo(str(root)) as repo:
+        n = repo.push(targets=targets)
+    get_run_logger().info("dvc push: %d file(s) uploaded to %s", n, remote_url(root, params))
+    return n
+
+
+@task(name="dvc-pull", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def dvc_pull(root: Path, targets: list[str] | None = None, with_deps: bool = False) -> None:
+    from dvc.repo import Repo
+
+    ensure_remote(root, load_params(root / "params.yaml"))
+    with Repo(str(root)) as repo:
+        repo.pull(targets=targets, with_deps=with_deps)
+
+
+def placed_pool(params: Params, stage: str) -> str | None:
+    pool = params.orchestration.placement.get(stage, "local")
+    return None if pool in ("", "local") else pool
+
+
+def _git_head(root: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise GruflowError(f"{root}: placed stages need a git repository with a commit")
+    return out.stdout.strip()
+
+
+def _lock_entry(root: Path, stage: str) -> dict:
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    return lock.get("stages", {}).get(stage, {})
+
+
+def _pack_uncached(root: Path, stage: str) -> str:
+    """The stage's `cache: false` outputs (metrics, plots, reports) as base64 tar.gz: the DVC
+    remote carries only cached outputs, and downstream stages may read these."""
+    import base64
+    import io
+    import tarfile
+
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        paths = [o.def_path for o in repo.stage.collect(stage)[0].outs if not o.use_cache]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in paths:
+            if (root / rel).exists():
+                tar.add(root / rel, arcname=rel)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _unpack_uncached(root: Path, blob: str) -> None:
+    import base64
+    import io
+    import tarfile
+
+    if blob:
+        with tarfile.open(fileobj=io.BytesIO(base64.b64decode(blob)), mode="r:gz") as tar:
+            tar.extractall(root, filter="data")
+
+
+def _merge_lock_entry(root: Path, stage: str, entry: dict) -> None:
+    path = root / "dvc.lock"
+    lock = (yaml.safe_load(path.read_text()) if path.is_file() else None) or \
+        {"schema": "2.0", "stages": {}}
+    lock.setdefault("stages", {})[stage] = entry
+    tmp = path.with_suffix(".lock.tmp")
+    tmp.write_text(yaml.safe_dump(lock, sort_keys=False))
+    tmp.replace(path)
+
+
+def run_placed(root: Path, params: Params, stage: str, force: bool = False) -> bool:
+    """Run `stage` as the gruflow-stage deployment on its pool; bring its outputs back.
+    Called inside the pipeline flow, so the deployment's run is a subflow of it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    pool = placed_pool(params, stage)
+    log = get_run_logger()
+    dvc_push.fn(root)  # the worker pulls the inputs from the remote
+    commit = _git_head(root)
+    log.info("stage %s: placed on work pool %s (commit %s)", stage, pool, commit[:12])
+    parameters = {"stage": stage, "commit": commit, "force": force,
+                  "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file()
+                  else "", "remote": remote_url(root, params)}
+    run = run_deployment(STAGE_DEPLOYMENT, parameters=parameters,
+                         timeout=params.orchestration.stage_timeout, poll_interval=2,
+                         job_variables={})
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise GruflowError(f"placed stage {stage} (flow run {run.id}) ended {state}: "
+                           f"{run.state.message if run.state else ''}")
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    payload = next((json.loads(a.data.split("```json\n", 1)[1].split("\n```", 1)[0])
+                    for a in arts if a.key == LOCK_ARTIFACT), None)
+    if payload is None:
+        raise GruflowError(f"placed stage {stage}: flow run {run.id} published no lock entry")
+    _merge_lock_entry(root, stage, payload["entry"])
+    _unpack_uncached(root, payload.get("uncached", ""))
+    dvc_pull.fn(root, [stage])
+    return bool(payload["ran"])
+
+
+@flow(name="gruflow-stage", log_prints=True)
+def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = "",
+               remote: str = "", project: str = ".") -> bool:
+    """Worker side of a placed stage: the pull steps cloned the branch; check out the parent's
+    `commit`, take its `dvc.lock` (what the upstream stages produced) and its DVC `remote`."""
+    from flows.stages import STAGES, reproduce
+
+    root = Path(project).resolve()
+    os.chdir(root)
+    if commit and _git_head(root) != commit:  # the pull step cloned the branch head
+        for args in (["fetch", "-q", "origin", commit], ["checkout", "-q", "--detach", commit]):
+            subprocess.run(["git", *args], cwd=root, check=True)
+    if lock:
+        (root / "dvc.lock").write_text(lock)
+    if remote:
+        os.environ["GRUFLOW_DVC_REMOTE"] = remote
+    upstream = list(STAGES[:STAGES.index(stage)])
+    if upstream:
+        dvc_pull(root, upstream)
+    ran = reproduce(root, stage, force=force)
+    dvc_push(root, [stage])
+    entry = _lock_entry(root, stage)
+    create_markdown_artifact(
+        f"# stage {stage}\nran: {ran}, commit {commit}\n\n```json\n"
+        f"{json.dumps({'ran': ran, 'entry': entry, 'uncached': _pack_uncached(root, stage)})}"
+        "\n```\n",
+        key=LOCK_ARTIFACT, description=f"dvc.lock entry of stage {stage}")
+    return ran
+
+
+if __name__ == "__main__":  # `python -m flows.placement pull`: the deployments' pull step
+    import sys
+
+    from dvc.repo import Repo
+
+    if sys.argv[1:] != ["pull"]:
+        sys.exit("usage: python -m flows.placement pull")
+    here = Path.cwd()
+    if ensure_remote(here, load_params(here / "params.yaml")):
+        with Repo(str(here)) as repo:
+            repo.pull(allow_missing=True)

@@ -1,0 +1,110 @@
+"""Placement on real components over loopback: a Prefect server on 127.0.0.1, a process work pool
+`gpu` with a worker, a bare git repository as the code remote and a local DVC remote. A retrain
+places `train` on the worker, completes and promotes; a second retrain is skipped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_pipeline_e2e import BIN, git, tiny_corpus, tiny_params
+from tests.test_retrain import copy_project
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError("prefect server did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("placement")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
+            "TF_CPP_MIN_LOG_LEVEL": "2", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = (base / "server.log").open("w")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(env["PREFECT_API_URL"], proc)
+        yield base, env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_placed_train_on_worker_then_skip(server):
+    base, env = server
+    project = base / "project"
+    project.mkdir()
+    copy_project(project)
+    tiny_corpus(base / "corpus.jsonl")
+    params = tiny_params(base / "corpus.jsonl")
+    params["orchestration"].update(dvc_remote=str(base / "dvc-remote"),
+                                   placement={"train": "gpu"}, pool="gpu")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "init")
+    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(base / "code.git")],
+                   check=True)
+    git(project, "remote", "add", "origin", str(base / "code.git"))
+
+    deploy = subprocess.run([str(BIN / "gruflow"), "deploy", "--project", str(project)],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    worker_log = (base / "worker.log").open("w")
+    worker = subprocess.Popen([str(BIN / "gruflow"), "worker", "--pool", "gpu"], cwd=base,
+                              env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        first = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
+                               cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, (first.stdout[-3000:] + first.stderr[-3000:] +
+                                       (base / "worker.log").read_text()[-3000:])
+        assert "placed on work pool gpu" in first.stdout + first.stderr
+        assert "registered model version 1" in first.stdout
+        start = time.perf_counter()
+        second = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
+                                cwd=project, env=env, capture_output=True, text=True,
+                                timeout=300)
+        seconds = time.perf_counter() - start
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "retrain skipped" in second.stdout
+        print(f"skipped retrain with a running server: {seconds:.1f} s")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mv = MlflowClient().get_model_version("gruflow-lm", "1")
+    assert mv.tags.get("gate.promoted") in ("True", "False")
+    assert Path(project / "artifacts/model.keras").is_file()

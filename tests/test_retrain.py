@@ -1,0 +1,130 @@
+"""`gruflow retrain` end to end on a tiny corpus: the first run trains, registers and pushes to
+a local DVC remote; the second finds nothing changed and is skipped without running a stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_pipeline_e2e import BIN, ROOT, git, tiny_corpus, tiny_params
+from tests.test_pipeline_e2e import copy_project as copy_tracked
+
+
+def copy_project(dest: Path) -> None:
+    """Tracked files plus new, not yet committed code (untracked files git does not ignore)."""
+    copy_tracked(dest)
+    new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    for rel in new:
+        if rel.endswith((".py", ".yaml")) and rel.startswith(("components/", "flows/", "prefect")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+
+
+def _retrain(project: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    out = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    return out, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def retrains(tmp_path_factory):
+    base = tmp_path_factory.mktemp("retrain")
+    project = base / "project"
+    project.mkdir()
+    copy_project(project)
+    tiny_corpus(base / "corpus.jsonl")
+    params = tiny_params(base / "corpus.jsonl")
+    params["orchestration"]["dvc_remote"] = "../dvc-remote"
+    params["orchestration"]["placement"] = {}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "init")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # shared, busy CPUs
+    first, t1 = _retrain(project, env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    lock = (project / "dvc.lock").read_text()
+    second, t2 = _retrain(project, env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    print(f"retrain: first {t1:.1f} s, skipped second {t2:.1f} s")
+    return {"project": project, "base": base, "first": first, "second": second,
+            "lock": lock, "t2": t2}
+
+
+def test_first_retrain_trains_registers_and_pushes(retrains):
+    out = retrains["first"].stdout
+    assert "gruflow: retrained" in out and "registered model version 1" in out, out
+    remote = retrains["base"] / "dvc-remote"
+    files = [p for p in remote.rglob("*") if p.is_file()]
+    assert len(files) > 5  # the DVC cache of every stage output
+    config = (retrains["project"] / ".dvc" / "config.local").read_text()
+    assert str(remote) in config
+
+
+def test_second_retrain_is_skipped_without_running_a_stage(retrains):
+    out = retrains["second"].stdout
+    assert "gruflow: retrain skipped" in out, out
+    assert "nothing changed" in out
+    assert "Running stage 'clean'" not in out + retrains["second"].stderr
+    assert (retrains["project"] / "dvc.lock").read_text() == retrains["lock"]
+    assert retrains["t2"] < 60
+
+
+def test_skipped_run_recorded_and_no_new_version(retrains):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{retrains['project'] / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("gruflow")
+    skipped = client.search_runs([exp.experiment_id], "tags.retrain = 'skipped'")
+    assert len(skipped) == 1
+    assert skipped[0].data.tags["executed_stages"] == "none"
+    assert skipped[0].data.tags["model_version"] == "1"
+    trained = client.search_runs([exp.experiment_id], "tags.retrain = 'trained'")
+    assert len(trained) == 1
+    versions = client.search_model_versions("name = 'gruflow-lm'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_skip_path_does_not_import_tensorflow(retrains):
+    """In-process: the skip decision and record need no TensorFlow."""
+    code = ("import sys; from flows.retrain import retrain; "
+            f"r = retrain(project={str(retrains['project'])!r}); "
+            "assert r.skipped, r.reason; "
+            "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'noTF')")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    env |= {"PREFECT_HOME": str(retrains["base"] / "prefect-home"), "PYTHONPATH": str(ROOT),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=retrains["base"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "noTF"
+
+
+def test_two_retrains_never_overlap(tmp_path):
+    """The second holder of the project's retrain lock fails at once with a clear message."""
+    from components.errors import GruflowError
+    from flows.retrain import exclusive
+
+    (tmp_path / ".dvc").mkdir()
+    with exclusive(tmp_path):
+        with pytest.raises(GruflowError, match="another retrain .* is running"):
+            with exclusive(tmp_path):
+                pass
+    with exclusive(tmp_path):  # released again
+        pass
