@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: env run test test-all lint bench clean-outputs
+.PHONY: env run test test-fast lint bench
 
 env: $(STAMP)
 
@@ -22,7 +22,7 @@ run: $(STAMP)  ## run the whole pipeline on the configured source (default: buil
 test: $(STAMP)  ## the CI suite (unit + end-to-end)
 	$(VENV)/bin/pytest -q
 
-test-fast: $(STAMP)  ## unit tests only
+test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: $(STAMP)
