@@ -21,7 +21,7 @@ import numpy as np
 from components.artifacts import atomic_file, write_json
 from components.errors import GruflowError, guarded
 from components.params import Params, load_params
-from components.windows import make_windows, read_stream, unigram_log_probs
+from components.windows import make_windows, read_stream, unigram_log_probs, window_count
 
 
 def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | None,
@@ -148,13 +148,13 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
+    steps = -(-window_count(train.size, t.seq_len) // t.batch_size)  # batches per epoch
     with strategy.scope():
         restored = ckpt.restore()
         model, state = restored if restored else (None, {})
         if model is None:
             model = build_model(p.model, vocab_size, embeddings,
                                 unigram_log_probs(train, vocab_size))
-            steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
             model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
     first = state["epoch"] + 1 if state else 0
     train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed, first, t.epochs)
@@ -163,7 +163,6 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     callbacks = [epoch_logger(n_train), stopper,
                  keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
     if first < t.epochs and not state.get("stopped"):
-        steps = -(-len(make_windows(train, t.seq_len)[0]) // t.batch_size)
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=2)

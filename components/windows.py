@@ -25,11 +25,16 @@ def read_stream(path: Path) -> np.ndarray:
     return pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
+def window_count(n_tokens: int, seq_len: int) -> int:
+    """Windows needed so that every target (all tokens but the first) is covered once."""
+    return -(-(n_tokens - 1) // seq_len)
+
+
 def make_windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, targets, weights), each (N, seq_len); weights are 0 on padding."""
     if stream.size < 2:
         raise GruflowError("token stream has fewer than 2 tokens — add text to this split")
-    n = -(-(stream.size - 1) // seq_len)  # ceil: windows needed to cover every target
+    n = window_count(stream.size, seq_len)
     padded = np.full(n * seq_len + 1, PAD, dtype=np.int32)
     padded[: stream.size] = stream
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (N, T+1)
