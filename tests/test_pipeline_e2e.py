@@ -67,6 +67,31 @@ def git(project: Path, *args: str) -> None:
                    check=True, capture_output=True)
 
 
+def tiny_project(base: Path, copy=copy_project, branch: str | None = None,
+                 **orchestration) -> Path:
+    """base/project: the project with tiny params reading base/corpus.jsonl, committed in a
+    fresh git repository; `orchestration` updates that params section."""
+    project = base / "project"
+    project.mkdir()
+    copy(project)
+    tiny_corpus(base / "corpus.jsonl")
+    params = tiny_params(base / "corpus.jsonl")
+    params["orchestration"].update(orchestration)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    git(project, "init", "-q", *(["-b", branch] if branch else []))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "init")
+    return project
+
+
+def isolated_env(base: Path, **extra: str) -> dict:
+    """This environment minus MLflow/Prefect/gruflow settings, with a Prefect home in base."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    return env | {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
+                  "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
 def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -75,18 +100,8 @@ def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    project = base / "project"
-    project.mkdir()
-    copy_project(project)
-    tiny_corpus(base / "corpus.jsonl")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(base / "corpus.jsonl")))
-    git(project, "init", "-q")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "init")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
-    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2"}
+    project = tiny_project(base)
+    env = isolated_env(base)
     first = gruflow(project, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     lock_after_first = (project / "dvc.lock").read_text()

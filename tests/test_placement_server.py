@@ -12,9 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_pipeline_e2e import BIN, git, tiny_corpus, tiny_params
+from tests.test_pipeline_e2e import BIN, git, tiny_project
 from tests.test_retrain import copy_project
 
 pytestmark = pytest.mark.slow
@@ -62,17 +61,9 @@ def server(tmp_path_factory):
 
 def test_placed_train_on_worker_then_skip(server):
     base, env = server
-    project = base / "project"
-    project.mkdir()
-    copy_project(project)
-    tiny_corpus(base / "corpus.jsonl")
-    params = tiny_params(base / "corpus.jsonl")
-    params["orchestration"].update(dvc_remote=str(base / "dvc-remote"),
-                                   placement={"train": "gpu"}, pool="gpu")
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    git(project, "init", "-q", "-b", "main")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "init")
+    project = tiny_project(base, copy_project, branch="main",
+                          dvc_remote=str(base / "dvc-remote"), placement={"train": "gpu"},
+                          pool="gpu")
     subprocess.run(["git", "clone", "-q", "--bare", str(project), str(base / "code.git")],
                    check=True)
     git(project, "remote", "add", "origin", str(base / "code.git"))

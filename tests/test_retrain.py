@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_pipeline_e2e import BIN, ROOT, git, tiny_corpus, tiny_params
+from tests.test_pipeline_e2e import BIN, ROOT, isolated_env, tiny_project
 from tests.test_pipeline_e2e import copy_project as copy_tracked
 
 
@@ -38,22 +37,8 @@ def _retrain(project: Path, env: dict) -> tuple[subprocess.CompletedProcess, flo
 @pytest.fixture(scope="module")
 def retrains(tmp_path_factory):
     base = tmp_path_factory.mktemp("retrain")
-    project = base / "project"
-    project.mkdir()
-    copy_project(project)
-    tiny_corpus(base / "corpus.jsonl")
-    params = tiny_params(base / "corpus.jsonl")
-    params["orchestration"]["dvc_remote"] = "../dvc-remote"
-    params["orchestration"]["placement"] = {}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    git(project, "init", "-q")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "init")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
-    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # shared, busy CPUs
+    project = tiny_project(base, copy_project, dvc_remote="../dvc-remote", placement={})
+    env = isolated_env(base, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")  # busy CPUs
     first, t1 = _retrain(project, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     lock = (project / "dvc.lock").read_text()
