@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from components.artifacts import atomic_dir, write_json
+from components.artifacts import atomic_dir, atomic_file, write_json
 from components.errors import GruflowError, guarded
+from components.near_dup import NearDuplicates
 from components.params import Clean, Split, load_params
+from components.profile import Profiler, check_drift, main_script, script_counts
+from components.profile import plot as plot_profile
 
 SPLITS = ("train", "val", "test")
+BATCH_DOCS = 4096
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])
 # RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
@@ -138,8 +144,10 @@ def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
 
 
 def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
-                counts: dict[str, int]) -> pa.Table:
-    """Clean one batch; `seen` carries content hashes across batches for exact de-duplication."""
+                counts: dict[str, int], near: NearDuplicates | None = None,
+                profiler: Profiler | None = None) -> pa.Table:
+    """Clean one batch; `seen` (exact hashes) and `near` (the MinHash index) carry what was
+    kept across batches; `profiler` accumulates the profile of what is kept."""
     text = batch.column("text")
     rules = [strip_html] if cfg.strip_html else []
     rules.append(lambda t: normalise(t, cfg))
@@ -155,46 +163,70 @@ def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
     long_enough = pc.greater_equal(pc.utf8_length(kept["text"]), cfg.min_chars)
     counts["dropped_too_short"] += kept.num_rows - pc.sum(long_enough).as_py()
     kept = kept.filter(long_enough)
-    enough_words = pc.greater_equal(pc.count_substring_regex(kept["text"], WORD), cfg.min_words)
+    words = pc.count_substring_regex(kept["text"], WORD)
+    enough_words = pc.greater_equal(words, cfg.min_words)
     counts["dropped_too_few_words"] += kept.num_rows - (pc.sum(enough_words).as_py() or 0)
-    kept = kept.filter(enough_words)
-    ids, keep = [], []
-    for value in kept.column("text").to_pylist():
+    kept, words = kept.filter(enough_words), words.filter(enough_words)
+    values = kept.column("text").to_pylist()
+    scripts = script_counts(values)
+    keep = np.ones(len(values), bool)
+    if cfg.scripts:
+        keep = np.isin(main_script(scripts), cfg.scripts)
+        counts["dropped_script"] += int((~keep).sum())
+    ids = []
+    for i, value in enumerate(values):
         doc = hashlib.sha256(value.encode("utf-8")).hexdigest()[:20]
-        keep.append(doc not in seen)
-        seen.add(doc)
         ids.append(doc)
-    counts["dropped_duplicates"] += keep.count(False)
+        if not keep[i]:
+            continue
+        if doc in seen:
+            keep[i] = False
+            counts["dropped_duplicates"] += 1
+            continue
+        seen.add(doc)  # before the near check: a later exact copy counts as an exact duplicate
+        if near is not None and near.is_duplicate(doc, value):
+            keep[i] = False
+            counts["dropped_near_duplicates"] += 1
     mask = pa.array(keep, pa.bool_())
     ids = pa.array(ids, pa.string()).filter(mask)
     kept = kept.filter(mask)
+    if profiler is not None:
+        profiler.add(kept.column("text").combine_chunks(),
+                     pc.utf8_length(kept["text"]).to_numpy(), words.filter(mask).to_numpy(),
+                     scripts[keep])
     hashed = assign_split(ids.to_pylist(), split)
     splits = pa.array([g or h for g, h in zip(kept["split"].to_pylist(), hashed, strict=True)],
                       pa.string())  # the source's own split wins over the hash
     return pa.table([ids, kept.column("text"), kept.column("source"), splits], schema=SCHEMA)
 
 
-def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path) -> dict:
+def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
+        profile_path: Path | None = None, source: list[str] | None = None) -> dict:
+    """Clean the snapshot in record batches. With `profile_path`, also write the data profile
+    (JSON + PNG beside it) after gating its drift against the profile already there."""
     files = sorted(raw_dir.glob("*.parquet"))
     if not files:
         raise GruflowError(f"{raw_dir}: no Parquet snapshot — run the ingest stage first")
     counts = dict.fromkeys(["documents_in", "characters_in", "html_tags_removed",
                             "html_entities_unescaped", "control_chars_removed",
                             "zero_width_removed", *(f"masked_{name}" for name, _ in PII),
-                            "dropped_too_short", "dropped_too_few_words", "dropped_duplicates",
+                            "dropped_too_short", "dropped_too_few_words", "dropped_script",
+                            "dropped_duplicates", "dropped_near_duplicates",
                             "documents_out", "characters_out"], 0)
     per_split = dict.fromkeys(SPLITS, 0)
     seen: set[str] = set()
+    near = NearDuplicates(cfg.near_dup_threshold, cfg.near_dup_ngram) if cfg.near_dup else None
+    profiler = Profiler()
     with atomic_dir(out_dir) as tmp:
         writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, compression="zstd")
                    for s in SPLITS}
         try:
             dataset = ds.dataset(files)
             columns = ["text", "source", *(["split"] if "split" in dataset.schema.names else [])]
-            for batch in dataset.to_batches(columns=columns):
+            for batch in dataset.to_batches(columns=columns, batch_size=BATCH_DOCS):
                 counts["documents_in"] += batch.num_rows
                 counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
-                table = clean_batch(batch, cfg, split, seen, counts)
+                table = clean_batch(batch, cfg, split, seen, counts, near, profiler)
                 counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0
                 for name in SPLITS:
                     part = table.filter(pc.equal(table["split"], name))
@@ -206,9 +238,24 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path) ->
                 writer.close()
         counts["documents_out"] = sum(per_split.values())
         _validate(counts, per_split, cfg.min_documents)
+        profile = profiler.finish(source or [], per_split)
+        if profile_path is not None:
+            profile["drift"] = check_drift(_previous(profile_path), profile, cfg.drift,
+                                           profile_path)
     summary = {**counts, "split_documents": per_split}
     write_json(report, summary)
+    if profile_path is not None:
+        write_json(profile_path, profile)
+        with atomic_file(profile_path.with_suffix(".png")) as tmp_png:
+            plot_profile(profile, tmp_png)
     return summary
+
+
+def _previous(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # first run, or an unreadable old profile: nothing to compare against
 
 
 def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: int) -> None:
@@ -236,8 +283,9 @@ def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: 
 @guarded
 def main() -> None:
     p = load_params()
-    s = run(p.clean, p.split, Path(p.paths.raw), Path(p.paths.clean),
-            Path(p.paths.reports) / "clean.json")
+    reports = Path(p.paths.reports)
+    s = run(p.clean, p.split, Path(p.paths.raw), Path(p.paths.clean), reports / "clean.json",
+            reports / "data_profile.json", p.data.sources)
     print(f"clean: {s['documents_out']}/{s['documents_in']} documents kept "
           f"(train/val/test {'/'.join(str(v) for v in s['split_documents'].values())})")
 

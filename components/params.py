@@ -55,6 +55,18 @@ class Data(_Section):
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
+SCRIPTS = ("Latin", "Greek", "Cyrillic", "Armenian", "Hebrew", "Arabic", "Devanagari", "Indic",
+           "Thai", "Georgian", "Hangul", "Kana", "Han")  # letter scripts clean.scripts may name
+
+
+class Drift(_Section):
+    """Gate against the previous run's data profile (same data.source); 0 turns a check off."""
+
+    mean_chars: Annotated[float, Field(ge=0.0)]   # relative change of mean characters/document
+    script_mix: Annotated[float, Field(ge=0.0, le=1.0)]   # total-variation distance
+    top_tokens: Annotated[float, Field(ge=0.0, le=1.0)]   # 1 - Jaccard of the top-50 words
+
+
 class Clean(_Section):
     strip_html: bool
     mask_pii: bool
@@ -62,6 +74,11 @@ class Clean(_Section):
     min_words: NonNegInt
     min_documents: PosInt
     lowercase: bool
+    scripts: list[Literal[SCRIPTS]]  # type: ignore[valid-type]
+    near_dup: bool
+    near_dup_threshold: Annotated[float, Field(gt=0.0, le=1.0)]
+    near_dup_ngram: PosInt
+    drift: Drift
 
 
 class Split(_Section):

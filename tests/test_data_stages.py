@@ -239,8 +239,8 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
                             "html_entities_unescaped", "control_chars_removed",
                             "zero_width_removed", "masked_url", "masked_email", "masked_ip",
                             "masked_phone", "dropped_too_short", "dropped_too_few_words",
-                            "dropped_duplicates", "documents_out", "characters_out",
-                            "split_documents"}
+                            "dropped_script", "dropped_duplicates", "dropped_near_duplicates",
+                            "documents_out", "characters_out", "split_documents"}
     assert json.loads((tmp_path / "clean.json").read_text()) == summary
 
     rows = clean_rows(tmp_path)

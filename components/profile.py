@@ -1,0 +1,217 @@
+"""The cleaned corpus's profile (`reports/data_profile.json` + `.png`) and its drift gate.
+
+A human reads the profile to understand a corpus: document lengths (histogram), the mix of
+writing systems, the most frequent words. The clean stage builds it batch by batch in bounded
+memory and compares it with the previous run's profile (TFX ExampleValidator's idea, for text).
+Usage: `p = Profiler(); p.add(texts, splits); report = p.finish()`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.errors import GruflowError
+from components.params import SCRIPTS, Drift
+
+# Code point ranges of each letter script; everything else is Digit, Space or Other.
+_RANGES = [
+    ("Space", 0x09, 0x0D), ("Space", 0x20, 0x20), ("Digit", 0x30, 0x39),
+    ("Latin", 0x41, 0x5A), ("Latin", 0x61, 0x7A), ("Latin", 0xC0, 0x24F),
+    ("Latin", 0x1E00, 0x1EFF), ("Greek", 0x370, 0x3FF), ("Greek", 0x1F00, 0x1FFF),
+    ("Cyrillic", 0x400, 0x52F), ("Armenian", 0x530, 0x58F), ("Hebrew", 0x590, 0x5FF),
+    ("Arabic", 0x600, 0x6FF), ("Arabic", 0x750, 0x77F), ("Arabic", 0x8A0, 0x8FF),
+    ("Devanagari", 0x900, 0x97F), ("Indic", 0x980, 0xDFF), ("Thai", 0xE00, 0xE7F),
+    ("Georgian", 0x10A0, 0x10FF), ("Hangul", 0x1100, 0x11FF), ("Kana", 0x3040, 0x30FF),
+    ("Hangul", 0x3130, 0x318F), ("Kana", 0x31F0, 0x31FF), ("Han", 0x3400, 0x4DBF),
+    ("Han", 0x4E00, 0x9FFF), ("Hangul", 0xAC00, 0xD7AF), ("Han", 0xF900, 0xFAFF),
+    ("Arabic", 0xFB50, 0xFDFF), ("Arabic", 0xFE70, 0xFEFF), ("Han", 0x20000, 0x2FA1F),
+]
+CLASSES = (*SCRIPTS, "Digit", "Space", "Other")
+_OTHER = CLASSES.index("Other")
+_LETTERS = len(SCRIPTS)  # columns 0.._LETTERS-1 of the counts are letter scripts
+
+
+def _interval_table() -> tuple[np.ndarray, np.ndarray]:
+    starts, ids = [0], [_OTHER]
+    for name, lo, hi in sorted(_RANGES, key=lambda r: r[1]):
+        starts += [lo, hi + 1]
+        ids += [CLASSES.index(name), _OTHER]
+    return np.array(starts, np.int64), np.array(ids, np.int8)
+
+
+_STARTS, _IDS = _interval_table()
+_CHUNK_CHARS = 1 << 22  # code points classified at once: bounded memory on huge documents
+
+
+def _classify(text: str) -> np.ndarray:
+    """Counts per class (len CLASSES) of the characters of one string."""
+    counts = np.zeros(len(CLASSES), np.int64)
+    for start in range(0, len(text), _CHUNK_CHARS):
+        cps = np.frombuffer(text[start:start + _CHUNK_CHARS].encode("utf-32-le"), np.uint32)
+        classes = _IDS[np.searchsorted(_STARTS, cps, side="right") - 1]
+        counts += np.bincount(classes, minlength=len(CLASSES))
+    return counts
+
+
+def script_counts(texts: list[str]) -> np.ndarray:
+    """(N, len(CLASSES)) character counts per document and class, vectorised over documents."""
+    out = np.zeros((len(texts), len(CLASSES)), np.int64)
+    group: list[int] = []
+    size = 0
+    for i, text in enumerate(texts):
+        if len(text) > _CHUNK_CHARS:
+            out[i] = _classify(text)
+            continue
+        group.append(i)
+        size += len(text)
+        if size >= _CHUNK_CHARS:
+            _classify_group(texts, group, out)
+            group, size = [], 0
+    _classify_group(texts, group, out)
+    return out
+
+
+def _classify_group(texts: list[str], group: list[int], out: np.ndarray) -> None:
+    if not group:
+        return
+    parts = [texts[i] for i in group]
+    cps = np.frombuffer("".join(parts).encode("utf-32-le"), np.uint32)
+    classes = _IDS[np.searchsorted(_STARTS, cps, side="right") - 1].astype(np.int64)
+    doc = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    counts = np.bincount(doc * len(CLASSES) + classes, minlength=len(parts) * len(CLASSES))
+    out[group] = counts.reshape(len(parts), len(CLASSES))
+
+
+def main_script(counts: np.ndarray) -> list[str]:
+    """Each document's most frequent letter script ("Other" when it has no letters)."""
+    letters = counts[:, :_LETTERS]
+    best = letters.argmax(axis=1)
+    return [SCRIPTS[b] if letters[i, b] else "Other" for i, b in enumerate(best)]
+
+
+_CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
+_NOT_WORD = r"[^\p{L}\p{N}_]+"
+TOP_K = 50
+_COUNTER_CAP = 200_000  # distinct words kept between batches (heavy hitters survive pruning)
+
+
+class Profiler:
+    """Accumulates the profile of the cleaned corpus over record batches."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.characters = 0
+        self.words = 0
+        self.length_bins = np.zeros(32, np.int64)  # bin b: 2^b <= characters < 2^(b+1)
+        self.scripts = np.zeros(len(CLASSES), np.int64)
+        self.top = Counter()
+        self.lengths: list[int] = []  # a bounded reservoir for the quantiles
+        self._rng = np.random.default_rng(0)
+
+    def add(self, text: pa.Array, lengths: np.ndarray, words: np.ndarray,
+            scripts: np.ndarray) -> None:
+        self.documents += len(lengths)
+        self.characters += int(lengths.sum())
+        self.words += int(words.sum())
+        bins = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+        self.length_bins += np.bincount(np.minimum(bins, 31), minlength=32)
+        self.scripts += scripts.sum(axis=0)
+        self._sample(lengths)
+        if scripts[:, [CLASSES.index("Han"), CLASSES.index("Kana")]].any():
+            text = pc.replace_substring_regex(text, _CJK_CHAR, r" \1 ")  # CJK: a char is a word
+        tokens = pc.list_flatten(pc.split_pattern_regex(pc.utf8_lower(text), _NOT_WORD))
+        counts = pc.value_counts(tokens.filter(pc.not_equal(tokens, "")))
+        self.top.update(dict(zip(counts.field("values").to_pylist(),
+                                 counts.field("counts").to_pylist(), strict=True)))
+        if len(self.top) > _COUNTER_CAP:
+            self.top = Counter(dict(self.top.most_common(_COUNTER_CAP // 2)))
+
+    def _sample(self, lengths: np.ndarray, cap: int = 100_000) -> None:
+        self.lengths.extend(int(v) for v in lengths)
+        if len(self.lengths) > cap:  # uniform down-sample: quantiles stay unbiased
+            keep = self._rng.choice(len(self.lengths), cap // 2, replace=False)
+            self.lengths = [self.lengths[i] for i in sorted(keep)]
+
+    def finish(self, source: list[str], split_documents: dict[str, int]) -> dict:
+        total = max(int(self.scripts.sum()), 1)
+        q = np.quantile(self.lengths, [0.5, 0.9, 0.99]) if self.lengths else [0, 0, 0]
+        return {
+            "source": source,
+            "documents": self.documents,
+            "characters": self.characters,
+            "split_documents": split_documents,
+            "mean_chars": self.characters / max(self.documents, 1),
+            "mean_words": self.words / max(self.documents, 1),
+            "chars_quantiles": {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])},
+            "length_histogram": {"log2_chars_bin": list(range(32)),
+                                 "documents": self.length_bins.tolist()},
+            "script_mix": {name: round(int(n) / total, 6)
+                           for name, n in zip(CLASSES, self.scripts, strict=True) if n},
+            "top_tokens": [[w, n] for w, n in self.top.most_common(TOP_K)],
+        }
+
+
+def drift(previous: dict, current: dict) -> dict[str, float]:
+    """How far each gated statistic moved: relative mean length, script-mix total-variation
+    distance, 1 - Jaccard overlap of the top words."""
+    before, after = previous.get("script_mix", {}), current["script_mix"]
+    tvd = 0.5 * sum(abs(before.get(k, 0.0) - after.get(k, 0.0)) for k in {*before, *after})
+    old_top = {w for w, _ in previous.get("top_tokens", [])}
+    new_top = {w for w, _ in current["top_tokens"]}
+    union = old_top | new_top
+    return {
+        "mean_chars": abs(current["mean_chars"] - previous.get("mean_chars", 0.0))
+        / max(previous.get("mean_chars", 0.0), 1e-9),
+        "script_mix": tvd,
+        "top_tokens": 1 - len(old_top & new_top) / len(union) if union else 0.0,
+    }
+
+
+def check_drift(previous: dict | None, current: dict, limits: Drift, where: Path) -> dict:
+    """Raise when a statistic moved beyond its limit against the previous profile of the same
+    source; return the measured drift (empty when there is nothing comparable)."""
+    if not previous or previous.get("source") != current["source"]:
+        return {}
+    moved = drift(previous, current)
+    for name, value in moved.items():
+        limit = getattr(limits, name)
+        if limit and value > limit:
+            raise GruflowError(
+                f"clean: data drift — {name} moved {value:.3f} > clean.drift.{name}={limit} "
+                f"against the previous {where}; inspect the new data (reports/data_profile.png), "
+                f"then raise clean.drift.{name} (0 = off) or delete {where} to accept it"
+            )
+    return {k: round(v, 6) for k, v in moved.items()}
+
+
+def plot(profile: dict, out: Path) -> None:
+    """Length histogram (log2 bins), character-script mix and top words, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = profile["length_histogram"]["documents"]
+    last = max((i for i, n in enumerate(hist) if n), default=0)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax1.bar([f"{2 ** b}" for b in range(last + 1)], hist[:last + 1], color="tab:blue")
+    ax1.set(xlabel="characters per document (≥, log2 bins)", ylabel="documents",
+            title=f"{profile['documents']} documents, {profile['characters']} characters")
+    ax1.tick_params(axis="x", labelrotation=60, labelsize=7)
+    mix = sorted(profile["script_mix"].items(), key=lambda kv: -kv[1])
+    ax2.barh([k for k, _ in mix][::-1], [v for _, v in mix][::-1], color="tab:green")
+    ax2.set(xlabel="share of characters", title="character scripts")
+    top = profile["top_tokens"][:20][::-1]
+    ax3.barh([w for w, _ in top], [n for _, n in top], color="tab:orange")
+    ax3.set(xlabel="occurrences", title="top words")
+    with warnings.catch_warnings():  # words in scripts the default font lacks draw as boxes;
+        warnings.simplefilter("ignore", UserWarning)  # the JSON has them exactly
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+    plt.close(fig)

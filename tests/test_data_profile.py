@@ -1,0 +1,158 @@
+"""The clean stage's profile, script filter, near-duplicate removal and drift gate."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components import clean, ingest, profile
+from components.errors import GruflowError
+from components.near_dup import NearDuplicates
+from components.params import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("river stone garden paper window market silver cloud engine letter village orange "
+         "bridge candle forest harbor number planet signal winter").split()
+CHINESE = "今天天气很好我们一起去公园散步然后在湖边看书学习语言模型"
+RUSSIAN = "сегодня хорошая погода мы идём гулять в парк и читаем книгу у озера".split()
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return load_params(ROOT / "params.yaml")
+
+
+def english(rng: random.Random, n: int = 12) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def chinese(rng: random.Random, n: int = 20) -> str:
+    return "".join(rng.choice(CHINESE) for _ in range(n)) + "。"
+
+
+def run_clean(params: Params, root: Path, texts: list[str], source=("test",), **update) -> dict:
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"doc_id": [ingest.doc_id(t) for t in texts], "text": texts,
+                             "source": ["test"] * len(texts)}), raw / "corpus.parquet")
+    cfg = params.clean.model_copy(update={"min_chars": 5, "min_words": 1, "min_documents": 1,
+                                          **update})
+    split = params.split.model_copy(update={"val_fraction": 0.2, "test_fraction": 0.2})
+    return clean.run(cfg, split, raw, root / "clean", root / "clean.json",
+                     root / "data_profile.json", list(source))
+
+
+def kept_texts(root: Path) -> set[str]:
+    return {t for s in clean.SPLITS
+            for t in pq.read_table(root / "clean" / f"{s}.parquet")["text"].to_pylist()}
+
+
+def test_script_counts_and_main_script():
+    texts = ["Hello world 42", "Привет мир", CHINESE, "ひらがなカタカナ", "한국어", "!!! 123",
+             "x" * 5_000_001]  # the last one is classified in chunks
+    counts = profile.script_counts(texts)
+    col = {name: i for i, name in enumerate(profile.CLASSES)}
+    assert counts[0, col["Latin"]] == 10 and counts[0, col["Digit"]] == 2
+    assert counts[0, col["Space"]] == 2
+    assert counts.sum(axis=1).tolist()[:6] == [len(t) for t in texts[:6]]
+    assert counts[6, col["Latin"]] == 5_000_001
+    assert profile.main_script(counts) == ["Latin", "Cyrillic", "Han", "Kana", "Hangul",
+                                           "Other", "Latin"]
+
+
+def test_profile_report_and_plot(params, tmp_path):
+    rng = random.Random(0)
+    texts = [english(rng) for _ in range(60)] + [chinese(rng) for _ in range(20)]
+    summary = run_clean(params, tmp_path, texts)
+    prof = json.loads((tmp_path / "data_profile.json").read_text())
+    assert prof["documents"] == summary["documents_out"] == 80
+    assert prof["characters"] == summary["characters_out"]
+    assert sum(prof["length_histogram"]["documents"]) == 80
+    assert prof["split_documents"] == summary["split_documents"]
+    mix = prof["script_mix"]
+    assert abs(sum(mix.values()) - 1) < 1e-4 and mix["Latin"] > mix["Han"] > 0.05
+    top = dict(prof["top_tokens"])
+    assert set(WORDS) <= set(top)                # English words, split at spaces
+    assert any(ch in top for ch in CHINESE)      # Chinese: one character is one word
+    assert prof["drift"] == {} and prof["source"] == ["test"]
+    assert (tmp_path / "data_profile.png").stat().st_size > 10_000
+
+
+def test_script_filter_keeps_listed_scripts_and_counts_the_rest(params, tmp_path):
+    rng = random.Random(1)
+    texts = ([english(rng) for _ in range(30)] + [chinese(rng) for _ in range(30)]
+             + [" ".join(rng.choice(RUSSIAN) for _ in range(10)) for _ in range(15)])
+    summary = run_clean(params, tmp_path, texts, scripts=["Han", "Cyrillic"])
+    assert summary["dropped_script"] == 30
+    assert summary["documents_out"] == 45
+    assert all(not any(w in t for w in WORDS) for t in kept_texts(tmp_path))
+
+
+def test_near_duplicates_dropped_only_when_enabled(params, tmp_path):
+    rng = random.Random(2)
+    base = [english(rng, 60) for _ in range(30)]
+    near = [t.replace(t.split()[5], "lantern", 1) for t in base[:10]]  # one word changed
+    assert run_clean(params, tmp_path / "off", base + near)["dropped_near_duplicates"] == 0
+    summary = run_clean(params, tmp_path / "on", base + near, near_dup=True)
+    assert summary["dropped_near_duplicates"] == 10
+    assert summary["documents_out"] == 30
+    assert kept_texts(tmp_path / "on") == set(base)
+
+
+def test_near_duplicates_work_without_spaces():
+    rng = random.Random(3)
+    seen = NearDuplicates(threshold=0.8, ngram=5)
+    doc = chinese(rng, 400)
+    assert not seen.is_duplicate("a", doc)
+    assert seen.is_duplicate("b", doc[:-3] + "好好。")           # near copy
+    assert not seen.is_duplicate("c", chinese(random.Random(4), 400))  # unrelated text
+
+
+def test_drift_gate_stops_on_a_changed_corpus_and_keeps_outputs(params, tmp_path):
+    rng = random.Random(5)
+    english_docs = [english(rng) for _ in range(50)]
+    run_clean(params, tmp_path, english_docs)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()}
+    old_profile = (tmp_path / "data_profile.json").read_text()
+
+    # more of the same corpus passes, and the measured drift is recorded
+    summary = run_clean(params, tmp_path, english_docs + [english(rng) for _ in range(10)])
+    drift = json.loads((tmp_path / "data_profile.json").read_text())["drift"]
+    assert summary["documents_out"] == 60 and set(drift) == {"mean_chars", "script_mix",
+                                                               "top_tokens"}
+    assert max(drift.values()) < 0.2
+    before = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()}
+    old_profile = (tmp_path / "data_profile.json").read_text()
+
+    with pytest.raises(GruflowError, match=r"data drift — script_mix moved .* > "
+                                           r"clean\.drift\.script_mix=0\.25"):
+        run_clean(params, tmp_path, [chinese(rng) for _ in range(50)])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()} == before
+    assert (tmp_path / "data_profile.json").read_text() == old_profile
+
+    # the same change passes when the check is off, or when the source itself changed
+    off = params.clean.drift.model_copy(update={"script_mix": 0.0, "top_tokens": 0.0})
+    run_clean(params, tmp_path / "x", english_docs)
+    run_clean(params, tmp_path / "x", [chinese(rng) for _ in range(50)], drift=off)
+    run_clean(params, tmp_path, [chinese(rng) for _ in range(50)], source=("other",))
+    assert json.loads((tmp_path / "data_profile.json").read_text())["drift"] == {}
+
+
+def test_drift_statistics():
+    prev = {"mean_chars": 100.0, "script_mix": {"Latin": 0.8, "Space": 0.2},
+            "top_tokens": [["a", 3], ["b", 2]]}
+    cur = {"mean_chars": 150.0, "script_mix": {"Latin": 0.4, "Han": 0.4, "Space": 0.2},
+           "top_tokens": [["a", 3], ["c", 2]]}
+    moved = profile.drift(prev, cur)
+    assert moved["mean_chars"] == pytest.approx(0.5)
+    assert moved["script_mix"] == pytest.approx(0.4)
+    assert moved["top_tokens"] == pytest.approx(1 - 1 / 3)
+    assert profile.drift(prev, prev) == {"mean_chars": 0.0, "script_mix": 0.0,
+                                         "top_tokens": 0.0}
+    assert np.isfinite(list(profile.drift({}, cur).values())).all()
