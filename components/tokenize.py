@@ -30,6 +30,7 @@ CJK = Regex(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
 # WordPiece marks word-inner pieces; this character is outside the byte-level alphabet, so it
 # cannot clash with text (unlike the usual "##", common in code comments).
 CONTINUATION = "\u2581"
+BYTES = 256  # size of the byte-level alphabet
 
 
 def _byte_level() -> pre_tokenizers.PreTokenizer:
@@ -72,11 +73,28 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
 
 def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
     """Train on the given texts; the specials are ids 0..3 (<pad> <unk> <bos> <eos>)."""
+    if cfg.kind == "wordpiece" and cfg.vocab_size > 2 * BYTES:
+        cfg = cfg.model_copy(update={"vocab_size": cfg.vocab_size - BYTES})  # room for _complete
     tok, trainer = build_tokenizer(cfg)
     tok.train_from_iterator(texts, trainer=trainer)
+    if cfg.kind == "wordpiece":
+        _complete_wordpiece(tok)
     if [tok.token_to_id(t) for t in SPECIALS] != [PAD, UNK, BOS, EOS]:
         raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids 0..3")
     return tok
+
+
+def _complete_wordpiece(tok: Tokenizer) -> None:
+    """Give every byte a word-inner piece, so byte-level WordPiece spells any word (e.g.
+    Chinese unseen in train) from bytes instead of mapping the whole word to <unk>."""
+    vocab = tok.get_vocab()
+    missing = [CONTINUATION + c for c in pre_tokenizers.ByteLevel.alphabet()
+               if CONTINUATION + c not in vocab]
+    if missing:
+        vocab.update({piece: len(vocab) + i for i, piece in enumerate(sorted(missing))})
+        tok.model = models.WordPiece(vocab, unk_token="<unk>",
+                                     continuing_subword_prefix=CONTINUATION,
+                                     max_input_chars_per_word=10_000)
 
 
 def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:

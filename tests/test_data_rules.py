@@ -269,7 +269,7 @@ def test_every_kind_has_specials_first_and_round_trips_train_text(params, kind):
         assert tok.decode(ids) == text
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram"])  # wordpiece: unseen inner bytes -> <unk>
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece"])
 def test_chinese_paragraph_unknown_rate_and_exact_round_trip(params, kind):
     cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 500,
                                              "min_frequency": 1})
@@ -280,6 +280,16 @@ def test_chinese_paragraph_unknown_rate_and_exact_round_trip(params, kind):
     # each CJK character is its own pre-token: no paragraph-long "word" to hold in memory
     pieces = tok.pre_tokenizer.pre_tokenize_str(HELD_OUT)
     assert max(len(piece) for piece, _ in pieces) <= 3  # one CJK char = 3 byte symbols
+
+
+def test_wordpiece_spells_unseen_scripts_from_bytes(params):
+    cfg = params.tokenize.model_copy(update={"kind": "wordpiece", "vocab_size": 600,
+                                             "min_frequency": 1})
+    tok = tokenize.train_tokenizer(iter(ENGLISH * 20), cfg)  # no Chinese, Greek or Cyrillic
+    assert tok.get_vocab_size() <= 600
+    for text in (HELD_OUT, "Ελληνικά и кириллица", ENGLISH[0]):
+        ids = tok.encode(text).ids
+        assert UNK not in ids and tok.decode(ids) == text
 
 
 def test_tokenize_run_reports_unknown_rate_for_word_kind(params, tmp_path):
