@@ -7,10 +7,12 @@ data/clean/{train,val,test}.parquet (doc_id, text, source, split) and reports/cl
 from __future__ import annotations
 
 import hashlib
-import html
 import json
-import re
-import unicodedata
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from components.artifacts import atomic_dir, atomic_file, write_json
+from components.clean_rules import (  # noqa: F401  (re-exported for tests and bench)
+    CONTROL,
+    HTML_BLOCK,
+    HTML_DROP,
+    HTML_INLINE,
+    LINE_BREAKS,
+    PII,
+    WORD,
+    ZERO_WIDTH,
+    mask_pii,
+    normalise,
+    strip_html,
+)
 from components.errors import GruflowError, guarded
 from components.near_dup import NearDuplicates
 from components.params import Clean, Split, load_params
@@ -30,108 +45,6 @@ SPLITS = ("train", "val", "test")
 BATCH_DOCS = 4096
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])
-# RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
-# line breaks; the other C0/C1 controls (except \t) are removed, as are zero-width characters.
-LINE_BREAKS = r"[\x0b\x0c\x85\x{2028}\x{2029}]"
-CONTROL = r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
-ZERO_WIDTH = r"[\x{200b}-\x{200d}\x{2060}\x{feff}]"
-# HTML: only real element names, so text such as `<class 'int'>` or `a < b > c` survives.
-# Block elements become a line break, inline ones vanish; script/style lose their content too.
-_BLOCK = "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|" \
-         "h[1-6]|header|hr|li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul"
-_INLINE = "a|abbr|b|body|button|center|cite|code|del|em|font|head|html|i|iframe|img|input|" \
-          "ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|span|strike|" \
-          "strong|sub|sup|textarea|title|tt|u|var"
-HTML_DROP = r"(?is)<(script|style)\b[^>]*>.*?</(?:script|style)\s*>|<!--.*?-->|<!doctype[^>]*>"
-_ATTRS = r"""(?:\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))*\s*/?>"""
-HTML_BLOCK = rf"(?i)</?(?:{_BLOCK}){_ATTRS}"  # attributes need a value: `<a statement>` stays
-HTML_INLINE = rf"(?i)</?(?:{_INLINE}){_ATTRS}"
-HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
-# Privacy masks, applied in this order (a URL may hold an e-mail or an IP). Phones need a
-# phone shape (+country code, (area) code or 3-3-4 groups), so 3.11.7 or 1234567 stay.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_WIDE = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9])"  # two or three digits
-# one of the first three octets has 2+ digits, so section numbers like 7.1.4.34 stay
-_IPV4 = (rf"\b(?:{_WIDE}\.{_OCTET}\.{_OCTET}|[0-9]\.{_WIDE}\.{_OCTET}|[0-9]\.[0-9]\.{_WIDE})"
-         rf"\.{_OCTET}\b")
-PII = (
-    ("url", r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]"),
-    ("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-    ("ip", rf"{_IPV4}|\b(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}\b"),
-    ("phone", r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}\b"
-              r"|\([0-9]{3}\) ?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b"),
-)
-# A word is a run of non-blank characters, or one CJK character (those scripts use no spaces).
-_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
-WORD = rf"[{_CJK}]|[^\s{_CJK}]+"
-
-
-_ENTITY = re.compile(HTML_ENTITY)
-
-
-def count(text: pa.Array, pattern: str) -> int:
-    return pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0
-
-
-def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
-    """Drop tags (block tags -> line break), then unescape entities on rows that hold one."""
-    tags = count(text, HTML_DROP) + count(text, HTML_BLOCK) + count(text, HTML_INLINE)
-    text = pc.replace_substring_regex(text, HTML_DROP, "")
-    text = pc.replace_substring_regex(text, HTML_BLOCK, "\n")
-    text = pc.replace_substring_regex(text, HTML_INLINE, "")
-    entities = 0
-    if count(text, HTML_ENTITY):
-        flags = pc.match_substring_regex(text, HTML_ENTITY).to_pylist()
-        values = text.to_pylist()
-        for i, hit in enumerate(flags):
-            if hit:  # count only real entities: html.unescape leaves `&nosuch;` as it is
-                entities += sum(html.unescape(m) != m for m in _ENTITY.findall(values[i]))
-                values[i] = html.unescape(values[i])
-        text = pa.array(values, pa.string())
-    return text, {"html_tags_removed": tags, "html_entities_unescaped": entities}
-
-
-def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
-    """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>."""
-    counts = {}
-    for name, pattern in PII:
-        counts[f"masked_{name}"] = count(text, pattern)
-        text = pc.replace_substring_regex(text, pattern, f"<{name}>")
-    return text, counts
-
-
-def nfkc(text: pa.Array) -> pa.Array:
-    """Unicode NFKC. ASCII strings are already NFKC and pass through untouched.
-
-    pyarrow's `utf8_normalize` does not recompose on pyarrow 25 (apache/arrow#51225: 'café'
-    stays decomposed), so non-ASCII strings go through `unicodedata` instead.
-    """
-    is_ascii = pc.string_is_ascii(text)
-    if pc.all(is_ascii).as_py() is not False:
-        return text
-    flags = is_ascii.to_pylist()
-    return pa.array([v if ok or v is None else unicodedata.normalize("NFKC", v)
-                     for v, ok in zip(text.to_pylist(), flags, strict=True)], pa.string())
-
-
-def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
-    """`\\n` line ends, controls and zero-width removed, NFKC, whitespace collapsed."""
-    counts = {}
-    text = pc.replace_substring_regex(text, r"\r\n?", "\n")
-    text = pc.replace_substring_regex(text, LINE_BREAKS, "\n")
-    for name, pattern in (("control_chars_removed", CONTROL), ("zero_width_removed", ZERO_WIDTH)):
-        counts[name] = pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0
-        text = pc.replace_substring_regex(text, pattern, "")
-    text = nfkc(text)
-    text = pc.replace_substring_regex(text, r"[^\S\n]+", " ")  # runs of blanks -> one space
-    text = pc.replace_substring_regex(text, r" ?\n ?", "\n")
-    text = pc.replace_substring_regex(text, r"\n{3,}", "\n\n")
-    text = pc.utf8_trim_whitespace(text)
-    if cfg.lowercase:
-        text = pc.utf8_lower(text)
-    return text, counts
-
-
 def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
     """Stable per-document split: depends only on the document's id and the seed."""
     out = []
@@ -143,11 +56,21 @@ def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
     return out
 
 
-def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
-                counts: dict[str, int], near: NearDuplicates | None = None,
-                profiler: Profiler | None = None) -> pa.Table:
-    """Clean one batch; `seen` (exact hashes) and `near` (the MinHash index) carry what was
-    kept across batches; `profiler` accumulates the profile of what is kept."""
+@dataclass
+class Prepared:
+    """One batch after the per-row rules (computed in a worker thread)."""
+
+    table: pa.Table        # text, source, split (as the source gives it)
+    words: np.ndarray      # words per document
+    scripts: np.ndarray    # (N, classes) character counts per document
+    ids: list[str]         # content hashes
+    counts: dict[str, int]
+
+
+def prepare(batch: pa.RecordBatch, cfg: Clean) -> Prepared:
+    """Rules, length/word/script filters and hashes of one batch: pure, so batches run in
+    parallel threads (pyarrow.compute releases the GIL)."""
+    counts = dict.fromkeys(("dropped_too_short", "dropped_too_few_words", "dropped_script"), 0)
     text = batch.column("text")
     rules = [strip_html] if cfg.strip_html else []
     rules.append(lambda t: normalise(t, cfg))
@@ -155,49 +78,78 @@ def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
         rules.append(mask_pii)
     for rule in rules:
         text, rule_counts = rule(text)
-        for key, value in rule_counts.items():
-            counts[key] += value
+        counts.update(rule_counts)
     given = (batch.column("split") if "split" in batch.schema.names
              else pa.nulls(len(text), pa.string()))
     kept = pa.table({"text": text, "source": batch.column("source"), "split": given})
     long_enough = pc.greater_equal(pc.utf8_length(kept["text"]), cfg.min_chars)
-    counts["dropped_too_short"] += kept.num_rows - pc.sum(long_enough).as_py()
+    counts["dropped_too_short"] = kept.num_rows - pc.sum(long_enough).as_py()
     kept = kept.filter(long_enough)
     words = pc.count_substring_regex(kept["text"], WORD)
     enough_words = pc.greater_equal(words, cfg.min_words)
-    counts["dropped_too_few_words"] += kept.num_rows - (pc.sum(enough_words).as_py() or 0)
-    kept, words = kept.filter(enough_words), words.filter(enough_words)
+    counts["dropped_too_few_words"] = kept.num_rows - (pc.sum(enough_words).as_py() or 0)
+    kept, words = kept.filter(enough_words), words.filter(enough_words).to_numpy()
     values = kept.column("text").to_pylist()
     scripts = script_counts(values)
-    keep = np.ones(len(values), bool)
     if cfg.scripts:
-        keep = np.isin(main_script(scripts), cfg.scripts)
-        counts["dropped_script"] += int((~keep).sum())
-    ids = []
-    for i, value in enumerate(values):
-        doc = hashlib.sha256(value.encode("utf-8")).hexdigest()[:20]
-        ids.append(doc)
-        if not keep[i]:
-            continue
+        wanted = np.isin(main_script(scripts), cfg.scripts)
+        counts["dropped_script"] = int((~wanted).sum())
+        kept, words, scripts = kept.filter(pa.array(wanted)), words[wanted], scripts[wanted]
+        values = [v for v, w in zip(values, wanted, strict=True) if w]
+    ids = [hashlib.sha256(v.encode("utf-8")).hexdigest()[:20] for v in values]
+    return Prepared(kept, words, scripts, ids, counts)
+
+
+def select(prep: Prepared, split: Split, seen: set[str], counts: dict[str, int],
+           near: NearDuplicates | None, profiler: Profiler) -> pa.Table:
+    """Drop exact and near duplicates of earlier documents (in stream order), profile what is
+    kept and give it its split. `seen` and `near` carry what was kept across batches."""
+    for key, value in prep.counts.items():
+        counts[key] += value
+    keep = np.ones(len(prep.ids), bool)
+    texts = prep.table.column("text")
+    for i, doc in enumerate(prep.ids):
         if doc in seen:
             keep[i] = False
             counts["dropped_duplicates"] += 1
             continue
         seen.add(doc)  # before the near check: a later exact copy counts as an exact duplicate
-        if near is not None and near.is_duplicate(doc, value):
+        if near is not None and near.is_duplicate(doc, texts[i].as_py()):
             keep[i] = False
             counts["dropped_near_duplicates"] += 1
     mask = pa.array(keep, pa.bool_())
-    ids = pa.array(ids, pa.string()).filter(mask)
-    kept = kept.filter(mask)
-    if profiler is not None:
-        profiler.add(kept.column("text").combine_chunks(),
-                     pc.utf8_length(kept["text"]).to_numpy(), words.filter(mask).to_numpy(),
-                     scripts[keep])
+    ids = pa.array(prep.ids, pa.string()).filter(mask)
+    kept = prep.table.filter(mask)
+    profiler.add(kept.column("text").combine_chunks(), pc.utf8_length(kept["text"]).to_numpy(),
+                 prep.words[keep], prep.scripts[keep])
     hashed = assign_split(ids.to_pylist(), split)
     splits = pa.array([g or h for g, h in zip(kept["split"].to_pylist(), hashed, strict=True)],
                       pa.string())  # the source's own split wins over the hash
     return pa.table([ids, kept.column("text"), kept.column("source"), splits], schema=SCHEMA)
+
+
+def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
+                counts: dict[str, int], near: NearDuplicates | None = None,
+                profiler: Profiler | None = None) -> pa.Table:
+    """Clean one batch in the calling thread (prepare + select)."""
+    return select(prepare(batch, cfg), split, seen, counts, near, profiler or Profiler())
+
+
+def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
+                     counts: dict[str, int]) -> Iterator[Prepared]:
+    """`prepare` on every core, results in input order, at most 2 batches per core in flight
+    (bounded memory)."""
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            counts["documents_in"] += batch.num_rows
+            counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
+            pending.append(pool.submit(prepare, batch, cfg))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
@@ -223,10 +175,9 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         try:
             dataset = ds.dataset(files)
             columns = ["text", "source", *(["split"] if "split" in dataset.schema.names else [])]
-            for batch in dataset.to_batches(columns=columns, batch_size=BATCH_DOCS):
-                counts["documents_in"] += batch.num_rows
-                counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
-                table = clean_batch(batch, cfg, split, seen, counts, near, profiler)
+            batches = dataset.to_batches(columns=columns, batch_size=BATCH_DOCS)
+            for prep in prepared_batches(batches, cfg, counts):
+                table = select(prep, split, seen, counts, near, profiler)
                 counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0
                 for name in SPLITS:
                     part = table.filter(pc.equal(table["split"], name))

@@ -1,0 +1,154 @@
+"""The clean stage's text rules, vectorised with pyarrow.compute: HTML stripping, privacy
+masks, Unicode/whitespace normalisation — each returning the new text and its counts.
+
+Usage: `text, counts = normalise(text, cfg)`. A regex runs only on the rows that can match
+(a literal pre-check such as '<' or '@'), and counts come from cheap differences (lengths,
+placeholder occurrences) where that is exact, so most text is scanned once per rule.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.params import Clean
+
+# RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
+# line breaks; the other C0/C1 controls (except \t) are removed, as are zero-width characters.
+LINE_BREAKS = r"[\x0b\x0c\x85\x{2028}\x{2029}]"
+CONTROL = r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
+ZERO_WIDTH = r"[\x{200b}-\x{200d}\x{2060}\x{feff}]"
+# HTML: only real element names, so text such as `<class 'int'>` or `a < b > c` survives.
+# Block elements become a line break, inline ones vanish; script/style lose their content too.
+_BLOCK = "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|" \
+         "h[1-6]|header|hr|li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul"
+_INLINE = "a|abbr|b|body|button|center|cite|code|del|em|font|head|html|i|iframe|img|input|" \
+          "ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|span|strike|" \
+          "strong|sub|sup|textarea|title|tt|u|var"
+HTML_DROP = r"(?is)<(script|style)\b[^>]*>.*?</(?:script|style)\s*>|<!--.*?-->|<!doctype[^>]*>"
+_ATTRS = r"""(?:\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))*\s*/?>"""
+HTML_BLOCK = rf"(?i)</?(?:{_BLOCK}){_ATTRS}"  # attributes need a value: `<a statement>` stays
+HTML_INLINE = rf"(?i)</?(?:{_INLINE}){_ATTRS}"
+HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+# Privacy masks, applied in this order (a URL may hold an e-mail or an IP). Phones need a
+# phone shape (+country code, (area) code or 3-3-4 groups), so 3.11.7 or 1234567 stay.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_WIDE = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9])"  # two or three digits
+# one of the first three octets has 2+ digits, so section numbers like 7.1.4.34 stay
+_IPV4 = (rf"\b(?:{_WIDE}\.{_OCTET}\.{_OCTET}|[0-9]\.{_WIDE}\.{_OCTET}|[0-9]\.[0-9]\.{_WIDE})"
+         rf"\.{_OCTET}\b")
+PII = (
+    ("url", r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]"),
+    ("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    ("ip", rf"{_IPV4}|\b(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}\b"),
+    ("phone", r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}\b"
+              r"|\([0-9]{3}\) ?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b"),
+)
+# A word is a run of non-blank characters, or one CJK character (those scripts use no spaces).
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+WORD = rf"[{_CJK}]|[^\s{_CJK}]+"
+
+
+_ENTITY = re.compile(HTML_ENTITY)
+
+
+def count(text: pa.Array, pattern: str) -> int:
+    return pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0
+
+
+def total(values: pa.Array) -> int:
+    return pc.sum(values).as_py() or 0
+
+
+def on_rows(text: pa.Array, rows: pa.Array, rule) -> pa.Array:
+    """Apply `rule` to the rows flagged by `rows` only, leaving the others untouched."""
+    rows = pc.fill_null(rows, False)
+    if not pc.any(rows).as_py():
+        return text
+    return pc.replace_with_mask(text, rows, rule(text.filter(rows)))
+
+
+def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
+    """Drop tags (block tags -> line break), then unescape entities on rows that hold one.
+    Only rows with a '<' (tags) or a '&' (entities) are scanned."""
+    counts = {"html_tags_removed": 0, "html_entities_unescaped": 0}
+
+    def tags(sub: pa.Array) -> pa.Array:
+        counts["html_tags_removed"] += sum(count(sub, p) for p in (HTML_DROP, HTML_BLOCK,
+                                                                   HTML_INLINE))
+        sub = pc.replace_substring_regex(sub, HTML_DROP, "")
+        sub = pc.replace_substring_regex(sub, HTML_BLOCK, "\n")
+        return pc.replace_substring_regex(sub, HTML_INLINE, "")
+
+    def entities(sub: pa.Array) -> pa.Array:
+        values = sub.to_pylist()
+        for i, value in enumerate(values):
+            found = _ENTITY.findall(value)
+            # count only real entities: html.unescape leaves `&nosuch;` as it is
+            counts["html_entities_unescaped"] += sum(html.unescape(m) != m for m in found)
+            if found:
+                values[i] = html.unescape(value)
+        return pa.array(values, pa.string())
+
+    text = on_rows(text, pc.match_substring(text, "<"), tags)
+    text = on_rows(text, pc.match_substring(text, "&"), entities)
+    return text, counts
+
+
+# A literal every match of a PII pattern contains (None: scan every row).
+_PII_NEEDLE = {"email": "@", "url": None, "ip": None, "phone": None}
+
+
+def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
+    """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>. Each mask
+    is counted as the growth of its placeholder (no pattern can match inside a placeholder)."""
+    counts = {}
+    for name, pattern in PII:
+        placeholder = f"<{name}>"
+        before = total(pc.count_substring(text, placeholder))
+
+        def mask(sub: pa.Array, pattern: str = pattern, placeholder: str = placeholder):
+            return pc.replace_substring_regex(sub, pattern, placeholder)
+
+        needle = _PII_NEEDLE[name]
+        text = mask(text) if needle is None else on_rows(text, pc.match_substring(text, needle),
+                                                         mask)
+        counts[f"masked_{name}"] = total(pc.count_substring(text, placeholder)) - before
+    return text, counts
+
+
+def nfkc(text: pa.Array) -> pa.Array:
+    """Unicode NFKC. ASCII strings are already NFKC and pass through untouched.
+
+    pyarrow's `utf8_normalize` does not recompose on pyarrow 25 (apache/arrow#51225: 'café'
+    stays decomposed), so non-ASCII strings go through `unicodedata` instead.
+    """
+    is_ascii = pc.string_is_ascii(text)
+    if pc.all(is_ascii).as_py() is not False:
+        return text
+    flags = is_ascii.to_pylist()
+    return pa.array([v if ok or v is None else unicodedata.normalize("NFKC", v)
+                     for v, ok in zip(text.to_pylist(), flags, strict=True)], pa.string())
+
+
+def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
+    """`\\n` line ends, controls and zero-width removed, NFKC, whitespace collapsed. Removed
+    characters are counted as the drop in length (each pattern matches one character)."""
+    counts = {}
+    text = pc.replace_substring_regex(text, rf"\r\n?|{LINE_BREAKS}", "\n")
+    for name, pattern in (("control_chars_removed", CONTROL), ("zero_width_removed", ZERO_WIDTH)):
+        before = total(pc.utf8_length(text))
+        text = pc.replace_substring_regex(text, pattern, "")
+        counts[name] = before - total(pc.utf8_length(text))
+    text = nfkc(text)
+    text = pc.replace_substring_regex(text, r"[^\S\n]+", " ")  # runs of blanks -> one space
+    text = pc.replace_substring_regex(text, r" ?\n ?", "\n")
+    text = pc.replace_substring_regex(text, r"\n{3,}", "\n\n")
+    text = pc.utf8_trim_whitespace(text)
+    if cfg.lowercase:
+        text = pc.utf8_lower(text)
+    return text, counts
