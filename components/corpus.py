@@ -8,17 +8,20 @@ The built-in corpus needs no network: Python's bundled reference documentation
 from __future__ import annotations
 
 import ast
+import codecs
+import contextlib
 import json
 import logging
 import re
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from components.errors import GruflowError
@@ -33,7 +36,21 @@ _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "turtledemo", "__pyca
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
                "test": "test"}
 HF_PREFIX = "hf:"
-_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+# Files are streamed: text in chunks of READ_BYTES, tables in record batches of BATCH_ROWS,
+# so memory follows the largest document, not the size of the corpus.
+READ_BYTES = 1 << 20
+BATCH_ROWS = 1024
+# A .txt/.md file whose first BINARY_SNIFF_BYTES are more than BINARY_RATIO control bytes (NUL
+# and the other C0 controls but tab, line breaks and ESC) or undecodable UTF-8 is skipped and
+# counted (`skipped_binary_files` in the ingest report), not read: an image, archive or UTF-16
+# file named .txt would only become U+FFFD noise, and one such stray file should not stop a
+# folder's run. A few NUL bytes inside real text stay far below the ratio: they are read, and
+# clean removes and counts them (control_chars_removed). Random bytes score about 0.55, text in
+# a Latin-1 or cp1252 western language under 0.1.
+BINARY_SNIFF_BYTES = 8192
+BINARY_RATIO = 0.3
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b")
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -72,20 +89,72 @@ def _docstrings(path: Path, root: Path) -> Iterator[Document]:
 
 
 def decode(raw: bytes) -> tuple[str, bool]:
-    """UTF-8 with BOM handling; undecodable bytes become U+FFFD and are flagged."""
+    """UTF-8 (a leading BOM dropped); undecodable bytes become U+FFFD and are flagged."""
     try:
         return raw.decode("utf-8-sig"), False
     except UnicodeDecodeError:
         return raw.decode("utf-8-sig", errors="replace"), True
 
 
-def split_units(text: str, unit: str) -> list[str]:
-    """A text file's documents: the whole file, its blank-line paragraphs, or its lines."""
-    if unit == "file":
-        return [text]
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    parts = _PARAGRAPH_BREAK.split(text) if unit == "paragraph" else text.split("\n")
-    return [part for part in parts if part.strip()]
+def looks_binary(sample: bytes) -> bool:
+    """More than BINARY_RATIO of the sample is control bytes or undecodable UTF-8."""
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    undecodable = len(sample) - len(sample.decode("utf-8", errors="ignore").encode("utf-8"))
+    return controls + undecodable > BINARY_RATIO * len(sample)
+
+
+def raw_lines(stream: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """(line, ended) split at \n, \r\n or \r, read in chunks: only the current line is held.
+
+    `ended` is False only for the text after the last line break (b"" when the file ends with
+    one). A \r that ends a chunk waits for the next one, so a \r\n is never cut in two.
+    """
+    pending: list[bytes] = []
+    while chunk := stream.read(READ_BYTES):
+        if b"\n" not in chunk and b"\r" not in chunk:
+            pending.append(chunk)  # inside a long line: nothing is copied until it ends
+            continue
+        data = b"".join([*pending, chunk])
+        held = data.endswith(b"\r")
+        parts = _NEWLINE.split(data[:-1] if held else data)
+        pending = [parts.pop() + (b"\r" if held else b"")]
+        for part in parts:
+            yield part, True
+    parts = _NEWLINE.split(b"".join(pending))
+    for part in parts[:-1]:
+        yield part, True
+    yield parts[-1], False
+
+
+def text_units(lines: Iterable[tuple[str, bool, bool]], unit: str) -> Iterator[tuple[str, bool]]:
+    """(text, had_bad_bytes) of each non-blank line or paragraph, from (line, bad, ended).
+
+    A paragraph ends at a whitespace-only line that a line break follows; the blank lines and
+    the next paragraph's leading whitespace belong to the break.
+    """
+    if unit == "line":
+        yield from ((line, bad) for line, bad, _ in lines if line.strip())
+        return
+    current: list[str] = []
+    current_bad = after_break = False
+    for line, bad, ended in lines:
+        blank = not line.strip()
+        if after_break and blank:
+            continue
+        if after_break:
+            current, current_bad, after_break = [line.lstrip()], bad, False
+        elif current and blank and ended:
+            yield from _kept("\n".join(current), current_bad)
+            current, current_bad, after_break = [], False, True
+        else:
+            current.append(line)
+            current_bad |= bad
+    yield from _kept("\n".join(current), current_bad)
+
+
+def _kept(text: str, bad: bool) -> Iterator[tuple[str, bool]]:
+    if text.strip():
+        yield text, bad
 
 
 def path_split(parts: Iterable[str]) -> str | None:
@@ -107,20 +176,91 @@ def source_split(value: object, where: str) -> str | None:
     return name
 
 
-def file_documents(path: Path, cfg: Data, split: str | None = None) -> Iterator[Document]:
+def file_documents(path: Path, cfg: Data,
+                   split: str | None = None) -> Generator[Document, None, str]:
+    """A file's documents, streamed. Returns how it went: "read", "empty" or "binary"."""
     suffix = path.suffix.lower()
+    head = _head(path)
+    if suffix in TEXT_SUFFIXES and looks_binary(head):
+        log.warning("%s: skipped, looks binary (over %.0f%% control or undecodable bytes)",
+                    path, BINARY_RATIO * 100)
+        return "binary"
+    if len(head) < BINARY_SNIFF_BYTES and not head.removeprefix(codecs.BOM_UTF8).strip():
+        return "empty"  # 0 bytes or only blanks: no document, whatever the format
     if suffix in TEXT_SUFFIXES:
-        text, bad = decode(path.read_bytes())
-        for unit in split_units(text, cfg.unit):
-            yield Document(unit, str(path), bad, split)
-        return
-    table = _read_table(path, suffix, cfg.text_column)
-    if cfg.text_column not in table.column_names:
-        raise GruflowError(
-            f"{path}: no column '{cfg.text_column}' (has {table.column_names}) — "
-            "set data.text_column in params.yaml"
-        )
-    yield from _table_documents(table.to_pylist(), cfg.text_column, str(path), split)
+        docs = _text_documents(path, cfg.unit, split)
+    elif suffix == ".jsonl":
+        docs = _jsonl_documents(path, cfg.text_column, split)
+    else:
+        docs = (doc for batch in _batches(path, suffix, cfg.text_column)
+                for doc in _table_documents(batch.to_pylist(), cfg.text_column, str(path), split))
+    count = 0
+    for doc in docs:
+        count += 1
+        yield doc
+    return "read" if count else "empty"
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[BinaryIO]:
+    try:
+        with path.open("rb") as stream:
+            yield stream
+    except OSError as exc:
+        raise GruflowError(f"{path}: cannot read ({exc.strerror or exc}) — check the file "
+                           "and its permissions") from None
+
+
+def _head(path: Path) -> bytes:
+    with _reading(path) as stream:
+        return stream.read(BINARY_SNIFF_BYTES)
+
+
+def _text_documents(path: Path, unit: str, split: str | None) -> Iterator[Document]:
+    with _reading(path) as stream:
+        if unit == "file":  # one document per file: held whole by definition
+            text, bad = decode(stream.read())
+            units = [(text, bad)] if text.strip() else []
+        else:
+            units = text_units(((*decode(raw.removeprefix(codecs.BOM_UTF8) if i == 0 else raw),
+                                 ended) for i, (raw, ended) in enumerate(raw_lines(stream))),
+                               unit)
+        for text, bad in units:
+            yield Document(text, str(path), bad, split)
+
+
+def _jsonl_documents(path: Path, text_column: str, split: str | None) -> Iterator[Document]:
+    """One JSON object per line, parsed line by line: no schema is inferred, so a field that
+    changes type between rows is fine, and an undecodable byte is replaced as in text files."""
+    keys: list[str] | None = None
+    with _reading(path) as stream:
+        for number, raw in enumerate(stream, 1):
+            if not raw.strip():
+                continue
+            line, bad = decode(raw)
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                why = getattr(exc, "msg", None) or exc.__class__.__name__
+                raise GruflowError(f"{path}:{number}: not valid JSON ({why}) — fix or remove "
+                                   "the line") from None
+            if not isinstance(row, dict):
+                raise GruflowError(f"{path}:{number}: expected a JSON object, got "
+                                   f"{type(row).__name__} — write one object per line")
+            if text_column not in row:
+                keys = keys or sorted(row)
+                continue
+            keys = []  # the column exists: rows without it are skipped like null texts
+            for doc in _table_documents([row], text_column, str(path), split):
+                yield Document(doc.text, doc.source, bad or doc.had_bad_bytes, doc.split, doc.meta)
+    if keys:
+        _check_column(path, keys, text_column)
+
+
+def _check_column(path: Path, names: list[str], text_column: str) -> None:
+    if text_column not in names:
+        raise GruflowError(f"{path}: no column '{text_column}' (has {names}) — "
+                           "set data.text_column in params.yaml")
 
 
 def _table_documents(rows: Iterable[dict], text_column: str, where: str,
@@ -130,22 +270,52 @@ def _table_documents(rows: Iterable[dict], text_column: str, where: str,
         text = row.pop(text_column, None)
         if text is None:
             continue
+        text, bad = decode(text) if isinstance(text, bytes) else (str(text), False)
         row_split = source_split(row.pop("split", None), where) or split
         meta = json.dumps(row, default=str, ensure_ascii=False, sort_keys=True) if row else None
-        yield Document(str(text), where, split=row_split, meta=meta)
+        yield Document(text, where, bad, row_split, meta)
 
 
-def _read_table(path: Path, suffix: str, text_column: str) -> pa.Table:
+def _batches(path: Path, suffix: str, text_column: str) -> Iterator[pa.RecordBatch]:
+    """Record batches of a .parquet or .csv file; a CSV's text column comes as raw bytes."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path)
-        if suffix == ".csv":  # never let type inference turn text like "007" into a number
-            options = pacsv.ConvertOptions(column_types={text_column: pa.string()})
-            return pacsv.read_csv(path, convert_options=options)
-        return pajson.read_json(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+            with pq.ParquetFile(path) as file:
+                _check_column(path, file.schema_arrow.names, text_column)
+                yield from file.iter_batches(batch_size=BATCH_ROWS)
+            return
+        options = pacsv.ConvertOptions(column_types=_csv_types(path, text_column))
+        with _open_csv(path, options) as reader:
+            yield from reader
+    except (pa.ArrowException, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise GruflowError(f"{path}: cannot read as {suffix[1:]} ({first})") from None
+
+
+def _open_csv(path: Path, options: pacsv.ConvertOptions) -> pacsv.CSVStreamingReader:
+    # blocks of READ_BYTES; the reader holds a few dozen of them at most (its read-ahead)
+    return pacsv.open_csv(path, pacsv.ReadOptions(block_size=READ_BYTES), convert_options=options)
+
+
+def _csv_types(path: Path, text_column: str) -> dict[str, pa.DataType]:
+    """The text column as bytes (never a number: "007" stays "007"), the others inferred.
+
+    The streaming reader infers types from its first block only, so a column that changes
+    further down (empty at first, numbers then words) would fail mid-file: a quick first pass
+    finds such a file, and it is read with every other column as a string.
+    """
+    types = {text_column: pa.binary()}
+    with _open_csv(path, pacsv.ConvertOptions(column_types=types)) as reader:
+        names = reader.schema.names
+        _check_column(path, names, text_column)
+        try:
+            for _ in reader:
+                pass
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise
+            return {name: types.get(name, pa.string()) for name in names}
+    return types
 
 
 def source_files(source: Path, include: Iterable[str] = ("**/*",)) -> list[Path]:
@@ -193,7 +363,8 @@ def hf_documents(spec: str, text_column: str) -> Iterator[Document]:
             yield from _table_documents([dict(row)], text_column, f"{spec}:{part_name}", given)
 
 
-def documents(cfg: Data) -> Iterator[Document]:
+def documents(cfg: Data, files: Counter[str] | None = None) -> Iterator[Document]:
+    """Every source's documents in order; `files` counts the files read by outcome."""
     for source in cfg.sources:
         if source == "builtin":
             yield from builtin_documents()
@@ -203,4 +374,6 @@ def documents(cfg: Data) -> Iterator[Document]:
             root = Path(source)
             for path in source_files(root, cfg.include):
                 rel = path.relative_to(root).parts if path != root else (path.name,)
-                yield from file_documents(path, cfg, path_split(rel))
+                outcome = yield from file_documents(path, cfg, path_split(rel))
+                if files is not None:
+                    files[outcome] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 # `split` is the source's own split (null = none given), `meta` its other columns as JSON.
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string()),
                     ("split", pa.string()), ("meta", pa.string())])
+# A batch (one Parquet row group) ends at BATCH_DOCS documents or BATCH_CHARS characters, so
+# memory stays bounded however many documents stream through, and however long they are.
 BATCH_DOCS = 4096
+BATCH_CHARS = 16 * 2**20
 
 
 def doc_id(text: str) -> str:
@@ -32,23 +36,36 @@ def doc_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def to_batches(docs: Iterable[Document], size: int = BATCH_DOCS) -> Iterator[pa.RecordBatch]:
-    it = iter(docs)
-    while chunk := list(islice(it, size)):
-        yield pa.record_batch(
-            [
-                pa.array([doc_id(d.text) for d in chunk], pa.string()),
-                pa.array([d.text for d in chunk], pa.string()),
-                pa.array([d.source for d in chunk], pa.string()),
-                pa.array([d.split for d in chunk], pa.string()),
-                pa.array([d.meta for d in chunk], pa.string()),
-            ],
-            schema=SCHEMA,
-        )
+def to_batches(docs: Iterable[Document], size: int = BATCH_DOCS,
+               max_chars: int = BATCH_CHARS) -> Iterator[pa.RecordBatch]:
+    chunk: list[Document] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc.text)
+        if len(chunk) >= size or chars >= max_chars:
+            yield _batch(chunk)
+            chunk, chars = [], 0
+    if chunk:
+        yield _batch(chunk)
+
+
+def _batch(chunk: list[Document]) -> pa.RecordBatch:
+    return pa.record_batch(
+        [
+            pa.array([doc_id(d.text) for d in chunk], pa.string()),
+            pa.array([d.text for d in chunk], pa.string()),
+            pa.array([d.source for d in chunk], pa.string()),
+            pa.array([d.split for d in chunk], pa.string()),
+            pa.array([d.meta for d in chunk], pa.string()),
+        ],
+        schema=SCHEMA,
+    )
 
 
 def run(cfg: Data, out_dir: Path, report: Path) -> dict:
-    docs: Iterable[Document] = documents(cfg)
+    files: Counter[str] = Counter()
+    docs: Iterable[Document] = documents(cfg, files)
     if cfg.max_docs:
         docs = islice(docs, cfg.max_docs)
     counts = {"documents": 0, "characters": 0, "documents_with_bad_bytes": 0,
@@ -63,11 +80,20 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
             yield d
 
     with atomic_dir(out_dir) as tmp:
-        with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression="zstd") as writer:
-            for batch in to_batches(counted(docs)):
+        # no min/max statistics of the text and meta columns: nothing filters on them, and the
+        # footer would keep up to 8 KiB of them for every row group until the file is closed
+        with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression="zstd",
+                              write_statistics=["doc_id", "source", "split"]) as writer:
+            for batch in to_batches(counted(docs), BATCH_DOCS, BATCH_CHARS):
                 writer.write_batch(batch)
+        # files fully read, by outcome; a file cut short by data.max_docs is not counted
+        counts |= {"files_read": files.total(), "empty_files": files["empty"],
+                   "skipped_binary_files": files["binary"]}
         if counts["documents"] == 0:
-            raise GruflowError(f"data.source: '{cfg.source}' yielded no documents")
+            raise GruflowError(
+                f"data.source: '{cfg.source}' yielded no documents ({counts['files_read']} files:"
+                f" {counts['empty_files']} empty, {counts['skipped_binary_files']} skipped as "
+                "binary) — point data.source at text, or check data.unit/data.text_column")
     summary = {"source": cfg.source, **counts}
     write_json(report, summary)
     return summary
