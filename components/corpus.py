@@ -16,7 +16,7 @@ import re
 import sysconfig
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,12 +41,13 @@ HF_PREFIX = "hf:"
 READ_BYTES = 1 << 20
 BATCH_ROWS = 1024
 # A .txt/.md file whose first BINARY_SNIFF_BYTES are more than BINARY_RATIO control bytes (NUL
-# and the other C0 controls but tab, line breaks and ESC) or undecodable UTF-8 is skipped and
-# counted (`skipped_binary_files` in the ingest report), not read: an image, archive or UTF-16
-# file named .txt would only become U+FFFD noise, and one such stray file should not stop a
-# folder's run. A few NUL bytes inside real text stay far below the ratio: they are read, and
-# clean removes and counts them (control_chars_removed). Random bytes score about 0.55, text in
-# a Latin-1 or cp1252 western language under 0.1.
+# and the other C0 controls but tab, line breaks and ESC) or undecodable UTF-8 is skipped, logged
+# and counted (`skipped_binary_files` in the ingest report), not read: an image, archive or
+# UTF-16 file named .txt would only become U+FFFD noise, and one stray file should not stop a
+# folder's run (if nothing else is left, ingest stops anyway). Random bytes score about 0.53,
+# Latin-1 French or German about 0.1, UTF-8 text with a few NULs a few hundredths: those NULs
+# are read, and clean removes and counts them. A legacy 8-bit encoding of a non-Latin script
+# (cp1251 Russian: 0.73) is skipped as well: convert such files to UTF-8.
 BINARY_SNIFF_BYTES = 8192
 BINARY_RATIO = 0.3
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b")
@@ -182,8 +183,8 @@ def file_documents(path: Path, cfg: Data,
     suffix = path.suffix.lower()
     head = _head(path)
     if suffix in TEXT_SUFFIXES and looks_binary(head):
-        log.warning("%s: skipped, looks binary (over %.0f%% control or undecodable bytes)",
-                    path, BINARY_RATIO * 100)
+        log.warning("%s: skipped, looks binary (over %.0f%% control or non-UTF-8 bytes) — "
+                    "convert text to UTF-8", path, BINARY_RATIO * 100)
         return "binary"
     if len(head) < BINARY_SNIFF_BYTES and not head.removeprefix(codecs.BOM_UTF8).strip():
         return "empty"  # 0 bytes or only blanks: no document, whatever the format
@@ -232,29 +233,35 @@ def _text_documents(path: Path, unit: str, split: str | None) -> Iterator[Docume
 def _jsonl_documents(path: Path, text_column: str, split: str | None) -> Iterator[Document]:
     """One JSON object per line, parsed line by line: no schema is inferred, so a field that
     changes type between rows is fine, and an undecodable byte is replaced as in text files."""
-    keys: list[str] | None = None
+    first_keys: list[str] | None = None  # for the error when no row has the text column
+    found = False
     with _reading(path) as stream:
         for number, raw in enumerate(stream, 1):
             if not raw.strip():
                 continue
-            line, bad = decode(raw)
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                why = getattr(exc, "msg", None) or exc.__class__.__name__
-                raise GruflowError(f"{path}:{number}: not valid JSON ({why}) — fix or remove "
-                                   "the line") from None
-            if not isinstance(row, dict):
-                raise GruflowError(f"{path}:{number}: expected a JSON object, got "
-                                   f"{type(row).__name__} — write one object per line")
-            if text_column not in row:
-                keys = keys or sorted(row)
-                continue
-            keys = []  # the column exists: rows without it are skipped like null texts
+            line, bad = decode(raw.rstrip(b"\r\n"))
+            row = _json_object(line, f"{path}:{number}")
+            first_keys = sorted(row) if first_keys is None else first_keys
+            found = found or text_column in row
             for doc in _table_documents([row], text_column, str(path), split):
-                yield Document(doc.text, doc.source, bad or doc.had_bad_bytes, doc.split, doc.meta)
-    if keys:
-        _check_column(path, keys, text_column)
+                yield replace(doc, had_bad_bytes=bad)
+    if first_keys is not None and not found:
+        _check_column(path, first_keys, text_column)
+
+
+def _json_object(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        why = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+    except RecursionError:
+        why = "nested too deeply"
+    else:
+        if isinstance(row, dict):
+            return row
+        raise GruflowError(f"{where}: expected a JSON object, got {type(row).__name__} — "
+                           "write one object per line")
+    raise GruflowError(f"{where}: not valid JSON ({why}) — fix or remove the line")
 
 
 def _check_column(path: Path, names: list[str], text_column: str) -> None:
