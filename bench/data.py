@@ -103,19 +103,19 @@ def bare_clean(work: Path) -> float:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from components import clean
+    from components import clean_rules as r
 
     p = load_params()
     text = ds.dataset(work / "raw").to_table(columns=["text"]).column("text").combine_chunks()
-    patterns = [(clean.HTML_DROP, ""), (clean.HTML_BLOCK, "\n"), (clean.HTML_INLINE, ""),
-                (r"\r\n?", "\n"), (clean.LINE_BREAKS, "\n"), (clean.CONTROL, ""),
-                (clean.ZERO_WIDTH, ""), (r"[^\S\n]+", " "), (r" ?\n ?", "\n"), (r"\n{3,}", "\n\n"),
-                *((pattern, f"<{name}>") for name, pattern in clean.PII)]
+    patterns = [(r.HTML_DROP, ""), (r.HTML_BLOCK, "\n"), (r.HTML_INLINE, ""),
+                (r.LINE_END, "\n"), (r.CONTROL, ""), (r.ZERO_WIDTH, ""),
+                (r.BLANKS, " "), (r.BLANKS_AT_BREAK, "\n"), (r"\n{3,}", "\n\n"),
+                *((pattern, f"<{name}>") for name, pattern in r.PII)]
     t0 = time.perf_counter()
-    for pattern, replacement in patterns[:7]:
+    for pattern, replacement in patterns[:6]:
         text = pc.replace_substring_regex(text, pattern, replacement)
     text = pc.utf8_normalize(text, "NFKC")
-    for pattern, replacement in patterns[7:]:
+    for pattern, replacement in patterns[6:]:
         text = pc.replace_substring_regex(text, pattern, replacement)
     text = pc.utf8_trim_whitespace(text)
     text = text.filter(pc.greater_equal(pc.utf8_length(text), p.clean.min_chars))

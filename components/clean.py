@@ -31,6 +31,7 @@ from components.clean_rules import (  # noqa: F401  (re-exported for tests and b
     PII,
     WORD,
     ZERO_WIDTH,
+    count_words,
     mask_pii,
     normalise,
     strip_html,
@@ -38,7 +39,7 @@ from components.clean_rules import (  # noqa: F401  (re-exported for tests and b
 from components.errors import GruflowError, guarded
 from components.near_dup import NearDuplicates
 from components.params import Clean, Split, load_params
-from components.profile import Profiler, check_drift, main_script, script_counts
+from components.profile import Profiler, check_drift, cjk_rows, main_script, script_counts
 from components.profile import plot as plot_profile
 
 SPLITS = ("train", "val", "test")
@@ -85,12 +86,14 @@ def prepare(batch: pa.RecordBatch, cfg: Clean) -> Prepared:
     long_enough = pc.greater_equal(pc.utf8_length(kept["text"]), cfg.min_chars)
     counts["dropped_too_short"] = kept.num_rows - pc.sum(long_enough).as_py()
     kept = kept.filter(long_enough)
-    words = pc.count_substring_regex(kept["text"], WORD)
-    enough_words = pc.greater_equal(words, cfg.min_words)
-    counts["dropped_too_few_words"] = kept.num_rows - (pc.sum(enough_words).as_py() or 0)
-    kept, words = kept.filter(enough_words), words.filter(enough_words).to_numpy()
     values = kept.column("text").to_pylist()
     scripts = script_counts(values)
+    words = count_words(kept.column("text").combine_chunks(), pa.array(cjk_rows(scripts)))
+    enough = pc.greater_equal(words, cfg.min_words)
+    counts["dropped_too_few_words"] = kept.num_rows - (pc.sum(enough).as_py() or 0)
+    wanted = enough.to_numpy(zero_copy_only=False)
+    kept, words, scripts = kept.filter(enough), words.filter(enough).to_numpy(), scripts[wanted]
+    values = [v for v, w in zip(values, wanted, strict=True) if w]
     if cfg.scripts:
         wanted = np.isin(main_script(scripts), cfg.scripts)
         counts["dropped_script"] = int((~wanted).sum())
