@@ -223,9 +223,7 @@ def _text_documents(path: Path, unit: str, split: str | None) -> Iterator[Docume
             text, bad = decode(stream.read())
             units = [(text, bad)] if text.strip() else []
         else:
-            units = text_units(((*decode(raw.removeprefix(codecs.BOM_UTF8) if i == 0 else raw),
-                                 ended) for i, (raw, ended) in enumerate(raw_lines(stream))),
-                               unit)
+            units = text_units(((*decode(raw), ended) for raw, ended in raw_lines(stream)), unit)
         for text, bad in units:
             yield Document(text, str(path), bad, split)
 
