@@ -81,7 +81,7 @@ def stage_main(stage: str, work: Path) -> None:
         from components import tokenize
 
         encode_seconds = []
-        real_encode = tokenize.encode
+        real_encode = tokenize.encode_ids
 
         def timed_encode(tok, texts):
             t = time.perf_counter()
@@ -89,7 +89,7 @@ def stage_main(stage: str, work: Path) -> None:
             encode_seconds.append(time.perf_counter() - t)
             return ids
 
-        tokenize.encode = timed_encode
+        tokenize.encode_ids = timed_encode
         tokenize.run(p.tokenize, work / "clean", work / "tokenizer.json", work / "tokens",
                      work / "tokenize.json")
         extra["encode_seconds"] = sum(encode_seconds)

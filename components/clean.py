@@ -178,7 +178,8 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         try:
             dataset = ds.dataset(files)
             columns = ["text", "source", *(["split"] if "split" in dataset.schema.names else [])]
-            batches = dataset.to_batches(columns=columns, batch_size=BATCH_DOCS)
+            batches = dataset.to_batches(columns=columns, batch_size=BATCH_DOCS,
+                                         batch_readahead=2, fragment_readahead=1)
             for prep in prepared_batches(batches, cfg, counts):
                 table = select(prep, split, seen, counts, near, profiler)
                 counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0

@@ -7,9 +7,12 @@ Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{spl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -102,8 +105,23 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [[BOS, *enc.ids, EOS] for enc in tok.encode_batch(texts, add_special_tokens=False)]
 
 
+def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
+    """`encode` as an Arrow list<int32> array, framed with numpy instead of per-document lists."""
+    ids = [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=False)]
+    lengths = np.fromiter((len(x) + 2 for x in ids), np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.empty(offsets[-1], np.int32)
+    inner = np.ones(offsets[-1], bool)
+    inner[offsets[:-1]] = inner[offsets[1:] - 1] = False
+    values[offsets[:-1]], values[offsets[1:] - 1] = BOS, EOS
+    values[inner] = np.fromiter(chain.from_iterable(ids), np.int32, count=int(inner.sum()))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
 def _texts(path: Path) -> Iterator[str]:
-    for batch in ds.dataset(path).to_batches(columns=["text"]):
+    for batch in ds.dataset(path).to_batches(columns=["text"], batch_readahead=2,
+                                             fragment_readahead=1):
         yield from batch.column("text").to_pylist()
 
 
@@ -119,16 +137,17 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
             n_docs = n_tokens = n_unk = 0
             with pq.ParquetWriter(tmp / f"{split}.parquet", SCHEMA, compression="zstd") as writer:
                 for batch in ds.dataset(clean_dir / f"{split}.parquet").to_batches(
-                        columns=["doc_id", "text"], batch_size=BATCH_DOCS):
-                    texts = batch.column("text").to_pylist()
-                    ids = encode(tok, texts)
+                        columns=["doc_id", "text"], batch_size=BATCH_DOCS, batch_readahead=2,
+                        fragment_readahead=1):
+                    text = batch.column("text")
+                    ids = encode_ids(tok, text.to_pylist())
+                    flat = ids.values.to_numpy()
                     n_docs += len(ids)
-                    n_tokens += sum(len(x) for x in ids)
-                    n_unk += sum(x.count(UNK) for x in ids)
-                    n_bytes = [len(t.encode("utf-8")) for t in texts]
-                    writer.write_table(pa.table(
-                        [batch.column("doc_id"), pa.array(ids, pa.list_(pa.int32())),
-                         pa.array(n_bytes, pa.int64())], schema=SCHEMA))
+                    n_tokens += len(flat)
+                    n_unk += int((flat == UNK).sum())
+                    n_bytes = pc.cast(pc.binary_length(text), pa.int64())
+                    writer.write_table(pa.table([batch.column("doc_id"), ids, n_bytes],
+                                                schema=SCHEMA))
             summary["splits"][split] = {"documents": n_docs, "tokens": n_tokens,
                                         "unk_rate": n_unk / max(n_tokens, 1)}
         with atomic_file(tokenizer_path) as tmp_tok:
