@@ -176,6 +176,16 @@ class Orchestration(_Section):
     timezone: str = Field(default="UTC", min_length=1)
     stage_timeout: PosInt = 21600
 
+    @model_validator(mode="after")
+    def _one_pool(self) -> Orchestration:
+        # the gruflow-stage deployment lives on one work pool: a stage cannot name another
+        for stage, pool in self.placement.items():
+            if pool not in ("", "local", self.pool):
+                raise ValueError(f"placement.{stage}: '{pool}' is not the stage pool "
+                                 f"'{self.pool}' (orchestration.pool) — placed stages all run "
+                                 "there; use that name, or 'local'")
+        return self
+
 
 TUNABLE_SECTIONS = ("model", "train")  # tune.space may name fields of these sections only
 

@@ -55,6 +55,12 @@ def test_default_params_load():
         ({"split__val_fraction": 0.5, "split__test_fraction": 0.5}, "val_fraction + test_fraction"),
         ({"model__embedding_dim": 32, "embed__dim": 64, "model__embedding_init": "word2vec"},
          "model.embedding_dim (32) must equal embed.dim (64)"),
+        ({"clean__scripts": ["Klingon"]}, "clean.scripts.0"),
+        ({"clean__near_dup_threshold": 1.5}, "clean.near_dup_threshold"),
+        ({"clean__drift": {"mean_chars": 1.0, "script_mix": 2.0, "top_tokens": 0.5}},
+         "clean.drift.script_mix"),
+        ({"orchestration__placement": {"train": "gpu-big"}},
+         "placement.train: 'gpu-big' is not the stage pool 'gpu'"),
     ],
 )
 def test_bad_params_name_the_key(raw, changes, expected):
