@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from components import clean, corpus, embed, ingest, tokenize, windows
+from components import clean, embed, ingest, readers, tokenize, windows
 from components.errors import GruflowError
 from components.params import Params, load_params
 from components.tokenize import BOS, EOS, PAD, UNK
@@ -496,7 +496,7 @@ def split_whole(raw: bytes, unit: str) -> list[str]:
 
 @pytest.mark.parametrize("unit", ["line", "paragraph"])
 def test_streamed_text_units_match_whole_file_split(params, tmp_path, monkeypatch, unit):
-    monkeypatch.setattr(corpus, "READ_BYTES", 5)  # chunk edges fall everywhere, inside \r\n too
+    monkeypatch.setattr(readers, "READ_BYTES", 5)  # chunk edges fall everywhere, inside \r\n too
     rng = random.Random(0)
     pieces = ["word", "two words", "é ü", "  ", "\t", "\u3000", "\n", "\r\n", "\r", "\n\n",
               "\r\n\r\n", "\n  \n", " \r\n\t\n  "]
@@ -507,7 +507,7 @@ def test_streamed_text_units_match_whole_file_split(params, tmp_path, monkeypatc
             raw = b"\xef\xbb\xbf" + raw
         path = tmp_path / f"{i}.txt"
         path.write_bytes(raw)
-        assert [d.text for d in corpus.file_documents(path, cfg)] == split_whole(raw, unit), raw
+        assert [d.text for d in readers.file_documents(path, cfg)] == split_whole(raw, unit), raw
 
 
 def test_ingest_flags_bad_bytes_per_line_document(params, tmp_path):
@@ -520,7 +520,7 @@ def test_ingest_flags_bad_bytes_per_line_document(params, tmp_path):
 
 
 def test_ingest_table_columns_may_change_type_down_the_file(params, tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "READ_BYTES", 256)  # many CSV blocks: inference sees the first
+    monkeypatch.setattr(readers, "READ_BYTES", 256)  # many CSV blocks: inference sees the first
     src = tmp_path / "src"
     src.mkdir()
     n = 200
@@ -560,9 +560,9 @@ def write_streaming_corpus(root: Path, n: int) -> int:
 MEMORY_PROBE = """
 import json, re, sys
 from pathlib import Path
-from components import corpus, ingest
+from components import ingest, readers
 from components.params import load_params
-corpus.READ_BYTES, corpus.BATCH_ROWS = 1 << 16, 64
+readers.READ_BYTES, readers.BATCH_ROWS = 1 << 16, 64
 ingest.BATCH_DOCS, ingest.BATCH_CHARS = 64, 1 << 17
 root, cfg = Path(sys.argv[1]), load_params(sys.argv[2]).data.model_copy(update={"unit": "line"})
 def run(name):
