@@ -14,10 +14,11 @@ import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.task_engine import TaskRunTimeoutError
 
 from components.params import Params, load_params
 from flows import placement, registry, tracking
-from flows.stages import STAGES, is_changed, reproduce
+from flows.stages import STAGES, StageTimeout, is_changed, reproduce, stage_timeout
 
 TRACKED = ("embed", "tune", "train", "evaluate")  # stages that get a nested MLflow run
 
@@ -32,9 +33,9 @@ class PipelineResult:
 
 
 @task(name="stage")
-def run_stage(root: Path, stage: str, force: bool = False) -> bool:
+def run_stage(root: Path, stage: str, force: bool = False, timeout: float | None = None) -> bool:
     get_run_logger().info("stage %s: starting", stage)
-    ran = reproduce(root, stage, force=force)
+    ran = reproduce(root, stage, force=force, timeout=timeout)
     get_run_logger().info("stage %s: %s", stage, "done" if ran else "up to date, skipped")
     return ran
 
@@ -55,15 +56,44 @@ def _log_stage(root: Path, params: Params, stage: str, run_id: str) -> dict:
 def tracked_stage(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dict]:
     """A stage inside its own nested MLflow run (opened only when the stage will run); the
     stage logs live to it through GRUFLOW_MLFLOW_RUN_ID (train epochs, tune trials)."""
+    limit = params.orchestration.stage_timeout
     if not (force or is_changed(root, stage)):
-        return run_stage.fn(root, stage), {}
+        return run_stage.fn(root, stage, timeout=limit), {}
     with mlflow.start_run(run_name=stage, nested=True) as run:
         os.environ["GRUFLOW_MLFLOW_RUN_ID"] = run.info.run_id
         try:
-            ran = run_stage.fn(root, stage, force)
+            ran = run_stage.fn(root, stage, force, limit)
         finally:
             os.environ.pop("GRUFLOW_MLFLOW_RUN_ID", None)
     return ran, _log_stage(root, params, stage, run.info.run_id)
+
+
+def placed_stage(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dict]:
+    """A stage on its work pool; a tracked one gets its nested MLflow run here, as locally,
+    and the worker's stage command logs live to it (run id and store passed as parameters)."""
+    if stage not in TRACKED or not (force or is_changed(root, stage)):
+        return placement.run_placed(root, params, stage, force), {}
+    with mlflow.start_run(run_name=stage, nested=True) as run:
+        mlflow.set_tag("placement.pool", placement.placed_pool(params, stage))
+        ran = placement.run_placed(root, params, stage, force, mlflow_run_id=run.info.run_id)
+    return ran, _log_stage(root, params, stage, run.info.run_id)
+
+
+def step(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dict]:
+    """One stage where params place it, within orchestration.stage_timeout; (ran, logged)."""
+    limit = params.orchestration.stage_timeout
+    try:
+        if placement.placed_pool(params, stage):  # runs on a work pool's worker
+            return placed_stage(root, params, stage, force)
+        if stage in TRACKED:
+            return tracked_stage.with_options(name=stage, timeout_seconds=limit)(
+                root, params, stage, force)
+        return run_stage.with_options(name=stage, timeout_seconds=limit)(
+            root, stage, force, limit), {}
+    except StageTimeout:
+        raise
+    except TaskRunTimeoutError as exc:  # Prefect's timer fired before the stage's watchdog
+        raise stage_timeout(stage, limit) from exc
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
@@ -103,14 +133,9 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
         mlflow.log_params({"data.source": params.data.source,
                            "registry.model_name": params.registry.model_name})
         for stage in STAGES:
-            if placement.placed_pool(params, stage):  # runs on a work pool's worker
-                ran = placement.run_placed(root, params, stage, force)
-            elif stage in TRACKED:
-                ran, logged = tracked_stage.with_options(name=stage)(root, params, stage, force)
-                if stage == "evaluate":
-                    result.metrics = logged
-            else:
-                ran = run_stage.with_options(name=stage)(root, stage, force)
+            ran, logged = step(root, params, stage, force)
+            if stage == "evaluate":
+                result.metrics = logged
             if ran:
                 result.executed.append(stage)
         result.model_version = register(root, params, parent.info.run_id, result.metrics)

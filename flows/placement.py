@@ -53,6 +53,12 @@ def ensure_remote(root: Path, params: Params) -> str | None:
         return repo.config.get("core", {}).get("remote")
 
 
+def _targets(root: Path, stages: list[str] | None) -> list[str] | None:
+    from flows.stages import target
+
+    return [target(root, s) for s in stages] if stages else None
+
+
 @task(name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def dvc_push(root: Path, targets: list[str] | None = None) -> int:
     """Push the cached outputs (all, or those of `targets` stages) to the default remote."""
@@ -64,7 +70,7 @@ def dvc_push(root: Path, targets: list[str] | None = None) -> int:
                                  "nothing pushed")
         return 0
     with Repo(str(root)) as repo:
-        n = repo.push(targets=targets)
+        n = repo.push(targets=_targets(root, targets))
     get_run_logger().info("dvc push: %d file(s) uploaded to %s", n, remote_url(root, params))
     return n
 
@@ -75,7 +81,7 @@ def dvc_pull(root: Path, targets: list[str] | None = None, with_deps: bool = Fal
 
     ensure_remote(root, load_params(root / "params.yaml"))
     with Repo(str(root)) as repo:
-        repo.pull(targets=targets, with_deps=with_deps)
+        repo.pull(targets=_targets(root, targets), with_deps=with_deps)
 
 
 def placed_pool(params: Params, stage: str) -> str | None:
@@ -104,8 +110,11 @@ def _pack_uncached(root: Path, stage: str) -> str:
 
     from dvc.repo import Repo
 
+    from flows.stages import target
+
     with Repo(str(root)) as repo:
-        paths = [o.def_path for o in repo.stage.collect(stage)[0].outs if not o.use_cache]
+        paths = [o.def_path for o in repo.stage.collect(target(root, stage))[0].outs
+                 if not o.use_cache]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for rel in paths:
@@ -134,9 +143,11 @@ def _merge_lock_entry(root: Path, stage: str, entry: dict) -> None:
     tmp.replace(path)
 
 
-def run_placed(root: Path, params: Params, stage: str, force: bool = False) -> bool:
+def run_placed(root: Path, params: Params, stage: str, force: bool = False,
+               mlflow_run_id: str = "") -> bool:
     """Run `stage` as the gruflow-stage deployment on its pool; bring its outputs back.
-    Called inside the pipeline flow, so the deployment's run is a subflow of it."""
+    Called inside the pipeline flow, so the deployment's run is a subflow of it. With
+    `mlflow_run_id` (the stage's nested run) the worker's stage command logs live to it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
@@ -146,16 +157,22 @@ def run_placed(root: Path, params: Params, stage: str, force: bool = False) -> b
     dvc_push.fn(root)  # the worker pulls the inputs from the remote
     commit = _git_head(root)
     log.info("stage %s: placed on work pool %s (commit %s)", stage, pool, commit[:12])
+    limit = params.orchestration.stage_timeout
     parameters = {"stage": stage, "commit": commit, "force": force,
                   "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file()
-                  else "", "remote": remote_url(root, params)}
-    run = run_deployment(STAGE_DEPLOYMENT, parameters=parameters,
-                         timeout=params.orchestration.stage_timeout, poll_interval=2,
-                         job_variables={})
-    if run.state is None or not run.state.is_completed():
-        state = run.state.name if run.state else "unknown"
-        raise GruflowError(f"placed stage {stage} (flow run {run.id}) ended {state}: "
-                           f"{run.state.message if run.state else ''}")
+                  else "", "remote": remote_url(root, params),
+                  "mlflow_run_id": mlflow_run_id,
+                  "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", "") if mlflow_run_id
+                  else ""}
+    run = run_deployment(STAGE_DEPLOYMENT, parameters=parameters, timeout=limit,
+                         poll_interval=2, job_variables={})
+    if run.state is None or not run.state.is_final():
+        raise GruflowError(f"placed stage {stage} (flow run {run.id}) did not finish within "
+                           f"orchestration.stage_timeout ({limit} s) — raise "
+                           "orchestration.stage_timeout in params.yaml if it needs longer")
+    if not run.state.is_completed():
+        raise GruflowError(f"placed stage {stage} (flow run {run.id}) ended {run.state.name}: "
+                           f"{run.state.message or ''}")
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
@@ -169,11 +186,30 @@ def run_placed(root: Path, params: Params, stage: str, force: bool = False) -> b
     return bool(payload["ran"])
 
 
+def _log_to(tracking_uri: str, run_id: str) -> bool:
+    """Whether this worker reaches the parent's MLflow store and its run (a local sqlite store
+    of another machine is not here: then the parent alone logs the stage's outputs)."""
+    if tracking_uri.startswith("sqlite:///") and \
+            not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return False
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except Exception as exc:  # unreachable server, unknown run: the stage runs untracked
+        get_run_logger().warning("MLflow run %s in %s not reachable (%s): the stage will not "
+                                 "log live", run_id, tracking_uri, exc)
+        return False
+    return True
+
+
 @flow(name="gruflow-stage", log_prints=True)
 def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = "",
-               remote: str = "", project: str = ".") -> bool:
+               remote: str = "", project: str = ".", mlflow_run_id: str = "",
+               tracking_uri: str = "") -> bool:
     """Worker side of a placed stage: the pull steps cloned the branch; check out the parent's
-    `commit`, take its `dvc.lock` (what the upstream stages produced) and its DVC `remote`."""
+    `commit`, take its `dvc.lock` (what the upstream stages produced) and its DVC `remote`;
+    the stage logs live to the parent's nested MLflow run `mlflow_run_id` when given."""
     from flows.stages import STAGES, reproduce
 
     root = Path(project).resolve()
@@ -185,10 +221,14 @@ def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = ""
         (root / "dvc.lock").write_text(lock)
     if remote:
         os.environ["GRUFLOW_DVC_REMOTE"] = remote
+    if mlflow_run_id and tracking_uri and _log_to(tracking_uri, mlflow_run_id):
+        os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri,
+                       "GRUFLOW_MLFLOW_RUN_ID": mlflow_run_id}
     upstream = list(STAGES[:STAGES.index(stage)])
     if upstream:
         dvc_pull(root, upstream)
-    ran = reproduce(root, stage, force=force)
+    limit = load_params(root / "params.yaml").orchestration.stage_timeout
+    ran = reproduce(root, stage, force=force, timeout=limit)
     dvc_push(root, [stage])
     entry = _lock_entry(root, stage)
     create_markdown_artifact(

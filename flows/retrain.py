@@ -79,10 +79,10 @@ def exclusive(root: Path) -> Iterator[None]:
 
 
 @task(name="refresh-source")
-def refresh_source(root: Path) -> bool:
-    """Re-snapshot the source (forced ingest). An unchanged snapshot keeps its hash, so DVC
-    then sees every downstream stage as up to date."""
-    return reproduce(root, "ingest", force=True)
+def refresh_source(root: Path, timeout: float) -> bool:
+    """Re-snapshot the source (forced ingest, stopped after `timeout` s). An unchanged snapshot
+    keeps its hash, so DVC then sees every downstream stage as up to date."""
+    return reproduce(root, "ingest", force=True, timeout=timeout)
 
 
 @task(name="what-changed", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
@@ -159,7 +159,7 @@ def retrain(project: str = ".", force: bool = False) -> RetrainResult:
     log = get_run_logger()
     with exclusive(root):
         tracking_uri = tracking.configure(root, params.mlflow.experiment)
-        refresh_source(root)
+        refresh_source(root, params.orchestration.stage_timeout)
         unchanged, version, reason = what_changed(root, params)
         if unchanged and not force:
             run_id = record_skip(root, params, version, reason)
