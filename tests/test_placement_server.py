@@ -96,6 +96,19 @@ def test_placed_train_on_worker_then_skip(server):
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    mv = MlflowClient().get_model_version("gruflow-lm", "1")
+    client = MlflowClient()
+    mv = client.get_model_version("gruflow-lm", "1")
     assert mv.tags.get("gate.promoted") in ("True", "False")
     assert Path(project / "artifacts/model.keras").is_file()
+    # the placed train stage has its nested run under the pipeline's parent run, as a local
+    # stage does: the worker's stage command logged its epochs live, the parent the rest
+    exp = client.get_experiment_by_name("gruflow").experiment_id
+    [parent] = client.search_runs([exp], "tags.retrain = 'trained'")
+    children = {r.info.run_name: r for r in client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert {"embed", "train", "evaluate"} <= set(children)
+    train = children["train"]
+    assert train.data.tags["placement.pool"] == "gpu"
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [0, 1]
+    assert train.data.params["train.epochs"] == "2"
+    assert "placement.pool" not in children["evaluate"].data.tags  # evaluate ran locally
