@@ -9,6 +9,8 @@ Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import sys
 from pathlib import Path
 
@@ -210,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Run last at exit: the interpreter then skips its final GC pass over the millions of
+    # objects Prefect, MLflow and DVC load (~1.5 s of every command, e.g. a skipped retrain).
+    atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
