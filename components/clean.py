@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from components.artifacts import atomic_dir, atomic_file, write_json
@@ -37,7 +36,7 @@ from components.clean_rules import (  # noqa: F401  (re-exported for tests and b
     strip_html,
 )
 from components.errors import GruflowError, guarded
-from components.near_dup import NearDuplicates
+from components.near_dup import ExactHashes, NearDuplicates
 from components.params import Clean, Split, load_params
 from components.profile import Profiler, check_drift, cjk_rows, main_script, script_counts
 from components.profile import plot as plot_profile
@@ -103,7 +102,7 @@ def prepare(batch: pa.RecordBatch, cfg: Clean) -> Prepared:
     return Prepared(kept, words, scripts, ids, counts)
 
 
-def select(prep: Prepared, split: Split, seen: set[str], counts: dict[str, int],
+def select(prep: Prepared, split: Split, seen: ExactHashes, counts: dict[str, int],
            near: NearDuplicates | None, profiler: Profiler) -> pa.Table:
     """Drop exact and near duplicates of earlier documents (in stream order), profile what is
     kept and give it its split. `seen` and `near` carry what was kept across batches."""
@@ -111,15 +110,19 @@ def select(prep: Prepared, split: Split, seen: set[str], counts: dict[str, int],
         counts[key] += value
     keep = np.ones(len(prep.ids), bool)
     texts = prep.table.column("text")
-    for i, doc in enumerate(prep.ids):
-        if doc in seen:
+    hashes = np.array([int(doc[:16], 16) for doc in prep.ids], np.uint64)
+    earlier = seen.contains(hashes)
+    in_batch: set[int] = set()
+    for i, h in enumerate(hashes.tolist()):
+        if earlier[i] or h in in_batch:
             keep[i] = False
             counts["dropped_duplicates"] += 1
             continue
-        seen.add(doc)  # before the near check: a later exact copy counts as an exact duplicate
-        if near is not None and near.is_duplicate(doc, texts[i].as_py()):
+        in_batch.add(h)  # before the near check: a later exact copy counts as an exact duplicate
+        if near is not None and near.is_duplicate(prep.ids[i], texts[i].as_py()):
             keep[i] = False
             counts["dropped_near_duplicates"] += 1
+    seen.add(np.array(sorted(in_batch), np.uint64))
     mask = pa.array(keep, pa.bool_())
     ids = pa.array(prep.ids, pa.string()).filter(mask)
     kept = prep.table.filter(mask)
@@ -131,7 +134,7 @@ def select(prep: Prepared, split: Split, seen: set[str], counts: dict[str, int],
     return pa.table([ids, kept.column("text"), kept.column("source"), splits], schema=SCHEMA)
 
 
-def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: set[str],
+def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: ExactHashes,
                 counts: dict[str, int], near: NearDuplicates | None = None,
                 profiler: Profiler | None = None) -> pa.Table:
     """Clean one batch in the calling thread (prepare + select)."""
@@ -155,6 +158,16 @@ def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
             yield pending.popleft().result()
 
 
+def read_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
+    """The snapshot's text, source (and split, when given) in record batches, one row group
+    at a time: no read-ahead beyond what is being cleaned (a Dataset scan pre-buffers)."""
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        columns = ["text", "source", *(["split"] if "split" in names else [])]
+        yield from parquet.iter_batches(batch_size=size, columns=columns, use_threads=False)
+
+
 def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         profile_path: Path | None = None, source: list[str] | None = None) -> dict:
     """Clean the snapshot in record batches. With `profile_path`, also write the data profile
@@ -169,17 +182,14 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
                             "dropped_duplicates", "dropped_near_duplicates",
                             "documents_out", "characters_out"], 0)
     per_split = dict.fromkeys(SPLITS, 0)
-    seen: set[str] = set()
+    seen = ExactHashes()
     near = NearDuplicates(cfg.near_dup_threshold, cfg.near_dup_ngram) if cfg.near_dup else None
     profiler = Profiler()
     with atomic_dir(out_dir) as tmp:
         writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, compression="zstd")
                    for s in SPLITS}
         try:
-            dataset = ds.dataset(files)
-            columns = ["text", "source", *(["split"] if "split" in dataset.schema.names else [])]
-            batches = dataset.to_batches(columns=columns, batch_size=BATCH_DOCS,
-                                         batch_readahead=2, fragment_readahead=1)
+            batches = read_batches(files, BATCH_DOCS)
             for prep in prepared_batches(batches, cfg, counts):
                 table = select(prep, split, seen, counts, near, profiler)
                 counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0

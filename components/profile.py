@@ -131,7 +131,7 @@ class Profiler:
         # top words from the first TOKEN_SAMPLE_CHARS characters of each batch: heavy hitters
         # are stable under sampling, and counting every word cost more than all the rules
         rows = max(1, int(np.searchsorted(np.cumsum(lengths), TOKEN_SAMPLE_CHARS)))
-        text = text.slice(0, rows)
+        text = pc.utf8_slice_codeunits(text.slice(0, rows), 0, TOKEN_SAMPLE_CHARS)  # 50 MB line
         self.sampled_characters += int(lengths[:rows].sum())
         if cjk_rows(scripts[:rows]).any():
             text = pc.replace_substring_regex(text, _CJK_CHAR, r" \1 ")  # CJK: a char is a word

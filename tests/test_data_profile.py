@@ -156,3 +156,18 @@ def test_drift_statistics():
     assert profile.drift(prev, prev) == {"mean_chars": 0.0, "script_mix": 0.0,
                                          "top_tokens": 0.0}
     assert np.isfinite(list(profile.drift({}, cur).values())).all()
+
+
+def test_exact_hashes_agree_with_a_set_over_many_batches():
+    from components.near_dup import ExactHashes
+
+    rng = np.random.default_rng(0)
+    seen, reference = ExactHashes(), set()
+    for _ in range(200):
+        batch = rng.integers(0, 5_000, size=rng.integers(0, 60), dtype=np.uint64)
+        found = seen.contains(batch)
+        assert found.tolist() == [int(h) in reference for h in batch]
+        seen.add(batch)
+        reference.update(int(h) for h in batch)
+    assert len(seen) == len(reference)
+    assert len(seen.runs) <= 12  # log-structured: few runs, however many batches
