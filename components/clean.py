@@ -38,11 +38,22 @@ from components.clean_rules import (  # noqa: F401  (re-exported for tests and b
 from components.errors import GruflowError, guarded
 from components.near_dup import ExactHashes, NearDuplicates
 from components.params import Clean, Split, load_params
-from components.profile import Profiler, check_drift, cjk_rows, main_script, script_counts
+from components.profile import (
+    CJK_CHAR,
+    Profiler,
+    Sample,
+    check_drift,
+    main_script,
+    sample,
+    script_counts,
+)
 from components.profile import plot as plot_profile
 
 SPLITS = ("train", "val", "test")
 BATCH_DOCS = 4096
+# unique text needs no dictionary, and min/max statistics of text would only grow the footer
+WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1,
+                 "use_dictionary": ["source", "split"], "write_statistics": ["source", "split"]}
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])
 def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
@@ -60,14 +71,16 @@ def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
 class Prepared:
     """One batch after the per-row rules (computed in a worker thread)."""
 
-    table: pa.Table        # text, source, split (as the source gives it)
+    table: pa.Table        # text, source, split (the source's own, else the hashed one)
+    lengths: np.ndarray    # characters per document
     words: np.ndarray      # words per document
-    scripts: np.ndarray    # (N, classes) character counts per document
     ids: list[str]         # content hashes
+    hashes: np.ndarray     # the same as uint64, for the exact-duplicate memory
+    sample: Sample         # the batch's profile sample: word counts, script mix
     counts: dict[str, int]
 
 
-def prepare(batch: pa.RecordBatch, cfg: Clean) -> Prepared:
+def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
     """Rules, length/word/script filters and hashes of one batch: pure, so batches run in
     parallel threads (pyarrow.compute releases the GIL)."""
     counts = dict.fromkeys(("dropped_too_short", "dropped_too_few_words", "dropped_script"), 0)
@@ -85,63 +98,60 @@ def prepare(batch: pa.RecordBatch, cfg: Clean) -> Prepared:
     long_enough = pc.greater_equal(pc.utf8_length(kept["text"]), cfg.min_chars)
     counts["dropped_too_short"] = kept.num_rows - pc.sum(long_enough).as_py()
     kept = kept.filter(long_enough)
-    values = kept.column("text").to_pylist()
-    scripts = script_counts(values)
-    words = count_words(kept.column("text").combine_chunks(), pa.array(cjk_rows(scripts)))
+    text = kept.column("text").combine_chunks()
+    words = count_words(text, pc.match_substring_regex(text, CJK_CHAR))
     enough = pc.greater_equal(words, cfg.min_words)
     counts["dropped_too_few_words"] = kept.num_rows - (pc.sum(enough).as_py() or 0)
-    wanted = enough.to_numpy(zero_copy_only=False)
-    kept, words, scripts = kept.filter(enough), words.filter(enough).to_numpy(), scripts[wanted]
-    values = [v for v, w in zip(values, wanted, strict=True) if w]
-    if cfg.scripts:
-        wanted = np.isin(main_script(scripts), cfg.scripts)
+    kept, words = kept.filter(enough), words.filter(enough).to_numpy()
+    values = kept.column("text").to_pylist()
+    if cfg.scripts:  # per-document script counts only when filtering by script
+        wanted = np.isin(main_script(script_counts(values)), cfg.scripts)
         counts["dropped_script"] = int((~wanted).sum())
-        kept, words, scripts = kept.filter(pa.array(wanted)), words[wanted], scripts[wanted]
+        kept, words = kept.filter(pa.array(wanted)), words[wanted]
         values = [v for v, w in zip(values, wanted, strict=True) if w]
     ids = [hashlib.sha256(v.encode("utf-8")).hexdigest()[:20] for v in values]
-    return Prepared(kept, words, scripts, ids, counts)
-
-
-def select(prep: Prepared, split: Split, seen: ExactHashes, counts: dict[str, int],
-           near: NearDuplicates | None, profiler: Profiler) -> pa.Table:
-    """Drop exact and near duplicates of earlier documents (in stream order), profile what is
-    kept and give it its split. `seen` and `near` carry what was kept across batches."""
-    for key, value in prep.counts.items():
-        counts[key] += value
-    keep = np.ones(len(prep.ids), bool)
-    texts = prep.table.column("text")
-    hashes = np.array([int(doc[:16], 16) for doc in prep.ids], np.uint64)
-    earlier = seen.contains(hashes)
-    in_batch: set[int] = set()
-    for i, h in enumerate(hashes.tolist()):
-        if earlier[i] or h in in_batch:
-            keep[i] = False
-            counts["dropped_duplicates"] += 1
-            continue
-        in_batch.add(h)  # before the near check: a later exact copy counts as an exact duplicate
-        if near is not None and near.is_duplicate(prep.ids[i], texts[i].as_py()):
-            keep[i] = False
-            counts["dropped_near_duplicates"] += 1
-    seen.add(np.array(sorted(in_batch), np.uint64))
-    mask = pa.array(keep, pa.bool_())
-    ids = pa.array(prep.ids, pa.string()).filter(mask)
-    kept = prep.table.filter(mask)
-    profiler.add(kept.column("text").combine_chunks(), pc.utf8_length(kept["text"]).to_numpy(),
-                 prep.words[keep], prep.scripts[keep])
-    hashed = assign_split(ids.to_pylist(), split)
+    hashed = assign_split(ids, split)
     splits = pa.array([g or h for g, h in zip(kept["split"].to_pylist(), hashed, strict=True)],
                       pa.string())  # the source's own split wins over the hash
-    return pa.table([ids, kept.column("text"), kept.column("source"), splits], schema=SCHEMA)
+    kept = kept.set_column(2, "split", splits)
+    lengths = pc.utf8_length(kept["text"]).to_numpy()
+    return Prepared(kept, lengths, words, ids, np.array([int(i[:16], 16) for i in ids], np.uint64),
+                    sample(kept.column("text"), lengths), counts)
+
+
+def select(prep: Prepared, seen: ExactHashes, counts: dict[str, int],
+           near: NearDuplicates | None, profiler: Profiler) -> pa.Table:
+    """Drop exact and near duplicates of earlier documents (in stream order), profile what is
+    kept. `seen` and `near` carry what was kept across batches."""
+    for key, value in prep.counts.items():
+        counts[key] += value
+    _, first = np.unique(prep.hashes, return_index=True)
+    keep = np.zeros(len(prep.ids), bool)
+    keep[first] = True  # the first copy within the batch ...
+    keep &= ~seen.contains(prep.hashes)  # ... unless an earlier batch had it
+    counts["dropped_duplicates"] += len(keep) - int(keep.sum())
+    seen.add(prep.hashes[keep])  # before the near check: a later exact copy is an exact dup
+    if near is not None:
+        texts = prep.table.column("text")
+        for i in np.flatnonzero(keep):
+            if near.is_duplicate(prep.ids[i], texts[i].as_py()):
+                keep[i] = False
+                counts["dropped_near_duplicates"] += 1
+    mask = pa.array(keep, pa.bool_())
+    profiler.add(prep.lengths[keep], prep.words[keep], prep.sample)
+    table = prep.table.filter(mask)
+    ids = pa.array(prep.ids, pa.string()).filter(mask)
+    return pa.table([ids, table["text"], table["source"], table["split"]], schema=SCHEMA)
 
 
 def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: ExactHashes,
                 counts: dict[str, int], near: NearDuplicates | None = None,
                 profiler: Profiler | None = None) -> pa.Table:
     """Clean one batch in the calling thread (prepare + select)."""
-    return select(prepare(batch, cfg), split, seen, counts, near, profiler or Profiler())
+    return select(prepare(batch, cfg, split), seen, counts, near, profiler or Profiler())
 
 
-def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
+def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean, split: Split,
                      counts: dict[str, int]) -> Iterator[Prepared]:
     """`prepare` on every core, results in input order, at most 2 batches per core in flight
     (bounded memory)."""
@@ -151,7 +161,7 @@ def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
         for batch in batches:
             counts["documents_in"] += batch.num_rows
             counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
-            pending.append(pool.submit(prepare, batch, cfg))
+            pending.append(pool.submit(prepare, batch, cfg, split))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -186,12 +196,12 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     near = NearDuplicates(cfg.near_dup_threshold, cfg.near_dup_ngram) if cfg.near_dup else None
     profiler = Profiler()
     with atomic_dir(out_dir) as tmp:
-        writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, compression="zstd")
+        writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, **WRITE_OPTIONS)
                    for s in SPLITS}
         try:
             batches = read_batches(files, BATCH_DOCS)
-            for prep in prepared_batches(batches, cfg, counts):
-                table = select(prep, split, seen, counts, near, profiler)
+            for prep in prepared_batches(batches, cfg, split, counts):
+                table = select(prep, seen, counts, near, profiler)
                 counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0
                 for name in SPLITS:
                     part = table.filter(pc.equal(table["split"], name))

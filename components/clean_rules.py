@@ -110,19 +110,23 @@ _PII_NEEDLE = {"email": "@", "url": None, "ip": None, "phone": None}
 
 def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>. Each mask
-    is counted as the growth of its placeholder (no pattern can match inside a placeholder)."""
+    is counted as the growth of its placeholder on the rows the rule changed (no pattern can
+    match inside a placeholder)."""
     counts = {}
     for name, pattern in PII:
         placeholder = f"<{name}>"
-        before = total(pc.count_substring(text, placeholder))
 
         def mask(sub: pa.Array, pattern: str = pattern, placeholder: str = placeholder):
             return pc.replace_substring_regex(sub, pattern, placeholder)
 
         needle = _PII_NEEDLE[name]
+        before = text
         text = mask(text) if needle is None else on_rows(text, pc.match_substring(text, needle),
                                                          mask)
-        counts[f"masked_{name}"] = total(pc.count_substring(text, placeholder)) - before
+        changed = pc.fill_null(pc.not_equal(before, text), False)
+        counts[f"masked_{name}"] = (
+            total(pc.count_substring(text.filter(changed), placeholder))
+            - total(pc.count_substring(before.filter(changed), placeholder)))
     return text, counts
 
 

@@ -76,10 +76,11 @@ class ExactHashes:
         return found
 
     def add(self, hashes: np.ndarray) -> None:
-        run = np.unique(hashes)
-        run = run[~self.contains(run)]  # each hash in one run only
+        run = np.sort(hashes)
+        run = run[np.append(True, run[1:] != run[:-1])] if len(run) else run
+        run = run[~self.contains(run)]  # each hash lives in one run only
         if not len(run):
             return
-        while self.runs and len(self.runs[-1]) <= 2 * len(run):
-            run = np.union1d(self.runs.pop(), run)
+        while self.runs and len(self.runs[-1]) <= 2 * len(run):  # disjoint: concatenate + sort
+            run = np.sort(np.concatenate([self.runs.pop(), run]), kind="stable")
         self.runs.append(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,6 @@ def _classify_group(texts: list[str], group: list[int], out: np.ndarray) -> None
         out[rows, c] = np.add.reduceat((classes == c).astype(np.int32), starts)
 
 
-def cjk_rows(counts: np.ndarray) -> np.ndarray:
-    """Which documents hold Chinese/Japanese characters (written without spaces)."""
-    return (counts[:, CLASSES.index("Han")] + counts[:, CLASSES.index("Kana")]) > 0
-
-
 def main_script(counts: np.ndarray) -> list[str]:
     """Each document's most frequent letter script ("Other" when it has no letters)."""
     letters = counts[:, :_LETTERS]
@@ -97,12 +93,38 @@ def main_script(counts: np.ndarray) -> list[str]:
     return [SCRIPTS[b] if letters[i, b] else "Other" for i, b in enumerate(best)]
 
 
-_CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
+CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 # punctuation trimmed off blank-separated words (no regex: this runs on every batch)
 _PUNCT = "\"'`.,;:!?()[]{}<>*#=|/\\-–—«»“”‘’„…、。，；：！？（）「」『』《》"
 TOP_K = 50
 TOKEN_SAMPLE_CHARS = 256_000
+_RESERVOIR = 100_000  # document lengths kept for the quantiles
 _COUNTER_CAP = 200_000  # distinct words kept between batches (heavy hitters survive pruning)
+
+
+@dataclass
+class Sample:
+    """What the profile takes from a batch's first TOKEN_SAMPLE_CHARS characters."""
+
+    characters: int
+    scripts: np.ndarray   # character counts per class
+    top: dict[str, int]   # word counts (lower-cased, punctuation trimmed, a CJK char a word)
+
+
+def sample(text: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> Sample:
+    """Script mix and word counts of the first TOKEN_SAMPLE_CHARS characters of a batch: both
+    are stable under sampling, and measuring every character cost more than all the rules."""
+    rows = max(1, int(np.searchsorted(np.cumsum(lengths), TOKEN_SAMPLE_CHARS)))
+    text = pc.utf8_slice_codeunits(text.slice(0, rows), 0, TOKEN_SAMPLE_CHARS)  # 50 MB line
+    scripts = script_counts(text.to_pylist()).sum(axis=0)
+    if scripts[CLASSES.index("Han")] + scripts[CLASSES.index("Kana")]:
+        text = pc.replace_substring_regex(text, CJK_CHAR, r" \1 ")
+    words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
+    tokens = pc.utf8_trim(words, _PUNCT)
+    counts = pc.value_counts(tokens.filter(pc.not_equal(tokens, "")))
+    top = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                   strict=True))
+    return Sample(int(scripts.sum()), scripts, top)
 
 
 class Profiler:
@@ -116,42 +138,29 @@ class Profiler:
         self.scripts = np.zeros(len(CLASSES), np.int64)
         self.top = Counter()
         self.sampled_characters = 0
-        self.lengths: list[int] = []  # a bounded reservoir for the quantiles
+        self.lengths = np.zeros(0, np.int64)  # a bounded reservoir for the quantiles
         self._rng = np.random.default_rng(0)
 
-    def add(self, text: pa.Array, lengths: np.ndarray, words: np.ndarray,
-            scripts: np.ndarray) -> None:
+    def add(self, lengths: np.ndarray, words: np.ndarray, part: Sample) -> None:
+        """One batch's kept documents (lengths, words) and its sample."""
         self.documents += len(lengths)
         self.characters += int(lengths.sum())
         self.words += int(words.sum())
         bins = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
         self.length_bins += np.bincount(np.minimum(bins, 31), minlength=32)
-        self.scripts += scripts.sum(axis=0)
-        self._sample(lengths)
-        # top words from the first TOKEN_SAMPLE_CHARS characters of each batch: heavy hitters
-        # are stable under sampling, and counting every word cost more than all the rules
-        rows = max(1, int(np.searchsorted(np.cumsum(lengths), TOKEN_SAMPLE_CHARS)))
-        text = pc.utf8_slice_codeunits(text.slice(0, rows), 0, TOKEN_SAMPLE_CHARS)  # 50 MB line
-        self.sampled_characters += int(lengths[:rows].sum())
-        if cjk_rows(scripts[:rows]).any():
-            text = pc.replace_substring_regex(text, _CJK_CHAR, r" \1 ")  # CJK: a char is a word
-        words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
-        tokens = pc.utf8_trim(words, _PUNCT)
-        counts = pc.value_counts(tokens.filter(pc.not_equal(tokens, "")))
-        self.top.update(dict(zip(counts.field("values").to_pylist(),
-                                 counts.field("counts").to_pylist(), strict=True)))
+        self.scripts += part.scripts
+        self.sampled_characters += part.characters
+        self.top.update(part.top)
         if len(self.top) > _COUNTER_CAP:
             self.top = Counter(dict(self.top.most_common(_COUNTER_CAP // 2)))
-
-    def _sample(self, lengths: np.ndarray, cap: int = 100_000) -> None:
-        self.lengths.extend(int(v) for v in lengths)
-        if len(self.lengths) > cap:  # uniform down-sample: quantiles stay unbiased
-            keep = self._rng.choice(len(self.lengths), cap // 2, replace=False)
-            self.lengths = [self.lengths[i] for i in sorted(keep)]
+        self.lengths = np.concatenate([self.lengths, lengths])
+        if len(self.lengths) > _RESERVOIR:  # uniform down-sample: quantiles stay unbiased
+            keep = np.sort(self._rng.choice(len(self.lengths), _RESERVOIR // 2, replace=False))
+            self.lengths = self.lengths[keep]
 
     def finish(self, source: list[str], split_documents: dict[str, int]) -> dict:
         total = max(int(self.scripts.sum()), 1)
-        q = np.quantile(self.lengths, [0.5, 0.9, 0.99]) if self.lengths else [0, 0, 0]
+        q = np.quantile(self.lengths, [0.5, 0.9, 0.99]) if len(self.lengths) else [0, 0, 0]
         return {
             "source": source,
             "documents": self.documents,
@@ -165,7 +174,7 @@ class Profiler:
             "script_mix": {name: round(int(n) / total, 6)
                            for name, n in zip(CLASSES, self.scripts, strict=True) if n},
             "top_tokens": [[w, n] for w, n in self.top.most_common(TOP_K)],
-            "top_tokens_sampled_characters": self.sampled_characters,
+            "sampled_characters": self.sampled_characters,  # script mix, top tokens
         }
 
 
