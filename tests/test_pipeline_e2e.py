@@ -88,8 +88,10 @@ def isolated_env(base: Path, **extra: str) -> dict:
     """This environment minus MLflow/Prefect/gruflow settings, with a Prefect home in base."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    # a busy CI box can take longer than Prefect's default 20 s to start its temporary server
     return env | {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-                  "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+                  "TF_CPP_MIN_LOG_LEVEL": "2",
+                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **extra}
 
 
 def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
