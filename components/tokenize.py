@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -107,7 +106,7 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
 
 def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
     """`encode` as an Arrow list<int32> array, framed with numpy instead of per-document lists."""
-    ids = [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=False)]
+    ids = [enc.ids for enc in tok.encode_batch_fast(texts, add_special_tokens=False)]
     lengths = np.fromiter((len(x) + 2 for x in ids), np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -119,9 +118,14 @@ def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
+def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """One row group at a time (a Dataset scan pre-buffers far ahead: memory would grow)."""
+    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_DOCS, columns=columns,
+                                                 use_threads=False)
+
+
 def _texts(path: Path) -> Iterator[str]:
-    for batch in ds.dataset(path).to_batches(columns=["text"], batch_readahead=2,
-                                             fragment_readahead=1):
+    for batch in _batches(path, ["text"]):
         yield from batch.column("text").to_pylist()
 
 
@@ -136,9 +140,7 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0
             with pq.ParquetWriter(tmp / f"{split}.parquet", SCHEMA, compression="zstd") as writer:
-                for batch in ds.dataset(clean_dir / f"{split}.parquet").to_batches(
-                        columns=["doc_id", "text"], batch_size=BATCH_DOCS, batch_readahead=2,
-                        fragment_readahead=1):
+                for batch in _batches(clean_dir / f"{split}.parquet", ["doc_id", "text"]):
                     text = batch.column("text")
                     ids = encode_ids(tok, text.to_pylist())
                     flat = ids.values.to_numpy()
