@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+import string
 import unicodedata
 
 import pyarrow as pa
@@ -69,6 +70,17 @@ def total(values: pa.Array) -> int:
     return pc.sum(values).as_py() or 0
 
 
+def literal(text: str) -> str:
+    """A regex matching `text` literally (RE2 accepts a backslash before ASCII punctuation)."""
+    return "".join("\\" + c if c in string.punctuation else c for c in text)
+
+
+def has(text: pa.Array, needle: str) -> pa.Array:
+    """Rows containing `needle`. Through RE2 (memchr-fast), not match_substring, which
+    scans several times slower in pyarrow 25."""
+    return pc.match_substring_regex(text, literal(needle))
+
+
 def on_rows(text: pa.Array, rows: pa.Array, rule) -> pa.Array:
     """Apply `rule` to the rows flagged by `rows` only, leaving the others untouched."""
     rows = pc.fill_null(rows, False)
@@ -79,7 +91,7 @@ def on_rows(text: pa.Array, rows: pa.Array, rule) -> pa.Array:
 
 def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     """Drop tags (block tags -> line break), then unescape entities on rows that hold one.
-    Only rows with a '<' (tags) or a '&' (entities) are scanned."""
+    Only rows with a '<' (tags) or an entity are scanned."""
     counts = {"html_tags_removed": 0, "html_entities_unescaped": 0}
 
     def tags(sub: pa.Array) -> pa.Array:
@@ -99,8 +111,8 @@ def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
                 values[i] = html.unescape(value)
         return pa.array(values, pa.string())
 
-    text = on_rows(text, pc.match_substring(text, "<"), tags)
-    text = on_rows(text, pc.match_substring(text, "&"), entities)
+    text = on_rows(text, has(text, "<"), tags)
+    text = on_rows(text, pc.match_substring_regex(text, HTML_ENTITY), entities)
     return text, counts
 
 
@@ -121,12 +133,12 @@ def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
 
         needle = _PII_NEEDLE[name]
         before = text
-        text = mask(text) if needle is None else on_rows(text, pc.match_substring(text, needle),
+        text = mask(text) if needle is None else on_rows(text, has(text, needle),
                                                          mask)
         changed = pc.fill_null(pc.not_equal(before, text), False)
         counts[f"masked_{name}"] = (
-            total(pc.count_substring(text.filter(changed), placeholder))
-            - total(pc.count_substring(before.filter(changed), placeholder)))
+            total(pc.count_substring_regex(text.filter(changed), literal(placeholder)))
+            - total(pc.count_substring_regex(before.filter(changed), literal(placeholder))))
     return text, counts
 
 

@@ -97,7 +97,7 @@ CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 # punctuation trimmed off blank-separated words (no regex: this runs on every batch)
 _PUNCT = "\"'`.,;:!?()[]{}<>*#=|/\\-–—«»“”‘’„…、。，；：！？（）「」『』《》"
 TOP_K = 50
-TOKEN_SAMPLE_CHARS = 256_000
+TOKEN_SAMPLE_CHARS = 64_000
 _RESERVOIR = 100_000  # document lengths kept for the quantiles
 _COUNTER_CAP = 200_000  # distinct words kept between batches (heavy hitters survive pruning)
 
