@@ -155,9 +155,9 @@ def nfkc(text: pa.Array) -> pa.Array:
 
 
 def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
-    """Words per document (WORD): blank-separated runs, except on rows with CJK characters,
-    where the regex also counts each CJK character as a word."""
-    words = pc.cast(pc.list_value_length(pc.utf8_split_whitespace(text)), pa.int64())
+    """Words per document (WORD): runs between ASCII blanks (RE2's \\s, as in WORD), except on
+    rows with CJK characters, where the regex also counts each CJK character as a word."""
+    words = pc.cast(pc.list_value_length(pc.ascii_split_whitespace(text)), pa.int64())
     return on_rows(words, cjk_rows, lambda _: pc.cast(pc.count_substring_regex(
         text.filter(pc.fill_null(cjk_rows, False)), WORD), pa.int64()))
 
