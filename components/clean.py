@@ -181,7 +181,7 @@ def read_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
 def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         profile_path: Path | None = None, source: list[str] | None = None) -> dict:
     """Clean the snapshot in record batches. With `profile_path`, also write the data profile
-    (JSON + PNG beside it) after gating its drift against the profile already there."""
+    (JSON + SVG beside it) after gating its drift against the profile already there."""
     files = sorted(raw_dir.glob("*.parquet"))
     if not files:
         raise GruflowError(f"{raw_dir}: no Parquet snapshot — run the ingest stage first")
@@ -221,8 +221,8 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     write_json(report, summary)
     if profile_path is not None:
         write_json(profile_path, profile)
-        with atomic_file(profile_path.with_suffix(".png")) as tmp_png:
-            plot_profile(profile, tmp_png)
+        with atomic_file(profile_path.with_suffix(".svg")) as tmp_svg:
+            plot_profile(profile, tmp_svg)
     return summary
 
 

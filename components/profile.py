@@ -1,4 +1,4 @@
-"""The cleaned corpus's profile (`reports/data_profile.json` + `.png`) and its drift gate.
+"""The cleaned corpus's profile (`reports/data_profile.json` + `.svg`) and its drift gate.
 
 A human reads the profile to understand a corpus: document lengths (histogram), the mix of
 writing systems, the most frequent words. The clean stage builds it batch by batch in bounded
@@ -8,9 +8,9 @@ Usage: `p = Profiler(); p.add(texts, splits); report = p.finish()`.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -205,34 +205,51 @@ def check_drift(previous: dict | None, current: dict, limits: Drift, where: Path
         if limit and value > limit:
             raise GruflowError(
                 f"clean: data drift — {name} moved {value:.3f} > clean.drift.{name}={limit} "
-                f"against the previous {where}; inspect the new data (reports/data_profile.png), "
+                f"against the previous {where}; inspect the new data (reports/data_profile.svg), "
                 f"then raise clean.drift.{name} (0 = off) or delete {where} to accept it"
             )
     return {k: round(v, 6) for k, v in moved.items()}
 
 
+_PANEL_W, _ROW_H, _LABEL_W, _TOP = 400, 16, 110, 48
+
+
+def _panel(x0: int, title: str, rows: list[tuple[str, float]], color: str,
+           fmt=lambda v: f"{v:g}") -> list[str]:
+    """One horizontal bar chart: a label, a bar scaled to the largest value, the value."""
+    peak = max((v for _, v in rows), default=0) or 1
+    out = [f'<text x="{x0}" y="28" font-size="15" font-weight="bold">{escape(title)}</text>']
+    for i, (label, value) in enumerate(rows):
+        y = _TOP + i * _ROW_H
+        width = (_PANEL_W - _LABEL_W - 70) * value / peak
+        out += [f'<text x="{x0 + _LABEL_W - 6}" y="{y + 12}" text-anchor="end">'
+                f'{escape(label[:18])}</text>',
+                f'<rect x="{x0 + _LABEL_W}" y="{y + 2}" width="{width:.1f}" '
+                f'height="{_ROW_H - 4}" fill="{color}"/>',
+                f'<text x="{x0 + _LABEL_W + width + 4:.1f}" y="{y + 12}">{fmt(value)}</text>']
+    return out
+
+
 def plot(profile: dict, out: Path) -> None:
-    """Length histogram (log2 bins), character-script mix and top words, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """An SVG of the length histogram (log2 bins), the character-script mix and the top words,
+    side by side. Written directly: a browser, MLflow and `dvc plots` show it, and it costs
+    nothing next to importing and drawing with a plotting library."""
     hist = profile["length_histogram"]["documents"]
-    last = max((i for i, n in enumerate(hist) if n), default=0)
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax1.bar([f"{2 ** b}" for b in range(last + 1)], hist[:last + 1], color="tab:blue")
-    ax1.set(xlabel="characters per document (≥, log2 bins)", ylabel="documents",
-            title=f"{profile['documents']} documents, {profile['characters']} characters")
-    ax1.tick_params(axis="x", labelrotation=60, labelsize=7)
-    mix = sorted(profile["script_mix"].items(), key=lambda kv: -kv[1])
-    ax2.barh([k for k, _ in mix][::-1], [v for _, v in mix][::-1], color="tab:green")
-    ax2.set(xlabel="share of characters", title="character scripts")
-    top = profile["top_tokens"][:20][::-1]
-    ax3.barh([w for w, _ in top], [n for _, n in top], color="tab:orange")
-    ax3.set(xlabel="occurrences", title="top words")
-    with warnings.catch_warnings():  # words in scripts the default font lacks draw as boxes;
-        warnings.simplefilter("ignore", UserWarning)  # the JSON has them exactly
-        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.2, top=0.9, wspace=0.3)
-        fig.savefig(out, dpi=90)
-    plt.close(fig)
+    used = [b for b, n in enumerate(hist) if n]
+    bins = range(used[0], used[-1] + 1) if used else range(0)
+    panels = [
+        (f"{profile['documents']} documents: characters each",
+         [(f"≥ {2 ** b}", hist[b]) for b in bins], "#4878a8", lambda v: f"{v:g}"),
+        ("character scripts (share)", sorted(profile["script_mix"].items(), key=lambda kv: -kv[1]),
+         "#4a9a5a", lambda v: f"{v:.1%}"),
+        ("top words", [(w, n) for w, n in profile["top_tokens"][:24]], "#d08040",
+         lambda v: f"{v:g}"),
+    ]
+    rows = max(len(rows) for _, rows, _, _ in panels)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * _PANEL_W}" '
+             f'height="{_TOP + rows * _ROW_H + 12}" font-family="sans-serif" font-size="11">',
+             '<rect width="100%" height="100%" fill="white"/>']
+    for i, (title, data, color, fmt) in enumerate(panels):
+        parts += _panel(10 + i * _PANEL_W, title, data, color, fmt)
+    parts.append("</svg>")
+    out.write_text("\n".join(parts) + "\n", encoding="utf-8")

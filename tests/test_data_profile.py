@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
@@ -81,7 +82,10 @@ def test_profile_report_and_plot(params, tmp_path):
     assert set(WORDS) <= set(top)                # English words, split at spaces
     assert any(ch in top for ch in CHINESE)      # Chinese: one character is one word
     assert prof["drift"] == {} and prof["source"] == ["test"]
-    assert (tmp_path / "data_profile.png").stat().st_size > 10_000
+    svg = ElementTree.parse(tmp_path / "data_profile.svg").getroot()  # well-formed XML
+    labels = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"Latin", "Han", "top words", "≥ 32"} <= labels and set(WORDS[:3]) <= labels
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}rect"))) > 20  # the bars
 
 
 def test_script_filter_keeps_listed_scripts_and_counts_the_rest(params, tmp_path):
