@@ -21,20 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.artifacts import atomic_dir, atomic_file, write_json
-from components.clean_rules import (  # noqa: F401  (re-exported for tests and bench)
-    CONTROL,
-    HTML_BLOCK,
-    HTML_DROP,
-    HTML_INLINE,
-    LINE_BREAKS,
-    PII,
-    WORD,
-    ZERO_WIDTH,
-    count_words,
-    mask_pii,
-    normalise,
-    strip_html,
-)
+from components.clean_rules import PII, count_words, mask_pii, normalise, strip_html
 from components.errors import GruflowError, guarded
 from components.near_dup import ExactHashes, NearDuplicates
 from components.params import Clean, Split, load_params
@@ -83,8 +70,9 @@ class Prepared:
 def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
     """Rules, length/word/script filters and hashes of one batch: pure, so batches run in
     parallel threads (pyarrow.compute releases the GIL)."""
-    counts = dict.fromkeys(("dropped_too_short", "dropped_too_few_words", "dropped_script"), 0)
     text = batch.column("text")
+    counts = {"documents_in": len(text), "characters_in": pc.sum(pc.utf8_length(text)).as_py() or 0,
+              "dropped_script": 0}
     rules = [strip_html] if cfg.strip_html else []
     rules.append(lambda t: normalise(t, cfg))
     if cfg.mask_pii:
@@ -144,23 +132,14 @@ def select(prep: Prepared, seen: ExactHashes, counts: dict[str, int],
     return pa.table([ids, table["text"], table["source"], table["split"]], schema=SCHEMA)
 
 
-def clean_batch(batch: pa.RecordBatch, cfg: Clean, split: Split, seen: ExactHashes,
-                counts: dict[str, int], near: NearDuplicates | None = None,
-                profiler: Profiler | None = None) -> pa.Table:
-    """Clean one batch in the calling thread (prepare + select)."""
-    return select(prepare(batch, cfg, split), seen, counts, near, profiler or Profiler())
-
-
-def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean, split: Split,
-                     counts: dict[str, int]) -> Iterator[Prepared]:
+def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
+                     split: Split) -> Iterator[Prepared]:
     """`prepare` on every core, results in input order, at most 2 batches per core in flight
     (bounded memory)."""
     workers = max(1, min(os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for batch in batches:
-            counts["documents_in"] += batch.num_rows
-            counts["characters_in"] += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
             pending.append(pool.submit(prepare, batch, cfg, split))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
@@ -200,9 +179,8 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
                    for s in SPLITS}
         try:
             batches = read_batches(files, BATCH_DOCS)
-            for prep in prepared_batches(batches, cfg, split, counts):
+            for prep in prepared_batches(batches, cfg, split):
                 table = select(prep, seen, counts, near, profiler)
-                counts["characters_out"] += pc.sum(pc.utf8_length(table["text"])).as_py() or 0
                 for name in SPLITS:
                     part = table.filter(pc.equal(table["split"], name))
                     per_split[name] += part.num_rows
@@ -212,6 +190,7 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
             for writer in writers.values():
                 writer.close()
         counts["documents_out"] = sum(per_split.values())
+        counts["characters_out"] = profiler.characters
         _validate(counts, per_split, cfg.min_documents)
         profile = profiler.finish(source or [], per_split)
         if profile_path is not None:

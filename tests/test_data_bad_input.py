@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components import clean, ingest
+from components import clean, clean_rules, ingest
 from components.errors import GruflowError
 from components.params import Params, load_params
 
@@ -276,7 +276,7 @@ def test_crlf_line_ends(params, tmp_path, unit, expected):
     (src / "c.jsonl").write_bytes(b'{"text": "json one"}\r\n{"text": "json two"}\r\n')
     ingest_into(tmp_path, params, src, unit=unit)
     assert texts(tmp_path) == [*expected, "csv one", "csv two", "json one", "json two"]
-    out, _ = clean.normalise(pa.array(texts(tmp_path)[:1]), params.clean)
+    out, _ = clean_rules.normalise(pa.array(texts(tmp_path)[:1]), params.clean)
     assert "\r" not in out[0].as_py()
 
 

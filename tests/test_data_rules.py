@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import clean, ingest, tokenize
+from components import clean, clean_rules, ingest, tokenize
 from components.errors import GruflowError
 from components.params import Params, load_params
 from components.tokenize import BOS, EOS, PAD, UNK
@@ -51,12 +51,12 @@ def clean_rows(root: Path) -> list[dict]:
 # --------------------------------------------------------------------------- clean: HTML
 
 def test_strip_html_removes_tags_scripts_and_entities():
-    text, counts = clean.strip_html(pa.array([
+    text, counts = clean_rules.strip_html(pa.array([
         "<html><body><p>Hello&nbsp;<b>world</b> &amp; friends</p><script>var x = 1;</script>"
         "<!-- note --><div class=\"x\">next</div></body></html>",
         "no markup here, a < b and c > d",
     ]))
-    out = [clean.normalise(text, clean_cfg())[0][i].as_py() for i in range(2)]
+    out = [clean_rules.normalise(text, clean_cfg())[0][i].as_py() for i in range(2)]
     assert out == ["Hello world & friends\n\nnext", "no markup here, a < b and c > d"]
     assert counts == {"html_tags_removed": 12, "html_entities_unescaped": 2}
 
@@ -68,7 +68,7 @@ def clean_cfg(**update):
 @pytest.mark.parametrize("kept", ["<class 'int'>", "<a statement>", "x<y and y>z",
                                   "AT&T and R&D;", "&nosuch; stays"])
 def test_strip_html_leaves_non_html_angle_brackets_alone(kept):
-    text, counts = clean.strip_html(pa.array([kept]))
+    text, counts = clean_rules.strip_html(pa.array([kept]))
     assert text[0].as_py() == kept
     assert counts == {"html_tags_removed": 0, "html_entities_unescaped": 0}
 
@@ -87,7 +87,7 @@ def test_strip_html_leaves_non_html_angle_brackets_alone(kept):
     ("mailto at http://x.org/?u=a@b.com", "mailto at <url>"),
 ])
 def test_mask_pii_masks_each_kind(raw, masked):
-    assert clean.mask_pii(pa.array([raw]))[0][0].as_py() == masked
+    assert clean_rules.mask_pii(pa.array([raw]))[0][0].as_py() == masked
 
 
 @pytest.mark.parametrize("kept", [
@@ -96,7 +96,7 @@ def test_mask_pii_masks_each_kind(raw, masked):
     "range(0, 100000)", "see PEP 8 and PEP 484", "version 3.12.0b1",
 ])
 def test_mask_pii_leaves_numbers_and_versions(kept):
-    text, counts = clean.mask_pii(pa.array([kept]))
+    text, counts = clean_rules.mask_pii(pa.array([kept]))
     assert text[0].as_py() == kept
     assert set(counts.values()) == {0}
 
@@ -130,8 +130,9 @@ def write_jsonl(root: Path, texts: list[str], splits: list[str | None] | None = 
 
 
 def test_min_words_counts_cjk_characters_as_words():
-    words = clean.pc.count_substring_regex(
-        pa.array(["机器学习是人工智能", "two words", "日本語のテキスト and more"]), clean.WORD)
+    words = clean_rules.count_words(
+        pa.array(["机器学习是人工智能", "two words", "日本語のテキスト and more"]),
+        pa.array([True, False, True]))
     assert words.to_pylist() == [9, 2, 10]
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from components import clean, embed, ingest, tokenize, windows
+from components import clean, clean_rules, embed, ingest, tokenize, windows
 from components.errors import GruflowError
 from components.params import Params, load_params
 from components.tokenize import BOS, EOS, PAD, UNK
@@ -158,7 +158,7 @@ def test_ingest_failure_leaves_previous_output_untouched(params, tmp_path):
 # --------------------------------------------------------------------------- clean
 
 def norm(text: str, params: Params, **update) -> tuple[str, dict]:
-    out, counts = clean.normalise(pa.array([text]), params.clean.model_copy(update=update))
+    out, counts = clean_rules.normalise(pa.array([text]), params.clean.model_copy(update=update))
     return out[0].as_py(), counts
 
 
