@@ -3,7 +3,8 @@
 A human reads the profile to understand a corpus: document lengths (histogram), the mix of
 writing systems, the most frequent words. The clean stage builds it batch by batch in bounded
 memory and compares it with the previous run's profile (TFX ExampleValidator's idea, for text).
-Usage: `p = Profiler(); p.add(texts, splits); report = p.finish()`.
+Usage: `p = Profiler(); p.add(lengths, words, sample(text, lengths))` per batch, then
+`report = p.finish(source, split_documents)`.
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def script_counts(texts: list[str]) -> np.ndarray:
 
 
 def _classify_group(texts: list[str], group: list[int], out: np.ndarray) -> None:
-    parts = [texts[i] for i in group if texts[i]]
-    if not parts:
+    rows = [i for i in group if texts[i]]  # reduceat needs non-empty segments
+    if not rows:
         return
+    parts = [texts[i] for i in rows]
     classes = _classes("".join(parts))
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
-    rows = [i for i in group if texts[i]]
     for c in np.unique(classes):  # few classes occur in one group: one pass each
         out[rows, c] = np.add.reduceat((classes == c).astype(np.int32), starts)
 
@@ -106,8 +107,7 @@ _COUNTER_CAP = 200_000  # distinct words kept between batches (heavy hitters sur
 class Sample:
     """What the profile takes from a batch's first TOKEN_SAMPLE_CHARS characters."""
 
-    characters: int
-    scripts: np.ndarray   # character counts per class
+    scripts: np.ndarray   # character counts per class (their sum: the sample's size)
     top: dict[str, int]   # word counts (lower-cased, punctuation trimmed, a CJK char a word)
 
 
@@ -124,7 +124,7 @@ def sample(text: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> Sample:
     counts = pc.value_counts(tokens.filter(pc.not_equal(tokens, "")))
     top = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                    strict=True))
-    return Sample(int(scripts.sum()), scripts, top)
+    return Sample(scripts, top)
 
 
 class Profiler:
@@ -149,7 +149,7 @@ class Profiler:
         bins = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
         self.length_bins += np.bincount(np.minimum(bins, 31), minlength=32)
         self.scripts += part.scripts
-        self.sampled_characters += part.characters
+        self.sampled_characters += int(part.scripts.sum())
         self.top.update(part.top)
         if len(self.top) > _COUNTER_CAP:
             self.top = Counter(dict(self.top.most_common(_COUNTER_CAP // 2)))
