@@ -29,17 +29,12 @@ import yaml
 
 from components import clean, clean_rules, ingest
 from components.errors import GruflowError
-from components.params import Params, load_params
+from components.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["the parser reads the header of the file and returns a list of names",
         "each worker thread writes its next line to the log and then closes it",
         "a socket opens the connection and the parser checks the incoming buffer"]
-
-
-@pytest.fixture(scope="module")
-def params() -> Params:
-    return load_params(ROOT / "params.yaml")
 
 
 @pytest.fixture

@@ -15,18 +15,12 @@ import pytest
 from components import clean, ingest, profile
 from components.errors import GruflowError
 from components.near_dup import NearDuplicates
-from components.params import Params, load_params
+from components.params import Params
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("river stone garden paper window market silver cloud engine letter village orange "
          "bridge candle forest harbor number planet signal winter").split()
 CHINESE = "今天天气很好我们一起去公园散步然后在湖边看书学习语言模型"
 RUSSIAN = "сегодня хорошая погода мы идём гулять в парк и читаем книгу у озера".split()
-
-
-@pytest.fixture(scope="module")
-def params() -> Params:
-    return load_params(ROOT / "params.yaml")
 
 
 def english(rng: random.Random, n: int = 12) -> str:

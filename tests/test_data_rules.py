@@ -19,11 +19,6 @@ from components.tokenize import BOS, EOS, PAD, UNK
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def params() -> Params:
-    return load_params(ROOT / "params.yaml")
-
-
 def rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 

@@ -21,15 +21,8 @@ from tokenizers import Tokenizer
 
 from components import clean, clean_rules, embed, ingest, tokenize, windows
 from components.errors import GruflowError
-from components.params import Params, load_params
+from components.params import Params
 from components.tokenize import BOS, EOS, PAD, UNK
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def params() -> Params:
-    return load_params(ROOT / "params.yaml")
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -14,24 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import ingest, readers
-from components.params import Params, load_params
+from components import readers
+from tests.test_data_stages import read_rows, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def params() -> Params:
-    return load_params(ROOT / "params.yaml")
-
-
-def read_rows(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
-
-
-def run_ingest(params: Params, source: Path, out: Path, **update) -> dict:
-    cfg = params.data.model_copy(update={"source": str(source), "text_column": "text", **update})
-    return ingest.run(cfg, out, out.parent / "ingest.json")
 
 
 def split_whole(raw: bytes, unit: str) -> list[str]:
@@ -109,6 +95,7 @@ MEMORY_PROBE = """
 import json, re, sys
 from pathlib import Path
 from components import ingest, readers
+from tests.test_data_stages import read_rows, run_ingest
 from components.params import load_params
 readers.READ_BYTES, readers.BATCH_ROWS = 1 << 16, 64
 ingest.BATCH_DOCS, ingest.BATCH_CHARS = 64, 1 << 17
