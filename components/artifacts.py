@@ -1,4 +1,5 @@
-"""Atomic writes of stage outputs: write beside the target, then rename over it.
+"""Atomic writes of stage outputs (write beside the target, then rename over it), and
+bounded-memory reads of the Parquet files stages hand each other.
 
 A failed stage never leaves a half-written output, and the previous output stays intact.
 """
@@ -13,6 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 @contextlib.contextmanager
@@ -53,3 +57,10 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
 def write_json(target: Path | str, payload: Any) -> None:
     with atomic_file(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def parquet_batches(path: Path | str, columns: list[str], size: int) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's columns, one row group at a time in batches of at most `size` rows (a
+    pyarrow Dataset scan pre-buffers far ahead, so its memory grows with the file)."""
+    yield from pq.ParquetFile(path).iter_batches(batch_size=size, columns=columns,
+                                                 use_threads=False)

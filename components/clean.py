@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.artifacts import atomic_dir, atomic_file, write_json
+from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
 from components.clean_rules import PII, count_words, mask_pii, normalise, strip_html
 from components.errors import GruflowError, guarded
 from components.near_dup import ExactHashes, NearDuplicates
@@ -147,14 +147,12 @@ def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
             yield pending.popleft().result()
 
 
-def read_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
-    """The snapshot's text, source (and split, when given) in record batches, one row group
-    at a time: no read-ahead beyond what is being cleaned (a Dataset scan pre-buffers)."""
+def snapshot_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
+    """The snapshot's text, source (and split, when the source gave one) in record batches."""
     for path in files:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
+        names = pq.ParquetFile(path).schema_arrow.names
         columns = ["text", "source", *(["split"] if "split" in names else [])]
-        yield from parquet.iter_batches(batch_size=size, columns=columns, use_threads=False)
+        yield from parquet_batches(path, columns, size)
 
 
 def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
@@ -178,7 +176,7 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, **WRITE_OPTIONS)
                    for s in SPLITS}
         try:
-            batches = read_batches(files, BATCH_DOCS)
+            batches = snapshot_batches(files, BATCH_DOCS)
             for prep in prepared_batches(batches, cfg, split):
                 table = select(prep, seen, counts, near, profiler)
                 for name in SPLITS:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from components.artifacts import atomic_dir, atomic_file, write_json
+from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
 from components.clean import SPLITS
 from components.errors import GruflowError, guarded
 from components.params import Tokenize, load_params
@@ -40,6 +40,11 @@ def _byte_level() -> pre_tokenizers.PreTokenizer:
                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
 
 
+def _wordpiece(vocab: dict[str, int] | None = None) -> models.WordPiece:
+    return models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix=CONTINUATION,
+                            max_input_chars_per_word=10_000)
+
+
 def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
     """An untrained tokenizer of `cfg.kind` and its trainer. Subword kinds work on bytes, so
     any text encodes without <unk> and decodes back exactly; word and char kinds map unseen
@@ -55,8 +60,7 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
         common.pop("min_frequency")  # unigram prunes by likelihood, not by count
         trainer = trainers.UnigramTrainer(unk_token="<unk>", initial_alphabet=alphabet, **common)
     elif cfg.kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix=CONTINUATION,
-                                         max_input_chars_per_word=10_000))
+        tok = Tokenizer(_wordpiece())
         trainer = trainers.WordPieceTrainer(initial_alphabet=alphabet,
                                             continuing_subword_prefix=CONTINUATION, **common)
     elif cfg.kind == "word":
@@ -94,18 +98,17 @@ def _complete_wordpiece(tok: Tokenizer) -> None:
                if CONTINUATION + c not in vocab]
     if missing:
         vocab.update({piece: len(vocab) + i for i, piece in enumerate(sorted(missing))})
-        tok.model = models.WordPiece(vocab, unk_token="<unk>",
-                                     continuing_subword_prefix=CONTINUATION,
-                                     max_input_chars_per_word=10_000)
+        tok.model = _wordpiece(vocab)
 
 
 def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text framed as <bos> ... <eos> (batch encoding runs in parallel)."""
-    return [[BOS, *enc.ids, EOS] for enc in tok.encode_batch(texts, add_special_tokens=False)]
+    """Token ids of each text framed as <bos> ... <eos>, as Python lists."""
+    return encode_ids(tok, texts).to_pylist()
 
 
 def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
-    """`encode` as an Arrow list<int32> array, framed with numpy instead of per-document lists."""
+    """Token ids of each text framed as <bos> ... <eos>, as an Arrow list<int32> array (batch
+    encoding runs in parallel; the framing is done with numpy, not per-document lists)."""
     ids = [enc.ids for enc in tok.encode_batch_fast(texts, add_special_tokens=False)]
     lengths = np.fromiter((len(x) + 2 for x in ids), np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, np.int64)
@@ -118,14 +121,8 @@ def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
-def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """One row group at a time (a Dataset scan pre-buffers far ahead: memory would grow)."""
-    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_DOCS, columns=columns,
-                                                 use_threads=False)
-
-
 def _texts(path: Path) -> Iterator[str]:
-    for batch in _batches(path, ["text"]):
+    for batch in parquet_batches(path, ["text"], BATCH_DOCS):
         yield from batch.column("text").to_pylist()
 
 
@@ -140,7 +137,8 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0
             with pq.ParquetWriter(tmp / f"{split}.parquet", SCHEMA, compression="zstd") as writer:
-                for batch in _batches(clean_dir / f"{split}.parquet", ["doc_id", "text"]):
+                for batch in parquet_batches(clean_dir / f"{split}.parquet", ["doc_id", "text"],
+                                             BATCH_DOCS):
                     text = batch.column("text")
                     ids = encode_ids(tok, text.to_pylist())
                     flat = ids.values.to_numpy()
