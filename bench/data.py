@@ -169,8 +169,8 @@ def main() -> None:
         small = pipeline(Path(tmp) / "small", args.mb / 10)
         large = pipeline(Path(tmp) / "large", args.mb)
         work = Path(tmp) / "large"
-        text_mb = json.loads((work / "clean.json").read_text())["characters_in"] / 1e6
-        tok_mb = json.loads((work / "clean.json").read_text())["characters_out"] / 1e6
+        report = json.loads((work / "clean.json").read_text())
+        text_mb, tok_mb = report["characters_in"] / 1e6, report["characters_out"] / 1e6
         raw_clean = bare_clean(work)
         raw_train, raw_encode = bare_tokenize(work)
     st = large["stages"]
