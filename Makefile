@@ -28,7 +28,7 @@ test-fast: $(STAMP)  ## the suite without slow-marked tests
 lint: $(STAMP)
 	$(VENV)/bin/ruff check components flows tests bench
 
-BENCHES := embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
+BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
 bench: $(STAMP)  ## throughput benchmarks against the bare library calls -> reports/bench/
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done
