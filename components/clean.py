@@ -6,13 +6,13 @@ data/clean/{train,val,test}.parquet (doc_id, text, source, split) and reports/cl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
-from components.clean_rules import PII, count_words, mask_pii, normalise, strip_html
+from components.clean_rules import PII, cjk_rows, count_words, mask_pii, normalise, strip_html
 from components.errors import GruflowError, guarded
 from components.near_dup import ExactHashes, NearDuplicates
 from components.params import Clean, Split, load_params
 from components.profile import (
-    CJK_CHAR,
     Profiler,
     Sample,
     check_drift,
@@ -43,15 +42,42 @@ WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1,
                  "use_dictionary": ["source", "split"], "write_statistics": ["source", "split"]}
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])
+ID_HEX = 20  # doc_id: the first 20 hex digits of the cleaned text's SHA-256
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_BY_CODE = ("test", "val", "train")
+
+
+def split_codes(doc_ids: Iterable[bytes], cfg: Split) -> np.ndarray:
+    """Stable per-document split (index into _BY_CODE): the first 64 bits of
+    sha256(f"{seed}:{doc_id}") as a fraction of 2**64 against the test and val fractions, so a
+    document's split depends only on its id and the seed."""
+    salt = f"{cfg.seed}:".encode()
+    head = np.frombuffer(b"".join([sha256(salt + i).digest()[:8] for i in doc_ids]), ">u8")
+    u = head.astype(np.float64) / 2**64  # == int.from_bytes(head, "big") / 2**64, exactly
+    return np.where(u < cfg.test_fraction, 0,
+                    np.where(u < cfg.test_fraction + cfg.val_fraction, 1, 2)).astype(np.int8)
+
+
 def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
-    """Stable per-document split: depends only on the document's id and the seed."""
-    out = []
-    for doc in doc_ids:
-        digest = hashlib.sha256(f"{cfg.seed}:{doc}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        out.append("test" if u < cfg.test_fraction else
-                   "val" if u < cfg.test_fraction + cfg.val_fraction else "train")
-    return out
+    return [_BY_CODE[c] for c in split_codes((d.encode() for d in doc_ids), cfg)]
+
+
+def content_ids(text: pa.Array, cfg: Split) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """doc_id (hex SHA-256 prefix of the UTF-8 text), the digest's first 64 bits (the
+    exact-duplicate key) and the hashed split, vectorised but for one hash call each."""
+    n = len(text)
+    values = text.cast(pa.binary()).to_pylist()
+    digests = np.frombuffer(b"".join([sha256(v).digest()[:ID_HEX // 2] for v in values]),
+                            np.uint8).reshape(n, ID_HEX // 2)
+    hexed = np.empty((n, ID_HEX), np.uint8)
+    hexed[:, 0::2], hexed[:, 1::2] = _HEX_DIGITS[digests >> 4], _HEX_DIGITS[digests & 15]
+    data = hexed.tobytes()
+    ids = pa.StringArray.from_buffers(
+        n, pa.py_buffer(np.arange(0, ID_HEX * (n + 1), ID_HEX, dtype=np.int32)),
+        pa.py_buffer(data))
+    hashes = np.frombuffer(digests[:, :8].tobytes(), ">u8").astype(np.uint64)
+    codes = split_codes((data[i:i + ID_HEX] for i in range(0, len(data), ID_HEX)), cfg)
+    return ids, hashes, pc.take(pa.array(_BY_CODE), pa.array(codes))
 
 
 @dataclass
@@ -61,7 +87,7 @@ class Prepared:
     table: pa.Table        # text, source, split (the source's own, else the hashed one)
     lengths: np.ndarray    # characters per document
     words: np.ndarray      # words per document
-    ids: list[str]         # content hashes
+    ids: pa.Array          # content hashes (doc_id)
     hashes: np.ndarray     # the same as uint64, for the exact-duplicate memory
     sample: Sample         # the batch's profile sample: word counts, script mix
     counts: dict[str, int]
@@ -87,24 +113,22 @@ def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
     counts["dropped_too_short"] = kept.num_rows - pc.sum(long_enough).as_py()
     kept = kept.filter(long_enough)
     text = kept.column("text").combine_chunks()
-    words = count_words(text, pc.match_substring_regex(text, CJK_CHAR))
+    words = count_words(text, cjk_rows(text))
     enough = pc.greater_equal(words, cfg.min_words)
     counts["dropped_too_few_words"] = kept.num_rows - (pc.sum(enough).as_py() or 0)
     kept, words = kept.filter(enough), words.filter(enough).to_numpy()
-    values = kept.column("text").to_pylist()
     if cfg.scripts:  # per-document script counts only when filtering by script
-        wanted = np.isin(main_script(script_counts(values)), cfg.scripts)
+        wanted = np.isin(main_script(script_counts(kept.column("text").to_pylist())),
+                         cfg.scripts)
         counts["dropped_script"] = int((~wanted).sum())
         kept, words = kept.filter(pa.array(wanted)), words[wanted]
-        values = [v for v, w in zip(values, wanted, strict=True) if w]
-    ids = [hashlib.sha256(v.encode("utf-8")).hexdigest()[:20] for v in values]
-    hashed = assign_split(ids, split)
-    splits = pa.array([g or h for g, h in zip(kept["split"].to_pylist(), hashed, strict=True)],
-                      pa.string())  # the source's own split wins over the hash
-    kept = kept.set_column(2, "split", splits)
-    lengths = pc.utf8_length(kept["text"]).to_numpy()
-    return Prepared(kept, lengths, words, ids, np.array([int(i[:16], 16) for i in ids], np.uint64),
-                    sample(kept.column("text"), lengths), counts)
+    text = kept.column("text").combine_chunks()
+    ids, hashes, hashed = content_ids(text, split)
+    given = kept.column("split").combine_chunks()
+    own = pc.fill_null(pc.greater(pc.utf8_length(given), 0), False)
+    kept = kept.set_column(2, "split", pc.if_else(own, given, hashed))  # the source's own wins
+    lengths = pc.utf8_length(text).to_numpy()
+    return Prepared(kept, lengths, words, ids, hashes, sample(text, lengths), counts)
 
 
 def select(prep: Prepared, seen: ExactHashes, counts: dict[str, int],
@@ -122,13 +146,13 @@ def select(prep: Prepared, seen: ExactHashes, counts: dict[str, int],
     if near is not None:
         texts = prep.table.column("text")
         for i in np.flatnonzero(keep):
-            if near.is_duplicate(prep.ids[i], texts[i].as_py()):
+            if near.is_duplicate(prep.ids[i].as_py(), texts[i].as_py()):
                 keep[i] = False
                 counts["dropped_near_duplicates"] += 1
     mask = pa.array(keep, pa.bool_())
     profiler.add(prep.lengths[keep], prep.words[keep], prep.sample)
     table = prep.table.filter(mask)
-    ids = pa.array(prep.ids, pa.string()).filter(mask)
+    ids = prep.ids.filter(mask)
     return pa.table([ids, table["text"], table["source"], table["split"]], schema=SCHEMA)
 
 

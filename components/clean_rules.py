@@ -56,10 +56,16 @@ PII = (
 )
 # A word is a run of non-blank characters, or one CJK character (those scripts use no spaces).
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+CJK_CHAR = rf"([{_CJK}])"
 WORD = rf"[{_CJK}]|[^\s{_CJK}]+"
 
 
 _ENTITY = re.compile(HTML_ENTITY)
+_ANY_PII = "|".join(f"(?:{pattern})" for _, pattern in PII)
+# Rows any normalising replacement changes; the others skip those passes (most text has none
+# of these characters, and a match scan costs a fraction of a replacement).
+_RARE = rf"\r|{LINE_BREAKS}|{CONTROL}|{ZERO_WIDTH}"
+_BLANK_RUNS = r"[^\S\n ]| \s|\n |\n\n\n"  # what BLANKS, BLANKS_AT_BREAK or \n{3,} match
 
 
 def count(text: pa.Array, pattern: str) -> int:
@@ -116,30 +122,24 @@ def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     return text, counts
 
 
-# A literal every match of a PII pattern contains (None: scan every row).
-_PII_NEEDLE = {"email": "@", "url": None, "ip": None, "phone": None}
-
-
 def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
-    """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>. Each mask
-    is counted as the growth of its placeholder on the rows the rule changed (no pattern can
-    match inside a placeholder)."""
-    counts = {}
-    for name, pattern in PII:
-        placeholder = f"<{name}>"
+    """E-mail addresses, URLs, phone numbers and IPs -> <email> <url> <phone> <ip>. One scan
+    for all patterns picks the rows that hold any; the masks run in order on those rows only.
+    Each mask is counted as the growth of its placeholder on the rows it changed (no pattern
+    can match inside a placeholder)."""
+    counts = dict.fromkeys((f"masked_{name}" for name, _ in PII), 0)
 
-        def mask(sub: pa.Array, pattern: str = pattern, placeholder: str = placeholder):
-            return pc.replace_substring_regex(sub, pattern, placeholder)
+    def mask(sub: pa.Array) -> pa.Array:
+        for name, pattern in PII:
+            placeholder = f"<{name}>"
+            before, sub = sub, pc.replace_substring_regex(sub, pattern, placeholder)
+            changed = pc.fill_null(pc.not_equal(before, sub), False)
+            counts[f"masked_{name}"] += (
+                total(pc.count_substring_regex(sub.filter(changed), literal(placeholder)))
+                - total(pc.count_substring_regex(before.filter(changed), literal(placeholder))))
+        return sub
 
-        needle = _PII_NEEDLE[name]
-        before = text
-        text = mask(text) if needle is None else on_rows(text, has(text, needle),
-                                                         mask)
-        changed = pc.fill_null(pc.not_equal(before, text), False)
-        counts[f"masked_{name}"] = (
-            total(pc.count_substring_regex(text.filter(changed), literal(placeholder)))
-            - total(pc.count_substring_regex(before.filter(changed), literal(placeholder))))
-    return text, counts
+    return on_rows(text, pc.match_substring_regex(text, _ANY_PII), mask), counts
 
 
 def nfkc(text: pa.Array) -> pa.Array:
@@ -154,6 +154,12 @@ def nfkc(text: pa.Array) -> pa.Array:
     return on_rows(text, pc.invert(pc.string_is_ascii(text)), compose)
 
 
+def cjk_rows(text: pa.Array) -> pa.Array:
+    """Rows holding a Han or Kana character (only non-ASCII rows are scanned)."""
+    rows = pc.fill_null(pc.invert(pc.string_is_ascii(text)), False)
+    return on_rows(rows, rows, lambda _: pc.match_substring_regex(text.filter(rows), CJK_CHAR))
+
+
 def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
     """Words per document (WORD): runs between ASCII blanks (RE2's \\s, as in WORD), except on
     rows with CJK characters, where the regex also counts each CJK character as a word."""
@@ -164,17 +170,27 @@ def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
 
 def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
     """`\\n` line ends, controls and zero-width removed, NFKC, whitespace collapsed. Removed
-    characters are counted as the drop in length (each pattern matches one character)."""
-    counts = {}
-    text = pc.replace_substring_regex(text, LINE_END, "\n")
-    for name, pattern in (("control_chars_removed", CONTROL), ("zero_width_removed", ZERO_WIDTH)):
-        before = total(pc.utf8_length(text))
-        text = pc.replace_substring_regex(text, pattern, "")
-        counts[name] = before - total(pc.utf8_length(text))
+    characters are counted as the drop in length (each pattern matches one character). Each
+    group of replacements runs only on the rows one scan says it can change."""
+    counts = {"control_chars_removed": 0, "zero_width_removed": 0}
+
+    def rare(sub: pa.Array) -> pa.Array:
+        sub = pc.replace_substring_regex(sub, LINE_END, "\n")
+        for name, pattern in (("control_chars_removed", CONTROL),
+                              ("zero_width_removed", ZERO_WIDTH)):
+            before = total(pc.utf8_length(sub))
+            sub = pc.replace_substring_regex(sub, pattern, "")
+            counts[name] += before - total(pc.utf8_length(sub))
+        return sub
+
+    def blanks(sub: pa.Array) -> pa.Array:
+        sub = pc.replace_substring_regex(sub, BLANKS, " ")
+        sub = pc.replace_substring_regex(sub, BLANKS_AT_BREAK, "\n")
+        return pc.replace_substring_regex(sub, r"\n{3,}", "\n\n")
+
+    text = on_rows(text, pc.match_substring_regex(text, _RARE), rare)
     text = nfkc(text)
-    text = pc.replace_substring_regex(text, BLANKS, " ")
-    text = pc.replace_substring_regex(text, BLANKS_AT_BREAK, "\n")
-    text = pc.replace_substring_regex(text, r"\n{3,}", "\n\n")
+    text = on_rows(text, pc.match_substring_regex(text, _BLANK_RUNS), blanks)
     text = pc.utf8_trim_whitespace(text)
     if cfg.lowercase:
         text = pc.utf8_lower(text)

@@ -81,8 +81,11 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
 
     with atomic_dir(out_dir) as tmp:
         # no min/max statistics of the text and meta columns: nothing filters on them, and the
-        # footer would keep up to 8 KiB of them for every row group until the file is closed
+        # footer would keep up to 8 KiB of them for every row group until the file is closed;
+        # no dictionary for unique values either (building one and falling back costs reads
+        # and writes)
         with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression="zstd",
+                              use_dictionary=["source", "split"],
                               write_statistics=["doc_id", "source", "split"]) as writer:
             for batch in to_batches(counted(docs), BATCH_DOCS, BATCH_CHARS):
                 writer.write_batch(batch)

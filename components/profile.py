@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.clean_rules import CJK_CHAR
 from components.errors import GruflowError
 from components.params import SCRIPTS, Drift
 
@@ -94,7 +95,6 @@ def main_script(counts: np.ndarray) -> list[str]:
     return [SCRIPTS[b] if letters[i, b] else "Other" for i, b in enumerate(best)]
 
 
-CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 # punctuation trimmed off blank-separated words (no regex: this runs on every batch)
 _PUNCT = "\"'`.,;:!?()[]{}<>*#=|/\\-–—«»“”‘’„…、。，；：！？（）「」『』《》"
 TOP_K = 50
@@ -116,7 +116,7 @@ def sample(text: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> Sample:
     are stable under sampling, and measuring every character cost more than all the rules."""
     rows = max(1, int(np.searchsorted(np.cumsum(lengths), TOKEN_SAMPLE_CHARS)))
     text = pc.utf8_slice_codeunits(text.slice(0, rows), 0, TOKEN_SAMPLE_CHARS)  # 50 MB line
-    scripts = script_counts(text.to_pylist()).sum(axis=0)
+    scripts = np.bincount(_classes("".join(text.to_pylist())), minlength=len(CLASSES))
     if scripts[CLASSES.index("Han")] + scripts[CLASSES.index("Kana")]:
         text = pc.replace_substring_regex(text, CJK_CHAR, r" \1 ")
     words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
