@@ -18,6 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Codec of the text tables stages hand each other (raw snapshot, cleaned splits): snappy reads
+# ~4x and writes ~1.5x faster than zstd for ~1.5x the bytes, and these files are re-read by the
+# next stage far more often than they are archived.
+TEXT_CODEC = "snappy"
 
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:

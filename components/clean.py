@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
+from components.artifacts import TEXT_CODEC, atomic_dir, atomic_file, parquet_batches, write_json
 from components.clean_rules import PII, cjk_rows, count_words, mask_pii, normalise, strip_html
 from components.errors import GruflowError, guarded
 from components.near_dup import ExactHashes, NearDuplicates
@@ -38,7 +38,7 @@ from components.profile import plot as plot_profile
 SPLITS = ("train", "val", "test")
 BATCH_DOCS = 4096
 # unique text needs no dictionary, and min/max statistics of text would only grow the footer
-WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1,
+WRITE_OPTIONS = {"compression": TEXT_CODEC,
                  "use_dictionary": ["source", "split"], "write_statistics": ["source", "split"]}
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                     ("source", pa.string()), ("split", pa.string())])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.artifacts import atomic_dir, write_json
+from components.artifacts import TEXT_CODEC, atomic_dir, write_json
 from components.corpus import Document, documents
 from components.errors import GruflowError, guarded
 from components.params import Data, load_params
@@ -84,7 +84,7 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
         # footer would keep up to 8 KiB of them for every row group until the file is closed;
         # no dictionary for unique values either (building one and falling back costs reads
         # and writes)
-        with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression="zstd",
+        with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression=TEXT_CODEC,
                               use_dictionary=["source", "split"],
                               write_statistics=["doc_id", "source", "split"]) as writer:
             for batch in to_batches(counted(docs), BATCH_DOCS, BATCH_CHARS):

@@ -9,9 +9,12 @@ threshold is a duplicate. Usage: `seen = NearDuplicates(0.8, 5); seen.is_duplica
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+
+if TYPE_CHECKING:
+    from datasketch import MinHash
 
 NUM_PERM = 128
 # Signatures cover the first this-many characters: a 50 MB line must not become 50 M shingles.
@@ -28,6 +31,8 @@ def shingles(text: str, n: int) -> set[bytes]:
 
 
 def signature(text: str, n: int) -> MinHash:
+    from datasketch import MinHash  # ~0.4 s of imports (scipy): only when near_dup is on
+
     mh = MinHash(num_perm=NUM_PERM, seed=1)
     mh.update_batch(list(shingles(text, n)))
     return mh
@@ -40,6 +45,8 @@ class NearDuplicates:
     each candidate is then verified with the signatures' Jaccard estimate."""
 
     def __init__(self, threshold: float, ngram: int) -> None:
+        from datasketch import MinHashLSH
+
         self.threshold = threshold
         self.ngram = ngram
         self.lsh = MinHashLSH(threshold=max(threshold - CANDIDATE_MARGIN, 0.05),
@@ -69,10 +76,12 @@ class ExactHashes:
         return sum(len(run) for run in self.runs)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
+        order = np.argsort(hashes)
+        queries = hashes[order]  # sorted queries: each binary search starts where the last ended
         found = np.zeros(len(hashes), bool)
         for run in self.runs:
-            pos = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            found |= run[pos] == hashes
+            pos = np.minimum(np.searchsorted(run, queries), len(run) - 1)
+            found[order] |= run[pos] == queries
         return found
 
     def add(self, hashes: np.ndarray) -> None:
