@@ -245,7 +245,7 @@ def _batches(path: Path, suffix: str, text_column: str) -> Iterator[pa.RecordBat
     """Record batches of a .parquet or .csv file; a CSV's text column comes as raw bytes."""
     try:
         if suffix == ".parquet":
-            with pq.ParquetFile(path) as file:
+            with pq.ParquetFile(path, pre_buffer=False) as file:  # see parquet_batches
                 _check_column(path, file.schema_arrow.names, text_column)
                 yield from file.iter_batches(batch_size=BATCH_ROWS)
             return

@@ -137,3 +137,26 @@ def test_ingest_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     # ... and, sharper: the 50 MB more input adds well under a third of that to the peak (the
     # whole-file readers added about three times the input)
     assert (big - small) * 1024 < (sizes["10x"] - sizes["1x"]) / 3, (got, sizes)
+
+
+@pytest.mark.parametrize("reader", ["artifacts.parquet_batches", "readers._batches"])
+def test_parquet_reads_hold_one_row_group_not_the_file(tmp_path, reader):
+    """Arrow memory while streaming a 10 MB file of 100 row groups stays at a batch or two
+    (pyarrow's default pre_buffer keeps every row group read until the file closes: ~11 MB)."""
+    from components import artifacts
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    path = tmp_path / "many.parquet"
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())]), compression="none") as out:
+        for _ in range(100):  # 100 row groups of ~100 KB that do not compress away
+            out.write_table(pa.table({"text": ["".join(rng.choices(letters, k=1000))
+                                               for _ in range(100)]}))
+    batches = (artifacts.parquet_batches(path, ["text"], 100) if reader.startswith("artifacts")
+               else readers._batches(path, ".parquet", "text"))
+    base, peak, rows = pa.total_allocated_bytes(), 0, 0
+    for batch in batches:
+        rows += batch.num_rows
+        peak = max(peak, pa.total_allocated_bytes() - base)
+    assert rows == 10_000
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB of Arrow memory held for a 10 MB file"
