@@ -11,11 +11,11 @@ from __future__ import annotations
 import html
 import re
 import string
-import unicodedata
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.nfkc import nfkc
 from components.params import Clean
 
 # RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
@@ -58,6 +58,8 @@ PII = (
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
 CJK_CHAR = rf"([{_CJK}])"
 WORD = rf"[{_CJK}]|[^\s{_CJK}]+"
+_NON_CJK_WORD = rf"[^\s{_CJK}]+"
+_CJK_RUN = rf"[{_CJK}]+"
 
 
 _ENTITY = re.compile(HTML_ENTITY)
@@ -142,18 +144,6 @@ def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     return on_rows(text, pc.match_substring_regex(text, _ANY_PII), mask), counts
 
 
-def nfkc(text: pa.Array) -> pa.Array:
-    """Unicode NFKC. ASCII strings are already NFKC and pass through untouched.
-
-    pyarrow's `utf8_normalize` does not recompose on pyarrow 25 (apache/arrow#51225: 'café'
-    stays decomposed), so non-ASCII strings go through `unicodedata` instead.
-    """
-    def compose(sub: pa.Array) -> pa.Array:
-        return pa.array([unicodedata.normalize("NFKC", v) for v in sub.to_pylist()], pa.string())
-
-    return on_rows(text, pc.invert(pc.string_is_ascii(text)), compose)
-
-
 def cjk_rows(text: pa.Array) -> pa.Array:
     """Rows holding a Han or Kana character (only non-ASCII rows are scanned)."""
     rows = pc.fill_null(pc.invert(pc.string_is_ascii(text)), False)
@@ -161,11 +151,20 @@ def cjk_rows(text: pa.Array) -> pa.Array:
 
 
 def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
-    """Words per document (WORD): runs between ASCII blanks (RE2's \\s, as in WORD), except on
-    rows with CJK characters, where the regex also counts each CJK character as a word."""
+    """Words per trimmed document (WORD): runs between ASCII blanks (RE2's \\s), except on
+    rows with CJK characters, where each CJK character is a word too. There the count is the
+    non-CJK runs plus the CJK characters (the length a removal of CJK runs takes off): two
+    passes with few matches, where counting WORD matches costs one regex match per character."""
+    def with_cjk(_) -> pa.Array:
+        sub = text.filter(pc.fill_null(cjk_rows, False))
+        runs = pc.count_substring_regex(sub, _NON_CJK_WORD)
+        cjk_chars = pc.subtract(pc.utf8_length(sub),
+                                pc.utf8_length(pc.replace_substring_regex(sub, _CJK_RUN, "")))
+        return pc.cast(pc.add(runs, cjk_chars), pa.int64())
+
     words = pc.cast(pc.list_value_length(pc.ascii_split_whitespace(text)), pa.int64())
-    return on_rows(words, cjk_rows, lambda _: pc.cast(pc.count_substring_regex(
-        text.filter(pc.fill_null(cjk_rows, False)), WORD), pa.int64()))
+    words = pc.if_else(pc.equal(pc.binary_length(text), 0), 0, words)  # split gives [""]
+    return on_rows(words, cjk_rows, with_cjk)
 
 
 def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:

@@ -117,3 +117,15 @@ def test_cjk_rows_are_the_rows_with_han_or_kana():
     text = pa.array(["plain ascii", "中文", "ひらがな text", "Привет", None, "", "mixed 字"])
     assert clean_rules.cjk_rows(text).to_pylist() == [False, True, True, False, False, False,
                                                       True]
+
+
+def test_count_words_equals_counting_word_matches(params):
+    """On normalised text (what the stage counts): no blank at either end."""
+    rng = random.Random(3)
+    pieces = ["中文字", "ひらがな", "カタカナ", "word", "x1", " ", "  ", "\n", "，", "。", "é",
+              "<url>"]
+    texts, _ = clean_rules.normalise(pa.array([
+        "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(3000)],
+        pa.string()), params.clean)
+    got = clean_rules.count_words(texts, clean_rules.cjk_rows(texts)).to_pylist()
+    assert got == pc.count_substring_regex(texts, clean_rules.WORD).to_pylist()
