@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 import string
+from html.entities import html5
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,6 +98,12 @@ def on_rows(text: pa.Array, rows: pa.Array, rule) -> pa.Array:
     return pc.replace_with_mask(text, rows, rule(text.filter(rows)))
 
 
+def _is_entity(ref: str) -> bool:
+    """Whether html.unescape changes `ref` (`&nosuch;` stays as it is): numeric references
+    always, known names by a dictionary lookup, anything else the slow way."""
+    return ref[1] == "#" or ref[1:] in html5 or html.unescape(ref) != ref
+
+
 def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     """Drop tags (block tags -> line break), then unescape entities on rows that hold one.
     Only rows with a '<' (tags) or an entity are scanned."""
@@ -113,8 +120,7 @@ def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
         values = sub.to_pylist()
         for i, value in enumerate(values):
             found = _ENTITY.findall(value)
-            # count only real entities: html.unescape leaves `&nosuch;` as it is
-            counts["html_entities_unescaped"] += sum(html.unescape(m) != m for m in found)
+            counts["html_entities_unescaped"] += sum(map(_is_entity, found))
             if found:
                 values[i] = html.unescape(value)
         return pa.array(values, pa.string())

@@ -129,3 +129,20 @@ def test_count_words_equals_counting_word_matches(params):
         pa.string()), params.clean)
     got = clean_rules.count_words(texts, clean_rules.cjk_rows(texts)).to_pylist()
     assert got == pc.count_substring_regex(texts, clean_rules.WORD).to_pylist()
+
+
+def test_entity_counts_equal_what_html_unescape_changes():
+    import html
+    import re
+    from html.entities import html5
+
+    rng = random.Random(4)
+    refs = [f"&{name}" if name.endswith(";") else f"&{name};" for name in rng.sample(
+        sorted(html5), 300)] + ["&#39;", "&#x1F600;", "&#0;", "&nosuch;", "&ampx;", "&copyx;"]
+    texts = pa.array([" ".join(rng.choice([*refs, "AT&T", "a & b", "word"]) for _ in range(8))
+                      for _ in range(500)], pa.string())
+    out, counts = clean_rules.strip_html(texts)
+    found = [m for t in texts.to_pylist() for m in re.findall(clean_rules.HTML_ENTITY, t)]
+    assert counts["html_entities_unescaped"] == sum(html.unescape(m) != m for m in found)
+    assert out.to_pylist() == [html.unescape(t) if re.search(clean_rules.HTML_ENTITY, t) else t
+                               for t in texts.to_pylist()]
