@@ -14,8 +14,8 @@ Usage: `python -m bench.data [--mb 100]` -> reports/bench/data.json, rows:
   own process) on the `--mb` corpus; `raw_value` the same on a corpus ten times smaller.
 The corpus: the built-in corpus's documents repeated (each copy numbered, so none is an exact
 duplicate) as one JSONL file. Each stage runs in a fresh process, so its RSS is its own.
-Clean, tokenize and the bare calls each run `--repeat` times: times are the fastest run (as
-`timeit` does: the least disturbed by other load), peak RSS the largest.
+Clean, tokenize and the bare calls each run `--repeat` times: times are those of the fastest
+run (as `timeit` does: the least disturbed by other load), peak RSS the largest.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def bare_tokenize(work: Path) -> tuple[float, float]:
 
 
 def best(runs: list[dict]) -> dict:
-    """The fastest run's times with the largest peak RSS of all runs."""
-    fastest = {k: min(r[k] for r in runs) for k in runs[0] if k != "peak_rss_kib"}
+    """The fastest run (all its times) with the largest peak RSS of all runs."""
+    fastest = min(runs, key=lambda r: r["seconds"])
     return {**fastest, "peak_rss_kib": max(r["peak_rss_kib"] for r in runs)}
 
 
@@ -184,7 +184,7 @@ def main() -> None:
         text_mb, tok_mb = report["characters_in"] / 1e6, report["characters_out"] / 1e6
         raw_clean = min(bare_clean(work) for _ in range(args.repeat))
         bare = [bare_tokenize(work) for _ in range(args.repeat)]
-        raw_train, raw_encode = min(b[0] for b in bare), min(b[1] for b in bare)
+        raw_train, raw_encode = min(bare, key=sum)  # the fastest whole run
     st = large["stages"]
     rows = [
         row("clean", text_mb / st["clean"]["seconds"], text_mb / raw_clean, "Mchar/s"),

@@ -67,5 +67,5 @@ def parquet_batches(path: Path | str, columns: list[str], size: int) -> Iterator
     """A Parquet file's columns, one row group at a time in batches of at most `size` rows.
     pre_buffer must be off: pyarrow's default caches every row group read until the file is
     closed, so memory would grow with the file (as it does with a pyarrow Dataset scan)."""
-    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(
-        batch_size=size, columns=columns, use_threads=False)
+    with pq.ParquetFile(path, pre_buffer=False) as file:
+        yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False)

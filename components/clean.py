@@ -174,7 +174,7 @@ def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
 def snapshot_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
     """The snapshot's text, source (and split, when the source gave one) in record batches."""
     for path in files:
-        names = pq.ParquetFile(path).schema_arrow.names
+        names = pq.read_schema(path).names
         columns = ["text", "source", *(["split"] if "split" in names else [])]
         yield from parquet_batches(path, columns, size)
 

@@ -157,10 +157,10 @@ def cjk_rows(text: pa.Array) -> pa.Array:
 
 
 def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
-    """Words per trimmed document (WORD): runs between ASCII blanks (RE2's \\s), except on
-    rows with CJK characters, where each CJK character is a word too. There the count is the
-    non-CJK runs plus the CJK characters (the length a removal of CJK runs takes off): two
-    passes with few matches, where counting WORD matches costs one regex match per character."""
+    """Words per normalised document (WORD): runs between blanks, except on rows with CJK
+    characters, where each CJK character is a word too. There the count is the non-CJK runs
+    plus the CJK characters (the length a removal of CJK runs takes off): two passes with few
+    matches, where counting WORD matches costs one regex match per character."""
     def with_cjk(_) -> pa.Array:
         sub = text.filter(pc.fill_null(cjk_rows, False))
         runs = pc.count_substring_regex(sub, _NON_CJK_WORD)

@@ -6,7 +6,9 @@ is fast but leaves its output decomposed on pyarrow 25 ('café' -> 'cafe' + U+03
 1. only rows holding a character NFKC may touch (alone or beside a neighbour) are changed;
 2. those go through `utf8_normalize` (compatibility mappings, canonical order);
 3. rows of that output that hold a character which may compose get Python's NFC, since
-   NFKC(x) == NFC(NFKD(x)).
+   NFKC(x) == NFC(NFKD(x));
+4. rows holding a character Python's tables do not know yet (pyarrow's Unicode is newer) get
+   Python's NFKC, so the result never depends on which library decided.
 The character classes come from Python's own `unicodedata` tables, built once per process.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from itertools import chain
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +26,7 @@ import pyarrow.compute as pc
 _UNTOUCHED = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xD800, 0xF8FF),
               (0x20000, 0x2F7FF)]
 _LAST = 0x2FA1F  # no code point above the CJK Compatibility Ideographs Supplement decomposes
+_NEVER_ASSIGNED = (0x40000, 0xDFFFF)  # planes 4-13: unassigned in every Unicode version so far
 _HANGUL_VOWELS_TRAILS = [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]  # compose with L / LV
 
 
@@ -35,21 +39,22 @@ def _scanned() -> list[int]:
     return out
 
 
-def _re2_class(code_points: set[int]) -> str:
-    ranges, points = [], sorted(code_points)
-    for cp in points:
+def _re2_class(code_points: set[int], extra: tuple[tuple[int, int], ...] = ()) -> str:
+    ranges: list[list[int]] = []
+    for cp in sorted(code_points):
         if ranges and cp == ranges[-1][1] + 1:
             ranges[-1][1] = cp
         else:
             ranges.append([cp, cp])
     return "[" + "".join(f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}"
-                         for lo, hi in ranges) + "]"
+                         for lo, hi in [*ranges, *extra]) + "]"
 
 
 @functools.cache
-def classes() -> tuple[str, str]:
+def classes() -> tuple[str, str, str]:
     """RE2 classes: (characters NFKC may change or that may change beside a neighbour,
-    characters that may compose with the one before them or be reordered)."""
+    characters that may compose with the one before them or be reordered, characters
+    unassigned in Python's Unicode tables — pyarrow's may be newer)."""
     seconds = set(_HANGUL_VOWELS_TRAILS)
     touched = set()
     for cp in _scanned():
@@ -62,15 +67,24 @@ def classes() -> tuple[str, str]:
         if unicodedata.combining(ch) or not unicodedata.is_normalized("NFKC", ch):
             touched.add(cp)
     composing = seconds | {cp for cp in touched if unicodedata.combining(chr(cp))}
-    return _re2_class(touched | seconds), _re2_class(composing)
+    unassigned = {cp for cp in chain(range(0x80, 0xD800), range(0xE000, _NEVER_ASSIGNED[0]),
+                                     range(_NEVER_ASSIGNED[1] + 1, 0xF0000))
+                  if unicodedata.category(chr(cp)) == "Cn"}
+    return (_re2_class(touched | seconds), _re2_class(composing),
+            _re2_class(unassigned, (_NEVER_ASSIGNED,)))
 
 
 def _rows(text: pa.Array, pattern: str) -> pa.Array:
     return pc.fill_null(pc.match_substring_regex(text, pattern), False)
 
 
-def _replace_rows(text: pa.Array, rows: pa.Array, new: pa.Array) -> pa.Array:
-    return pc.replace_with_mask(text, rows, new) if len(new) else text
+def _redo(target: pa.Array, rows: pa.Array, source: pa.Array, form: str) -> pa.Array:
+    """`target` with the flagged rows replaced by Python's `form` of the same rows of
+    `source`."""
+    if not pc.any(rows).as_py():
+        return target
+    values = [unicodedata.normalize(form, v) for v in source.filter(rows).to_pylist()]
+    return pc.replace_with_mask(target, rows, pa.array(values, pa.string()))
 
 
 def nfkc(text: pa.Array) -> pa.Array:
@@ -79,12 +93,12 @@ def nfkc(text: pa.Array) -> pa.Array:
     rows = pc.fill_null(pc.invert(pc.string_is_ascii(text)), False)
     if not pc.any(rows).as_py():
         return text
-    touched, composing = classes()
-    candidates = text.filter(rows)
-    rows = pc.replace_with_mask(rows, rows, _rows(candidates, touched))
-    folded = pc.utf8_normalize(text.filter(rows), "NFKC")
-    compose = _rows(folded, composing)
-    if pc.any(compose).as_py():
-        values = [unicodedata.normalize("NFC", v) for v in folded.filter(compose).to_pylist()]
-        folded = pc.replace_with_mask(folded, compose, pa.array(values, pa.string()))
-    return _replace_rows(text, rows, folded)
+    touched, composing, unassigned = classes()
+    rows = pc.replace_with_mask(rows, rows, _rows(text.filter(rows), touched))
+    if not pc.any(rows).as_py():
+        return text
+    sub = text.filter(rows)
+    folded = pc.utf8_normalize(sub, "NFKC")
+    newer = _rows(sub, unassigned)  # pyarrow may know these characters; Python decides
+    folded = _redo(folded, pc.and_(_rows(folded, composing), pc.invert(newer)), folded, "NFC")
+    return pc.replace_with_mask(text, rows, _redo(folded, newer, sub, "NFKC"))
