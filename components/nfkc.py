@@ -1,14 +1,14 @@
 """Exact Unicode NFKC of Arrow string arrays, fast on any script.
 
-Usage: `text = nfkc(text)`. Python's `unicodedata` is exact but slow on rows it must change
+Usage: `text = nfkc(text)`. Python's `unicodedata` is exact but slow on strings it must change
 (~25 MB/s: Chinese text with full-width punctuation), while pyarrow's `utf8_normalize("NFKC")`
 is fast but leaves its output decomposed on pyarrow 25 ('café' -> 'cafe' + U+0301). So:
-1. only rows holding a character NFKC may touch (alone or beside a neighbour) are changed;
-2. those go through `utf8_normalize` (compatibility mappings, canonical order);
-3. rows of that output that hold a character which may compose get Python's NFC, since
-   NFKC(x) == NFC(NFKD(x));
-4. rows holding a character Python's tables do not know yet (pyarrow's Unicode is newer) get
-   Python's NFKC, so the result never depends on which library decided.
+1. Python's quick check (`is_normalized`) picks the strings NFKC changes;
+2. when they are many, they go through `utf8_normalize` (compatibility mappings, canonical
+   order), and the strings of its output holding a character that may compose get Python's
+   NFC, since NFKC(x) == NFC(NFKD(x));
+3. strings holding a character Python's tables do not know yet (pyarrow's Unicode is newer)
+   get Python's NFKC, so the result never depends on which library decided.
 The character classes come from Python's own `unicodedata` tables, built once per process.
 """
 
@@ -26,6 +26,9 @@ import pyarrow.compute as pc
 _UNTOUCHED = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xD800, 0xF8FF),
               (0x20000, 0x2F7FF)]
 _LAST = 0x2FA1F  # no code point above the CJK Compatibility Ideographs Supplement decomposes
+# Below this many characters to change in a batch, Python's NFKC costs less than building the
+# classes (once per process, ~0.1 s) and the extra passes.
+ARROW_MIN_CHARS = 1 << 18
 _NEVER_ASSIGNED = (0x40000, 0xDFFFF)  # planes 4-13: unassigned in every Unicode version so far
 _HANGUL_VOWELS_TRAILS = [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]  # compose with L / LV
 
@@ -51,27 +54,23 @@ def _re2_class(code_points: set[int], extra: tuple[tuple[int, int], ...] = ()) -
 
 
 @functools.cache
-def classes() -> tuple[str, str, str]:
-    """RE2 classes: (characters NFKC may change or that may change beside a neighbour,
-    characters that may compose with the one before them or be reordered, characters
-    unassigned in Python's Unicode tables — pyarrow's may be newer)."""
-    seconds = set(_HANGUL_VOWELS_TRAILS)
-    touched = set()
+def classes() -> tuple[str, str]:
+    """RE2 classes: (characters that may compose with the one before them or be reordered,
+    characters unassigned in Python's Unicode tables — pyarrow's may be newer)."""
+    composing = set(_HANGUL_VOWELS_TRAILS)
     for cp in _scanned():
         ch = chr(cp)
         decomposition = unicodedata.decomposition(ch)
         if decomposition and not decomposition.startswith("<"):
             parts = decomposition.split()
             if len(parts) == 2:
-                seconds.add(int(parts[1], 16))
-        if unicodedata.combining(ch) or not unicodedata.is_normalized("NFKC", ch):
-            touched.add(cp)
-    composing = seconds | {cp for cp in touched if unicodedata.combining(chr(cp))}
+                composing.add(int(parts[1], 16))
+        if unicodedata.combining(ch):
+            composing.add(cp)
     unassigned = {cp for cp in chain(range(0x80, 0xD800), range(0xE000, _NEVER_ASSIGNED[0]),
                                      range(_NEVER_ASSIGNED[1] + 1, 0xF0000))
                   if unicodedata.category(chr(cp)) == "Cn"}
-    return (_re2_class(touched | seconds), _re2_class(composing),
-            _re2_class(unassigned, (_NEVER_ASSIGNED,)))
+    return _re2_class(composing), _re2_class(unassigned, (_NEVER_ASSIGNED,))
 
 
 def _rows(text: pa.Array, pattern: str) -> pa.Array:
@@ -88,16 +87,19 @@ def _redo(target: pa.Array, rows: pa.Array, source: pa.Array, form: str) -> pa.A
 
 
 def nfkc(text: pa.Array) -> pa.Array:
-    """NFKC of every string; ASCII strings and strings without a touched character pass
-    through untouched."""
+    """NFKC of every string. Python's quick check picks the strings NFKC changes (ASCII ones
+    never change); a few are normalised by Python directly, many by pyarrow plus the fixes."""
     rows = pc.fill_null(pc.invert(pc.string_is_ascii(text)), False)
     if not pc.any(rows).as_py():
         return text
-    touched, composing, unassigned = classes()
-    rows = pc.replace_with_mask(rows, rows, _rows(text.filter(rows), touched))
-    if not pc.any(rows).as_py():
+    changing = [not unicodedata.is_normalized("NFKC", v) for v in text.filter(rows).to_pylist()]
+    if not any(changing):
         return text
+    rows = pc.replace_with_mask(rows, rows, pa.array(changing, pa.bool_()))
     sub = text.filter(rows)
+    if (pc.sum(pc.utf8_length(sub)).as_py() or 0) < ARROW_MIN_CHARS:
+        return _redo(text, rows, text, "NFKC")
+    composing, unassigned = classes()
     folded = pc.utf8_normalize(sub, "NFKC")
     newer = _rows(sub, unassigned)  # pyarrow may know these characters; Python decides
     folded = _redo(folded, pc.and_(_rows(folded, composing), pc.invert(newer)), folded, "NFC")
