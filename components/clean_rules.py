@@ -1,9 +1,11 @@
 """The clean stage's text rules, vectorised with pyarrow.compute: HTML stripping, privacy
 masks, Unicode/whitespace normalisation — each returning the new text and its counts.
 
-Usage: `text, counts = normalise(text, cfg)`. A regex runs only on the rows that can match
-(a literal pre-check such as '<' or '@'), and counts come from cheap differences (lengths,
-placeholder occurrences) where that is exact, so most text is scanned once per rule.
+Usage: `text, counts = normalise(text, cfg)`. Each group of replacements runs only on the
+rows one match scan says it can change ('<' for tags, any PII pattern, any rare character, any
+blank run), and counts come from cheap differences (lengths, placeholder occurrences) where
+that is exact, so most text is scanned once per group. tests/test_data_equivalence.py checks
+each group against every pass on every row.
 """
 
 from __future__ import annotations
