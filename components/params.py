@@ -97,6 +97,7 @@ class Tokenize(_Section):
     kind: Literal["bpe", "unigram", "wordpiece", "word", "char"]
     vocab_size: Annotated[int, Field(strict=True, ge=16)]
     min_frequency: PosInt
+    train_max_bytes: NonNegInt
 
 
 class Embed(_Section):

@@ -121,9 +121,24 @@ def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
-def _texts(path: Path) -> Iterator[str]:
-    for batch in parquet_batches(path, ["text"], BATCH_DOCS):
-        yield from batch.column("text").to_pylist()
+def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator[str]:
+    """The train split's texts the tokenizer learns from: all of them, or, when the text column
+    holds more than `max_bytes`, every k-th row group (spread evenly over the split, the same
+    on every run) until `max_bytes`. `seen` counts what was used."""
+    with pq.ParquetFile(path, pre_buffer=False) as file:
+        column = file.schema_arrow.get_field_index("text")
+        sizes = [file.metadata.row_group(i).column(column).total_uncompressed_size
+                 for i in range(file.num_row_groups)]
+        stride = max(1, -(-sum(sizes) // max_bytes)) if max_bytes else 1
+        for group in range(0, file.num_row_groups, stride):
+            if max_bytes and seen["bytes"] >= max_bytes:
+                return
+            for batch in file.iter_batches(BATCH_DOCS, row_groups=[group], columns=["text"],
+                                           use_threads=False):
+                text = batch.column("text")
+                seen["documents"] += len(text)
+                seen["bytes"] += pc.sum(pc.binary_length(text)).as_py() or 0
+                yield from text.to_pylist()
 
 
 def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
@@ -131,8 +146,10 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
     train_file = clean_dir / "train.parquet"
     if not train_file.is_file():
         raise GruflowError(f"{train_file}: missing — run the clean stage first")
-    tok = train_tokenizer(_texts(train_file), cfg)
-    summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {}}
+    seen = {"documents": 0, "bytes": 0}
+    tok = train_tokenizer(training_texts(train_file, cfg.train_max_bytes, seen), cfg)
+    summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {},
+                     "trained_on": seen}
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0

@@ -160,3 +160,27 @@ def test_parquet_reads_hold_one_row_group_not_the_file(tmp_path, reader):
         peak = max(peak, pa.total_allocated_bytes() - base)
     assert rows == 10_000
     assert peak < 4_000_000, f"{peak / 1e6:.1f} MB of Arrow memory held for a 10 MB file"
+
+
+def test_tokenizer_trains_on_a_bounded_sample_spread_over_the_split(tmp_path):
+    from components import tokenize
+
+    path = tmp_path / "train.parquet"
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as out:
+        for group in range(40):
+            out.write_table(pa.table({"text": [f"g{group} d{i} " + "more words here " * 10
+                                               for i in range(50)]}))
+    everything = pq.read_table(path).column("text").to_pylist()
+    total = sum(len(t.encode()) for t in everything)
+
+    seen = {"documents": 0, "bytes": 0}
+    assert list(tokenize.training_texts(path, 0, seen)) == everything  # 0 = all of it
+    assert seen == {"documents": 2000, "bytes": total}
+
+    seen = {"documents": 0, "bytes": 0}
+    sample = list(tokenize.training_texts(path, total // 8, seen))
+    groups = sorted({int(t.split()[0][1:]) for t in sample})
+    assert total // 16 <= seen["bytes"] <= total // 8 and seen["documents"] == len(sample)
+    assert groups[0] == 0 and groups[-1] >= 32  # spread over the split, not its head
+    assert sample == list(tokenize.training_texts(path, total // 8, {"documents": 0,
+                                                                    "bytes": 0}))
