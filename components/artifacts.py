@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 # ~4x and writes ~1.5x faster than zstd for ~1.5x the bytes, and these files are re-read by the
 # next stage far more often than they are archived.
 TEXT_CODEC = "snappy"
+
 
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
@@ -63,9 +64,12 @@ def write_json(target: Path | str, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def parquet_batches(path: Path | str, columns: list[str], size: int) -> Iterator[pa.RecordBatch]:
-    """A Parquet file's columns, one row group at a time in batches of at most `size` rows.
-    pre_buffer must be off: pyarrow's default caches every row group read until the file is
-    closed, so memory would grow with the file (as it does with a pyarrow Dataset scan)."""
+def parquet_batches(path: Path | str, columns: list[str], size: int,
+                    row_groups: Iterable[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's columns (of all or the given row groups), one row group at a time in
+    batches of at most `size` rows. pre_buffer must be off: pyarrow's default caches every row
+    group read until the file is closed, so memory would grow with the file (as it does with a
+    pyarrow Dataset scan)."""
     with pq.ParquetFile(path, pre_buffer=False) as file:
-        yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False)
+        yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False,
+                                     row_groups=None if row_groups is None else list(row_groups))

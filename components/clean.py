@@ -59,6 +59,7 @@ def split_codes(doc_ids: Iterable[bytes], cfg: Split) -> np.ndarray:
 
 
 def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
+    """Each document's split name (see split_codes)."""
     return [_BY_CODE[c] for c in split_codes((d.encode() for d in doc_ids), cfg)]
 
 

@@ -125,20 +125,19 @@ def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator
     """The train split's texts the tokenizer learns from: all of them, or, when the text column
     holds more than `max_bytes`, every k-th row group (spread evenly over the split, the same
     on every run) until `max_bytes`. `seen` counts what was used."""
-    with pq.ParquetFile(path, pre_buffer=False) as file:
-        column = file.schema_arrow.get_field_index("text")
-        sizes = [file.metadata.row_group(i).column(column).total_uncompressed_size
-                 for i in range(file.num_row_groups)]
-        stride = max(1, -(-sum(sizes) // max_bytes)) if max_bytes else 1
-        for group in range(0, file.num_row_groups, stride):
-            if max_bytes and seen["bytes"] >= max_bytes:
-                return
-            for batch in file.iter_batches(BATCH_DOCS, row_groups=[group], columns=["text"],
-                                           use_threads=False):
-                text = batch.column("text")
-                seen["documents"] += len(text)
-                seen["bytes"] += pc.sum(pc.binary_length(text)).as_py() or 0
-                yield from text.to_pylist()
+    meta = pq.read_metadata(path)
+    column = meta.schema.names.index("text")
+    size = sum(meta.row_group(i).column(column).total_uncompressed_size
+               for i in range(meta.num_row_groups))
+    stride = max(1, -(-size // max_bytes)) if max_bytes else 1
+    for batch in parquet_batches(path, ["text"], BATCH_DOCS,
+                                 range(0, meta.num_row_groups, stride)):
+        if max_bytes and seen["bytes"] >= max_bytes:
+            return
+        text = batch.column("text")
+        seen["documents"] += len(text)
+        seen["bytes"] += pc.sum(pc.binary_length(text)).as_py() or 0
+        yield from text.to_pylist()
 
 
 def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
