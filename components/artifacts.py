@@ -64,12 +64,12 @@ def write_json(target: Path | str, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def parquet_batches(path: Path | str, columns: list[str], size: int,
+def parquet_batches(path: Path | str, columns: list[str] | None, size: int,
                     row_groups: Iterable[int] | None = None) -> Iterator[pa.RecordBatch]:
-    """A Parquet file's columns (of all or the given row groups), one row group at a time in
-    batches of at most `size` rows. pre_buffer must be off: pyarrow's default caches every row
-    group read until the file is closed, so memory would grow with the file (as it does with a
-    pyarrow Dataset scan)."""
+    """A Parquet file's columns (None: all) of all or the given row groups, one row group at a
+    time in batches of at most `size` rows. pre_buffer must be off: pyarrow's default caches
+    every row group read until the file is closed, so memory would grow with the file (as it
+    does with a pyarrow Dataset scan)."""
     with pq.ParquetFile(path, pre_buffer=False) as file:
         yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False,
                                      row_groups=None if row_groups is None else list(row_groups))

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from components.artifacts import parquet_batches
 from components.errors import GruflowError
 from components.params import Data
 
@@ -245,9 +246,8 @@ def _batches(path: Path, suffix: str, text_column: str) -> Iterator[pa.RecordBat
     """Record batches of a .parquet or .csv file; a CSV's text column comes as raw bytes."""
     try:
         if suffix == ".parquet":
-            with pq.ParquetFile(path, pre_buffer=False) as file:  # see parquet_batches
-                _check_column(path, file.schema_arrow.names, text_column)
-                yield from file.iter_batches(batch_size=BATCH_ROWS)
+            _check_column(path, pq.read_schema(path).names, text_column)
+            yield from parquet_batches(path, None, BATCH_ROWS)
             return
         options = pacsv.ConvertOptions(column_types=_csv_types(path, text_column))
         with _open_csv(path, options) as reader:
