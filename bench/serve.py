@@ -62,7 +62,7 @@ def temp_registered_model(tmp: Path, params: Params) -> str:
     import keras
     import mlflow
 
-    from components.model import build_model
+    from components.lm.model import build_model
     from components.tokenize import train_tokenizer
     from flows import tracking
 
@@ -100,7 +100,7 @@ def measure(uri: str, reps: int, profile: bool) -> tuple[list[dict], str]:
     import pandas as pd
     from tokenizers import Tokenizer
 
-    from components import model as _layers  # noqa: F401  (registers custom layers)
+    from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
     with tempfile.TemporaryDirectory() as dst:
         pyfunc = mlflow.pyfunc.load_model(uri, dst_path=dst)

@@ -18,7 +18,7 @@ import numpy as np
 
 from components.artifacts import write_json
 from components.params import load_params
-from components.windows import make_windows, read_stream, unigram_log_probs
+from components.lm.windows import make_windows, read_stream, unigram_log_probs
 
 BENCH_TOKENS = 150_000
 
@@ -37,7 +37,7 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
 def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
     import keras
 
-    from components.model import build_model
+    from components.lm.model import build_model
     from components.train import optimizer
 
     keras.utils.set_random_seed(p.train.seed)

@@ -14,7 +14,7 @@ import pytest
 
 from components import clean, ingest, profile
 from components.errors import GruflowError
-from components.near_dup import NearDuplicates
+from components.data.near_dup import NearDuplicates
 from components.params import Params
 
 WORDS = ("river stone garden paper window market silver cloud engine letter village orange "
@@ -157,7 +157,7 @@ def test_drift_statistics():
 
 
 def test_exact_hashes_agree_with_a_set_over_many_batches():
-    from components.near_dup import ExactHashes
+    from components.data.near_dup import ExactHashes
 
     rng = np.random.default_rng(0)
     seen, reference = ExactHashes(), set()

@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from tokenizers import Tokenizer
 
 from components import embed, embed_eval
-from components.embed_eval import TokenVectors
+from components.embedding.quality import TokenVectors
 from components.errors import GruflowError
 from components.params import Params, load_params, parse_params
 from components.tokenize import BOS, EOS, PAD, encode, train_tokenizer

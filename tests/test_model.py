@@ -13,7 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from components.model import CausalAttention, attention_model, build_model  # noqa: E402
+from components.lm.model import CausalAttention, attention_model, build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
 from components.tokenize import PAD  # noqa: E402
 
@@ -243,7 +243,7 @@ def test_heads_must_divide_units():
 
 
 def test_smoothed_token_loss_matches_formula_and_reduces_to_nll():
-    from components.model import SmoothedTokenLoss
+    from components.lm.model import SmoothedTokenLoss
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 5)).astype("float32")

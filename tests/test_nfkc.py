@@ -1,4 +1,4 @@
-"""components.nfkc equals Python's unicodedata NFKC on every assigned code point and on random
+"""components.data.nfkc equals Python's unicodedata NFKC on every assigned code point and on random
 sequences of the characters that compose, reorder or fold; its character classes match a
 full scan of the Unicode tables."""
 

@@ -174,7 +174,7 @@ def _wait_up(server: dict, seconds: float = 120) -> None:
 def trained(tmp_path_factory):  # requested after mlflow_server: the server boots meanwhile
     """What the register task needs of a trained project: params.yaml, components/, an
     (untrained, 8-unit) Keras model with its tokenizer, and the model's md5 in dvc.lock."""
-    from components.model import build_model
+    from components.lm.model import build_model
     from components.params import load_params
     from components.tokenize import train_tokenizer
 

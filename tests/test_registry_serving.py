@@ -39,8 +39,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components.errors import GruflowError  # noqa: E402
-from components.lm_pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
-from components.model import build_model  # noqa: E402
+from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
+from components.lm.model import build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
 from components.tokenize import BOS, EOS, SPECIALS, train_tokenizer  # noqa: E402
 from flows import cli, registry, tracking  # noqa: E402

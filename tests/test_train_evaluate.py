@@ -26,11 +26,11 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.lm_pyfunc import sample_next  # noqa: E402
-from components.model import build_model  # noqa: E402
+from components.lm.pyfunc import sample_next  # noqa: E402
+from components.lm.model import build_model  # noqa: E402
 from components.params import Params, load_params  # noqa: E402
 from components.tokenize import BOS, EOS, PAD, SCHEMA, train_tokenizer  # noqa: E402
-from components.windows import make_windows, read_stream, unigram_log_probs  # noqa: E402
+from components.lm.windows import make_windows, read_stream, unigram_log_probs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EMB_DIM, UNITS, SEQ_LEN = 8, 16, 12
