@@ -135,7 +135,7 @@ def registered_version(name: str, model_md5: str) -> str | None:
     return None
 
 
-def model_info(root: Path, params: Params) -> dict:
+def serving_info(root: Path, params: Params) -> dict:
     """The registered model's info.json: the window length it was trained with (the tuned one
     when tuning changed it) and the digest of its tokenizer, which serving checks."""
     from components.lm.pyfunc import file_digest
@@ -156,7 +156,7 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
     paths = params.paths
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
-        info.write_text(json.dumps(model_info(root, params)))
+        info.write_text(json.dumps(serving_info(root, params)))
         example = pd.DataFrame({"text": ["The return value"]})
         signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
         active = mlflow.active_run()
