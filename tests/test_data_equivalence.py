@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components import clean, clean_rules
+from components import clean
+from components.data import clean_rules
 from components.data.near_dup import ExactHashes
 
 FRAGMENTS = [

@@ -19,10 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from components import clean, clean_rules, embed, ingest, tokenize, windows
+from components import clean, embed, ingest, tokenize
+from components.contract import BOS, EOS, PAD, SPECIALS, SPLITS, UNK, encode
+from components.data import clean_rules
+from components.embedding.quality import cosine_neighbours
 from components.errors import GruflowError
+from components.lm import windows
 from components.params import Params
-from components.tokenize import BOS, EOS, PAD, UNK
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -208,7 +211,7 @@ def run_clean(params: Params, tmp_path: Path, texts: list[str], val=0.2, test=0.
 
 
 def clean_rows(tmp_path: Path) -> list[dict]:
-    return [row for name in clean.SPLITS
+    return [row for name in SPLITS
             for row in read_rows(tmp_path / "clean" / f"{name}.parquet")]
 
 
@@ -242,7 +245,7 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
     assert "with a NUL and a zerowidth char in it" in texts
     assert summary["characters_out"] == sum(map(len, texts))
     assert all(r["doc_id"] == hashlib.sha256(r["text"].encode()).hexdigest()[:20] for r in rows)
-    for name in clean.SPLITS:
+    for name in SPLITS:
         split_rows = read_rows(tmp_path / "clean" / f"{name}.parquet")
         assert {r["split"] for r in split_rows} == {name}
         assert len(split_rows) == summary["split_documents"][name] > 0
@@ -286,14 +289,19 @@ def test_clean_split_is_stable_when_documents_are_added(params, tmp_path):
     assert {t: second[t] for t in first} == first
 
 
-def test_assign_split_fractions_and_seed(params):
+def assign_split(doc_ids: list[str], cfg) -> list[str]:
+    """Each document's split name, from the stage's own split_codes."""
+    return [clean._BY_CODE[c] for c in clean.split_codes((d.encode() for d in doc_ids), cfg)]
+
+
+def test_split_codes_fractions_and_seed(params):
     ids = [f"{i:020x}" for i in range(20_000)]
     split = params.split.model_copy(update={"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0})
-    got = clean.assign_split(ids, split)
+    got = assign_split(ids, split)
     assert abs(got.count("val") / len(ids) - 0.1) < 0.015
     assert abs(got.count("test") / len(ids) - 0.25) < 0.015
-    assert clean.assign_split(ids[:50], split) == got[:50]
-    reseeded = clean.assign_split(ids, split.model_copy(update={"seed": 1}))
+    assert assign_split(ids[:50], split) == got[:50]
+    reseeded = assign_split(ids, split.model_copy(update={"seed": 1}))
     assert reseeded != got  # the seed salts the hash
 
 
@@ -332,7 +340,7 @@ def tokenized(params, tmp_path_factory) -> dict:
 
 def test_tokenize_round_trips_and_frames_ids(tokenized):
     tok = tokenized["tok"]
-    assert [tok.token_to_id(t) for t in tokenize.SPECIALS] == [PAD, UNK, BOS, EOS] == [0, 1, 2, 3]
+    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS] == [0, 1, 2, 3]
     for name, texts in tokenized["texts"].items():
         rows = read_rows(tokenized["root"] / "tokens" / f"{name}.parquet")
         assert [r["doc_id"] for r in rows] == [f"{name}{i}" for i in range(len(texts))]
@@ -341,7 +349,7 @@ def test_tokenize_round_trips_and_frames_ids(tokenized):
             assert ids[0] == BOS and ids[-1] == EOS
             assert BOS not in ids[1:-1] and EOS not in ids[1:-1] and UNK not in ids
             assert tok.decode(ids) == text
-            assert ids == tokenize.encode(tok, [text])[0]
+            assert ids == encode(tok, [text])[0]
             assert row["n_bytes"] == len(text.encode("utf-8"))
 
 
@@ -357,7 +365,7 @@ def test_tokenize_vocab_comes_from_train_split_only(tokenized):
 def test_tokenize_report_counts_tokens_per_split(tokenized):
     summary = tokenized["summary"]
     assert json.loads((tokenized["root"] / "tokenize.json").read_text()) == summary
-    assert set(summary["splits"]) == set(clean.SPLITS)
+    assert set(summary["splits"]) == set(SPLITS)
     for name, texts in tokenized["texts"].items():
         rows = read_rows(tokenized["root"] / "tokens" / f"{name}.parquet")
         stats = summary["splits"][name]
@@ -400,14 +408,14 @@ def test_embed_matrix_layout(vectors):
 @pytest.mark.parametrize("token", [4, 9, 15, 22])
 def test_embed_neighbours_stay_in_cluster(vectors, token):
     own = CLUSTER_A if token in CLUSTER_A else CLUSTER_B
-    neighbours = [i for i, _ in embed.cosine_neighbours(vectors, token, k=5)]
+    neighbours = [i for i, _ in cosine_neighbours(vectors, token, k=5)]
     assert sum(i in own for i in neighbours) >= 4, neighbours
 
 
 def test_cosine_neighbours_match_numpy():
     m = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     token = 7
-    got = embed.cosine_neighbours(m, token, k=29)
+    got = cosine_neighbours(m, token, k=29)
     assert token not in [i for i, _ in got]
     assert sorted(i for i, _ in got) == [i for i in range(30) if i != token]
     sims = [s for _, s in got]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import readers
+from components.data import readers
 from tests.test_data_stages import read_rows, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,8 @@ def write_streaming_corpus(root: Path, n: int) -> int:
 MEMORY_PROBE = """
 import json, re, sys
 from pathlib import Path
-from components import ingest, readers
+from components import ingest
+from components.data import readers
 from tests.test_data_stages import read_rows, run_ingest
 from components.params import load_params
 readers.READ_BYTES, readers.BATCH_ROWS = 1 << 16, 64

@@ -16,11 +16,13 @@ from gensim.models import KeyedVectors, Word2Vec
 from scipy.stats import spearmanr
 from tokenizers import Tokenizer
 
-from components import embed, embed_eval
+from components import embed
+from components.contract import BOS, EOS, PAD, encode
+from components.embedding import quality as embed_eval
 from components.embedding.quality import TokenVectors
 from components.errors import GruflowError
 from components.params import Params, load_params, parse_params
-from components.tokenize import BOS, EOS, PAD, encode, train_tokenizer
+from components.tokenize import train_tokenizer
 from flows import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,7 @@ def test_trained_rows_equal_the_bare_gensim_call(params, algorithm):
 def test_cbow_neighbours_stay_in_cluster(params, token):
     matrix = embed.train_vectors(cluster_sentences(), VOCAB, small(params, algorithm="cbow"))
     own = CLUSTER_A if token in CLUSTER_A else CLUSTER_B
-    neighbours = [i for i, _ in embed.cosine_neighbours(matrix, token, k=5)]
+    neighbours = [i for i, _ in embed_eval.cosine_neighbours(matrix, token, k=5)]
     assert sum(i in own for i in neighbours) >= 4, neighbours
 
 

@@ -13,9 +13,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from components.contract import PAD  # noqa: E402
 from components.lm.model import CausalAttention, attention_model, build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
-from components.tokenize import PAD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 V, E, H, T, B = 37, 8, 12, 10, 3

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components import nfkc
+from components.data import nfkc
 
 
 @pytest.fixture(autouse=True, params=["pyarrow", "python"])

@@ -25,12 +25,14 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
+from components.contract import BOS, EOS, PAD  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.lm.pyfunc import sample_next  # noqa: E402
+from components.lm.fit import make_dataset  # noqa: E402
+from components.lm.inference import sample_next  # noqa: E402
 from components.lm.model import build_model  # noqa: E402
-from components.params import Params, load_params  # noqa: E402
-from components.tokenize import BOS, EOS, PAD, SCHEMA, train_tokenizer  # noqa: E402
 from components.lm.windows import make_windows, read_stream, unigram_log_probs  # noqa: E402
+from components.params import Params, load_params  # noqa: E402
+from components.tokenize import SCHEMA, train_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EMB_DIM, UNITS, SEQ_LEN = 8, 16, 12
@@ -214,7 +216,7 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
 
 def test_make_dataset_covers_every_target_once():
     stream = np.arange(4, 4 + 50, dtype=np.int32)
-    ds, n = train.make_dataset(stream, 8, 4, seed=3)
+    ds, n = make_dataset(stream, 8, 4, seed=3)
     assert n == stream.size - 1
     xs, ys, ws = (np.concatenate(parts) for parts in zip(*[tuple(np.asarray(t) for t in b)
                                                           for b in ds], strict=True))
@@ -222,7 +224,7 @@ def test_make_dataset_covers_every_target_once():
     real = ws > 0
     assert sorted(ys[real].tolist()) == stream[1:].tolist()
     np.testing.assert_array_equal(ys[~real], PAD)
-    again, _ = train.make_dataset(stream, 8, 4, seed=3)
+    again, _ = make_dataset(stream, 8, 4, seed=3)
     first_batch = next(iter(again))[0].numpy()
     np.testing.assert_array_equal(first_batch, xs[:4])
 
@@ -250,6 +252,21 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     # The cycle is learnable: the model and the bigram both beat the unigram baseline.
     assert saved["perplexity"] < saved["baseline_perplexity"]
     assert saved["bigram_perplexity"] < saved["baseline_perplexity"]
+
+
+def test_evaluate_uses_the_tuned_seq_len(trained, tmp_path):
+    """Issue 16 (b): a tuned train.seq_len (artifacts/best_params.json) reaches evaluate, as it
+    reaches train: windows of 6 tokens, so the last position bucket is 4-5, not 8-11."""
+    p, _, _ = trained
+    best = tmp_path / "best_params.json"
+    best.write_text(json.dumps({"train.seq_len": 6}))
+    tuned = with_paths(p, best_params=str(best), reports=str(tmp_path / "reports")).model_copy(
+        update={"tune": p.tune.model_copy(update={"n_trials": 1, "space": {}})})
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "train_history.csv").write_bytes(
+        (Path(p.paths.reports) / "train_history.csv").read_bytes())
+    metrics = evaluate.run(tuned)
+    assert list(metrics["loss_by_position"])[-1] == "4-5"
 
 
 def test_evaluate_missing_model_raises(trained, tmp_path):
