@@ -230,18 +230,6 @@ def test_tied_embeddings_share_one_matrix_and_round_trip(tmp_path, ids):
     np.testing.assert_array_equal(logits_of(model, ids), logits_of(again, ids))
 
 
-def test_heads_must_divide_units():
-    import yaml
-
-    from components.errors import GruflowError
-    from components.params import parse_params
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"]["attention_heads"] = 3  # default units are not a multiple of 3
-    with pytest.raises(GruflowError, match="attention_heads"):
-        parse_params(raw)
-
-
 def test_smoothed_token_loss_matches_formula_and_reduces_to_nll():
     from components.lm.model import SmoothedTokenLoss
 

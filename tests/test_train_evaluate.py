@@ -208,7 +208,8 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
     np.save(bad_file, np.zeros((vocab, EMB_DIM + 1), np.float32))
     bad = with_paths(p, embeddings=str(bad_file), model=str(tmp_path / "m.keras"),
                      reports=str(tmp_path / "reports"))
-    with pytest.raises(GruflowError) as err:
+    with pytest.raises(GruflowError, match=rf"does not match vocabulary {vocab} x "
+                       rf"model.embedding_dim {EMB_DIM} — rerun the embed stage") as err:
         train.run(bad)
     assert str(bad_file) in str(err.value)
     assert not (tmp_path / "m.keras").exists()
