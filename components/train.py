@@ -90,7 +90,7 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
 
     t, hw = p.train, devices()
     seed_everything(t.seed)
-    use_mixed_precision(t)
+    use_mixed_precision(t, on_gpu=hw["device"] != "CPU")
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)

@@ -1,5 +1,5 @@
 """Stage `tune`: space validation, pass-through, a tiny real study, resuming, failures, pruning,
-MLflow trial runs and merge_best — on synthetic token data in a temporary folder."""
+MLflow trial runs — on synthetic token data in a temporary folder."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from components.errors import GruflowError
 from components.params import Params, parse_params
 from components.tokenize import SCHEMA, train_tokenizer
 from components.tuning import study as tune_study
-from components.tuning.best import load_best, merge_best
+from components.tuning.best import merge_best
 from flows import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,25 +285,3 @@ def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
     assert {r.data.metrics["val_loss"] for r in children} == {1.0, 2.0, 0.5}
     logged = {a.path for a in client.list_artifacts(parent, "tune")}
     assert {"tune/tune_history.png", "tune/tune_importance.png", "tune/tune.json"} <= logged
-
-
-# --- merge_best -----------------------------------------------------------------------------
-
-
-def test_merge_best_applies_and_validates(tmp_path):
-    p = make_params(tmp_path)
-    merged, changed = merge_best(p, {"model.units": 8, "train.learning_rate": 0.02})
-    assert merged.model.units == 8 and merged.train.learning_rate == 0.02
-    assert changed == {"model.units": 8}  # the learning rate is the params.yaml value
-    assert merged.embed == p.embed and merged.paths == p.paths
-    with pytest.raises(GruflowError, match="model.units"):
-        merge_best(p, {"model.units": -8})
-    with pytest.raises(GruflowError, match="unknown parameter 'paths.model'"):
-        merge_best(p, {"paths.model": "elsewhere.keras"})
-    best_file = Path(p.paths.best_params)
-    with pytest.raises(GruflowError, match="run the tune stage first"):
-        load_best(p)
-    best_file.parent.mkdir(parents=True, exist_ok=True)
-    best_file.write_text('{"model.units": 8}')
-    assert merge_best(p, load_best(p))[0].model.units == 8
-    assert load_best(make_params(tmp_path, n_trials=0)) == {}  # tuning off: no file needed

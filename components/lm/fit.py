@@ -25,12 +25,15 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def use_mixed_precision(t: Train) -> None:
-    """float16 compute when train.mixed_precision asks for it and a GPU is there."""
+def use_mixed_precision(t: Train, on_gpu: bool | None = None) -> None:
+    """float16 compute when train.mixed_precision asks for it and a GPU is there (`on_gpu`,
+    or TensorFlow's own device list when not given)."""
     import keras
     import tensorflow as tf
 
-    if t.mixed_precision and tf.config.list_physical_devices("GPU"):
+    if on_gpu is None:
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if t.mixed_precision and on_gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
 

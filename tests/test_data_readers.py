@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.data import readers
-from tests.test_data_stages import read_rows, run_ingest
+from tests.test_ingest import read_rows, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ import json, re, sys
 from pathlib import Path
 from components import ingest
 from components.data import readers
-from tests.test_data_stages import read_rows, run_ingest
+from tests.test_ingest import read_rows, run_ingest
 from components.params import load_params
 readers.READ_BYTES, readers.BATCH_ROWS = 1 << 16, 64
 ingest.BATCH_DOCS, ingest.BATCH_CHARS = 64, 1 << 17
