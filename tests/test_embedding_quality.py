@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from components.embedding import quality as embed_eval
+from components.embedding import quality
 from components.embedding.quality import TokenVectors, cosine_neighbours
 from components.errors import GruflowError
 
@@ -28,17 +28,17 @@ def test_cosine_neighbours_match_numpy():
 
 def test_word_token_prefers_the_word_after_a_space():
     vocab = {"Ġreturn": 5, "return": 6, "(": 7}
-    assert embed_eval.word_token("return", vocab) == "Ġreturn"
-    assert embed_eval.word_token("(", vocab) == "("
-    assert embed_eval.word_token("returns", vocab) is None
+    assert quality.word_token("return", vocab) == "Ġreturn"
+    assert quality.word_token("(", vocab) == "("
+    assert quality.word_token("returns", vocab) is None
 
 
 def test_spearman_by_hand_and_against_scipy():
-    assert embed_eval.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6·2/60
+    assert quality.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6·2/60
     x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]  # ties on both sides
-    assert embed_eval.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
-    assert embed_eval.spearman([1, 2, 3], [5, 5, 5]) is None  # constant: undefined
-    assert embed_eval.spearman([1], [2]) is None
+    assert quality.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert quality.spearman([1, 2, 3], [5, 5, 5]) is None  # constant: undefined
+    assert quality.spearman([1], [2]) is None
 
 
 def toy_table() -> tuple[TokenVectors, dict[str, int]]:
@@ -53,9 +53,9 @@ def test_pairs_spearman_on_a_toy_file(tmp_path):
     f = tmp_path / "pairs.tsv"
     f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\n"
                  "zzz\ta\t3\n")
-    pairs = embed_eval.read_pairs(f)
+    pairs = quality.read_pairs(f)
     assert len(pairs) == 6 and pairs[0] == ("a", "b", 9.0)
-    result = embed_eval.evaluate_pairs(table, vocab, pairs)
+    result = quality.evaluate_pairs(table, vocab, pairs)
     # cosines: a·b = c·d = 1/√2, a·c = 0, b·d = 1/2 -> ranks agree with the scores but for a tie
     assert result["pairs"] == 6 and result["oov"] == 2  # "rare" has no vector, "zzz" no token
     assert result["spearman"] == pytest.approx(spearmanr([9, 8.5, 1, 4],
@@ -66,28 +66,28 @@ def test_bad_pairs_line_names_file_and_line(tmp_path):
     f = tmp_path / "pairs.tsv"
     f.write_text("a\tb\t1\na\tb\tvery\n")
     with pytest.raises(GruflowError, match=r"pairs.tsv:2: expected 'word1<TAB>word2<TAB>score'"):
-        embed_eval.read_pairs(f)
+        quality.read_pairs(f)
     with pytest.raises(GruflowError, match="evaluation file not found"):
-        embed_eval.read_pairs(tmp_path / "missing.tsv")
+        quality.read_pairs(tmp_path / "missing.tsv")
 
 
 def test_analogy_accuracy_on_a_toy_file(tmp_path):
     table, vocab = toy_table()
     f = tmp_path / "questions.txt"
     f.write_text(": toy\na b c d\nc d a b\na b c e\na b c rare\n")
-    questions = embed_eval.read_analogies(f)
+    questions = quality.read_analogies(f)
     assert questions[0] == ("a", "b", "c", "d")
-    result = embed_eval.analogy_accuracy(table, vocab, questions)
+    result = quality.analogy_accuracy(table, vocab, questions)
     assert result == {"questions": 4, "oov": 1, "accuracy": pytest.approx(2 / 3)}
     f.write_text("a b c\n")
     with pytest.raises(GruflowError, match="questions.txt:1: expected four words"):
-        embed_eval.read_analogies(f)
+        quality.read_analogies(f)
 
 
 def test_probe_neighbours_list_unknown_words():
     table, vocab = toy_table()
     texts = {n: n.replace("Ġ", " ") for n in table.names}
-    found, unknown = embed_eval.probe_neighbours(table, vocab, ["a", "rare", "nope"], 2, texts)
+    found, unknown = quality.probe_neighbours(table, vocab, ["a", "rare", "nope"], 2, texts)
     assert unknown == ["rare", "nope"]
     assert [n["token"] for n in found["a"]] == [" b", " c"]  # c, d, e tie at 0: lowest row
     assert found["a"][0]["similarity"] == pytest.approx(0.7071, abs=1e-4)

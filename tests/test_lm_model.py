@@ -1,4 +1,4 @@
-"""The GRU + causal attention LM (components/model.py) on tiny sizes, CPU only."""
+"""The GRU + causal attention LM (components/lm/model.py) on tiny sizes, CPU only."""
 
 from __future__ import annotations
 
