@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import write_json
+from components.lm.fit import compiled_model, flops_per_token, seed_everything, steps_per_epoch
+from components.lm.windows import make_windows, read_stream
 from components.params import load_params
-from components.windows import make_windows, read_stream, unigram_log_probs
 
 BENCH_TOKENS = 150_000
 
@@ -37,15 +38,10 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
 def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
     import keras
 
-    from components.model import build_model
-    from components.train import optimizer
-
-    keras.utils.set_random_seed(p.train.seed)
+    seed_everything(p.train.seed)
     x, y, w = make_windows(train, p.train.seq_len)
-    model = build_model(p.model, vocab, None, unigram_log_probs(train, vocab))
-    model.compile(optimizer=optimizer(p, -(-len(x) // p.train.batch_size)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, reduction="mean_with_sample_weight"))
+    # the stage's own recipe (model, optimizer, loss, compile): only the input path differs
+    model = compiled_model(p, vocab, train, None, steps_per_epoch(train, p.train))
     times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -62,8 +58,6 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
 
 def main() -> None:
     from tokenizers import Tokenizer
-
-    from components.train import flops_per_token
 
     p = load_params()
     p = p.model_copy(update={"model": p.model.model_copy(update={"embedding_init": "random"})})

@@ -14,12 +14,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from components import plots
 from components.artifacts import atomic_file, write_json
+from components.contract import (
+    EOS_BYTES,
+    METRICS_REPORT,
+    PLOTS_DIR,
+    SAMPLES,
+    TRAIN_HISTORY,
+    split_file,
+)
 from components.errors import GruflowError, guarded
-from components.inference import generate, token_stats
+from components.lm import plots
+from components.lm.inference import generate, token_stats
+from components.lm.windows import make_windows, read_stream, unigram_log_probs
 from components.params import Params, load_params
-from components.windows import make_windows, read_stream, unigram_log_probs
+from components.tuning.best import effective_params
 
 N_SAMPLES, PROMPT_WORDS, SAMPLE_TOKENS, ATTENTION_TOKENS = 3, 6, 32, 24
 
@@ -82,7 +91,7 @@ def write_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -
 
 
 def attention_inputs(model, tokenizer, ids: list[list[int]]) -> list:
-    from components.model import attention_model
+    from components.lm.model import attention_model
 
     probe = attention_model(model)
     maps = []
@@ -97,18 +106,19 @@ def run(p: Params) -> dict:
     import keras
     from tokenizers import Tokenizer
 
-    from components import model as _layers  # noqa: F401  (registers custom layers)
+    from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
+    p, _ = effective_params(p)  # the seq_len train used, tuned or not
     paths, tokens, reports = p.paths, Path(p.paths.tokens), Path(p.paths.reports)
-    train, test = read_stream(tokens / "train.parquet"), read_stream(tokens / "test.parquet")
+    train, test = read_stream(split_file(tokens, "train")), read_stream(split_file(tokens, "test"))
     if not Path(paths.model).is_file():
         raise GruflowError(f"{paths.model}: missing — run the train stage first")
     model = keras.saving.load_model(paths.model, safe_mode=True)
     tokenizer = Tokenizer.from_file(paths.tokenizer)
     vocab_size = int(model.output_shape[-1])
     s = score_model(model, test, p.train.seq_len, p.evaluate.batch_size)
-    table = pq.read_table(tokens / "test.parquet", columns=["ids", "n_bytes"]).to_pydict()
-    n_bytes = sum(table["n_bytes"]) + len(table["n_bytes"])  # + one <eos> per document
+    table = pq.read_table(split_file(tokens, "test"), columns=["ids", "n_bytes"]).to_pydict()
+    n_bytes = sum(table["n_bytes"]) + EOS_BYTES * len(table["n_bytes"])  # each doc's <eos>
     uni = unigram_log_probs(train, vocab_size)
     metrics = {
         "perplexity": math.exp(s["nll"] / s["tokens"]),
@@ -122,13 +132,13 @@ def run(p: Params) -> dict:
     }
     lengths = np.array([len(d) for d in table["ids"]])
     plots.perplexity_by_length(*per_document(s["per_target_nll"], lengths),
-                               reports / "plots" / "perplexity_by_length.png")
+                               reports / PLOTS_DIR / "perplexity_by_length.png")
     plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
-                         reports / "plots" / "attention.png")
-    plots.learning_curves(reports / "train_history.csv", reports / "plots" / "learning_curves.png")
-    texts = pq.read_table(Path(paths.clean) / "test.parquet", columns=["text"]).column("text")
-    write_samples(model, tokenizer, texts.to_pylist(), p.train.seq_len, reports / "samples.md")
-    write_json(reports / "metrics.json", metrics)
+                         reports / PLOTS_DIR / "attention.png")
+    plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
+    texts = pq.read_table(split_file(paths.clean, "test"), columns=["text"]).column("text")
+    write_samples(model, tokenizer, texts.to_pylist(), p.train.seq_len, reports / SAMPLES)
+    write_json(reports / METRICS_REPORT, metrics)
     return metrics
 
 

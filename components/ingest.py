@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.artifacts import TEXT_CODEC, atomic_dir, write_json
-from components.corpus import Document, documents
+from components.data.corpus import Document, documents
 from components.errors import GruflowError, guarded
 from components.params import Data, load_params
 

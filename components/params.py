@@ -116,7 +116,7 @@ class Embed(_Section):
     analogy_file: str = Field(strict=True)
 
 
-class Model(_Section):
+class ModelParams(_Section):
     embedding_dim: PosInt
     embedding_init: Literal["word2vec", "random"]
     embedding_trainable: bool
@@ -128,7 +128,7 @@ class Model(_Section):
     dropout: Fraction
 
     @model_validator(mode="after")
-    def _heads_divide_units(self) -> Model:
+    def _heads_divide_units(self) -> ModelParams:
         if self.units % self.attention_heads:
             raise ValueError(f"attention_heads ({self.attention_heads}) must divide units "
                              f"({self.units})")
@@ -266,7 +266,7 @@ class Params(_Section):
     split: Split
     tokenize: Tokenize
     embed: Embed
-    model: Model
+    model: ModelParams
     train: Train
     tune: Tune
     evaluate: Evaluate

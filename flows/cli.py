@@ -142,7 +142,8 @@ def _similar(args: argparse.Namespace) -> int:
 def _tune_worker(args: argparse.Namespace) -> int:
     import os
 
-    from components import tune, tune_study
+    from components import tune
+    from components.tuning import study as tune_study
 
     root = Path(args.project).resolve()
     params = load_params(root / "params.yaml")

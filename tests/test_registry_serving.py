@@ -1,7 +1,8 @@
 """Registry gate, promote/rollback, the pyfunc, the real `mlflow models serve` and the CLI.
 
 One tiny project in a temporary folder (components symlinked, params.yaml copied with absolute
-model/tokenizer paths, seq_len 16), a small BPE tokenizer and untrained 8-unit Keras models
+model/tokenizer paths, seq_len 64 tuned to 16 in
+artifacts/best_params.json), a small BPE tokenizer and untrained 8-unit Keras models
 whose special tokens are biased away (so generation never stops early and text is never empty),
 and a sqlite MLflow store. Everything registers through flows.tracking.register and is gated
 through flows.registry, exactly as the pipeline's register task does.
@@ -38,16 +39,18 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from components.contract import BOS, EOS, SPECIALS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.lm_pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
-from components.model import build_model  # noqa: E402
+from components.lm.model import build_model  # noqa: E402
+from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
 from components.params import load_params  # noqa: E402
-from components.tokenize import BOS, EOS, SPECIALS, train_tokenizer  # noqa: E402
+from components.tokenize import train_tokenizer  # noqa: E402
 from flows import cli, registry, tracking  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
-SEQ_LEN = 16
+SEQ_LEN = 16  # tuned: artifacts/best_params.json
+UNTUNED_SEQ_LEN = 64  # params.yaml
 NAME, WEAK_NAME, OPS_NAME = "tiny-lm", "tiny-lm-weak", "tiny-lm-ops"
 SENTENCES = [
     "the parser reads the header and returns a list of names",
@@ -76,9 +79,11 @@ def project(tmp_path_factory):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["paths"] |= {"model": str(root / "model_a.keras"),
                      "tokenizer": str(root / "tokenizer.json")}
-    raw["train"]["seq_len"] = SEQ_LEN
+    raw["train"]["seq_len"] = UNTUNED_SEQ_LEN
     raw["registry"]["model_name"] = NAME
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / raw["paths"]["best_params"]).parent.mkdir(parents=True)
+    (root / raw["paths"]["best_params"]).write_text(json.dumps({"train.seq_len": SEQ_LEN}))
     params = load_params(root / "params.yaml")
 
     tok = train_tokenizer(iter(SENTENCES * 4), params.tokenize.model_copy(
@@ -232,6 +237,14 @@ def test_promote_missing_version_is_an_error(registered):
     with pytest.raises(GruflowError, match="no version 99"):
         registry.promote(NAME, "99")
     assert registry.champion_version(NAME) == "1"
+
+
+def test_registered_model_carries_the_tuned_seq_len(project, first_version):
+    """Issue 16 (b): params.yaml says train.seq_len 64, the tune stage chose 16: the registered
+    info.json, hence serving, windows with the tuned 16."""
+    assert project["params"].train.seq_len == UNTUNED_SEQ_LEN
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{first_version['v1']}")
+    assert model.unwrap_python_model().seq_len == SEQ_LEN
 
 
 # --- pyfunc --------------------------------------------------------------------------------

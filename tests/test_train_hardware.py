@@ -10,7 +10,7 @@ import pytest
 
 from components import train
 from components.params import load_params
-from tests.test_train_resume import ROOT
+from tests.test_lm_checkpoint import ROOT
 
 
 @pytest.fixture()

@@ -18,9 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from components.inference import generate, sample_next, score_texts
+from components.lm.inference import generate, score_texts
 
-__all__ = ["GruLM", "DEFAULT_PARAMS", "MAX_NEW_TOKENS_CAP", "file_digest", "sample_next"]
+__all__ = ["GruLM", "DEFAULT_PARAMS", "MAX_NEW_TOKENS_CAP", "file_digest"]
 
 MAX_NEW_TOKENS_CAP = 512
 DEFAULT_PARAMS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
@@ -40,7 +40,7 @@ class GruLM(PythonModel):
         import keras
         from tokenizers import Tokenizer
 
-        from components import model as _layers  # noqa: F401  (registers custom layers)
+        from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
         info = json.loads(Path(context.artifacts["info"]).read_text())
         if file_digest(context.artifacts["tokenizer"]) != info["tokenizer_sha256"]:

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from components.tokenize import BOS, EOS, encode
-from components.windows import make_windows
+from components.contract import BOS, EOS, encode, text_bytes
+from components.lm.windows import make_windows
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int,
@@ -73,7 +73,7 @@ def score_texts(model, tokenizer, texts: list[str], seq_len: int,
     per_text_tokens = np.bincount(owner, weights=w.sum(-1), minlength=len(texts))
     rows = []
     for text, total, n in zip(texts, per_text_nll, per_text_tokens, strict=True):
-        n_bytes = len(text.encode("utf-8")) + 1
+        n_bytes = text_bytes(text)
         rows.append({"nll": float(total), "tokens": int(n), "bytes": n_bytes,
                      "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
                      "bits_per_byte": total / math.log(2) / n_bytes})

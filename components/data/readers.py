@@ -1,7 +1,7 @@
 """Streaming readers of one file into documents, by format: .txt/.md, .jsonl, .csv, .parquet.
 
 Text is read in chunks and split into lines or paragraphs, tables in record batches, so memory
-follows the largest document, not the size of the file. `components.corpus` decides which
+follows the largest document, not the size of the file. `components.data.corpus` decides which
 files (and which other sources) are read.
 """
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from components.params import Model
+from components.params import ModelParams
 
 
 @keras.saving.register_keras_serializable(package="gruflow")
@@ -111,7 +111,7 @@ class SmoothedTokenLoss(keras.losses.Loss):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = None,
+def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None = None,
                 unigram_log_probs: np.ndarray | None = None) -> keras.Model:
     """The LM as a functional model; `embeddings` initialise the Embedding layer (word2vec)."""
     if embeddings is not None and embeddings.shape != (vocab_size, cfg.embedding_dim):

@@ -2,7 +2,7 @@
 
 The built-in corpus needs no network: Python's bundled reference documentation
 (`pydoc_data.topics`) and the docstrings of the standard library, read with `ast`
-(no module is imported, so nothing runs). Each file is read by `components.readers`.
+(no module is imported, so nothing runs). Each file is read by `components.data.readers`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.errors import GruflowError
-from components.params import Data
-from components.readers import (
+from components.data.readers import (
     SPLIT_NAMES,
     TABLE_SUFFIXES,
     TEXT_SUFFIXES,
@@ -23,6 +21,8 @@ from components.readers import (
     file_documents,
     table_documents,
 )
+from components.errors import GruflowError
+from components.params import Data
 
 _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "turtledemo", "__pycache__"}
 HF_PREFIX = "hf:"

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from components.contract import PAD
 from components.errors import GruflowError
-from components.tokenize import PAD
 
 
 def read_stream(path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Stages `train` and `evaluate`, the count baselines, scoring and sampling, on a tiny project.
+"""Stage `train` on a tiny project (the fixture tests/test_evaluate.py scores as well).
 
 The project lives in a temporary folder: token Parquet files with the schema of
 components/tokenize.py, built from a deterministic cyclic pattern a small GRU learns quickly;
@@ -25,12 +25,11 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
+from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.lm_pyfunc import sample_next  # noqa: E402
-from components.model import build_model  # noqa: E402
+from components.lm.windows import read_stream  # noqa: E402
 from components.params import Params, load_params  # noqa: E402
-from components.tokenize import BOS, EOS, PAD, SCHEMA, train_tokenizer  # noqa: E402
-from components.windows import make_windows, read_stream, unigram_log_probs  # noqa: E402
+from components.tokenize import SCHEMA, train_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EMB_DIM, UNITS, SEQ_LEN = 8, 16, 12
@@ -118,18 +117,17 @@ def with_train(p: Params, **update) -> Params:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One training run of the tiny project (shared: training is the slow part)."""
+    yield from train_tiny_project(tmp_path_factory)
+
+
+def train_tiny_project(tmp_path_factory):
+    """(params, vocabulary size, train summary) of the tiny project, trained without MLflow."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
         root = tmp_path_factory.mktemp("project")
         p, vocab = make_project(root)
         summary = train.run(p)
         yield p, vocab, summary
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained):
-    p, vocab, _ = trained
-    return evaluate.run(p)
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -206,172 +204,8 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
     np.save(bad_file, np.zeros((vocab, EMB_DIM + 1), np.float32))
     bad = with_paths(p, embeddings=str(bad_file), model=str(tmp_path / "m.keras"),
                      reports=str(tmp_path / "reports"))
-    with pytest.raises(GruflowError) as err:
+    with pytest.raises(GruflowError, match=rf"does not match vocabulary {vocab} x "
+                       rf"model.embedding_dim {EMB_DIM} — rerun the embed stage") as err:
         train.run(bad)
     assert str(bad_file) in str(err.value)
     assert not (tmp_path / "m.keras").exists()
-
-
-def test_make_dataset_covers_every_target_once():
-    stream = np.arange(4, 4 + 50, dtype=np.int32)
-    ds, n = train.make_dataset(stream, 8, 4, seed=3)
-    assert n == stream.size - 1
-    xs, ys, ws = (np.concatenate(parts) for parts in zip(*[tuple(np.asarray(t) for t in b)
-                                                          for b in ds], strict=True))
-    assert xs.shape == ys.shape == ws.shape == (7, 8)
-    real = ws > 0
-    assert sorted(ys[real].tolist()) == stream[1:].tolist()
-    np.testing.assert_array_equal(ys[~real], PAD)
-    again, _ = train.make_dataset(stream, 8, 4, seed=3)
-    first_batch = next(iter(again))[0].numpy()
-    np.testing.assert_array_equal(first_batch, xs[:4])
-
-
-# --- evaluate ---------------------------------------------------------------------------------
-
-
-def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
-    p, _, _ = trained
-    m = evaluated
-    saved = json.loads((Path(p.paths.reports) / "metrics.json").read_text())
-    assert saved == json.loads(json.dumps(m))
-    for key in ("perplexity", "bits_per_byte", "token_accuracy", "baseline_perplexity",
-                "bigram_perplexity"):
-        assert key in saved and math.isfinite(saved[key])
-    tokens = Path(p.paths.tokens)
-    test = read_stream(tokens / "test.parquet")
-    n_bytes = pq.read_table(tokens / "test.parquet").column("n_bytes").to_pylist()
-    assert saved["test_tokens"] == test.size - 1
-    assert saved["test_bytes"] == sum(n_bytes) + len(n_bytes)
-    nll = math.log(saved["perplexity"]) * saved["test_tokens"]
-    assert saved["bits_per_byte"] == pytest.approx(nll / math.log(2) / saved["test_bytes"],
-                                                   rel=1e-6)
-    assert 0.0 <= saved["token_accuracy"] <= saved["top5_accuracy"] <= 1.0
-    # The cycle is learnable: the model and the bigram both beat the unigram baseline.
-    assert saved["perplexity"] < saved["baseline_perplexity"]
-    assert saved["bigram_perplexity"] < saved["baseline_perplexity"]
-
-
-def test_evaluate_missing_model_raises(trained, tmp_path):
-    p, _, _ = trained
-    bad = with_paths(p, model=str(tmp_path / "nope.keras"), reports=str(tmp_path / "r"))
-    with pytest.raises(GruflowError, match="nope.keras"):
-        evaluate.run(bad)
-
-
-def _witten_bell_table(train_stream: np.ndarray, vocab: int) -> np.ndarray:
-    """P(w | v) for every (v, w), from bigram_log_probs one pair at a time."""
-    table = np.zeros((vocab, vocab))
-    for v in range(vocab):
-        for w in range(vocab):
-            lp = evaluate.bigram_log_probs(train_stream, np.array([v, w], np.int32), vocab)
-            assert lp.shape == (1,)
-            table[v, w] = math.exp(lp[0])
-    return table
-
-
-def test_bigram_log_probs_normalise_for_seen_and_unseen_contexts():
-    vocab = 9
-    train_stream = np.array([2, 4, 5, 4, 5, 4, 6, 7, 4, 5, 3, 8], np.int32)
-    table = _witten_bell_table(train_stream, vocab)
-    seen, unseen = 4, 1  # 4 is followed by 5, 5, 6, 5; 1 never occurs (8 only as last token)
-    np.testing.assert_allclose(table.sum(1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(table[seen].sum(), 1.0, atol=1e-6)
-    uni = np.exp(unigram_log_probs(train_stream, vocab).astype(np.float64))
-    np.testing.assert_allclose(table[unseen], uni, rtol=1e-6)
-    np.testing.assert_allclose(table[8], uni, rtol=1e-6)  # 8 is never a context
-    # Witten-Bell by hand for context 4: c(4)=4, T(4)=2 distinct successors {5, 6}.
-    np.testing.assert_allclose(table[seen, 5], (3 + 2 * uni[5]) / (4 + 2), rtol=1e-6)
-    np.testing.assert_allclose(table[seen, 0], (0 + 2 * uni[0]) / (4 + 2), rtol=1e-6)
-    assert table[seen, 5] > table[seen, 6] > uni[6]
-    # A longer test stream gives one log-probability per transition, matching the table.
-    test = np.array([4, 5, 4, 6, 1, 0, 8], np.int32)
-    lp = evaluate.bigram_log_probs(train_stream, test, vocab)
-    np.testing.assert_allclose(np.exp(lp), table[test[:-1], test[1:]], rtol=1e-6)
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    m = z.max(-1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
-
-
-def test_score_model_nll_matches_manual_computation():
-    vocab, seq_len = 20, 8
-    cfg = load_params(ROOT / "params.yaml").model.model_copy(
-        update={"units": 8, "embedding_dim": 8, "gru_layers": 1, "dropout": 0.0})
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg, vocab)
-    stream = np.random.default_rng(9).integers(4, vocab, size=30).astype(np.int32)
-    stream[0] = BOS
-    s = evaluate.score_model(model, stream, seq_len, batch_size=2)
-    # By hand: window k reads stream[k*T : k*T+T] (the last one shorter, unpadded) and
-    # predicts the next token at every position.
-    nll, hits1, n = 0.0, 0, 0
-    for start in range(0, stream.size - 1, seq_len):
-        x = stream[start:start + seq_len][: stream.size - 1 - start]
-        y = stream[start + 1:start + 1 + x.size]
-        logp = _log_softmax(np.asarray(model(x[None], training=False))[0])
-        nll -= float(logp[np.arange(x.size), y].sum())
-        hits1 += int((logp.argmax(-1) == y).sum())
-        n += x.size
-    assert n == stream.size - 1
-    assert s["tokens"] == n
-    assert s["nll"] == pytest.approx(nll, rel=1e-5)
-    assert s["top1"] == pytest.approx(hits1 / n)
-    assert s["top1"] <= s["top5"] <= 1.0
-    # Same answer whatever the batch size.
-    assert evaluate.score_model(model, stream, seq_len, 64)["nll"] == pytest.approx(nll, rel=1e-5)
-
-
-def test_score_model_counts_each_target_once_with_padding():
-    x, y, w = make_windows(np.arange(4, 4 + 21, dtype=np.int32), 6)
-    assert x.shape == (4, 6) and w.sum() == 20
-    assert (y[w == 0] == PAD).all()
-
-
-# --- sampling ---------------------------------------------------------------------------------
-
-
-def _logits(seed: int, n: int = 20) -> np.ndarray:
-    return np.random.default_rng(seed).normal(scale=2.0, size=n).astype(np.float32)
-
-
-def test_sample_next_temperature_zero_is_argmax():
-    rng = np.random.default_rng(0)
-    for seed in range(20):
-        z = _logits(seed)
-        assert sample_next(z, 0.0, 0, rng) == int(np.argmax(z))
-        assert sample_next(z, 0.0, 5, rng) == int(np.argmax(z))
-
-
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 5.0])
-def test_sample_next_top_k_one_is_argmax(temperature):
-    rng = np.random.default_rng(1)
-    for seed in range(20):
-        z = _logits(seed)
-        before = z.copy()
-        assert sample_next(z, temperature, 1, rng) == int(np.argmax(z))
-        np.testing.assert_array_equal(z, before)  # the caller's logits are not modified
-
-
-def test_sample_next_top_k_restricts_support_and_follows_softmax():
-    z = _logits(3, n=8)
-    rng = np.random.default_rng(2)
-    top3 = set(np.argsort(z)[-3:].tolist())
-    assert {sample_next(z, 1.0, 3, rng) for _ in range(300)} <= top3
-    draws = np.array([sample_next(z, 2.0, 0, rng) for _ in range(4000)])
-    freq = np.bincount(draws, minlength=z.size) / draws.size
-    p = np.exp(z / 2.0 - (z / 2.0).max())
-    np.testing.assert_allclose(freq, p / p.sum(), atol=0.03)
-
-
-def test_sample_next_same_seed_same_samples():
-    z = _logits(4)
-
-    def draw(seed):
-        rng = np.random.default_rng(seed)
-        return [sample_next(z, 1.5, 10, rng) for _ in range(40)]
-
-    assert draw(7) == draw(7)
-    assert draw(7) != draw(8)
