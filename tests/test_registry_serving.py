@@ -359,8 +359,12 @@ def test_server_scores(server):
     ([{"text": 5}], {}, "text"),
     ([{"text": "hello"}], {"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, "max_new_tokens"),
     ([{"text": "hello"}], {"temperature": -0.5}, "temperature"),
+    ([{"text": "hello"}], {"temperature": float("inf")}, "temperature"),  # JSON `Infinity`
+    ([{"text": "hello"}], {"mode": "score", "max_new_tokens": -1}, "max_new_tokens"),
+    ([{"text": "hello"}], {"mode": "score", "top_k": -1}, "top_k"),
 ], ids=["missing-text-column", "empty-string", "non-string", "max-new-tokens-cap",
-        "negative-temperature"])
+        "negative-temperature", "infinite-temperature", "score-negative-max-new-tokens",
+        "score-negative-top-k"])
 def test_server_rejects_bad_requests_and_stays_up(server, records, params, mentions):
     status, body = _http(server + "/invocations", {
         "dataframe_records": records, "params": {"mode": "generate", **params}})
