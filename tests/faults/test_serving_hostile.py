@@ -3,7 +3,7 @@ loopback: 0 answers in 5xx, the expected 4xx for each bad case, and the server a
 request afterwards.
 
 The server serves a tiny registered model (tests/tiny_lm.py) with params.yaml's `serve` limits
-(max_request_bytes 262144, max_records 64, max_generated_tokens 4096). 1,000 requests from 8
+(max_request_bytes 262144, max_records 64, max_generated_tokens 2048). 1,000 requests from 8
 threads, every case of issue #15 among them, in a fixed shuffled order.
 """
 
