@@ -503,3 +503,12 @@ def test_loader_never_runs_the_model_folders_code(model_copy, tmp_path):
                         params={"max_new_tokens": 3, "temperature": 0.0})
     assert isinstance(out["text"].iloc[0], str) and out["text"].iloc[0]
     assert not marker.exists()
+
+
+def test_cli_similar_reads_a_registered_models_embedding(project, first_version, capsys):
+    """--model through gruflow's own loader: the pyfunc still unwraps to the Keras model."""
+    rc = cli.main(["similar", "the", "-k", "3", "--project", str(project["root"]),
+                   "--model", f"models:/{NAME}/1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert len(out) == 3 and all(re.match(r"\s*-?\d\.\d{4}  \"", line) for line in out), out
