@@ -51,6 +51,7 @@ BINARY_SNIFF_BYTES = 8192
 BINARY_RATIO = 0.3
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b")
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
+_MISSING = object()  # a row without the text key (None is a null text)
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,6 @@ def table_documents(rows: Iterable[dict], text_column: str, where: str, split: s
         row_split = source_split(row.pop("split", None), where) or split
         meta = json.dumps(row, default=str, ensure_ascii=False, sort_keys=True) if row else None
         yield Document(text, where, bad, row_split, meta)
-
-
-_MISSING = object()
 
 
 def _check_parquet_text(path: Path, text_column: str) -> None:
