@@ -259,6 +259,18 @@ class Tune(_Section):
     space: dict[str, SpaceSpec]
 
 
+class Serve(_Section):
+    """`gruflow serve`: where it listens and the limits it enforces before the model runs."""
+
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(strict=True, gt=0, lt=65536)]
+    max_request_bytes: PosInt      # larger request bodies: 413
+    max_records: PosInt            # more records in one request: 400
+    max_generated_tokens: PosInt   # records x max_new_tokens in one generate request: 400
+    max_concurrent: PosInt         # requests predicting at once; the others wait their turn
+    timeout: PosInt                # seconds one admitted request may take (then 504)
+
+
 class Params(_Section):
     paths: Paths
     data: Data
@@ -273,6 +285,7 @@ class Params(_Section):
     registry: Registry
     mlflow: Mlflow
     orchestration: Orchestration
+    serve: Serve
 
     @model_validator(mode="after")
     def _embedding_dims_agree(self) -> Params:
