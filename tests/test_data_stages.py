@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from components import clean, clean_rules, embed, ingest, tokenize, windows
+from components import clean, clean_rules, embed, ingest, splits, tokenize, windows
 from components.errors import GruflowError
 from components.params import Params
 from components.tokenize import BOS, EOS, PAD, UNK
@@ -233,7 +233,8 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
                             "zero_width_removed", "masked_url", "masked_email", "masked_ip",
                             "masked_phone", "dropped_too_short", "dropped_too_few_words",
                             "dropped_script", "dropped_duplicates", "dropped_near_duplicates",
-                            "documents_out", "characters_out", "split_documents"}
+                            "documents_out", "characters_out", "split_documents",
+                            "split_counts", "test_train_overlap"}
     assert json.loads((tmp_path / "clean.json").read_text()) == summary
 
     rows = clean_rows(tmp_path)
@@ -253,7 +254,8 @@ def test_clean_dedups_across_unicode_forms(params, tmp_path):
     # the rule order: removing U+200B after composing would leave 'e' + U+0301 uncomposed
     forms = ["a café on the corner of the street", "a cafe\u0301 on the corner of the street",
              "a cafe\u200b\u0301 on the corner of the street"]
-    texts = forms + [f"filler document number {i} with words" for i in range(30)]
+    rng = random.Random(1)
+    texts = forms + [random_doc(rng) for _ in range(30)]
     summary = run_clean(params, tmp_path, texts)
     assert summary["dropped_duplicates"] == 2
 
@@ -289,11 +291,11 @@ def test_clean_split_is_stable_when_documents_are_added(params, tmp_path):
 def test_assign_split_fractions_and_seed(params):
     ids = [f"{i:020x}" for i in range(20_000)]
     split = params.split.model_copy(update={"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0})
-    got = clean.assign_split(ids, split)
+    got = splits.assign_split(ids, split)
     assert abs(got.count("val") / len(ids) - 0.1) < 0.015
     assert abs(got.count("test") / len(ids) - 0.25) < 0.015
-    assert clean.assign_split(ids[:50], split) == got[:50]
-    reseeded = clean.assign_split(ids, split.model_copy(update={"seed": 1}))
+    assert splits.assign_split(ids[:50], split) == got[:50]
+    reseeded = splits.assign_split(ids, split.model_copy(update={"seed": 1}))
     assert reseeded != got  # the seed salts the hash
 
 
