@@ -175,7 +175,6 @@ class Evaluate(_Section):
 class Registry(_Section):
     model_name: str = Field(min_length=1)
     min_improvement: Fraction
-    max_unk_rate: Fraction
 
 
 class Mlflow(_Section):

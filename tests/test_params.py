@@ -68,7 +68,6 @@ def test_default_params_load():
         ({"tokenize__unk_marker": "<unk>"}, "unk_marker is matched against whole"),
         ({"tokenize__kind": "word", "tokenize__pre_tokenizer": "whitespace",
           "tokenize__unk_marker": "a b"}, "must not contain blanks"),
-        ({"registry__max_unk_rate": 1.0}, "registry.max_unk_rate"),
         ({"clean__drift": {"mean_chars": 1.0, "script_mix": 2.0, "top_tokens": 0.5}},
          "clean.drift.script_mix"),
         ({"orchestration__placement": {"train": "gpu-big"}},
