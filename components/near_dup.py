@@ -2,8 +2,8 @@
 
 Shingles are character n-grams of the lower-cased text with blanks collapsed, so the same
 rule works for text with spaces and without (Chinese, Japanese). `signatures` runs on a batch
-in a worker thread; `NearIndex` keeps every kept document's signature (512 B) and band keys
-(200 B) and, once the corpus has been read, returns the verified pairs: documents whose
+in a worker thread; `NearIndex` keeps every kept document's signature (256 B) and band keys
+(100 B) and, once the corpus has been read, returns the verified pairs: documents whose
 estimated Jaccard similarity reaches the threshold. Usage:
 `index = NearIndex(0.8); index.add(*signatures(text, 5)); pairs, sim = index.pairs()`.
 """
@@ -93,7 +93,10 @@ def signatures(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class NearIndex:
-    """Signatures and band keys of the documents added so far, in row order."""
+    """Signatures and band keys of the documents added so far, in row order: 356 bytes per
+    document. Signatures keep the low 16 bits of each minimum (b-bit MinHash: two different
+    minima agree by chance with odds 2**-16, which the Jaccard estimate can ignore) and band
+    keys 32 bits (a chance collision only adds a candidate, which verification rejects)."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -101,15 +104,16 @@ class NearIndex:
         self.keys: list[np.ndarray] = []
 
     def add(self, sigs: np.ndarray, keys: np.ndarray) -> None:
-        self.sigs.append(sigs)
-        self.keys.append(keys)
+        self.sigs.append(sigs.astype(np.uint16))
+        self.keys.append(keys.astype(np.uint32))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) row pairs i < j that share an LSH bucket and whose signatures agree on at
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
         Jaccard estimate) of each."""
-        sigs = np.concatenate(self.sigs) if self.sigs else np.empty((0, NUM_PERM), np.uint32)
-        keys = np.concatenate(self.keys) if self.keys else np.empty((0, BANDS), np.uint64)
+        sigs = np.concatenate(self.sigs) if self.sigs else np.empty((0, NUM_PERM), np.uint16)
+        keys = np.concatenate(self.keys) if self.keys else np.empty((0, BANDS), np.uint32)
+        self.sigs, self.keys = [sigs], [keys]  # one copy, not the parts and the whole
         n = len(sigs)
         found = []
         for band in range(BANDS):
