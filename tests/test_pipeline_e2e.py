@@ -184,11 +184,12 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
         assert tags.get(key), key
     assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "challenger").version) == "1"
     metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
-    beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
-    assert tags["gate.promoted"] == str(beats_bigram)
-    if beats_bigram:
-        champion = mlflow_client.get_model_version_by_alias("gruflow-lm", "champion")
-        assert str(champion.version) == "1"
+    # training is deterministic on CPU: this tiny model beats its bigram, so the first version
+    # becomes champion (tests/test_registry_gate.py covers the other outcomes)
+    assert metrics["perplexity"] < metrics["bigram_perplexity"], metrics
+    assert tags["gate.promoted"] == "True"
+    champion = mlflow_client.get_model_version_by_alias("gruflow-lm", "champion")
+    assert str(champion.version) == "1"
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):
