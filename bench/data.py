@@ -18,7 +18,8 @@ Every run is a fresh process (stage and bare alternate, so load from other proce
 alike) that reports its own seconds and its own peak RSS (VmHWM, see bench.common). Each side
 runs `--repeat` times: the fastest run counts, min/median/max are recorded. The corpus: the
 built-in documents, copy after copy, each copy renaming a tenth of its distinct words (word +
-copy number), so the vocabulary grows with the corpus as real text's does.
+copy number), so the vocabulary grows with the corpus as real text's does, and shuffling each
+document's words, so that no copy is a near-duplicate of another.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ RENAMED = 0.1  # share of a copy's distinct words renamed
 
 def write_corpus(path: Path, megabytes: float) -> dict:
     """JSONL of the built-in documents, copied until about `megabytes` of text; copy c renames
-    a random tenth of the distinct words. Returns bytes and distinct words written."""
+    a random tenth of the distinct words and shuffles each document's words. Returns bytes and
+    distinct words written."""
     from components.corpus import builtin_documents
 
     docs = [d.text for d in builtin_documents()]
@@ -57,7 +59,10 @@ def write_corpus(path: Path, megabytes: float) -> dict:
                        } if copy else {}
             seen.update(renamed.values())
             for i, text in enumerate(docs):
-                text = " ".join([renamed.get(w, w) for w in text.split(" ")])
+                words_in = [renamed.get(w, w) for w in text.split(" ")]
+                if copy:  # shuffled: a copy is new text, not a near-duplicate of the original
+                    rng.shuffle(words_in)
+                text = " ".join(words_in)
                 line = json.dumps({"text": f"[{copy}] {text}", "id": f"{copy}-{i}"},
                                   ensure_ascii=False) + "\n"
                 f.write(line)

@@ -110,29 +110,48 @@ class NearIndex:
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) row pairs i < j that share an LSH bucket and whose signatures agree on at
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
-        Jaccard estimate) of each."""
+        Jaccard estimate) of each. Band by band, so memory holds one band's candidates and the
+        pairs verified so far, never every candidate of every band."""
         sigs = np.concatenate(self.sigs) if self.sigs else np.empty((0, NUM_PERM), np.uint16)
         keys = np.concatenate(self.keys) if self.keys else np.empty((0, BANDS), np.uint32)
         self.sigs, self.keys = [sigs], [keys]  # one copy, not the parts and the whole
-        n = len(sigs)
-        found = []
+        n = max(len(sigs), 1)
+        kept, similar = np.empty(0, np.int64), np.empty(0)
         for band in range(BANDS):
-            order = np.argsort(keys[:, band], kind="stable")
-            sorted_keys = keys[order, band]
-            for lag in range(1, LAG + 1):
-                same = sorted_keys[lag:] == sorted_keys[:-lag]
-                if not same.any():
-                    break
-                a, b = order[:-lag][same], order[lag:][same]
-                found.append(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b))
-        codes = np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
-        pairs = np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)
-        similar = np.zeros(len(pairs))
-        for s in range(0, len(pairs), 100_000):  # bounded temporaries
-            i, j = pairs[s:s + 100_000, 0], pairs[s:s + 100_000, 1]
-            similar[s:s + 100_000] = (sigs[i] == sigs[j]).mean(axis=1)
-        keep = similar >= self.threshold - GROUP_MARGIN
-        return pairs[keep], similar[keep]
+            codes = _candidates(keys[:, band], n)
+            codes = codes[~_contains(kept, codes)]  # verified in an earlier band
+            agree = np.empty(len(codes))
+            for s in range(0, len(codes), 100_000):  # bounded temporaries
+                i, j = codes[s:s + 100_000] // n, codes[s:s + 100_000] % n
+                agree[s:s + 100_000] = (sigs[i] == sigs[j]).mean(axis=1)
+            ok = agree >= self.threshold - GROUP_MARGIN
+            kept = np.concatenate([kept, codes[ok]])
+            similar = np.concatenate([similar, agree[ok]])
+            order = np.argsort(kept, kind="stable")
+            kept, similar = kept[order], similar[order]
+        return np.stack([kept // n, kept % n], axis=1), similar
+
+
+def _candidates(band_keys: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique codes i * n + j (i < j) of rows whose keys in one band are equal, each
+    row paired with the LAG rows before it in key order."""
+    order = np.argsort(band_keys, kind="stable")
+    sorted_keys = band_keys[order]
+    found = []
+    for lag in range(1, LAG + 1):
+        same = sorted_keys[lag:] == sorted_keys[:-lag]
+        if not same.any():
+            break
+        a, b = order[:-lag][same], order[lag:][same]
+        found.append(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b))
+    return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+
+
+def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    if not len(sorted_codes):
+        return np.zeros(len(codes), bool)
+    pos = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    return sorted_codes[pos] == codes
 
 
 def components(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
