@@ -112,24 +112,36 @@ class NearIndex:
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
         Jaccard estimate) of each. Band by band, so memory holds one band's candidates and the
         pairs verified so far, never every candidate of every band."""
-        sigs = np.concatenate(self.sigs) if self.sigs else np.empty((0, NUM_PERM), np.uint16)
-        keys = np.concatenate(self.keys) if self.keys else np.empty((0, BANDS), np.uint32)
-        self.sigs, self.keys = [sigs], [keys]  # one copy, not the parts and the whole
-        n = max(len(sigs), 1)
+        # the per-batch arrays are never concatenated: a copy of them all would double the
+        # index's memory at its peak
+        starts = np.cumsum([0, *(len(k) for k in self.keys)])
+        n = max(int(starts[-1]), 1)
         kept, similar = np.empty(0, np.int64), np.empty(0)
         for band in range(BANDS):
-            codes = _candidates(keys[:, band], n)
+            column = (np.concatenate([k[:, band] for k in self.keys]) if self.keys
+                      else np.empty(0, np.uint32))
+            codes = _candidates(column, n)
             codes = codes[~_contains(kept, codes)]  # verified in an earlier band
             agree = np.empty(len(codes))
             for s in range(0, len(codes), 100_000):  # bounded temporaries
                 i, j = codes[s:s + 100_000] // n, codes[s:s + 100_000] % n
-                agree[s:s + 100_000] = (sigs[i] == sigs[j]).mean(axis=1)
+                agree[s:s + 100_000] = (self._rows(i, starts) == self._rows(j, starts)).mean(1)
             ok = agree >= self.threshold - GROUP_MARGIN
             kept = np.concatenate([kept, codes[ok]])
             similar = np.concatenate([similar, agree[ok]])
             order = np.argsort(kept, kind="stable")
             kept, similar = kept[order], similar[order]
         return np.stack([kept // n, kept % n], axis=1), similar
+
+
+    def _rows(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Signatures of the given rows, gathered from the per-batch arrays."""
+        out = np.empty((len(rows), NUM_PERM), np.uint16)
+        batch = np.searchsorted(starts, rows, side="right") - 1
+        for b in np.unique(batch):
+            mask = batch == b
+            out[mask] = self.sigs[b][rows[mask] - starts[b]]
+        return out
 
 
 def _candidates(band_keys: np.ndarray, n: int) -> np.ndarray:
