@@ -116,7 +116,7 @@ def _per_split(codes: np.ndarray, n: int, kept_rows: np.ndarray) -> np.ndarray:
 
 class Stream:
     """What the sequential pass keeps of every document that survives exact de-duplication:
-    its row in a temp Parquet file and a few numbers in memory (~26 B, + 356 B with near_dup)."""
+    its row in a temp Parquet file and a few numbers in memory (~26 B, + 100 B with near_dup)."""
 
     def __init__(self, path: Path, near: NearIndex | None) -> None:
         self.writer = pq.ParquetWriter(path, pa.schema(SCHEMA.field(i) for i in range(3)),
@@ -206,7 +206,7 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     seen, profiler = ExactHashes(), Profiler()
     with atomic_dir(out_dir) as tmp:
         pending = tmp / ".pending.parquet"
-        stream = Stream(pending, NearIndex(cfg.near_dup_threshold) if cfg.near_dup else None)
+        stream = Stream(pending, NearIndex(cfg.near_dup_threshold, tmp) if cfg.near_dup else None)
         try:
             for prep in prepared_batches(snapshot_batches(files, BATCH_DOCS), cfg, split):
                 stream.add(prep, select(prep, cfg, seen, counts, split_counts, profiler))

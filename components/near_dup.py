@@ -2,15 +2,18 @@
 
 Shingles are character n-grams of the lower-cased text with blanks collapsed, so the same
 rule works for text with spaces and without (Chinese, Japanese). `signatures` runs on a batch
-in a worker thread; `NearIndex` keeps every kept document's signature (256 B) and band keys
-(100 B) and, once the corpus has been read, returns the verified pairs: documents whose
-estimated Jaccard similarity reaches the threshold. Usage:
+in a worker thread; `NearIndex` keeps every kept document's signature (256 B, in a temp file)
+and band keys (100 B) and, once the corpus has been read, returns the verified pairs:
+documents whose estimated Jaccard similarity reaches the threshold. Usage:
 `index = NearIndex(0.8); index.add(*signatures(text, 5)); pairs, sim = index.pairs()`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -93,18 +96,22 @@ def signatures(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class NearIndex:
-    """Signatures and band keys of the documents added so far, in row order: 356 bytes per
-    document. Signatures keep the low 16 bits of each minimum (b-bit MinHash: two different
-    minima agree by chance with odds 2**-16, which the Jaccard estimate can ignore) and band
-    keys 32 bits (a chance collision only adds a candidate, which verification rejects)."""
+    """Signatures and band keys of the documents added so far, in row order: 100 bytes of
+    band keys per document in memory, 256 bytes of signature in a temp file. Signatures keep
+    the low 16 bits of each minimum (b-bit MinHash: two different minima agree by chance with
+    odds 2**-16, which the Jaccard estimate can ignore) and band keys 32 bits (a chance
+    collision only adds a candidate, which verification rejects)."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, folder: Path | None = None) -> None:
         self.threshold = threshold
-        self.sigs: list[np.ndarray] = []
+        # signatures wait in an (already unlinked) temp file: memory keeps only the band keys
+        self.spill = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed in pairs)
+        self.rows = 0
         self.keys: list[np.ndarray] = []
 
     def add(self, sigs: np.ndarray, keys: np.ndarray) -> None:
-        self.sigs.append(sigs.astype(np.uint16))
+        self.spill.write(sigs.astype(np.uint16).tobytes())
+        self.rows += len(sigs)
         self.keys.append(keys.astype(np.uint32))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +119,8 @@ class NearIndex:
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
         Jaccard estimate) of each. Band by band, so memory holds one band's candidates and the
         pairs verified so far, never every candidate of every band."""
-        # the per-batch arrays are never concatenated: a copy of them all would double the
-        # index's memory at its peak
-        starts = np.cumsum([0, *(len(k) for k in self.keys)])
-        n = max(int(starts[-1]), 1)
+        self.spill.flush()  # band keys stay per batch: one band's column is joined at a time
+        n = max(self.rows, 1)
         kept, similar = np.empty(0, np.int64), np.empty(0)
         for band in range(BANDS):
             column = (np.concatenate([k[:, band] for k in self.keys]) if self.keys
@@ -125,23 +130,22 @@ class NearIndex:
             agree = np.empty(len(codes))
             for s in range(0, len(codes), 100_000):  # bounded temporaries
                 i, j = codes[s:s + 100_000] // n, codes[s:s + 100_000] % n
-                agree[s:s + 100_000] = (self._rows(i, starts) == self._rows(j, starts)).mean(1)
+                agree[s:s + 100_000] = (self._read(i) == self._read(j)).mean(axis=1)
             ok = agree >= self.threshold - GROUP_MARGIN
             kept = np.concatenate([kept, codes[ok]])
             similar = np.concatenate([similar, agree[ok]])
             order = np.argsort(kept, kind="stable")
             kept, similar = kept[order], similar[order]
+        self.spill.close()
         return np.stack([kept // n, kept % n], axis=1), similar
 
-
-    def _rows(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Signatures of the given rows, gathered from the per-batch arrays."""
-        out = np.empty((len(rows), NUM_PERM), np.uint16)
-        batch = np.searchsorted(starts, rows, side="right") - 1
-        for b in np.unique(batch):
-            mask = batch == b
-            out[mask] = self.sigs[b][rows[mask] - starts[b]]
-        return out
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Signatures of the given rows, read from the temp file (one read per distinct row:
+        plain reads, so the file's pages never count as this process's memory)."""
+        unique, inverse = np.unique(rows, return_inverse=True)
+        size, fd = NUM_PERM * 2, self.spill.fileno()
+        data = b"".join([os.pread(fd, size, int(r) * size) for r in unique])
+        return np.frombuffer(data, np.uint16).reshape(len(unique), NUM_PERM)[inverse]
 
 
 def _candidates(band_keys: np.ndarray, n: int) -> np.ndarray:
