@@ -2,9 +2,10 @@
 
 Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
 tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
-the same windows held in memory as NumPy arrays, same run, `ratio` = value / raw_value, floor
-0.9), plus `flops_per_token` (forward, analytic) and `achieved_flops` (3 x forward FLOPs per
-training token x tokens/s). Both sides train 2 epochs; the second (compiled) epoch is timed.
+the same windows held in memory as NumPy arrays, validated on the same val windows, same run,
+`ratio` = value / raw_value, floor 0.9), plus `flops_per_token` (forward, analytic) and
+`achieved_flops` (3 x forward FLOPs per training token x tokens/s). Both sides train 2
+epochs; the second (compiled) epoch is timed.
 Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
 """
 
@@ -35,7 +36,7 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
     return history["tokens_per_second"][-1]
 
 
-def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
+def raw_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> float:
     import keras
 
     seed_everything(p.train.seed)
@@ -51,8 +52,9 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
+    xv, yv, wv = make_windows(val, p.train.seq_len)  # validated each epoch, as the stage is
     model.fit(x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=2, shuffle=True,
-              callbacks=[Timer()], verbose=0)
+              validation_data=(xv, yv, wv), callbacks=[Timer()], verbose=0)
     return float(w.sum()) / times[-1]
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     train = read_stream(tokens / "train.parquet")[:BENCH_TOKENS]
     val = read_stream(tokens / "val.parquet")[: BENCH_TOKENS // 10]
     value = stage_tokens_per_second(p, vocab, train, val)
-    raw = raw_tokens_per_second(p, vocab, train)
+    raw = raw_tokens_per_second(p, vocab, train, val)
     fpt = flops_per_token(vocab, p.model.embedding_dim, p.model.units, p.model.gru_layers,
                           p.train.seq_len)
     rows = [

@@ -75,6 +75,7 @@ class Clean(_Section):
     min_documents: PosInt
     lowercase: bool
     scripts: list[Literal[SCRIPTS]]  # type: ignore[valid-type]
+    dedup: Literal["exact", "near", "none"]
     near_dup: bool
     near_dup_threshold: Annotated[float, Field(gt=0.0, le=1.0)]
     near_dup_ngram: PosInt
@@ -85,6 +86,8 @@ class Split(_Section):
     val_fraction: SplitFraction
     test_fraction: SplitFraction
     seed: NonNegInt
+    group_near_duplicates: bool
+    max_test_train_overlap: Annotated[float, Field(ge=0.0, le=1.0)]
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> Split:
@@ -98,6 +101,19 @@ class Tokenize(_Section):
     vocab_size: Annotated[int, Field(strict=True, ge=16)]
     min_frequency: PosInt
     train_max_bytes: NonNegInt
+    pre_tokenizer: Literal["default", "whitespace"]
+    unk_marker: str = Field(strict=True)
+
+    @model_validator(mode="after")
+    def _whitespace_is_for_words(self) -> Tokenize:
+        if self.pre_tokenizer == "whitespace" and self.kind != "word":
+            raise ValueError("pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'")
+        if self.unk_marker and self.pre_tokenizer != "whitespace":
+            raise ValueError("unk_marker is matched against whole whitespace-separated tokens: "
+                             "it needs pre_tokenizer 'whitespace' (or set it to \"\")")
+        if any(c.isspace() for c in self.unk_marker):
+            raise ValueError(f"unk_marker {self.unk_marker!r} must not contain blanks")
+        return self
 
 
 class Embed(_Section):
@@ -294,6 +310,15 @@ class Params(_Section):
                 f"model.embedding_dim ({self.model.embedding_dim}) must equal embed.dim "
                 f"({self.embed.dim}) when model.embedding_init is word2vec"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _near_duplicates_searched(self) -> Params:
+        if not self.clean.near_dup:
+            if self.clean.dedup == "near":
+                raise ValueError("clean.dedup 'near' needs clean.near_dup: true")
+            if self.split.group_near_duplicates:
+                raise ValueError("split.group_near_duplicates needs clean.near_dup: true")
         return self
 
     @model_validator(mode="after")
