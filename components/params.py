@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import GruflowError
 
@@ -38,6 +46,17 @@ class Paths(_Section):
     best_params: str
     tune_dir: str
     reports: str
+
+    @field_validator("*")
+    @classmethod
+    def _inside_project(cls, value: str) -> str:
+        # DVC tracks outputs only inside the repository (outside, `dvc status` fails with
+        # "unexpected error"), and a failed stage restores only what is in the project.
+        path = PurePosixPath(value)
+        if not value.strip() or path.is_absolute() or \
+                posixpath.normpath(value).split("/")[0] in ("..", "."):
+            raise ValueError("must be a path inside the project, relative to it, e.g. data/raw")
+        return value
 
 
 SourceName = Annotated[str, Field(strict=True, min_length=1)]

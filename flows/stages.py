@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
-from components.errors import GruflowError
+from components.errors import STAGE_ERROR_ENV, GruflowError
+
+log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "clean", "tokenize", "embed", "tune", "train", "evaluate")
 TIMEOUT_PARAM = "orchestration.stage_timeout"
+
+
+class StageFailed(GruflowError):
+    """A stage stopped on a user error (its command exited 2 with a one-line message)."""
+
+
+class StageCrashed(RuntimeError):
+    """A stage's command failed unexpectedly (its traceback is in the log file)."""
 
 
 class StageTimeout(GruflowError, TimeoutError):
@@ -74,10 +87,76 @@ def _stop_new_processes(before: set[int]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def _outs(repo, root: Path, stage: str) -> list[tuple[str, bool]]:
+    """(path relative to root, cached?) of every out, metric and plot of the stage."""
+    return [(o.def_path, bool(o.use_cache))
+            for o in repo.stage.collect(target(root, stage))[0].outs]
+
+
+def all_outs(root: Path) -> list[str]:
+    """Every output path dvc.yaml declares (for the temp-file sweep)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return [o.def_path for s in repo.index.stages for o in s.outs]
+
+
+def _snapshot(root: Path, outs: list[tuple[str, bool]], store: Path) -> list[str]:
+    """Copy the uncached outs (reports; not in the DVC cache) to `store`; the outs that
+    exist now (DVC deletes them before running the stage)."""
+    existed = []
+    for rel, cached in outs:
+        src = root / rel
+        if not src.exists():
+            continue
+        existed.append(rel)
+        if not cached:
+            (store / rel).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if src.is_dir() else shutil.copy2
+            copy(src, store / rel)
+    return existed
+
+
+def _restore(repo, root: Path, stage: str, outs: list[tuple[str, bool]], existed: list[str],
+             store: Path) -> None:
+    """Put the outs back as they were before a failed stage: cached ones from the DVC cache
+    (`dvc checkout` of the stage, as dvc.lock records them), uncached ones from `store`;
+    outs that did not exist before are removed."""
+    for rel, cached in outs:
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        if not cached and rel in existed:
+            copy = shutil.copytree if (store / rel).is_dir() else shutil.copy2
+            copy(store / rel, path)
+    if any(cached and rel in existed for rel, cached in outs):
+        repo.checkout(targets=[target(root, stage)], force=True)
+    log.warning("stage %s failed: its previous outputs were restored", stage)
+
+
+def _dvc_lock_error(exc: BaseException) -> bool:
+    from dvc.lock import LockError
+
+    return isinstance(exc, LockError)
+
+
+def _stage_error(stage: str, error_file: Path) -> Exception | None:
+    """The failed command's own one-line reason (written by components.errors.guarded)."""
+    try:
+        report = json.loads(error_file.read_text())
+    except (OSError, ValueError):
+        return None
+    kind = StageFailed if report.get("code") == 2 else StageCrashed
+    return kind(f"stage {stage} failed: {report.get('message', '')}")
+
+
 def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None = None) -> bool:
     """`dvc repro --single-item STAGE`; True when the stage's command actually ran. With
     `timeout` (seconds) a watchdog stops the command when it runs longer (it works in any
-    thread, unlike Prefect's task timeout, which cannot interrupt a blocking wait there)."""
+    thread, unlike Prefect's task timeout, which cannot interrupt a blocking wait there).
+    A failed stage leaves its outputs exactly as they were (DVC deletes them first)."""
     from dvc.repo import Repo
 
     stage_env()
@@ -92,15 +171,32 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
     if watchdog:
         watchdog.daemon = True
         watchdog.start()
-    try:
-        with Repo(str(root)) as repo:
+    state = root / ".gruflow"
+    state.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"snapshot-{stage}.", dir=state) as tmp, \
+            Repo(str(root)) as repo:
+        store, error_file = Path(tmp) / "outs", Path(tmp) / "error.json"
+        outs = _outs(repo, root, stage)
+        existed = _snapshot(root, outs, store)
+        os.environ[STAGE_ERROR_ENV] = str(error_file)
+        try:
             ran = repo.reproduce(targets=[target(root, stage)], single_item=True, force=force)
-    except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
-        _stop_new_processes(before)
-        if expired.is_set():
-            raise stage_timeout(stage, timeout) from exc
-        raise
-    finally:
-        if watchdog:
-            watchdog.cancel()
+        except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
+            _stop_new_processes(before)
+            if not _dvc_lock_error(exc):  # refused before it ran: nothing was deleted
+                try:
+                    _restore(repo, root, stage, outs, existed, store)
+                except Exception:
+                    log.exception("stage %s failed and its outputs could not be restored: "
+                                  "run `dvc checkout %s`", stage, stage)
+            if expired.is_set():
+                raise stage_timeout(stage, timeout) from exc
+            reason = _stage_error(stage, error_file)
+            if reason is not None:
+                raise reason from exc
+            raise
+        finally:
+            os.environ.pop(STAGE_ERROR_ENV, None)
+            if watchdog:
+                watchdog.cancel()
     return bool(ran)
