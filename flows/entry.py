@@ -49,7 +49,11 @@ class ConsoleFilter(logging.Filter):
     CLI says what failed in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR and not record.exc_info
+        if record.levelno >= logging.ERROR or record.exc_info:
+            return False
+        # Prefect's "Finished in state Failed('...')" repeats the error the CLI prints
+        message = record.getMessage()
+        return not (message.startswith("Finished in state") and "Completed" not in message)
 
 
 def log_file_for(root: Path) -> Path:
@@ -64,6 +68,8 @@ def log_file_for(root: Path) -> Path:
 def prepare(root: Path) -> Path:
     """Environment for a command run in project `root` (before Prefect is imported)."""
     os.environ.setdefault(STARTUP_ENV, STARTUP_SECONDS)
+    # dvc push after the flow runs as a task outside any flow run: nothing to send to the API
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
     log_file = log_file_for(root)
     os.environ[LOG_FILE_ENV] = str(log_file)
@@ -96,7 +102,8 @@ def _write_traceback(log_file: Path, exc: BaseException) -> None:
 
 def run(func: Callable, args, root: Path) -> int:
     """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
-    saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV)}
+    saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
+                                            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
     log_file = prepare(root)
     try:
         return func(args)

@@ -19,6 +19,7 @@ from prefect.task_engine import TaskRunTimeoutError
 from components.params import Params, load_params
 from flows import placement, registry, tracking
 from flows.project_lock import project_lock, sweep_temp
+from flows.rollback import keep_outputs
 from flows.secrets import redact, redacted_errors
 from flows.stages import STAGES, StageTimeout, all_outs, is_changed, reproduce, stage_timeout
 
@@ -150,12 +151,13 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
             result.parent_run_id = parent.info.run_id
             mlflow.log_params({"data.source": redact(str(params.data.source)),
                                "registry.model_name": params.registry.model_name})
-            for stage in STAGES:
-                ran, logged = step(root, params, stage, force)
-                if stage == "evaluate":
-                    result.metrics = logged
-                if ran:
-                    result.executed.append(stage)
+            with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
+                for stage in STAGES:
+                    ran, logged = step(root, params, stage, force)
+                    if stage == "evaluate":
+                        result.metrics = logged
+                    if ran:
+                        result.executed.append(stage)
             result.model_version = register_and_gate(root, params, parent.info.run_id,
                                                      result.metrics)
             mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),

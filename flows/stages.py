@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
 from components.errors import STAGE_ERROR_ENV, GruflowError
+from flows.rollback import keep_outputs
 
 log = logging.getLogger(__name__)
 
@@ -87,59 +87,12 @@ def _stop_new_processes(before: set[int]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
-def _outs(repo, root: Path, stage: str) -> list[tuple[str, bool]]:
-    """(path relative to root, cached?) of every out, metric and plot of the stage."""
-    return [(o.def_path, bool(o.use_cache))
-            for o in repo.stage.collect(target(root, stage))[0].outs]
-
-
 def all_outs(root: Path) -> list[str]:
     """Every output path dvc.yaml declares (for the temp-file sweep)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         return [o.def_path for s in repo.index.stages for o in s.outs]
-
-
-def _snapshot(root: Path, outs: list[tuple[str, bool]], store: Path) -> list[str]:
-    """Copy the uncached outs (reports; not in the DVC cache) to `store`; the outs that
-    exist now (DVC deletes them before running the stage)."""
-    existed = []
-    for rel, cached in outs:
-        src = root / rel
-        if not src.exists():
-            continue
-        existed.append(rel)
-        if not cached:
-            (store / rel).parent.mkdir(parents=True, exist_ok=True)
-            copy = shutil.copytree if src.is_dir() else shutil.copy2
-            copy(src, store / rel)
-    return existed
-
-
-def _restore(repo, root: Path, stage: str, outs: list[tuple[str, bool]], existed: list[str],
-             store: Path) -> None:
-    """Put the outs back as they were before a failed stage: cached ones from the DVC cache
-    (`dvc checkout` of the stage, as dvc.lock records them), uncached ones from `store`;
-    outs that did not exist before are removed."""
-    for rel, cached in outs:
-        path = root / rel
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        if not cached and rel in existed:
-            copy = shutil.copytree if (store / rel).is_dir() else shutil.copy2
-            copy(store / rel, path)
-    if any(cached and rel in existed for rel, cached in outs):
-        repo.checkout(targets=[target(root, stage)], force=True)
-    log.warning("stage %s failed: its previous outputs were restored", stage)
-
-
-def _dvc_lock_error(exc: BaseException) -> bool:
-    from dvc.lock import LockError
-
-    return isinstance(exc, LockError)
 
 
 def _stage_error(stage: str, error_file: Path) -> Exception | None:
@@ -149,7 +102,7 @@ def _stage_error(stage: str, error_file: Path) -> Exception | None:
     except (OSError, ValueError):
         return None
     kind = StageFailed if report.get("code") == 2 else StageCrashed
-    return kind(f"stage {stage} failed: {report.get('message', '')}")
+    return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
 
 
 def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None = None) -> bool:
@@ -173,22 +126,16 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
         watchdog.start()
     state = root / ".gruflow"
     state.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"snapshot-{stage}.", dir=state) as tmp, \
-            Repo(str(root)) as repo:
-        store, error_file = Path(tmp) / "outs", Path(tmp) / "error.json"
-        outs = _outs(repo, root, stage)
-        existed = _snapshot(root, outs, store)
+    with tempfile.TemporaryDirectory(prefix=f"error-{stage}.", dir=state) as tmp, \
+            keep_outputs(root, [stage]):
+        error_file = Path(tmp) / "error.json"
         os.environ[STAGE_ERROR_ENV] = str(error_file)
         try:
-            ran = repo.reproduce(targets=[target(root, stage)], single_item=True, force=force)
+            with Repo(str(root)) as repo:
+                ran = repo.reproduce(targets=[target(root, stage)], single_item=True,
+                                     force=force)
         except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
             _stop_new_processes(before)
-            if not _dvc_lock_error(exc):  # refused before it ran: nothing was deleted
-                try:
-                    _restore(repo, root, stage, outs, existed, store)
-                except Exception:
-                    log.exception("stage %s failed and its outputs could not be restored: "
-                                  "run `dvc checkout %s`", stage, stage)
             if expired.is_set():
                 raise stage_timeout(stage, timeout) from exc
             reason = _stage_error(stage, error_file)
