@@ -3,8 +3,8 @@
 One tiny project in a temporary folder (components symlinked, params.yaml copied with absolute
 model/tokenizer paths, seq_len 16), a small BPE tokenizer and untrained 8-unit Keras models
 whose special tokens are biased away (so generation never stops early and text is never empty),
-and a sqlite MLflow store. Everything registers through flows.tracking.register and is gated
-through flows.registry, exactly as the pipeline's register task does.
+and a sqlite MLflow store. Everything registers through flows.tracking.log_and_register_model and
+is gated through flows.registry, exactly as the pipeline's register task does.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def _register(project, params, metrics: dict, flow_run_id: str) -> tuple[str, st
     tags = {**tracking.lineage_tags(root, params, flow_run_id),
             "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest()}
     with mlflow.start_run() as run:
-        version = tracking.register(root, params, run.info.run_id, tags=tags, metrics=metrics)
+        version = tracking.log_and_register_model(root, params, run.info.run_id, tags=tags,
+                                                  metrics=metrics)
     return version, run.info.run_id
 
 
