@@ -40,8 +40,10 @@ class RunLogHandler(logging.FileHandler):
     """Appends to the run's log file ($GRUFLOW_LOG_FILE); a no-op sink when it is unset."""
 
     def __init__(self) -> None:
-        super().__init__(os.environ.get(LOG_FILE_ENV) or os.devnull, delay=True,
-                         encoding="utf-8")
+        path = os.environ.get(LOG_FILE_ENV)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path or os.devnull, delay=True, encoding="utf-8")
 
 
 class ConsoleFilter(logging.Filter):
@@ -57,20 +59,23 @@ class ConsoleFilter(logging.Filter):
 
 
 def log_file_for(root: Path) -> Path:
+    """The command's log file (created when first written: by Prefect's logging or a failure)."""
     logs = root / LOG_DIR
-    logs.mkdir(parents=True, exist_ok=True)
     for old in sorted(logs.glob("*.log"))[:-KEEP_LOGS]:  # names sort by time
         old.unlink(missing_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return logs / f"{stamp}-{os.getpid()}.log"
 
 
-def prepare(root: Path) -> Path:
-    """Environment for a command run in project `root` (before Prefect is imported)."""
+def prepare(root: Path, prefect_logging: bool = True) -> Path:
+    """Environment for a command run in project `root` (before Prefect is imported).
+    `prefect_logging=False` for commands that hand over to the `prefect` CLI (deploy, worker):
+    their processes keep Prefect's own logging."""
     os.environ.setdefault(STARTUP_ENV, STARTUP_SECONDS)
     # dvc push after the flow runs as a task outside any flow run: nothing to send to the API
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
+    if prefect_logging:
+        os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
     log_file = log_file_for(root)
     os.environ[LOG_FILE_ENV] = str(log_file)
     return log_file
@@ -95,6 +100,7 @@ def explain(exc: BaseException) -> tuple[int, str]:
 
 
 def _write_traceback(log_file: Path, exc: BaseException) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as f:
         f.write(f"--- gruflow {' '.join(sys.argv[1:])} failed:\n")
         f.write(redact("".join(traceback.format_exception(exc))))
@@ -104,7 +110,7 @@ def run(func: Callable, args, root: Path) -> int:
     """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
     saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
                                             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
-    log_file = prepare(root)
+    log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
     try:
         return func(args)
     except KeyboardInterrupt as exc:
