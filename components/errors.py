@@ -12,11 +12,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Set by the flow that runs a stage: the guard writes the stage's one-line reason there (the
-# flow prints it) and appends the traceback to the run's log file, so the terminal gets no
-# traceback and no second line. Unset (plain `dvc repro`): the usual stderr behaviour.
+# Set by the flow that runs a stage: the guard writes the stage's one-line reason and its
+# traceback there (the flow prints the line and logs the traceback to the run's log file), so
+# the terminal gets no traceback and no second line. Unset (plain `dvc repro`): the usual
+# stderr behaviour.
 STAGE_ERROR_ENV = "GRUFLOW_STAGE_ERROR"
-LOG_FILE_ENV = "GRUFLOW_LOG_FILE"
 
 
 class GruflowError(Exception):
@@ -25,12 +25,9 @@ class GruflowError(Exception):
 
 def _hand_over(message: str, code: int) -> None:
     """Report a failure to the flow that runs this stage (see STAGE_ERROR_ENV)."""
-    log_file = os.environ.get(LOG_FILE_ENV)
-    if log_file:
-        with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"--- stage command {' '.join(sys.argv)} failed:\n{traceback.format_exc()}")
     with open(os.environ[STAGE_ERROR_ENV], "w", encoding="utf-8") as f:
-        json.dump({"code": code, "message": message}, f)
+        json.dump({"code": code, "message": message, "command": " ".join(sys.argv),
+                   "traceback": traceback.format_exc()}, f)
     raise SystemExit(code)
 
 

@@ -22,12 +22,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from components.errors import LOG_FILE_ENV, GruflowError
+from components.errors import GruflowError
 from flows.secrets import redact
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_SECONDS = "180"
 LOGGING_ENV = "PREFECT_LOGGING_SETTINGS_PATH"
+LOG_FILE_ENV = "GRUFLOW_LOG_FILE"
 LOG_DIR = Path(".gruflow") / "logs"
 KEEP_LOGS = 50
 

@@ -101,6 +101,9 @@ def _stage_error(stage: str, error_file: Path) -> Exception | None:
         report = json.loads(error_file.read_text())
     except (OSError, ValueError):
         return None
+    # to the log file only (the console filter drops errors; the redact filter cleans it)
+    log.error("stage %s: command %s failed:\n%s", stage, report.get("command", ""),
+              report.get("traceback", ""))
     kind = StageFailed if report.get("code") == 2 else StageCrashed
     return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
 
