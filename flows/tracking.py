@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from components.errors import GruflowError
 from components.params import Params, params_digest
 from flows.gitrepo import git_output
-from flows.secrets import redact
+from flows.secrets import RedactFilter, redact
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def configure(root: Path, experiment: str) -> str:
     """sqlite store + artifact root in the project unless MLFLOW_TRACKING_URI says otherwise."""
     uri = store_uri(root)
     check_reachable(uri)
+    if redact(uri) != uri:  # MLflow prints run URLs (with the password) on stdout otherwise
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for handler in logging.getLogger("mlflow").handlers:  # MLflow's own stderr handler
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # stage subprocesses log to the same store
     if mlflow.get_experiment_by_name(experiment) is None:
