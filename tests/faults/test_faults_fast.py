@@ -189,3 +189,31 @@ def test_sweep_removes_atomic_write_leftovers(tmp_path):
     removed = sweep_temp(tmp_path, ["data/clean", "data/tokens", "reports/metrics.json"])
     assert len(removed) == 3
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".gitignore"]
+
+
+def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch):
+    """A plain `dvc` command holds DVC's repository lock: the stage is refused, its outputs
+    stay as they are, and the CLI's line says what to do."""
+    from dvc.lock import LockError
+
+    from flows.entry import explain
+    from flows.stages import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    _dvc_project(tmp_path)
+    (tmp_path / "input.txt").write_text("changed")
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dvc.repo import Repo\n"
+         "with Repo(sys.argv[1]).lock:\n    print('held', flush=True); time.sleep(600)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as info:
+            reproduce(tmp_path, "first")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+    code, line = explain(info.value)
+    assert code == 1 and "another dvc command runs in this project" in line and "\n" not in line
