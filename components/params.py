@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -49,14 +50,24 @@ class Paths(_Section):
 
     @field_validator("*")
     @classmethod
-    def _inside_project(cls, value: str) -> str:
+    def _not_above_project(cls, value: str) -> str:
         # DVC tracks outputs only inside the repository (outside, `dvc status` fails with
         # "unexpected error"), and a failed stage restores only what is in the project.
-        path = PurePosixPath(value)
-        if not value.strip() or path.is_absolute() or \
-                posixpath.normpath(value).split("/")[0] in ("..", "."):
-            raise ValueError("must be a path inside the project, relative to it, e.g. data/raw")
+        # Absolute paths are checked against the project in load_params (it knows the root).
+        if not value.strip() or (not PurePosixPath(value).is_absolute() and
+                                 posixpath.normpath(value).split("/")[0] in ("..", ".")):
+            raise ValueError("must be a path inside the project, e.g. data/raw")
         return value
+
+
+def _check_inside(params: Params, root: Path, file: Path) -> None:
+    """Every paths.* entry, made absolute against the project root, stays below it."""
+    base = os.path.normpath(root.absolute())
+    for key, value in params.paths.model_dump().items():
+        full = os.path.normpath(os.path.join(base, value))
+        if os.path.commonpath([base, full]) != base or full == base:
+            raise GruflowError(f"{file}: 'paths.{key}': must be a path inside the project "
+                               f"{base}, e.g. data/raw (got {value!r})")
 
 
 SourceName = Annotated[str, Field(strict=True, min_length=1)]
@@ -375,7 +386,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise GruflowError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return parse_params(raw, path)
+    params = parse_params(raw, path)
+    _check_inside(params, path.parent, path)
+    return params
 
 
 def params_digest(params: Params) -> str:
