@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+import posixpath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import GruflowError
 
@@ -38,6 +47,27 @@ class Paths(_Section):
     best_params: str
     tune_dir: str
     reports: str
+
+    @field_validator("*")
+    @classmethod
+    def _not_above_project(cls, value: str) -> str:
+        # DVC tracks outputs only inside the repository (outside, `dvc status` fails with
+        # "unexpected error"), and a failed stage restores only what is in the project.
+        # Absolute paths are checked against the project in load_params (it knows the root).
+        if not value.strip() or (not PurePosixPath(value).is_absolute() and
+                                 posixpath.normpath(value).split("/")[0] in ("..", ".")):
+            raise ValueError("must be a path inside the project, e.g. data/raw")
+        return value
+
+
+def _check_inside(params: Params, root: Path, file: Path) -> None:
+    """Every paths.* entry, made absolute against the project root, stays below it."""
+    base = os.path.normpath(root.absolute())
+    for key, value in params.paths.model_dump().items():
+        full = os.path.normpath(os.path.join(base, value))
+        if os.path.commonpath([base, full]) != base or full == base:
+            raise GruflowError(f"{file}: 'paths.{key}': must be a path inside the project "
+                               f"{base}, e.g. data/raw (got {value!r})")
 
 
 SourceName = Annotated[str, Field(strict=True, min_length=1)]
@@ -394,7 +424,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise GruflowError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return parse_params(raw, path)
+    params = parse_params(raw, path)
+    _check_inside(params, path.parent, path)
+    return params
 
 
 def params_digest(params: Params) -> str:

@@ -121,5 +121,8 @@ def test_cli_bad_params_one_line_exit_2_and_no_outputs(tmp_path, raw):
     assert len(lines) == 1, proc.stderr
     assert "train.epochs" in lines[0]
     assert "Traceback" not in proc.stderr
-    # bad params stop the run before any stage, tracker or orchestrator writes anything
-    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]
+    # bad params stop the run before any stage, tracker or orchestrator writes anything; the
+    # one line names the log file holding the traceback (flows/entry.py)
+    assert sorted(p.name for p in project.iterdir()) == [".gruflow", "params.yaml"]
+    assert [p.parent.name for p in (project / ".gruflow").rglob("*") if p.is_file()] == ["logs"]
+    assert "(log: " in lines[0]

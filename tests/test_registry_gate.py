@@ -53,6 +53,7 @@ def gate_project(tmp_path_factory):
     (root / "components").symlink_to(ROOT / "components")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"]["seq_len"] = 16
+    raw["tune"]["n_trials"] = 0  # no tune stage here: params.yaml is what the models use
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(root / "params.yaml")
     cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
@@ -91,7 +92,8 @@ def gate(project, name: str, model: str, tokenizer: str = "bpe.json") -> dict:
         "paths": params.paths.model_copy(update={"model": str(root / model),
                                                  "tokenizer": str(root / tokenizer)})})
     with mlflow.start_run() as run:
-        version = tracking.register(root, params, run.info.run_id, tags={}, metrics={})
+        version = tracking.log_and_register_model(root, params, run.info.run_id, tags={},
+                                                  metrics={})
     return registry.gate(name, version, BEATS_BIGRAM, root / "clean" / "test.parquet", 0.01)
 
 
