@@ -44,22 +44,48 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
+def _dirty(root: Path, outputs: set[str]) -> bool:
+    """Tracked files changed since the commit, other than what the pipeline itself writes
+    (dvc.lock and the stage outputs committed to git, e.g. reports/*.json): the code and
+    params.yaml that made the model are the commit's exactly when this is False."""
+    for path in _git(root, "diff", "--name-only", "HEAD").splitlines():
+        if path != "dvc.lock" and not any(path == o or path.startswith(o.rstrip("/") + "/")
+                                          for o in outputs):
+            return True
+    return False
+
+
+def _reproducible(root: Path, params: Params) -> str:
+    """'false' when the tune stage accepted a study it cannot reproduce (reports/tune.json)."""
+    report = root / params.paths.reports / "tune.json"
+    try:
+        ok = json.loads(report.read_text()).get("reproducible", True)
+    except (OSError, ValueError):
+        ok = True
+    return str(bool(ok)).lower()
+
+
 def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
-    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests."""
-    tags = {
-        "git_commit": _git(root, "rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))),
-        "params_digest": params_digest(params),
-        "uv_lock_digest": _digest(root / "uv.lock"),
-        "prefect_flow_run_id": flow_run_id or "",
-    }
+    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests,
+    and whether the run is reproducible."""
+    tags: dict[str, str] = {}
     lock = root / "dvc.lock"
     if lock.is_file():
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         for stage in stages.values():
             for out in stage.get("outs", []):
                 tags[f"dvc.{out['path']}"] = out.get("md5", "")
-    return tags
+    outputs = {key.removeprefix("dvc.") for key in tags}
+    return {
+        "git_commit": _git(root, "rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(_dirty(root, outputs)),
+        "params_digest": params_digest(params),
+        "uv_lock_digest": _digest(root / "uv.lock"),
+        "dvc_lock_digest": _digest(lock),
+        "prefect_flow_run_id": flow_run_id or "",
+        "reproducible": _reproducible(root, params),
+        **tags,
+    }
 
 
 def _numbers(d: dict) -> dict[str, float]:
