@@ -175,6 +175,13 @@ class Mlflow(_Section):
     experiment: str = Field(min_length=1)
 
 
+class Reproduce(_Section):
+    """`gruflow reproduce`: on CPU everything must match exactly; when train ran on a GPU
+    (recorded or reproduced), metrics may differ by this relative amount."""
+
+    gpu_metric_rtol: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class Orchestration(_Section):
     """Where stages run (work pool per stage, absent or "local" = in the flow's process), the
     default DVC remote, and the schedule `gruflow deploy` gives the retraining deployment."""
@@ -294,6 +301,7 @@ class Params(_Section):
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
+    reproduce: Reproduce
     orchestration: Orchestration
 
     @model_validator(mode="after")

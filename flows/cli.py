@@ -3,7 +3,8 @@
 Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
 `gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`,
 `gruflow tune-worker [--storage URL]`, `gruflow retrain`, `gruflow deploy`,
-`gruflow worker --pool gpu`.
+`gruflow worker --pool gpu`, `gruflow reproduce VERSION`, `gruflow lineage VERSION`,
+`gruflow history`.
 """
 
 from __future__ import annotations
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.deploy import add_commands  # retrain, deploy, worker
 
     add_commands(sub)
+    from flows import lineage, reproduce  # lineage, history, reproduce
+
+    lineage.add_commands(sub)
+    reproduce.add_commands(sub)
     _model_commands(sub)
     similar = sub.add_parser("similar", help="nearest tokens to a word by cosine similarity "
                                              "of the current word vectors")

@@ -65,6 +65,15 @@ def _reproducible(root: Path, params: Params) -> str:
     return str(bool(ok)).lower()
 
 
+def _train_device(root: Path, params: Params) -> str:
+    """Where train ran (reports/train.json): reproduce allows a metric tolerance on a GPU."""
+    try:
+        return str(json.loads((root / params.paths.reports / "train.json").read_text())
+                   .get("device", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
     """git commit + dirty flag, DVC hashes of every stage output, params and lock digests,
     and whether the run is reproducible."""
@@ -84,6 +93,7 @@ def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[st
         "dvc_lock_digest": _digest(lock),
         "prefect_flow_run_id": flow_run_id or "",
         "reproducible": _reproducible(root, params),
+        "train_device": _train_device(root, params),
         **tags,
     }
 
@@ -165,6 +175,8 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
             input_example=(example, DEFAULT_PARAMS),
             registered_model_name=params.registry.model_name,
         )
+    if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
+        mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
     version = str(model_info.registered_model_version)
     client = MlflowClient()
     version_tags = {**tags, "mlflow_run_id": run_id,
