@@ -177,10 +177,24 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     return model, stopper.history, n_train, hw
 
 
+def _renumber_shared(node, ids: dict) -> None:
+    """Replace Keras's `shared_object_id`s (memory addresses, `id(obj)`) by 1, 2, ... in order
+    of appearance; the loader only matches them with each other."""
+    if isinstance(node, dict):
+        if "shared_object_id" in node:
+            node["shared_object_id"] = ids.setdefault(node["shared_object_id"], len(ids) + 1)
+        for value in node.values():
+            _renumber_shared(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared(value, ids)
+
+
 def stable_keras_file(path: Path | str) -> None:
-    """Rewrite a `.keras` zip without its save time: Keras writes `date_saved` into
-    metadata.json and stamps the weights entry with the clock, so the same weights would get
-    another DVC hash on every run. Entries keep their order and bytes; only times are fixed."""
+    """Rewrite a `.keras` zip without what changes from run to run for the same model: Keras
+    writes `date_saved` into metadata.json, stamps the weights entry with the clock and names
+    shared objects by memory address in config.json — the same weights would get another DVC
+    hash on every run. Weights stay byte for byte; entries keep their order."""
     path = Path(path)
     with zipfile.ZipFile(path) as src:
         entries = [(info.filename, src.read(info), info.compress_type)
@@ -191,6 +205,10 @@ def stable_keras_file(path: Path | str) -> None:
                 meta = json.loads(data)
                 meta["date_saved"] = "1980-01-01@00:00:00"
                 data = json.dumps(meta).encode()
+            elif name == "config.json":
+                config = json.loads(data)
+                _renumber_shared(config, {})
+                data = json.dumps(config).encode()
             dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
                          compress_type=compression)
 

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.errors import GruflowError
-from flows import alias_history, cli, lineage, registry, reproduce, tracking
+from flows import alias_history, cli, registry, reproduce, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "gruflow-lm"

@@ -35,11 +35,15 @@ def busy_cores():
             p.wait()
 
 
-def tuned_project(base: Path) -> Path:
-    """The e2e tiny project with a real (if small) study: 3 trials on half the train split."""
+def tuned_project(base: Path, corpus: Path | None = None) -> Path:
+    """The e2e tiny project with a real (if small) study: 3 trials on half the train split;
+    reading `corpus` when given (the snapshot records its source's path, so two copies that
+    should agree must read the same source)."""
     project = tiny_project(base)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tune"].update(n_trials=3, data_fraction=0.5, sampler_startup_trials=1)
+    if corpus is not None:
+        params["data"]["source"] = str(corpus)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git(project, "commit", "-qam", "tune 3 trials")
     return project
@@ -56,10 +60,11 @@ def read_json(project: Path, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    runs = {}
+    runs, corpus = {}, None
     for name in ("quiet", "busy"):
         base = tmp_path_factory.mktemp(f"repro-{name}")
-        project, env = tuned_project(base), isolated_env(base)
+        project, env = tuned_project(base, corpus), isolated_env(base)
+        corpus = corpus or base / "corpus.jsonl"
         with busy_cores() if name == "busy" else contextlib.nullcontext():
             done = gruflow(project, env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
