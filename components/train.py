@@ -143,6 +143,9 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     from components.model import build_model
 
     t, hw = p.train, devices()
+    # Fresh layer-name counters: the saved config (and its DVC hash) must not depend on what
+    # else this process built before (a bench, a test, another model).
+    keras.backend.clear_session()
     keras.utils.set_random_seed(t.seed)
     tf.config.experimental.enable_op_determinism()
     if hw["device"] != "CPU" and t.mixed_precision:

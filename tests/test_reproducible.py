@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_e2e import BIN, git, gruflow, isolated_env, tiny_project
+from tests.test_pipeline_e2e import BIN, git, isolated_env, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,12 @@ def tuned_project(base: Path, corpus: Path | None = None) -> Path:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git(project, "commit", "-qam", "tune 3 trials")
     return project
+
+
+def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
+    """`gruflow run`, with room for a machine kept busy on purpose (and by others)."""
+    return subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=2400)
 
 
 def out_hashes(project: Path) -> dict[str, str]:
@@ -93,7 +99,7 @@ def version_tags(project: Path) -> dict[str, str]:
 def reproduce(run: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "gruflow"), "reproduce", "1", "--project",
                            str(run["project"])], cwd=run["project"], env=run["env"],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
 
 
 def test_version_records_clean_lineage(two_runs):
