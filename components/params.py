@@ -161,6 +161,16 @@ class Embed(_Section):
     pairs_file: str = Field(strict=True, min_length=1)
     analogy_file: str = Field(strict=True)
 
+    @model_validator(mode="after")
+    def _one_worker(self) -> Embed:
+        # gensim's worker threads update shared vectors in an order set by thread scheduling
+        # (its docs: fully reproducible runs need workers=1), so the vectors would change run
+        # to run and DVC could not vouch for them.
+        if self.workers != 1:
+            raise ValueError(f"workers: {self.workers} gensim threads make the vectors depend "
+                             "on thread scheduling — use 1 (the only reproducible value)")
+        return self
+
 
 class ModelParams(_Section):
     embedding_dim: PosInt
@@ -209,6 +219,13 @@ class Registry(_Section):
 
 class Mlflow(_Section):
     experiment: str = Field(min_length=1)
+
+
+class Reproduce(_Section):
+    """`gruflow reproduce`: on CPU everything must match exactly; when train ran on a GPU
+    (recorded or reproduced), metrics may differ by this relative amount."""
+
+    gpu_metric_rtol: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class Orchestration(_Section):
@@ -303,6 +320,18 @@ class Tune(_Section):
     study_name: str = Field(strict=True, min_length=1)
     storage: str = Field(strict=True)
     space: dict[str, SpaceSpec]
+    accept_nonreproducible: bool
+
+    @model_validator(mode="after")
+    def _parallel_needs_consent(self) -> Tune:
+        # Parallel trials see each other's results in an order set by process scheduling, so
+        # the study (and the model trained from it) would differ run to run.
+        if self.n_workers > 1 and not self.accept_nonreproducible:
+            raise ValueError(f"n_workers: {self.n_workers} parallel workers make the study "
+                             "depend on process scheduling — use 1, or set "
+                             "tune.accept_nonreproducible: true (outputs are then tagged "
+                             "reproducible: false)")
+        return self
 
 
 class Serve(_Section):
@@ -330,6 +359,7 @@ class Params(_Section):
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
+    reproduce: Reproduce
     orchestration: Orchestration
     serve: Serve
 

@@ -6,6 +6,7 @@ Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{spl
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,20 @@ def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
     tok, trainer = build_tokenizer(cfg)
     if cfg.pre_tokenizer == "whitespace":
         texts = without_markers(texts, cfg.unk_marker)
-    tok.train_from_iterator(texts, trainer=trainer)
+    # The unigram trainer's EM sums float scores in rayon's work-stealing order, which follows
+    # thread scheduling; the other trainers count integers (order-free). tokenizers reads
+    # TOKENIZERS_PARALLELISM on every call, so only this training runs on one thread.
+    single = cfg.kind == "unigram"
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if single:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    finally:
+        if single:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            if saved is not None:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
     if cfg.kind == "wordpiece":
         _complete_wordpiece(tok)
     if [tok.token_to_id(t) for t in SPECIALS] != [PAD, UNK, BOS, EOS]:

@@ -3,7 +3,8 @@
 Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
 `gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`,
 `gruflow tune-worker [--storage URL]`, `gruflow retrain`, `gruflow deploy`,
-`gruflow worker --pool gpu`.
+`gruflow worker --pool gpu`, `gruflow reproduce VERSION`, `gruflow lineage VERSION`,
+`gruflow history`.
 """
 
 from __future__ import annotations
@@ -214,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_ops import add_commands  # retrain, deploy, worker
 
     add_commands(sub, common)
+    from flows import lineage, reproduce  # lineage, history, reproduce
+
+    lineage.add_commands(sub, common)
+    reproduce.add_commands(sub, common)
     _model_commands(sub, common)
     similar = sub.add_parser("similar", parents=[common],
                              help="nearest tokens to a word by cosine similarity of the "

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import GruflowError
+from flows import alias_history
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -97,6 +98,8 @@ def set_champion(name: str, version: str, reason: str) -> None:
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     if previous and previous != version:
         client.set_model_version_tag(name, version, "previous_champion", previous)
+    alias_history.record(name, CHAMPION, previous, version, reason,
+                         "gate" if reason.startswith("gate") else "promote")
 
 
 def gate(name: str, version: str, metrics: dict, test_file: Path,
@@ -106,7 +109,12 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
     score_version) and beats the bigram baseline. The first version only has to beat the
     bigram baseline."""
     client = MlflowClient()
+    try:
+        old_challenger = str(client.get_model_version_by_alias(name, CHALLENGER).version)
+    except MlflowException:
+        old_challenger = None
     client.set_registered_model_alias(name, CHALLENGER, version)
+    alias_history.record(name, CHALLENGER, old_challenger, version, "gate: new version", "gate")
     beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
     decision = {"challenger": version, "champion_before": champion_version(name),
                 "challenger_perplexity": metrics["perplexity"],
@@ -153,7 +161,10 @@ def rollback(name: str) -> str:
     if current is None:
         raise GruflowError(f"model '{name}' has no champion to roll back")
     client = MlflowClient()
-    previous = client.get_model_version(name, current).tags.get("previous_champion")
+    # The alias history knows the whole line of champions (so rollbacks walk back through it);
+    # a registry from before the history only has the version's previous_champion tag.
+    previous = alias_history.rollback_target(name, current) or \
+        client.get_model_version(name, current).tags.get("previous_champion")
     if not previous:
         raise GruflowError(f"champion version {current} of '{name}' has no previous champion")
     client.set_registered_model_alias(name, CHAMPION, previous)
@@ -161,6 +172,8 @@ def rollback(name: str) -> str:
     client.set_model_version_tag(name, previous, "promoted_at", _now())
     client.set_model_version_tag(name, previous, "promotion_reason",
                                  f"rollback from version {current} by {getpass.getuser()}")
+    alias_history.record(name, CHAMPION, current, previous, f"rollback from version {current}",
+                         "rollback")
     return previous
 
 

@@ -76,22 +76,58 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
+def _dirty(root: Path, outputs: set[str]) -> bool:
+    """Tracked files changed since the commit, other than what the pipeline itself writes
+    (dvc.lock and the stage outputs committed to git, e.g. reports/*.json): the code and
+    params.yaml that made the model are the commit's exactly when this is False."""
+    for path in git_output(root, "diff", "--name-only", "HEAD").splitlines():
+        if path != "dvc.lock" and not any(path == o or path.startswith(o.rstrip("/") + "/")
+                                          for o in outputs):
+            return True
+    return False
+
+
+def _reproducible(root: Path, params: Params) -> str:
+    """'false' when the tune stage accepted a study it cannot reproduce (reports/tune.json)."""
+    report = root / params.paths.reports / "tune.json"
+    try:
+        ok = json.loads(report.read_text()).get("reproducible", True)
+    except (OSError, ValueError):
+        ok = True
+    return str(bool(ok)).lower()
+
+
+def _train_device(root: Path, params: Params) -> str:
+    """Where train ran (reports/train.json): reproduce allows a metric tolerance on a GPU."""
+    try:
+        return str(json.loads((root / params.paths.reports / "train.json").read_text())
+                   .get("device", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
-    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests."""
-    tags = {
-        "git_commit": git_output(root, "rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(git_output(root, "status", "--porcelain", "--untracked-files=no"))),
-        "params_digest": params_digest(params),
-        "uv_lock_digest": _digest(root / "uv.lock"),
-        "prefect_flow_run_id": flow_run_id or "",
-    }
+    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests,
+    and whether the run is reproducible."""
+    tags: dict[str, str] = {}
     lock = root / "dvc.lock"
     if lock.is_file():
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         for stage in stages.values():
             for out in stage.get("outs", []):
                 tags[f"dvc.{out['path']}"] = out.get("md5", "")
-    return tags
+    outputs = {key.removeprefix("dvc.") for key in tags}
+    return {
+        "git_commit": git_output(root, "rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(_dirty(root, outputs)),
+        "params_digest": params_digest(params),
+        "uv_lock_digest": _digest(root / "uv.lock"),
+        "dvc_lock_digest": _digest(lock),
+        "prefect_flow_run_id": flow_run_id or "",
+        "reproducible": _reproducible(root, params),
+        "train_device": _train_device(root, params),
+        **tags,
+    }
 
 
 def _numbers(d: dict) -> dict[str, float]:
@@ -123,11 +159,12 @@ def log_tune(run_id: str, reports: Path) -> dict:
     summary = json.loads((reports / TUNE_REPORT).read_text())
     client = MlflowClient()
     metrics = {f"trials_{k}": v for k, v in summary["n_trials"].items()}
-    for key in ("best_value", "defaults_val_loss", "seconds"):
-        if summary[key] is not None:
+    for key in ("best_value", "defaults_val_loss"):
+        if summary.get(key) is not None:
             metrics[key] = summary[key]
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
+    client.set_tag(run_id, "reproducible", str(summary.get("reproducible", True)).lower())
     for name in (*TUNE_PLOTS, TUNE_REPORT):
         if (reports / name).is_file():
             client.log_artifact(run_id, str(reports / name), "tune")
@@ -251,6 +288,8 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
             signature=signature,
             input_example=(example, DEFAULT_PARAMS),
         )
+    if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
+        mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
     version_tags = {**tags, "mlflow_run_id": run_id,
                     **{f"metric.{k}": str(v) for k, v in _numbers(metrics).items()}}
     mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
