@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     _model_commands(sub)
+    from flows.classify_cli import classify_command
+
+    classify_command(sub)
     similar = sub.add_parser("similar", help="nearest tokens to a word by cosine similarity "
                                              "of the current word vectors")
     similar.add_argument("token", help="a word that is one token, e.g. function")

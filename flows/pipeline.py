@@ -18,7 +18,7 @@ from prefect.task_engine import TaskRunTimeoutError
 
 from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
-from flows import placement, registry, tracking
+from flows import classifier, placement, registry, tracking
 from flows.stages import STAGES, StageTimeout, is_changed, reproduce, stage_timeout
 
 TRACKED = ("embed", "tune", "train", "evaluate")  # stages that get a nested MLflow run
@@ -142,6 +142,7 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
             if ran:
                 result.executed.append(stage)
         result.model_version = register(root, params, parent.info.run_id, result.metrics)
+        classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
         mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
                          "executed_stages": ",".join(result.executed) or "none"})
     return result
