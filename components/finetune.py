@@ -163,15 +163,16 @@ def blank_png(path: Path) -> None:
 
 def run(p: Params, out_dir: Path, reports: Path) -> dict:
     plot = reports / PLOTS_DIR / FINETUNE_PLOT
-    plot.parent.mkdir(parents=True, exist_ok=True)
     if not p.finetune.source:
+        plot.parent.mkdir(parents=True, exist_ok=True)
         with atomic_dir(out_dir) as tmp:
             (tmp / OFF_FILE).write_text('{"enabled": false}\n')
         blank_png(plot)
         report = {"enabled": False, "reason": "finetune.source is empty"}
         write_json(reports / FINETUNE_REPORT, report)
         return report
-    report, out = finetune(p)
+    report, out = finetune(p)  # every check passes before anything is written
+    plot.parent.mkdir(parents=True, exist_ok=True)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

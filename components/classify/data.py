@@ -11,16 +11,18 @@ share a split, so the test set never holds a docstring of a module seen in train
 from __future__ import annotations
 
 import json
+import sysconfig
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
+from pathlib import Path
 
 import pyarrow as pa
 
 from components.contract import SPLITS
 from components.data.clean_rules import mask_pii, normalise, strip_html
-from components.data.corpus import builtin_documents, documents
+from components.data.corpus import _SKIP_DIRS, _docstrings, documents
 from components.errors import GruflowError
 from components.params import Clean, Data, Finetune
 
@@ -43,17 +45,17 @@ class Labelled:
 
 
 def builtin_task() -> Iterator[Labelled]:
-    """Standard-library docstrings labelled by the package their file lives in."""
-    per_module: Counter[str] = Counter()
-    for doc in builtin_documents():
-        if not doc.source.startswith("stdlib:"):
-            continue
-        parts = doc.source.removeprefix("stdlib:").split("/")
-        label = BUILTIN_AREAS.get(parts[0]) if len(parts) > 1 else None
-        if label is None or per_module[doc.source] >= BUILTIN_PER_MODULE:
-            continue
-        per_module[doc.source] += 1
-        yield Labelled(doc.text, label, doc.source)
+    """Standard-library docstrings labelled by the package their file lives in (read with
+    `ast` by the built-in corpus's reader; only the labelled packages are parsed)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for package in sorted(BUILTIN_AREAS):
+        for path in sorted((stdlib / package).rglob("*.py")):
+            if _SKIP_DIRS.intersection(path.relative_to(stdlib).parts):
+                continue
+            for n, doc in enumerate(_docstrings(path, stdlib)):
+                if n == BUILTIN_PER_MODULE:
+                    break
+                yield Labelled(doc.text, BUILTIN_AREAS[package], doc.source)
 
 
 def user_task(cfg: Finetune, dropped: Counter[str]) -> Iterator[Labelled]:
@@ -99,23 +101,23 @@ def _rank(group: str, seed: int) -> bytes:
 
 
 def stratified_split(docs: list[Labelled], cfg: Finetune) -> list[str]:
-    """Per label, groups ordered by a salted hash; the first take test_fraction of the label's
-    documents, the next val_fraction, the rest train. Each label is spread over the splits in
-    proportion, and a group's documents stay together."""
+    """Per label, groups in the order of a salted hash, each to the split furthest below its
+    share of the label's documents (test_fraction, val_fraction, the rest train): every label
+    is spread over the splits in proportion, and a group's documents stay together."""
     out = [""] * len(docs)
     by_label: dict[str, dict[str, list[int]]] = {}
     for i, doc in enumerate(docs):
         by_label.setdefault(doc.label, {}).setdefault(doc.group, []).append(i)
+    shares = {"test": cfg.test_fraction, "val": cfg.val_fraction,
+              "train": 1.0 - cfg.test_fraction - cfg.val_fraction}
     for groups in by_label.values():
         n = sum(len(idx) for idx in groups.values())
-        taken = 0
+        taken = dict.fromkeys(shares, 0)
         for group in sorted(groups, key=lambda g: _rank(g, cfg.seed)):
-            share = taken / n
-            split = ("test" if share < cfg.test_fraction else
-                     "val" if share < cfg.test_fraction + cfg.val_fraction else "train")
+            split = max(shares, key=lambda s: shares[s] * n - taken[s])  # ties: test first
             for i in groups[group]:
                 out[i] = split
-            taken += len(groups[group])
+            taken[split] += len(groups[group])
     return out
 
 
