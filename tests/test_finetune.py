@@ -171,13 +171,15 @@ def test_classifier_round_trips_and_reuses_the_lm_encoder(trained):
     import keras
     import numpy as np
 
+    from components.classify import model as _layers  # noqa: F401  (registers the pooling)
     from components.finetune import load_lm
 
     p = trained["params"]
     clf = keras.saving.load_model(Path(p.paths.classifier) / "classifier.keras",
                                   safe_mode=True)
     lm = load_lm(Path(p.paths.model))
-    assert clf.get_layer("embedding").embeddings.shape == lm.get_layer("embedding").embeddings.shape
+    shape = lm.get_layer("embedding").embeddings.shape
+    assert clf.get_layer("embedding").embeddings.shape == shape
     x = np.array([[2, 10, 11, 3, 0, 0]], np.int32)
     probs = np.asarray(clf.predict(x, verbose=0))
     assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
