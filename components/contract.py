@@ -38,6 +38,7 @@ TUNE_PLOTS = ("tune_history.png", "tune_importance.png")
 TRAIN_REPORT, TRAIN_HISTORY, MODEL_SUMMARY = "train.json", "train_history.csv", "model_summary.txt"
 TENSORBOARD = "tensorboard"
 METRICS_REPORT, SAMPLES, PLOTS_DIR = "metrics.json", "samples.md", "plots"
+FINETUNE_REPORT, FINETUNE_PLOT = "finetune.json", "finetune_confusion.png"  # under PLOTS_DIR
 
 
 def split_file(folder: str | Path, split: str) -> Path:

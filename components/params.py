@@ -46,6 +46,7 @@ class Paths(_Section):
     checkpoints: str
     best_params: str
     tune_dir: str
+    classifier: str
     reports: str
 
     @field_validator("*")
@@ -346,6 +347,36 @@ class Serve(_Section):
     timeout: PosInt                # seconds one admitted request may take (then 504)
 
 
+class Finetune(_Section):
+    """The classification stage: a labelled source and the classifier fine-tuned on the LM."""
+
+    source: str = Field(strict=True)   # "" = off | "builtin" | a file or folder path
+    text_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    encoder: Literal["pretrained", "scratch"]
+    compare_scratch: bool            # with encoder pretrained, also train scratch (comparison)
+    freeze_epochs: NonNegInt
+    epochs: PosInt
+    patience: NonNegInt
+    batch_size: PosInt
+    learning_rate: Annotated[float, Field(gt=0.0)]
+    max_len: Annotated[int, Field(strict=True, ge=4)]
+    val_fraction: SplitFraction
+    test_fraction: SplitFraction
+    seed: NonNegInt
+    model_name: str = Field(min_length=1)
+    min_improvement: Fraction         # challenger macro-F1 must beat the champion's by this
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> Finetune:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 (train needs data)")
+        if self.freeze_epochs > self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) cannot exceed epochs "
+                             f"({self.epochs})")
+        return self
+
+
 class Params(_Section):
     paths: Paths
     data: Data
@@ -362,6 +393,7 @@ class Params(_Section):
     reproduce: Reproduce
     orchestration: Orchestration
     serve: Serve
+    finetune: Finetune
 
     @model_validator(mode="after")
     def _embedding_dims_agree(self) -> Params:

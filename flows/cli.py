@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_commands(sub, common)
     reproduce.add_commands(sub, common)
     _model_commands(sub, common)
+    from flows.classify_cli import classify_command
+
+    classify_command(sub, common)
     similar = sub.add_parser("similar", parents=[common],
                              help="nearest tokens to a word by cosine similarity of the "
                                   "current word vectors")

@@ -18,7 +18,7 @@ from prefect.task_engine import TaskRunTimeoutError
 
 from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
-from flows import placement, registry, tracking
+from flows import classifier, placement, registry, tracking
 from flows.project_lock import project_lock, sweep_temp
 from flows.rollback import keep_outputs
 from flows.secrets import redact, redacted_errors
@@ -163,6 +163,7 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
                         result.executed.append(stage)
             result.model_version = register_and_gate(root, params, parent.info.run_id,
                                                      result.metrics)
+            classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
             mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
                              "executed_stages": ",".join(result.executed) or "none"})
     return result
