@@ -1,4 +1,5 @@
-"""Stage `train`: fit the GRU+attention LM on packed windows of the train split.
+"""Stage `train`: fit the GRU+attention LM on the train split, read as train.batch_size
+parallel streams with the GRU state carried from window to window (components/carry.py).
 
 Usage: `python -m components.train`. Writes artifacts/model.keras, reports/train_history.csv,
 reports/train.json and TensorBoard logs. Resumes from its epoch checkpoint when restarted after
@@ -21,33 +22,7 @@ import numpy as np
 from components.artifacts import atomic_file, write_json
 from components.errors import GruflowError, guarded
 from components.params import Params, load_params
-from components.windows import make_windows, read_stream, unigram_log_probs, window_count
-
-
-def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | None,
-                 first_epoch: int = 0, epochs: int = 1):
-    """Batched windows; with a seed, epoch e is shuffled by a stateless permutation keyed on
-    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would."""
-    import tensorflow as tf
-
-    x, y, w = make_windows(stream, seq_len)
-    n = len(x)
-    data = tf.data.Dataset.from_tensor_slices((x, y, w))
-    if seed is None:
-        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE), int(w.sum())
-    tensors = (tf.constant(x), tf.constant(y), tf.constant(w))
-
-    def epoch_batches(e):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-
-    def gather(idx):
-        return tuple(tf.gather(t, idx) for t in tensors)
-
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), \
-        int(w.sum())
+from components.windows import read_stream, unigram_log_probs
 
 
 def flops_per_token(vocab: int, E: int, H: int, layers: int, T: int) -> int:
@@ -137,6 +112,7 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     import keras
     import tensorflow as tf
 
+    from components.carry import CarriedStateCallback, CarriedStateTrainer, stream_dataset
     from components.checkpoint import Checkpoint, ResumableEarlyStopping
     from components.model import build_model
 
@@ -148,29 +124,28 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
-    steps = -(-window_count(train.size, t.seq_len) // t.batch_size)  # batches per epoch
+    train_ds, steps, streams, n_train = stream_dataset(train, t.seq_len, t.batch_size, t.epochs)
     with strategy.scope():
         restored = ckpt.restore()
-        model, state = restored if restored else (None, {})
-        if model is None:
-            model = build_model(p.model, vocab_size, embeddings,
-                                unigram_log_probs(train, vocab_size))
-            model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
+        trainer, state = restored if restored else (None, {})
+        if trainer is None:
+            trainer = CarriedStateTrainer(build_model(p.model, vocab_size, embeddings,
+                                                      unigram_log_probs(train, vocab_size)),
+                                          streams)
+            trainer.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
     first = state["epoch"] + 1 if state else 0
-    train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed, first, t.epochs)
-    val_ds, _ = make_dataset(val, t.seq_len, t.batch_size, None)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
-    callbacks = [epoch_logger(n_train), stopper,
-                 keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
+    callbacks = [CarriedStateCallback(val, t.seq_len, t.batch_size), epoch_logger(n_train),
+                 stopper, keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
     if first < t.epochs and not state.get("stopped"):
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+            trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
+                        callbacks=callbacks, shuffle=False, verbose=2)
         except tf.errors.ResourceExhaustedError:
             raise GruflowError(f"a batch of train.batch_size {t.batch_size} x train.seq_len "
                                f"{t.seq_len} does not fit in memory — lower one of them "
                                "(finished epochs are checkpointed)") from None
-    return model, stopper.history, n_train, hw
+    return trainer.lm, stopper.history, n_train, hw
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:

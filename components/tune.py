@@ -39,7 +39,7 @@ from components.tune_study import (
     recover_interrupted,
     storage_url,
 )
-from components.windows import make_windows, read_stream, unigram_log_probs
+from components.windows import read_stream, unigram_log_probs
 
 
 @dataclass(frozen=True)
@@ -109,24 +109,25 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     import keras
     import tensorflow as tf
 
+    from components.carry import CarriedStateCallback, CarriedStateTrainer, stream_dataset
     from components.model import build_model
-    from components.train import make_dataset, optimizer
+    from components.train import optimizer
 
     t = p.train
     keras.backend.clear_session()
     keras.utils.set_random_seed(t.seed)
     if t.mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = build_model(p.model, data.vocab_size, data.embeddings,
-                        unigram_log_probs(data.train, data.vocab_size))
-    steps = -(-len(make_windows(data.train, t.seq_len)[0]) // t.batch_size)
+    train_ds, steps, streams, _ = stream_dataset(data.train, t.seq_len, t.batch_size, t.epochs)
+    model = CarriedStateTrainer(build_model(p.model, data.vocab_size, data.embeddings,
+                                            unigram_log_probs(data.train, data.vocab_size)),
+                                streams)
     model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True, reduction="mean_with_sample_weight"))
-    train_ds, _ = make_dataset(data.train, t.seq_len, t.batch_size, t.seed, 0, t.epochs)
-    val_ds, _ = make_dataset(data.val, t.seq_len, t.batch_size, None)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False, verbose=0)
+    history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
+                        callbacks=[CarriedStateCallback(data.val, t.seq_len, t.batch_size),
+                                   *callbacks], verbose=0)
     return float(np.min(history.history["val_loss"]))
 
 
