@@ -2,7 +2,7 @@
 
 Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
 tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
-the same windows held in memory as NumPy arrays, same run, `ratio` = value / raw_value, floor
+the same streams of windows held in memory as NumPy arrays (state carried, in order), same run, `ratio` = value / raw_value, floor
 0.9), plus `flops_per_token` (forward, analytic) and `achieved_flops` (3 x forward FLOPs per
 training token x tokens/s). Both sides train 2 epochs; the second (compiled) epoch is timed.
 Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
@@ -18,7 +18,7 @@ import numpy as np
 
 from components.artifacts import write_json
 from components.params import load_params
-from components.windows import make_windows, read_stream, unigram_log_probs
+from components.windows import make_streams, read_stream, stream_count, unigram_log_probs
 
 BENCH_TOKENS = 150_000
 
@@ -37,13 +37,16 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
 def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
     import keras
 
+    from components.carry import CarriedStateTrainer
     from components.model import build_model
     from components.train import optimizer
 
     keras.utils.set_random_seed(p.train.seed)
-    x, y, w = make_windows(train, p.train.seq_len)
-    model = build_model(p.model, vocab, None, unigram_log_probs(train, vocab))
-    model.compile(optimizer=optimizer(p, -(-len(x) // p.train.batch_size)),
+    streams = stream_count(train.size, p.train.seq_len, p.train.batch_size)
+    x, y, w = (a.reshape(-1, a.shape[-1]) for a in make_streams(train, streams, p.train.seq_len))
+    model = CarriedStateTrainer(build_model(p.model, vocab, None,
+                                            unigram_log_probs(train, vocab)), streams)
+    model.compile(optimizer=optimizer(p, len(x) // streams),
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True, reduction="mean_with_sample_weight"))
     times: list[float] = []
@@ -55,7 +58,7 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
-    model.fit(x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=2, shuffle=True,
+    model.fit(x, y, sample_weight=w, batch_size=streams, epochs=2, shuffle=False,
               callbacks=[Timer()], verbose=0)
     return float(w.sum()) / times[-1]
 

@@ -25,19 +25,26 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
+from components.carry import stream_dataset  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
+from components.inference import score_texts, zero_states  # noqa: E402
 from components.lm_pyfunc import sample_next  # noqa: E402
 from components.model import build_model  # noqa: E402
 from components.params import Params, load_params  # noqa: E402
 from components.tokenize import BOS, EOS, PAD, SCHEMA, train_tokenizer  # noqa: E402
-from components.windows import make_windows, read_stream, unigram_log_probs  # noqa: E402
+from components.windows import (  # noqa: E402
+    make_windows,
+    read_stream,
+    target_count,
+    unigram_log_probs,  # noqa: E402
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EMB_DIM, UNITS, SEQ_LEN = 8, 16, 12
 # A fixed cycle over 20 token ids: the next token is a function of the current one.
 PATTERN = np.random.default_rng(0).permutation(np.arange(4, 24)).astype(np.int32)
-# (documents, pattern tokens per document) per split. The val split is short, so its last
-# window is mostly padding: 2 x 22 = 44 tokens -> 43 targets in 4 windows of 12 (48 slots).
+# (documents, pattern tokens per document) per split. The val split is short: 2 x 22 = 44
+# tokens -> 42 targets (the second <bos> is none), read as 4 streams of one window of 12.
 DOCS = {"train": (60, 90), "val": (2, 20), "test": (6, 90)}
 TEXT = ["the parser reads the header and returns a list of names",
         "each thread opens a file, checks the next line and closes the socket",
@@ -146,7 +153,8 @@ def test_train_run_writes_model_summary_and_history(trained):
     assert saved["epochs_run"] == 2
     assert saved["embedding_init"] == "word2vec"
     train_stream = read_stream(Path(p.paths.tokens) / "train.parquet")
-    assert saved["train_tokens"] == train_stream.size - 1
+    n_docs = DOCS["train"][0]
+    assert saved["train_tokens"] == target_count(train_stream) == train_stream.size - n_docs
     with (reports / "train_history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -159,7 +167,7 @@ def test_train_run_writes_model_summary_and_history(trained):
                                                            rel=1e-5)
     assert (reports / "model_summary.txt").read_text().strip()
     model = keras.saving.load_model(p.paths.model, safe_mode=True)
-    assert model.output_shape[-1] == vocab
+    assert model.outputs[0].shape[-1] == vocab
     assert model.count_params() == saved["parameters"]
     # Atomic writes leave no temporary files behind.
     leftovers = [f.name for d in (reports, Path(p.paths.model).parent) for f in d.iterdir()
@@ -172,8 +180,9 @@ def test_train_best_val_loss_is_per_token_nll_of_the_val_split(trained):
     model = keras.saving.load_model(p.paths.model, safe_mode=True)  # the restored best weights
     val = read_stream(Path(p.paths.tokens) / "val.parquet")
     s = evaluate.score_model(model, val, SEQ_LEN, p.train.batch_size)
-    assert s["tokens"] == val.size - 1
-    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-3)
+    assert s["tokens"] == val.size - DOCS["val"][0]  # every token but each document's <bos>
+    # Validation reads the split exactly as evaluate reads test: the same number.
+    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-5)
 
 
 def test_train_same_seed_twice_is_deterministic(trained, tmp_path, monkeypatch):
@@ -212,19 +221,22 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
     assert not (tmp_path / "m.keras").exists()
 
 
-def test_make_dataset_covers_every_target_once():
+def test_stream_dataset_reads_streams_in_order_each_target_once():
     stream = np.arange(4, 4 + 50, dtype=np.int32)
-    ds, n = train.make_dataset(stream, 8, 4, seed=3)
-    assert n == stream.size - 1
-    xs, ys, ws = (np.concatenate(parts) for parts in zip(*[tuple(np.asarray(t) for t in b)
-                                                          for b in ds], strict=True))
-    assert xs.shape == ys.shape == ws.shape == (7, 8)
+    ds, steps, streams, n = stream_dataset(stream, 8, 4, epochs=2)
+    assert n == stream.size - 1 and streams == 4 and steps == 2  # 4 streams of 13 targets
+    batches = [tuple(np.asarray(t) for t in b) for b in ds]
+    assert len(batches) == 2 * steps  # two epochs, the same batches in the same order
+    for a, b in zip(batches[:steps], batches[steps:], strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    xs, ys, ws = (np.stack(parts) for parts in zip(*batches[:steps], strict=True))  # (K, S, T)
     real = ws > 0
     assert sorted(ys[real].tolist()) == stream[1:].tolist()
     np.testing.assert_array_equal(ys[~real], PAD)
-    again, _ = train.make_dataset(stream, 8, 4, seed=3)
-    first_batch = next(iter(again))[0].numpy()
-    np.testing.assert_array_equal(first_batch, xs[:4])
+    # Batch k + 1 of a stream continues batch k: its first input is batch k's last target.
+    np.testing.assert_array_equal(xs[1, :, 0], ys[0, :, -1])
+    # A split shorter than batch_size windows becomes fewer, longer streams.
+    assert stream_dataset(stream, 8, 64)[2] == 7
 
 
 # --- evaluate ---------------------------------------------------------------------------------
@@ -241,11 +253,19 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     tokens = Path(p.paths.tokens)
     test = read_stream(tokens / "test.parquet")
     n_bytes = pq.read_table(tokens / "test.parquet").column("n_bytes").to_pylist()
-    assert saved["test_tokens"] == test.size - 1
+    assert saved["test_tokens"] == test.size - len(n_bytes)  # no <bos> is a target
     assert saved["test_bytes"] == sum(n_bytes) + len(n_bytes)
     nll = math.log(saved["perplexity"]) * saved["test_tokens"]
     assert saved["bits_per_byte"] == pytest.approx(nll / math.log(2) / saved["test_bytes"],
                                                    rel=1e-6)
+    n_docs = DOCS["test"][0]
+    words = sum(len(TEXT[i % len(TEXT)].split()) for i in range(n_docs)) + n_docs
+    assert saved["test_words"] == words
+    assert saved["word_perplexity"] == pytest.approx(math.exp(nll / words), rel=1e-6)
+    for name in ("baseline", "bigram"):  # the baselines' word figures: same NLL, per word
+        base_nll = math.log(saved[f"{name}_perplexity"]) * saved["test_tokens"]
+        assert saved[f"{name}_word_perplexity"] == pytest.approx(math.exp(base_nll / words),
+                                                                 rel=1e-6)
     assert 0.0 <= saved["token_accuracy"] <= saved["top5_accuracy"] <= 1.0
     # The cycle is learnable: the model and the bigram both beat the unigram baseline.
     assert saved["perplexity"] < saved["baseline_perplexity"]
@@ -296,38 +316,101 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
-def test_score_model_nll_matches_manual_computation():
-    vocab, seq_len = 20, 8
+def tiny_model(vocab: int = 20, seed: int = 0, layers: int = 2):
     cfg = load_params(ROOT / "params.yaml").model.model_copy(
-        update={"units": 8, "embedding_dim": 8, "gru_layers": 1, "dropout": 0.0})
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg, vocab)
-    stream = np.random.default_rng(9).integers(4, vocab, size=30).astype(np.int32)
+        update={"units": 8, "embedding_dim": 8, "gru_layers": layers, "dropout": 0.0})
+    keras.utils.set_random_seed(seed)
+    return build_model(cfg, vocab)
+
+
+def one_pass_logp(model, stream: np.ndarray, block: int) -> np.ndarray:
+    """log p(stream[i+1] | stream[:i+1]) for every i, from ONE call of the model on the whole
+    stream with attention limited to blocks of `block` (the computation that carried state
+    across windows of `block` must equal)."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"].endswith("CausalAttention"):
+            layer["config"]["block"] = block
+    whole = keras.Model.from_config(config)
+    whole.set_weights(model.get_weights())
+    x = stream[None, :-1]
+    logits = np.asarray(whole([x, *zero_states(whole, 1)], training=False)[0])[0]  # (n, V)
+    return _log_softmax(logits)[np.arange(x.shape[1]), stream[1:]]
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_score_model_in_windows_equals_one_pass_per_stream(streams):
+    """The evaluate stage reads the test stream in windows of T with the GRU state carried;
+    the result equals one pass over each of its parallel streams within 1e-4 nats per token."""
+    seq_len, vocab = 8, 20
+    model = tiny_model(vocab)
+    stream = np.random.default_rng(9).integers(4, vocab, size=61).astype(np.int32)
     stream[0] = BOS
-    s = evaluate.score_model(model, stream, seq_len, batch_size=2)
-    # By hand: window k reads stream[k*T : k*T+T] (the last one shorter, unpadded) and
-    # predicts the next token at every position.
-    nll, hits1, n = 0.0, 0, 0
-    for start in range(0, stream.size - 1, seq_len):
-        x = stream[start:start + seq_len][: stream.size - 1 - start]
-        y = stream[start + 1:start + 1 + x.size]
-        logp = _log_softmax(np.asarray(model(x[None], training=False))[0])
-        nll -= float(logp[np.arange(x.size), y].sum())
-        hits1 += int((logp.argmax(-1) == y).sum())
-        n += x.size
-    assert n == stream.size - 1
-    assert s["tokens"] == n
-    assert s["nll"] == pytest.approx(nll, rel=1e-5)
-    assert s["top1"] == pytest.approx(hits1 / n)
-    assert s["top1"] <= s["top5"] <= 1.0
-    # Same answer whatever the batch size.
-    assert evaluate.score_model(model, stream, seq_len, 64)["nll"] == pytest.approx(nll, rel=1e-5)
+    s = evaluate.score_model(model, stream, seq_len, batch_size=streams)
+    L = -(-(stream.size - 1) // streams)  # target positions per stream
+    expected = np.concatenate([-one_pass_logp(model, stream[j * L:(j + 1) * L + 1], seq_len)
+                               for j in range(streams)])
+    assert s["tokens"] == stream.size - 1 == expected.size
+    np.testing.assert_allclose(s["per_target_nll"], expected, atol=1e-4)
+    assert abs(s["nll"] - expected.sum()) / s["tokens"] < 1e-4
+    # Not vacuous: restarting every window cold (the old evaluation) gives other numbers.
+    x, y, w = make_windows(stream, seq_len)
+    cold = -_log_softmax(np.asarray(model([x, *zero_states(model, len(x))])[0]))
+    cold = np.take_along_axis(cold, y[..., None], -1)[..., 0].reshape(-1)[: stream.size - 1]
+    assert np.abs(cold - expected)[seq_len:].max() > 1e-3
 
 
-def test_score_model_counts_each_target_once_with_padding():
+def test_bos_is_never_a_target_and_eos_always_is():
+    """Hand count on two documents <bos> 5 6 <eos> <bos> 7 <eos>: the targets are 5 6 <eos>
+    7 <eos> (five), never the second <bos>; model and baselines are scored on exactly those."""
+    vocab = 10
+    stream = np.array([BOS, 5, 6, EOS, BOS, 7, EOS], np.int32)
+    model = tiny_model(vocab, layers=1)
+    s = evaluate.score_model(model, stream, seq_len=4, batch_size=1)
+    logp = one_pass_logp(model, stream, 4)  # one value per position, target stream[i + 1]
+    is_target = np.array([1, 1, 1, 0, 1, 1], bool)  # position 3 predicts the <bos>
+    assert s["tokens"] == 5 == target_count(stream)
+    assert s["nll"] == pytest.approx(-logp[is_target].sum(), abs=5e-4)
+    np.testing.assert_array_equal(s["per_target_weight"], is_target.astype(np.float32))
+    # The unigram baseline: add-one over the train targets, <bos> never counted.
+    train = np.array([BOS, 5, 5, EOS, BOS, 6, EOS], np.int32)  # targets 5 5 <eos> 6 <eos>
+    p = {5: 3 / 15, 6: 2 / 15, 7: 1 / 15, EOS: 3 / 15}  # (count + 1) / (5 + 10)
+    expected = -sum(math.log(p[t]) for t in (5, 6, EOS, 7, EOS))
+    assert evaluate.baseline_nll(train, stream, vocab)["unigram"] == pytest.approx(expected)
+    bigram = evaluate.bigram_log_probs(train, stream, vocab)
+    assert evaluate.baseline_nll(train, stream, vocab)["bigram"] == pytest.approx(
+        -bigram[is_target].sum())
+
+
+def test_count_words_adds_one_end_per_document():
+    assert evaluate.count_words(["a b  c", "d\ne"]) == 3 + 2 + 2
+
+
+def test_score_texts_carries_state_across_windows(trained):
+    """The pyfunc's `score` (and `gruflow score`): a text longer than seq_len equals one pass
+    over the whole text; texts scored side by side do not affect each other."""
+    p, vocab, _ = trained
+    tok = Tokenizer.from_file(p.paths.tokenizer)
+    model = tiny_model(vocab)
+    texts = [" ".join(TEXT[:4]), TEXT[1]]
+    ids = [np.array([BOS, *tok.encode(t, add_special_tokens=False).ids, EOS], np.int32)
+           for t in texts]
+    assert ids[0].size > 3 * SEQ_LEN
+    rows = score_texts(model, tok, texts, SEQ_LEN, batch_size=2)
+    for row, doc in zip(rows, ids, strict=True):
+        expected = -one_pass_logp(model, doc, SEQ_LEN).sum()
+        assert row["tokens"] == doc.size - 1
+        assert abs(row["nll"] - expected) / row["tokens"] < 1e-4
+    alone = score_texts(model, tok, texts[1:], SEQ_LEN)
+    assert alone[0]["nll"] == pytest.approx(rows[1]["nll"], rel=1e-6)
+
+
+def test_make_windows_weights_zero_on_padding_and_bos_targets():
     x, y, w = make_windows(np.arange(4, 4 + 21, dtype=np.int32), 6)
     assert x.shape == (4, 6) and w.sum() == 20
     assert (y[w == 0] == PAD).all()
+    x, y, w = make_windows(np.array([BOS, 5, EOS, BOS, 6, EOS], np.int32), 6)
+    assert w.tolist() == [[1, 1, 0, 1, 1, 0]]  # <bos> target and the padded slot
 
 
 # --- sampling ---------------------------------------------------------------------------------
