@@ -25,12 +25,13 @@ from components.model import state_sizes
 from components.windows import make_streams, stream_count, target_count
 
 
-def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1):
+def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1,
+                   replicas: int = 1):
     """(tf.data of (ids, targets, weights) batches of shape (S, T) in reading order for
     `epochs` epochs, batches per epoch K, streams S, targets per epoch)."""
     import tensorflow as tf
 
-    n_streams = stream_count(stream.size, seq_len, batch_size)
+    n_streams = stream_count(stream.size, seq_len, batch_size, replicas)
     x, y, w = make_streams(stream, n_streams, seq_len)  # (K, S, T) each
     data = tf.data.Dataset.from_tensor_slices((x, y, w)).repeat(max(epochs, 1))
     return data.prefetch(tf.data.AUTOTUNE), len(x), n_streams, target_count(stream)
@@ -41,11 +42,15 @@ class CarriedStateTrainer(keras.Model):
     """Wraps the LM (ids, h_0...) -> (logits, h_T...) as ids -> logits for `fit`: each call
     starts from the states the previous call ended with and stores the new ones."""
 
-    def __init__(self, lm: keras.Model, streams: int, **kwargs):
+    def __init__(self, lm: keras.Model, streams: int, replicas: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.lm, self.streams = lm, streams
-        self.carried = [self.add_weight(shape=(streams, h), initializer="zeros", trainable=False,
-                                        name=f"carried_{i}")  # (S, H) per GRU layer
+        self.lm, self.streams, self.replicas = lm, streams, replicas
+        # (S / replicas, H) per GRU layer: under tf.distribute each replica reads its own
+        # S / replicas rows of every batch, so each keeps its own copy ("on_read").
+        self.carried = [keras.Variable(initializer="zeros", shape=(streams // replicas, h),
+                                       trainable=False, name=f"carried_{i}",
+                                       synchronization="on_read",
+                                       aggregation="only_first_replica")
                         for i, h in enumerate(state_sizes(lm))]
         self.built = True
 
@@ -60,7 +65,7 @@ class CarriedStateTrainer(keras.Model):
             variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
-        return {"name": self.name, "streams": self.streams,
+        return {"name": self.name, "streams": self.streams, "replicas": self.replicas,
                 "lm": keras.saving.serialize_keras_object(self.lm)}
 
     @classmethod

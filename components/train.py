@@ -124,14 +124,16 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
-    train_ds, steps, streams, n_train = stream_dataset(train, t.seq_len, t.batch_size, t.epochs)
+    replicas = strategy.num_replicas_in_sync
+    train_ds, steps, streams, n_train = stream_dataset(train, t.seq_len, t.batch_size, t.epochs,
+                                                       replicas)
     with strategy.scope():
         restored = ckpt.restore()
         trainer, state = restored if restored else (None, {})
         if trainer is None:
             trainer = CarriedStateTrainer(build_model(p.model, vocab_size, embeddings,
                                                       unigram_log_probs(train, vocab_size)),
-                                          streams)
+                                          streams, replicas)
             trainer.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
     first = state["epoch"] + 1 if state else 0
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)

@@ -98,7 +98,9 @@ def unigram_log_probs(stream: np.ndarray, vocab_size: int) -> np.ndarray:
     return np.log((counts + 1.0) / (counts.sum() + vocab_size)).astype(np.float32)
 
 
-def stream_count(n_tokens: int, seq_len: int, batch_size: int) -> int:
+def stream_count(n_tokens: int, seq_len: int, batch_size: int, multiple: int = 1) -> int:
     """Parallel streams a split is read as: batch_size, or fewer so that each is at least one
-    window long (a tiny split is not spread thin over many cold starts)."""
-    return max(1, min(batch_size, window_count(n_tokens, seq_len)))
+    window long (a tiny split is not spread thin over many cold starts); a multiple of
+    `multiple` (the replicas that share a batch under tf.distribute)."""
+    n = max(1, min(batch_size, window_count(n_tokens, seq_len)))
+    return max(multiple, n - n % multiple)
