@@ -2,9 +2,10 @@
 
 Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
 tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
-the same streams of windows held in memory as NumPy arrays (state carried, in order), same run, `ratio` = value / raw_value, floor
-0.9), plus `flops_per_token` (forward, analytic) and `achieved_flops` (3 x forward FLOPs per
-training token x tokens/s). Both sides train 2 epochs; the second (compiled) epoch is timed.
+the same streams of windows held in memory as NumPy arrays (state carried, in order), same
+run, `ratio` = value / raw_value, floor 0.9), plus `flops_per_token` (forward, analytic) and
+`achieved_flops` (3 x forward FLOPs per training token x tokens/s). Both sides train 2
+epochs; the second (compiled) epoch is timed.
 Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
 """
 

@@ -22,7 +22,7 @@ from keras import ops
 
 from components.inference import score_stream
 from components.model import state_sizes
-from components.windows import make_streams, stream_count, target_count
+from components.windows import make_streams, make_windows, stream_count, target_count
 
 
 def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1,
@@ -37,24 +37,60 @@ def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: in
     return data.prefetch(tf.data.AUTOTUNE), len(x), n_streams, target_count(stream)
 
 
+def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                   first_epoch: int, epochs: int):
+    """`train.context: window`: independent windows, each from a cold state; epoch e is
+    shuffled by a stateless permutation keyed on (seed, e), so a resumed run sees exactly the
+    batches an uninterrupted one would. Same return values as stream_dataset."""
+    import tensorflow as tf
+
+    x, y, w = make_windows(stream, seq_len)
+    n = len(x)
+    tensors = (tf.constant(x), tf.constant(y), tf.constant(w))
+
+    def epoch_batches(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    def gather(idx):
+        return tuple(tf.gather(t, idx) for t in tensors)
+
+    data = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(
+        epoch_batches).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE), -(-n // batch_size), batch_size, target_count(stream)
+
+
+def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1):
+    """The train split as the `train.context` mode reads it (see the two functions above)."""
+    if t.context == "window":
+        return window_dataset(stream, t.seq_len, t.batch_size, t.seed, first_epoch, t.epochs)
+    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs - first_epoch, replicas)
+
+
 @keras.saving.register_keras_serializable(package="gruflow")
 class CarriedStateTrainer(keras.Model):
     """Wraps the LM (ids, h_0...) -> (logits, h_T...) as ids -> logits for `fit`: each call
-    starts from the states the previous call ended with and stores the new ones."""
+    starts from the states the previous call ended with and stores the new ones. With
+    `carry=False` (`train.context: window`) every call starts cold instead."""
 
-    def __init__(self, lm: keras.Model, streams: int, replicas: int = 1, **kwargs):
+    def __init__(self, lm: keras.Model, streams: int, replicas: int = 1, carry: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.lm, self.streams, self.replicas = lm, streams, replicas
+        self.lm, self.streams, self.replicas, self.carry = lm, streams, replicas, carry
         # (S / replicas, H) per GRU layer: under tf.distribute each replica reads its own
         # S / replicas rows of every batch, so each keeps its own copy ("on_read").
         self.carried = [keras.Variable(initializer="zeros", shape=(streams // replicas, h),
                                        trainable=False, name=f"carried_{i}",
                                        synchronization="on_read",
                                        aggregation="only_first_replica")
-                        for i, h in enumerate(state_sizes(lm))]
+                        for i, h in enumerate(state_sizes(lm) if carry else [])]
         self.built = True
 
     def call(self, ids, training=False):
+        if not self.carry:
+            cold = [ops.zeros((ops.shape(ids)[0], h)) for h in state_sizes(self.lm)]
+            return self.lm([ids, *cold], training=training)[0]
         out = self.lm([ids, *self.carried], training=training)  # logits (S, T, V), h_T (S, H)
         for variable, h in zip(self.carried, out[1:], strict=True):
             variable.assign(ops.stop_gradient(ops.cast(h, variable.dtype)))  # truncated BPTT
@@ -66,6 +102,7 @@ class CarriedStateTrainer(keras.Model):
 
     def get_config(self):
         return {"name": self.name, "streams": self.streams, "replicas": self.replicas,
+                "carry": self.carry,
                 "lm": keras.saving.serialize_keras_object(self.lm)}
 
     @classmethod

@@ -137,6 +137,7 @@ class Model(_Section):
 
 class Train(_Section):
     seq_len: Annotated[int, Field(strict=True, ge=2)]
+    context: Literal["carried", "window"]
     batch_size: PosInt
     epochs: PosInt
     learning_rate: Annotated[float, Field(gt=0.0)]

@@ -112,7 +112,7 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     import keras
     import tensorflow as tf
 
-    from components.carry import CarriedStateCallback, CarriedStateTrainer, stream_dataset
+    from components.carry import CarriedStateCallback, CarriedStateTrainer, training_data
     from components.checkpoint import Checkpoint, ResumableEarlyStopping
     from components.model import build_model
 
@@ -125,17 +125,16 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
     replicas = strategy.num_replicas_in_sync
-    train_ds, steps, streams, n_train = stream_dataset(train, t.seq_len, t.batch_size, t.epochs,
-                                                       replicas)
     with strategy.scope():
         restored = ckpt.restore()
         trainer, state = restored if restored else (None, {})
+        first = state["epoch"] + 1 if state else 0
+        train_ds, steps, streams, n_train = training_data(train, t, first, replicas)
         if trainer is None:
             trainer = CarriedStateTrainer(build_model(p.model, vocab_size, embeddings,
                                                       unigram_log_probs(train, vocab_size)),
-                                          streams, replicas)
+                                          streams, replicas, carry=t.context == "carried")
             trainer.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
-    first = state["epoch"] + 1 if state else 0
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
     callbacks = [CarriedStateCallback(val, t.seq_len, t.batch_size), epoch_logger(n_train),
                  stopper, keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]

@@ -109,7 +109,7 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     import keras
     import tensorflow as tf
 
-    from components.carry import CarriedStateCallback, CarriedStateTrainer, stream_dataset
+    from components.carry import CarriedStateCallback, CarriedStateTrainer, training_data
     from components.model import build_model
     from components.train import optimizer
 
@@ -118,10 +118,10 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     keras.utils.set_random_seed(t.seed)
     if t.mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    train_ds, steps, streams, _ = stream_dataset(data.train, t.seq_len, t.batch_size, t.epochs)
+    train_ds, steps, streams, _ = training_data(data.train, t)
     model = CarriedStateTrainer(build_model(p.model, data.vocab_size, data.embeddings,
                                             unigram_log_probs(data.train, data.vocab_size)),
-                                streams)
+                                streams, carry=t.context == "carried")
     model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True, reduction="mean_with_sample_weight"))

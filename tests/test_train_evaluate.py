@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
-from components.carry import stream_dataset  # noqa: E402
+from components.carry import stream_dataset, training_data  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
 from components.inference import score_texts, zero_states  # noqa: E402
 from components.lm_pyfunc import sample_next  # noqa: E402
@@ -458,3 +458,22 @@ def test_sample_next_same_seed_same_samples():
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
+
+
+def test_window_context_trains_cold_shuffled_windows(trained, tmp_path, monkeypatch):
+    """`train.context: window`: every batch starts cold (no state variables), epochs are
+    shuffled windows; validation still reads val with the state carried, as evaluate does."""
+    monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
+    p, _, carried = trained
+    p2, _ = make_project(tmp_path)
+    p2 = with_train(p2, context="window", epochs=1)
+    summary = train.run(p2)
+    model = keras.saving.load_model(p2.paths.model, safe_mode=True)
+    val = read_stream(Path(p2.paths.tokens) / "val.parquet")
+    s = evaluate.score_model(model, val, SEQ_LEN, p2.train.batch_size)
+    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-5)
+    assert summary["best_val_loss"] != carried["best_val_loss"]
+    train_stream = read_stream(Path(p2.paths.tokens) / "train.parquet")
+    first = next(iter(training_data(train_stream, p2.train)[0]))[0].numpy()
+    in_order = make_windows(train_stream, SEQ_LEN)[0][: len(first)]
+    assert not np.array_equal(first, in_order)  # shuffled, not read in order
