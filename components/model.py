@@ -142,19 +142,29 @@ def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = Non
                                      embeddings_initializer="uniform",
                                      trainable=cfg.embedding_trainable)
     x = embedding(ids)  # (B, T, E)
-    x = layers.Dropout(cfg.dropout)(x)
+    # Embedding dropout drops whole word vectors (one mask value per token, over all E
+    # features); locked dropout keeps one mask per sequence and feature for every step (B, 1, C).
+    # Both sit between layers, so the GRU keeps its cuDNN kernel (no recurrent_dropout).
+    x = layers.Dropout(cfg.embedding_dropout, noise_shape=(None, None, 1),
+                       name="embedding_dropout")(x)
+    shape = (None, 1, None) if cfg.locked_dropout else None
+
+    def dropout(name: str):
+        return layers.Dropout(cfg.dropout, noise_shape=shape, name=name)
+
+    x = dropout("dropout_embedding")(x)
     h_T = []
     for i in range(cfg.gru_layers):
         # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
         x, h = layers.GRU(cfg.units, return_sequences=True, return_state=True,
                           name=f"gru_{i}")(x, initial_state=h0[i])  # (B, T, H), (B, H)
         h_T.append(layers.Activation("linear", dtype="float32", name=f"final_state_{i}")(h))
-        x = layers.Dropout(cfg.dropout)(x)
+        x = dropout(f"dropout_gru_{i}")(x)
     context = CausalAttention(cfg.attention_heads, cfg.attention_window,
                               name="attention")(x)  # (B, T, H)
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
-    combined = layers.Dropout(cfg.dropout)(combined)
+    combined = dropout("dropout_combine")(combined)
     if cfg.tie_embeddings:
         combined = layers.Dense(cfg.embedding_dim, name="tie_projection")(combined)  # (B, T, E)
         logits = embedding(layers.Activation("linear", dtype="float32")(combined),

@@ -126,6 +126,8 @@ class Model(_Section):
     attention_window: NonNegInt
     tie_embeddings: bool
     dropout: Fraction
+    locked_dropout: bool
+    embedding_dropout: Fraction
 
     @model_validator(mode="after")
     def _heads_divide_units(self) -> Model:

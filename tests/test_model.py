@@ -333,3 +333,56 @@ def test_carried_state_trainer_stores_states_and_round_trips(tmp_path, ids):
     np.testing.assert_array_equal(logits_of(again.lm, ids), logits_of(lm, ids))
     trainer.reset_state()
     assert not np.asarray(trainer.carried[0]).any()
+
+
+# --- regularisation that keeps the cuDNN kernel -----------------------------------------------
+
+
+def dropped(model, layer: str, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) of a dropout layer in training mode."""
+    probe = keras.Model(model.inputs, [model.get_layer(layer).input,
+                                       model.get_layer(layer).output])
+    a, b = probe(cold(model, ids), training=True)
+    return np.asarray(a), np.asarray(b)
+
+
+def test_embedding_dropout_drops_whole_word_vectors(ids):
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(embedding_dropout=0.5, dropout=0.0), V)
+    x, y = dropped(model, "embedding_dropout", np.tile(ids, (8, 1)))  # (B, T, E)
+    zero = (y == 0).all(-1)  # (B, T): the token's whole vector is gone
+    assert 0.3 < zero.mean() < 0.7
+    np.testing.assert_allclose(y[~zero], x[~zero] / 0.5, rtol=1e-6)  # the rest is rescaled
+    assert ((y == 0).any(-1) == zero).all()  # never part of a vector
+    np.testing.assert_array_equal(logits_of(model, ids), logits_of(model, ids))  # off at inference
+
+
+def test_locked_dropout_keeps_one_mask_for_every_time_step(ids):
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(locked_dropout=True, dropout=0.5), V)
+    for layer in ("dropout_embedding", "dropout_gru_0", "dropout_combine"):
+        x, y = dropped(model, layer, ids)  # (B, T, C)
+        kept = y != 0
+        assert ((kept | (x == 0)) == kept[:, :1] | (x == 0)).all(), layer  # same across T
+        assert 0.2 < kept[:, 0].mean() < 0.8
+    unlocked = build_model(tiny_cfg(locked_dropout=False, dropout=0.5), V)
+    _, y = dropped(unlocked, "dropout_gru_0", ids)
+    assert ((y != 0) != (y[:, :1] != 0)).any()  # plain dropout: a new mask at every step
+
+
+def test_regularised_model_keeps_cudnn_eligible_grus_and_round_trips(tmp_path, ids):
+    model = build_model(tiny_cfg(locked_dropout=True, embedding_dropout=0.2, gru_layers=2), V)
+    for i in range(2):
+        gru = model.get_layer(f"gru_{i}")
+        # cuDNN's conditions (keras GRU): default activations, reset_after, no dropout
+        # inside the cell, not unrolled.
+        assert gru.cell.recurrent_dropout == 0 and gru.cell.dropout == 0
+        assert gru.cell.activation is keras.activations.tanh
+        assert gru.cell.recurrent_activation is keras.activations.sigmoid
+        assert gru.cell.reset_after and gru.cell.use_bias and not gru.unroll
+        assert gru.use_cudnn == "auto"
+    model.save(tmp_path / "reg.keras")
+    again = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
+    assert again.get_layer("dropout_gru_1").noise_shape == (None, 1, None)
+    assert again.get_layer("embedding_dropout").rate == 0.2
+    np.testing.assert_array_equal(logits_of(again, ids), logits_of(model, ids))
