@@ -2,16 +2,17 @@
 state from one batch to the next.
 
 Usage (inside a training recipe):
-    data, steps, targets = stream_dataset(train, seq_len, batch_size, epochs)
-    trainer = CarriedStateTrainer(build_model(...), data_streams)
+    data, steps, streams, targets = training_data(train, p.train)
+    trainer = CarriedStateTrainer(build_model(...), streams)
     trainer.compile(...); trainer.fit(data, steps_per_epoch=steps,
                                       callbacks=[CarriedStateCallback(val, seq_len, batch_size)])
 
 A split is laid out as S parallel streams (components/windows.make_streams); batch k holds window
 k of every stream, so window k of a stream continues window k - 1 and starts from the GRU states
 it ended with. The states live in non-trainable variables of the trainer (not in the saved LM),
-are cut from the gradient at each window boundary, and are zeroed at every epoch start, so an
-epoch is the same computation whether or not the run was resumed from a checkpoint.
+are cut from the gradient at each window boundary, and are zeroed at every epoch start; each
+epoch shuffles the order of whole documents (keyed on seed and epoch) before laying out the
+streams, so an epoch is the same computation whether or not the run was resumed.
 """
 
 from __future__ import annotations
@@ -22,19 +23,43 @@ from keras import ops
 
 from components.inference import score_stream
 from components.model import state_sizes
+from components.tokenize import BOS
 from components.windows import make_streams, make_windows, stream_count, target_count
 
 
+def shuffle_documents(stream: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The stream's documents (each starting at a `<bos>`) in an order drawn from (seed,
+    epoch): each epoch lays different text side by side, the same in a resumed run."""
+    starts = np.flatnonzero(stream == BOS)
+    if starts.size == 0 or starts[0] != 0:
+        starts = np.r_[0, starts]  # text before the first <bos> stays one document
+    docs = np.split(stream, starts[1:])
+    order = np.random.default_rng([seed, epoch]).permutation(len(docs))
+    return np.concatenate([docs[i] for i in order])
+
+
 def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1,
-                   replicas: int = 1):
+                   replicas: int = 1, seed: int | None = None, first_epoch: int = 0):
     """(tf.data of (ids, targets, weights) batches of shape (S, T) in reading order for
-    `epochs` epochs, batches per epoch K, streams S, targets per epoch)."""
+    epochs first_epoch..epochs-1, batches per epoch K, streams S, targets per epoch). With a
+    seed each epoch first shuffles the documents (shuffle_documents)."""
     import tensorflow as tf
 
     n_streams = stream_count(stream.size, seq_len, batch_size, replicas)
     x, y, w = make_streams(stream, n_streams, seq_len)  # (K, S, T) each
-    data = tf.data.Dataset.from_tensor_slices((x, y, w)).repeat(max(epochs, 1))
-    return data.prefetch(tf.data.AUTOTUNE), len(x), n_streams, target_count(stream)
+    if seed is None:
+        data = tf.data.Dataset.from_tensor_slices((x, y, w)).repeat(max(epochs - first_epoch, 1))
+        return data.prefetch(tf.data.AUTOTUNE), len(x), n_streams, target_count(stream)
+
+    def batches():
+        for epoch in range(first_epoch, max(epochs, first_epoch + 1)):
+            yield from zip(*make_streams(shuffle_documents(stream, seed, epoch), n_streams,
+                                         seq_len), strict=True)
+
+    spec = tf.TensorSpec(x.shape[1:], tf.int32)
+    data = tf.data.Dataset.from_generator(
+        batches, output_signature=(spec, spec, tf.TensorSpec(x.shape[1:], tf.float32)))
+    return data.prefetch(2), len(x), n_streams, target_count(stream)
 
 
 def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
@@ -65,7 +90,8 @@ def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1
     """The train split as the `train.context` mode reads it (see the two functions above)."""
     if t.context == "window":
         return window_dataset(stream, t.seq_len, t.batch_size, t.seed, first_epoch, t.epochs)
-    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs - first_epoch, replicas)
+    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs, replicas, t.seed,
+                          first_epoch)
 
 
 @keras.saving.register_keras_serializable(package="gruflow")

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
-from components.carry import stream_dataset, training_data  # noqa: E402
+from components.carry import shuffle_documents, stream_dataset, training_data  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
 from components.inference import score_texts, zero_states  # noqa: E402
 from components.lm_pyfunc import sample_next  # noqa: E402
@@ -458,6 +458,32 @@ def test_sample_next_same_seed_same_samples():
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
+
+
+def test_carried_epochs_shuffle_whole_documents_reproducibly():
+    docs = [pattern_doc(i, length=3 + i % 5) for i in range(12)]
+    stream = np.concatenate(docs).astype(np.int32)
+    a, b = shuffle_documents(stream, 0, 0), shuffle_documents(stream, 0, 1)
+    np.testing.assert_array_equal(a, shuffle_documents(stream, 0, 0))  # keyed on (seed, epoch)
+    assert not np.array_equal(a, b) and not np.array_equal(a, stream)
+
+    def split(s):
+        return sorted(tuple(d) for d in np.split(s, np.flatnonzero(s == BOS)[1:]))
+
+    assert split(a) == split(b) == split(stream)  # whole documents, each once
+    ds, steps, streams, n = stream_dataset(stream, 6, 3, epochs=2, seed=0)
+    batches = [tuple(np.asarray(t) for t in batch) for batch in ds]
+    assert len(batches) == 2 * steps
+    for epoch in range(2):  # every target once per epoch, in that epoch's document order
+        ys = np.stack([b[1] for b in batches[epoch * steps:(epoch + 1) * steps]])
+        ws = np.stack([b[2] for b in batches[epoch * steps:(epoch + 1) * steps]])
+        assert ws.sum() == n == target_count(stream)
+        shuffled = shuffle_documents(stream, 0, epoch)
+        np.testing.assert_array_equal(ys.transpose(1, 0, 2).reshape(streams, -1)[0][:5],
+                                      shuffled[1:6])
+    resumed = [np.asarray(b[0]) for b in stream_dataset(stream, 6, 3, 2, seed=0,
+                                                        first_epoch=1)[0]]
+    np.testing.assert_array_equal(np.stack(resumed), np.stack([b[0] for b in batches[steps:]]))
 
 
 def test_window_context_trains_cold_shuffled_windows(trained, tmp_path, monkeypatch):
