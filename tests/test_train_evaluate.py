@@ -503,3 +503,30 @@ def test_window_context_trains_cold_shuffled_windows(trained, tmp_path, monkeypa
     first = next(iter(training_data(train_stream, p2.train)[0]))[0].numpy()
     in_order = make_windows(train_stream, SEQ_LEN)[0][: len(first)]
     assert not np.array_equal(first, in_order)  # shuffled, not read in order
+
+
+def test_generate_reads_blocks_with_state_carried(trained):
+    """Greedy generation past seq_len: finished blocks pass on their GRU state, attention sees
+    the current block — the same tokens as greedy steps of one pass with block attention."""
+    from components.inference import generate
+
+    p, vocab, _ = trained
+    tok = Tokenizer.from_file(p.paths.tokenizer)
+    model = tiny_model(vocab, seed=3)
+    kernel, bias = model.get_layer("logits").get_weights()
+    bias[:4] = -30.0  # no special token: the continuation runs its full length
+    model.get_layer("logits").set_weights([kernel, bias])
+    prompt, n = "the parser reads", 2 * SEQ_LEN + 5
+    ids = [BOS, *tok.encode(prompt, add_special_tokens=False).ids]
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"].endswith("CausalAttention"):
+            layer["config"]["block"] = SEQ_LEN
+    whole = keras.Model.from_config(config)
+    whole.set_weights(model.get_weights())
+    for _ in range(n):
+        x = np.array([ids], np.int32)
+        ids.append(int(np.argmax(np.asarray(whole([x, *zero_states(whole, 1)])[0])[0, -1])))
+    got = generate(model, tok, prompt, n, 0.0, 0, 0, SEQ_LEN)
+    assert got == tok.decode(ids[-n:])
+    assert len(ids) > 2 * SEQ_LEN  # the text spans three blocks
