@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: env run test test-fast lint bench
+.PHONY: env run test test-fast lint bench serve
 
 env: $(STAMP)
 
@@ -32,3 +32,6 @@ BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench
 
 bench: $(STAMP)  ## throughput benchmarks against the bare library calls -> reports/bench/
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done
+
+serve: $(STAMP)  ## serve the champion on serve.host:serve.port with gruflow's request limits
+	$(VENV)/bin/gruflow serve

@@ -38,7 +38,7 @@ STAGES = ("ingest", "clean", "tokenize")
 
 def write_corpus(path: Path, megabytes: float) -> int:
     """JSONL of numbered copies of the built-in documents, about `megabytes` of text."""
-    from components.corpus import builtin_documents
+    from components.data.corpus import builtin_documents
 
     docs = [d.text for d in builtin_documents()]
     target, size, copy = int(megabytes * 1e6), 0, 0
@@ -105,7 +105,7 @@ def bare_clean(work: Path) -> float:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from components import clean_rules as r
+    from components.data import clean_rules as r
 
     p = load_params()
     text = ds.dataset(work / "raw").to_table(columns=["text"]).column("text").combine_chunks()

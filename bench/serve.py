@@ -2,7 +2,7 @@
 
 Usage: `python -m bench.serve [--reps 30] [--profile]` -> reports/bench/serve.json, rows
 `generate_latency_p50` and `generate_latency_p95` (ms): `value` = `model.predict` of the MLflow
-pyfunc (models-from-code, components/lm_pyfunc.py), `raw_value` = the same loop written here
+pyfunc (models-from-code, components/lm/pyfunc.py), `raw_value` = the same loop written here
 on the bare Keras model (`predict_on_batch` per step, argmax, decode), interleaved in the same
 run; `ratio` = value / raw_value (ceiling 1.2). Both must produce the same 32 tokens (no <eos>).
 Model: the registry champion of the project's store if there is one, else an untrained model of
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import write_json
+from components.contract import BOS, EOS, SPECIALS
 from components.params import Params, load_params
-from components.tokenize import BOS, EOS, SPECIALS
 
 NEW_TOKENS, CEILING, WARMUP = 32, 1.2, 3
 GENERATE = {"mode": "generate", "max_new_tokens": NEW_TOKENS, "temperature": 0.0, "top_k": 0,
@@ -63,7 +63,7 @@ def temp_registered_model(tmp: Path, params: Params) -> str:
     import keras
     import mlflow
 
-    from components.model import build_model
+    from components.lm.model import build_model
     from components.tokenize import train_tokenizer
     from flows import tracking
 
@@ -101,7 +101,7 @@ def measure(uri: str, reps: int, profile: bool) -> tuple[list[dict], str]:
     import pandas as pd
     from tokenizers import Tokenizer
 
-    from components import model as _layers  # noqa: F401  (registers custom layers)
+    from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
     with tempfile.TemporaryDirectory() as dst:
         pyfunc = mlflow.pyfunc.load_model(uri, dst_path=dst)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import write_json
+from components.lm.fit import compiled_model, flops_per_token, seed_everything
+from components.lm.windows import make_streams, read_stream, stream_count
 from components.params import load_params
-from components.windows import make_streams, read_stream, stream_count, unigram_log_probs
 
 BENCH_TOKENS = 150_000
 
@@ -38,18 +39,12 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
 def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
     import keras
 
-    from components.carry import CarriedStateTrainer
-    from components.model import build_model
-    from components.train import optimizer
-
-    keras.utils.set_random_seed(p.train.seed)
-    streams = stream_count(train.size, p.train.seq_len, p.train.batch_size)
-    x, y, w = (a.reshape(-1, a.shape[-1]) for a in make_streams(train, streams, p.train.seq_len))
-    model = CarriedStateTrainer(build_model(p.model, vocab, None,
-                                            unigram_log_probs(train, vocab)), streams)
-    model.compile(optimizer=optimizer(p, len(x) // streams),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, reduction="mean_with_sample_weight"))
+    seed_everything(p.train.seed)
+    t = p.train
+    streams = stream_count(train.size, t.seq_len, t.batch_size)
+    x, y, w = (a.reshape(-1, t.seq_len) for a in make_streams(train, streams, t.seq_len))
+    # the stage's own recipe (model, optimizer, loss, compile): only the input path differs
+    model = compiled_model(p, vocab, train, None, len(x) // streams, streams)
     times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -66,8 +61,6 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
 
 def main() -> None:
     from tokenizers import Tokenizer
-
-    from components.train import flops_per_token
 
     p = load_params()
     p = p.model_copy(update={"model": p.model.model_copy(update={"embedding_init": "random"})})

@@ -21,11 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.artifacts import TEXT_CODEC, atomic_dir, atomic_file, parquet_batches, write_json
-from components.clean_rules import PII, cjk_rows, count_words, mask_pii, normalise, strip_html
-from components.errors import GruflowError, guarded
-from components.near_dup import ExactHashes, NearDuplicates
-from components.params import Clean, Split, load_params
-from components.profile import (
+from components.contract import CLEAN_REPORT, PROFILE_REPORT, SPLITS, split_file
+from components.data.clean_rules import PII, cjk_rows, count_words, mask_pii, normalise, strip_html
+from components.data.data_profile import (
     Profiler,
     Sample,
     check_drift,
@@ -33,9 +31,11 @@ from components.profile import (
     sample,
     script_counts,
 )
-from components.profile import plot as plot_profile
+from components.data.data_profile import plot as plot_profile
+from components.data.near_dup import ExactHashes, NearDuplicates
+from components.errors import GruflowError, guarded
+from components.params import Clean, Split, load_params
 
-SPLITS = ("train", "val", "test")
 BATCH_DOCS = 4096
 # unique text needs no dictionary, and min/max statistics of text would only grow the footer
 WRITE_OPTIONS = {"compression": TEXT_CODEC,
@@ -56,11 +56,6 @@ def split_codes(doc_ids: Iterable[bytes], cfg: Split) -> np.ndarray:
     u = head.astype(np.float64) / 2**64  # == int.from_bytes(head, "big") / 2**64, exactly
     return np.where(u < cfg.test_fraction, 0,
                     np.where(u < cfg.test_fraction + cfg.val_fraction, 1, 2)).astype(np.int8)
-
-
-def assign_split(doc_ids: list[str], cfg: Split) -> list[str]:
-    """Each document's split name (see split_codes)."""
-    return [_BY_CODE[c] for c in split_codes((d.encode() for d in doc_ids), cfg)]
 
 
 def content_ids(text: pa.Array, cfg: Split) -> tuple[pa.Array, np.ndarray, pa.Array]:
@@ -198,7 +193,7 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     near = NearDuplicates(cfg.near_dup_threshold, cfg.near_dup_ngram) if cfg.near_dup else None
     profiler = Profiler()
     with atomic_dir(out_dir) as tmp:
-        writers = {s: pq.ParquetWriter(tmp / f"{s}.parquet", SCHEMA, **WRITE_OPTIONS)
+        writers = {s: pq.ParquetWriter(split_file(tmp, s), SCHEMA, **WRITE_OPTIONS)
                    for s in SPLITS}
         try:
             batches = snapshot_batches(files, BATCH_DOCS)
@@ -261,8 +256,8 @@ def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: 
 def main() -> None:
     p = load_params()
     reports = Path(p.paths.reports)
-    s = run(p.clean, p.split, Path(p.paths.raw), Path(p.paths.clean), reports / "clean.json",
-            reports / "data_profile.json", p.data.sources)
+    s = run(p.clean, p.split, Path(p.paths.raw), Path(p.paths.clean), reports / CLEAN_REPORT,
+            reports / PROFILE_REPORT, p.data.sources)
     print(f"clean: {s['documents_out']}/{s['documents_in']} documents kept "
           f"(train/val/test {'/'.join(str(v) for v in s['split_documents'].values())})")
 

@@ -5,7 +5,7 @@ token-id sequences, so row i of artifacts/embeddings.npy is the vector of token 
 Ids without a trained vector (absent from the train split, or rarer than embed.min_count) get
 N(0, σ²) rows with σ the std of the trained vectors; <pad> is zero. The trained vectors are
 also written in word2vec text format (keys: the tokenizer's token strings, e.g. "Ġreturn")
-and as TensorBoard projector files; reports/embed.json holds the evaluation (embed_eval.py).
+and as TensorBoard projector files; reports/embed.json holds the evaluation (embedding/quality.py).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from gensim.models.word2vec_inner import MAX_WORDS_IN_BATCH
 from tokenizers import Tokenizer
 
 from components.artifacts import atomic_dir, atomic_file, write_json
-from components.embed_eval import TokenVectors, cosine_neighbours, evaluate, word_token
+from components.contract import EMBED_REPORT, PAD, split_file
+from components.embedding.quality import TokenVectors, cosine_neighbours, quality_report, word_token
 from components.errors import GruflowError, guarded
 from components.params import Embed, Params, load_params
-from components.tokenize import PAD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cosine_neighbours", "run", "similar", "train_vectors"]
+__all__ = ["run", "similar", "train_vectors"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
     ids = [int(k) for k in wv.index_to_key]  # most frequent first
     table = TokenVectors([exports.tokenizer.id_to_token(i) for i in ids], wv.vectors)
     texts = token_texts(exports.tokenizer, table.names)
-    report = evaluate(table, exports.tokenizer.get_vocab(), cfg, texts)  # may fail: write after
+    # may fail: write after
+    report = quality_report(table, exports.tokenizer.get_vocab(), cfg, texts)
     write_word2vec(exports.word2vec, table)
     write_projector(exports.projector, table, texts, ids,
                     [int(wv.get_vecattr(k, "count")) for k in wv.index_to_key])
@@ -158,7 +159,7 @@ def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
 def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, *,
         exports: Exports | None = None) -> dict:
     """Train, save the aligned matrix and the report; with `exports`, also export and evaluate."""
-    train = tokens_dir / "train.parquet"
+    train = split_file(tokens_dir, "train")
     if not train.is_file():
         raise GruflowError(f"{train}: missing — run the tokenize stage first")
     sentences = read_sentences(train, vocab_size)
@@ -216,7 +217,7 @@ def main() -> None:
     tokenizer = Tokenizer.from_file(p.paths.tokenizer)
     exports = Exports(tokenizer, Path(p.paths.word2vec), Path(p.paths.projector))
     s = run(p.embed, Path(p.paths.tokens), tokenizer.get_vocab_size(), Path(p.paths.embeddings),
-            Path(p.paths.reports) / "embed.json", exports=exports)
+            Path(p.paths.reports) / EMBED_REPORT, exports=exports)
     rho = s["word_pairs"]["spearman"]
     print(f"embed: {s['algorithm']} {s['vocab_size']} x {s['dim']} vectors "
           f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); word-pair "

@@ -6,7 +6,7 @@ window, and the baselines scored on the same targets: an add-one unigram
 (`baseline_perplexity`) and a Witten-Bell bigram (`bigram_perplexity`); plots under
 reports/plots/ and seeded samples in reports/samples.md. Targets are the real next tokens
 (`<eos>` counted, `<bos>` never); the test split is read as evaluate.batch_size parallel
-streams with the GRU state carried across windows (components/inference.py).
+streams with the GRU state carried across windows (components/lm/inference.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from components import plots
 from components.artifacts import atomic_file, write_json
+from components.contract import (
+    EOS_BYTES,
+    METRICS_REPORT,
+    PLOTS_DIR,
+    SAMPLES,
+    TRAIN_HISTORY,
+    split_file,
+)
 from components.errors import GruflowError, guarded
-from components.inference import generate, score_stream, zero_states
+from components.lm import plots
+from components.lm.inference import generate, score_stream, zero_states
+from components.lm.windows import read_stream, stream_count, target_weights, unigram_log_probs
 from components.params import Params, load_params
-from components.windows import read_stream, stream_count, target_weights, unigram_log_probs
+from components.tuning.best import effective_params
 
 N_SAMPLES, PROMPT_WORDS, SAMPLE_TOKENS, ATTENTION_TOKENS = 3, 6, 32, 24
 
@@ -101,7 +110,7 @@ def write_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -
 
 
 def attention_inputs(model, tokenizer, ids: list[list[int]]) -> list:
-    from components.model import attention_model
+    from components.lm.model import attention_model
 
     probe = attention_model(model)
     maps = []
@@ -117,23 +126,25 @@ def run(p: Params) -> dict:
     import keras
     from tokenizers import Tokenizer
 
-    from components import model as _layers  # noqa: F401  (registers custom layers)
+    from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
+    p, _ = effective_params(p)  # the seq_len train used, tuned or not
     paths, tokens, reports = p.paths, Path(p.paths.tokens), Path(p.paths.reports)
-    train, test = read_stream(tokens / "train.parquet"), read_stream(tokens / "test.parquet")
+    train, test = read_stream(split_file(tokens, "train")), read_stream(split_file(tokens, "test"))
     if not Path(paths.model).is_file():
         raise GruflowError(f"{paths.model}: missing — run the train stage first")
     model = keras.saving.load_model(paths.model, safe_mode=True)
     tokenizer = Tokenizer.from_file(paths.tokenizer)
     vocab_size = int(model.outputs[0].shape[-1])
     s = score_model(model, test, p.train.seq_len, p.evaluate.batch_size)
-    table = pq.read_table(tokens / "test.parquet", columns=["ids", "n_bytes"]).to_pydict()
-    n_bytes = sum(table["n_bytes"]) + len(table["n_bytes"])  # + one <eos> per document
-    texts = pq.read_table(Path(paths.clean) / "test.parquet",
-                          columns=["text"]).column("text").to_pylist()
+    table = pq.read_table(split_file(tokens, "test"), columns=["ids", "n_bytes"]).to_pydict()
+    n_bytes = sum(table["n_bytes"]) + EOS_BYTES * len(table["n_bytes"])  # each doc's <eos>
+    texts = pq.read_table(split_file(paths.clean, "test"), columns=["text"]).column("text")
+    texts = texts.to_pylist()
     if len(texts) != len(table["ids"]):
-        raise GruflowError(f"{paths.clean}/test.parquet has {len(texts)} documents, "
-                           f"{tokens}/test.parquet {len(table['ids'])} — rerun the tokenize stage")
+        raise GruflowError(f"{split_file(paths.clean, 'test')} has {len(texts)} documents, "
+                           f"{split_file(tokens, 'test')} {len(table['ids'])} — rerun the "
+                           "tokenize stage")
     words = count_words(texts)
     base = baseline_nll(train, test, vocab_size)
     metrics = {
@@ -152,12 +163,12 @@ def run(p: Params) -> dict:
     lengths = np.array([len(d) for d in table["ids"]])
     plots.perplexity_by_length(*per_document(s["per_target_nll"], s["per_target_weight"],
                                              lengths),
-                               reports / "plots" / "perplexity_by_length.png")
+                               reports / PLOTS_DIR / "perplexity_by_length.png")
     plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
-                         reports / "plots" / "attention.png")
-    plots.learning_curves(reports / "train_history.csv", reports / "plots" / "learning_curves.png")
-    write_samples(model, tokenizer, texts, p.train.seq_len, reports / "samples.md")
-    write_json(reports / "metrics.json", metrics)
+                         reports / PLOTS_DIR / "attention.png")
+    plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
+    write_samples(model, tokenizer, texts, p.train.seq_len, reports / SAMPLES)
+    write_json(reports / METRICS_REPORT, metrics)
     return metrics
 
 

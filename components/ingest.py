@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.artifacts import TEXT_CODEC, atomic_dir, write_json
-from components.corpus import Document, documents
+from components.data.corpus import Document, documents
 from components.errors import GruflowError, guarded
 from components.params import Data, load_params
 
@@ -65,7 +65,9 @@ def _batch(chunk: list[Document]) -> pa.RecordBatch:
 
 def run(cfg: Data, out_dir: Path, report: Path) -> dict:
     files: Counter[str] = Counter()
-    docs: Iterable[Document] = documents(cfg, files)
+    dropped: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    docs: Iterable[Document] = documents(cfg, files, dropped, skipped)
     if cfg.max_docs:
         docs = islice(docs, cfg.max_docs)
     counts = {"documents": 0, "characters": 0, "documents_with_bad_bytes": 0,
@@ -91,15 +93,35 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
                 writer.write_batch(batch)
         # files fully read, by outcome; a file cut short by data.max_docs is not counted
         counts |= {"files_read": files.total(), "empty_files": files["empty"],
-                   "skipped_binary_files": files["binary"]}
+                   "skipped_binary_files": files["binary"],
+                   "dropped": dict(sorted(dropped.items())),
+                   "skipped_files": dict(sorted(skipped.items()))}
         if counts["documents"] == 0:
             raise GruflowError(
                 f"data.source: '{cfg.source}' yielded no documents ({counts['files_read']} files:"
                 f" {counts['empty_files']} empty, {counts['skipped_binary_files']} skipped as "
-                "binary) — point data.source at text, or check data.unit/data.text_column")
+                f"binary; {dropped.total()} rows without a string text, "
+                f"{skipped.total()} files of other types) — point data.source at text, or check "
+                "data.unit/data.text_column")
     summary = {"source": cfg.source, **counts}
     write_json(report, summary)
+    _warn_losses(cfg, dropped, skipped)
     return summary
+
+
+def _warn_losses(cfg: Data, dropped: Counter[str], skipped: Counter[str]) -> None:
+    """One line for everything the source held that did not become a document."""
+    parts = []
+    if dropped:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+        parts.append(f"dropped {dropped.total()} rows without a string '{cfg.text_column}' "
+                     f"({why})")
+    if skipped:
+        what = ", ".join(f"{n} {suffix}" for suffix, n in sorted(skipped.items()))
+        parts.append(f"skipped {skipped.total()} files of other types ({what})")
+    if parts:
+        log.warning("ingest: %s — counted in ingest.json (dropped, skipped_files)",
+                    "; ".join(parts))
 
 
 @guarded

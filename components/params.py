@@ -116,7 +116,7 @@ class Embed(_Section):
     analogy_file: str = Field(strict=True)
 
 
-class Model(_Section):
+class ModelParams(_Section):
     embedding_dim: PosInt
     embedding_init: Literal["word2vec", "random"]
     embedding_trainable: bool
@@ -130,7 +130,7 @@ class Model(_Section):
     embedding_dropout: Fraction
 
     @model_validator(mode="after")
-    def _heads_divide_units(self) -> Model:
+    def _heads_divide_units(self) -> ModelParams:
         if self.units % self.attention_heads:
             raise ValueError(f"attention_heads ({self.attention_heads}) must divide units "
                              f"({self.units})")
@@ -262,6 +262,18 @@ class Tune(_Section):
     space: dict[str, SpaceSpec]
 
 
+class Serve(_Section):
+    """`gruflow serve`: where it listens and the limits it enforces before the model runs."""
+
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(strict=True, gt=0, lt=65536)]
+    max_request_bytes: PosInt      # larger request bodies: 413
+    max_records: PosInt            # more records in one request: 400
+    max_generated_tokens: PosInt   # records x max_new_tokens in one generate request: 400
+    max_concurrent: PosInt         # requests predicting at once; the others wait their turn
+    timeout: PosInt                # seconds one admitted request may take (then 504)
+
+
 class Params(_Section):
     paths: Paths
     data: Data
@@ -269,13 +281,14 @@ class Params(_Section):
     split: Split
     tokenize: Tokenize
     embed: Embed
-    model: Model
+    model: ModelParams
     train: Train
     tune: Tune
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
     orchestration: Orchestration
+    serve: Serve
 
     @model_validator(mode="after")
     def _embedding_dims_agree(self) -> Params:

@@ -7,22 +7,28 @@ Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{spl
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import chain
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
-from components.clean import SPLITS
+from components.contract import (
+    BOS,
+    EOS,
+    PAD,
+    SPECIALS,
+    SPLITS,
+    TOKENIZE_REPORT,
+    UNK,
+    encode_ids,
+    split_file,
+)
 from components.errors import GruflowError, guarded
 from components.params import Tokenize, load_params
 
-SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]  # ids 0..3, in this order
-PAD, UNK, BOS, EOS = range(4)
 SCHEMA = pa.schema([("doc_id", pa.string()), ("ids", pa.list_(pa.int32())),
                     ("n_bytes", pa.int64())])
 BATCH_DOCS = 2048
@@ -50,7 +56,7 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
     any text encodes without <unk> and decodes back exactly; word and char kinds map unseen
     words or characters to <unk>."""
     common = {"vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
-              "special_tokens": SPECIALS, "show_progress": False}
+              "special_tokens": list(SPECIALS), "show_progress": False}
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if cfg.kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -101,26 +107,6 @@ def _complete_wordpiece(tok: Tokenizer) -> None:
         tok.model = _wordpiece(vocab)
 
 
-def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text framed as <bos> ... <eos>, as Python lists."""
-    return encode_ids(tok, texts).to_pylist()
-
-
-def encode_ids(tok: Tokenizer, texts: list[str]) -> pa.ListArray:
-    """Token ids of each text framed as <bos> ... <eos>, as an Arrow list<int32> array (batch
-    encoding runs in parallel; the framing is done with numpy, not per-document lists)."""
-    ids = [enc.ids for enc in tok.encode_batch_fast(texts, add_special_tokens=False)]
-    lengths = np.fromiter((len(x) + 2 for x in ids), np.int64, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.empty(offsets[-1], np.int32)
-    inner = np.ones(offsets[-1], bool)
-    inner[offsets[:-1]] = inner[offsets[1:] - 1] = False
-    values[offsets[:-1]], values[offsets[1:] - 1] = BOS, EOS
-    values[inner] = np.fromiter(chain.from_iterable(ids), np.int32, count=int(inner.sum()))
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
-
-
 def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator[str]:
     """The train split's texts the tokenizer learns from: all of them, or, when the text column
     holds more than `max_bytes`, every k-th row group (spread evenly over the split, the same
@@ -142,7 +128,7 @@ def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator
 
 def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
         report: Path) -> dict:
-    train_file = clean_dir / "train.parquet"
+    train_file = split_file(clean_dir, "train")
     if not train_file.is_file():
         raise GruflowError(f"{train_file}: missing — run the clean stage first")
     seen = {"documents": 0, "bytes": 0}
@@ -152,8 +138,8 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0
-            with pq.ParquetWriter(tmp / f"{split}.parquet", SCHEMA, compression="zstd") as writer:
-                for batch in parquet_batches(clean_dir / f"{split}.parquet", ["doc_id", "text"],
+            with pq.ParquetWriter(split_file(tmp, split), SCHEMA, compression="zstd") as writer:
+                for batch in parquet_batches(split_file(clean_dir, split), ["doc_id", "text"],
                                              BATCH_DOCS):
                     text = batch.column("text")
                     ids = encode_ids(tok, text.to_pylist())
@@ -176,7 +162,7 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
 def main() -> None:
     p = load_params()
     s = run(p.tokenize, Path(p.paths.clean), Path(p.paths.tokenizer), Path(p.paths.tokens),
-            Path(p.paths.reports) / "tokenize.json")
+            Path(p.paths.reports) / TOKENIZE_REPORT)
     counts = ", ".join(f"{k} {v['tokens']}" for k, v in s["splits"].items())
     print(f"tokenize: vocabulary {s['vocab_size']}; tokens {counts}")
 

@@ -1,10 +1,11 @@
 """Stage `train`: fit the GRU+attention LM on the train split, read as train.batch_size
-parallel streams with the GRU state carried from window to window (components/carry.py).
+parallel streams with the GRU state carried from window to window (components/lm/carry.py).
 
 Usage: `python -m components.train`. Writes artifacts/model.keras, reports/train_history.csv,
 reports/train.json and TensorBoard logs. Resumes from its epoch checkpoint when restarted after
-a kill. When GRUFLOW_MLFLOW_RUN_ID is set (the Prefect flow sets it), each epoch's metrics are
-also logged live to that MLflow run.
+a kill. The recipe (data, optimizer, loss, seeding) is components/lm/fit.py, shared with the
+tune trials; the tuned values come from components/tuning/best.py. When the flow asks for live
+logging (components/live_log.py), each epoch's metrics go to its MLflow run as well.
 """
 
 from __future__ import annotations
@@ -13,23 +14,33 @@ import csv
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from components import live_log
 from components.artifacts import atomic_file, write_json
+from components.contract import (
+    MODEL_SUMMARY,
+    TENSORBOARD,
+    TRAIN_HISTORY,
+    TRAIN_REPORT,
+    split_file,
+)
 from components.errors import GruflowError, guarded
+from components.lm.fit import (
+    compiled_model,
+    flops_per_token,
+    load_embeddings,
+    seed_everything,
+    training_data,
+    use_mixed_precision,
+    validation,
+)
+from components.lm.windows import read_stream
 from components.params import Params, load_params
-from components.windows import read_stream, unigram_log_probs
-
-
-def flops_per_token(vocab: int, E: int, H: int, layers: int, T: int) -> int:
-    """Forward multiply-adds x 2 per token: GRU gates, causal attention (T/2 positions on
-    average, scores + context), combine and output projection."""
-    gru = sum(2 * 3 * ((E if i == 0 else H) + H) * H for i in range(layers))
-    return int(gru + 2 * T * H + 2 * 2 * H * H + 2 * H * vocab)
+from components.tuning.best import effective_params
 
 
 def resume_digest(p: Params, vocab_size: int, tokens_dir: Path) -> str:
@@ -38,7 +49,7 @@ def resume_digest(p: Params, vocab_size: int, tokens_dir: Path) -> str:
     blob = json.dumps([p.model.model_dump(), train, vocab_size], sort_keys=True).encode()
     h = hashlib.sha256(blob)
     for split in ("train", "val"):
-        h.update((tokens_dir / f"{split}.parquet").read_bytes())
+        h.update(split_file(tokens_dir, split).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -51,40 +62,9 @@ def devices() -> dict:
             "strategy": "MirroredStrategy" if len(gpus) > 1 else "default"}
 
 
-def optimizer(p: Params, steps_per_epoch: int):
-    """AdamW; learning rate constant or linear warm-up then cosine decay over the run."""
-    import keras
-
-    t = p.train
-    lr = t.learning_rate
-    if t.schedule == "cosine":
-        total = max(steps_per_epoch * t.epochs, 1)
-        warmup = int(total * t.warmup_fraction)
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else t.learning_rate, decay_steps=max(total - warmup, 1),
-            alpha=t.min_lr_fraction, warmup_target=t.learning_rate if warmup else None,
-            warmup_steps=warmup)
-    return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
-
-
-def loss(t):
-    """Token cross-entropy averaged over real tokens (padding must not lower it); with
-    train.label_smoothing ε: (1-ε)·NLL + ε·mean over the vocabulary of -log p."""
-    import keras
-
-    if t.label_smoothing == 0:
-        return keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight")
-    from components.model import SmoothedTokenLoss
-
-    return SmoothedTokenLoss(t.label_smoothing, reduction="mean_with_sample_weight")
-
-
 def epoch_logger(tokens_per_epoch: int):
-    """Per-epoch perplexity, learning rate and throughput; live to MLflow when asked."""
+    """Per-epoch perplexity, learning rate and throughput; live to MLflow when the flow asks."""
     import keras
-
-    run_id = os.environ.get("GRUFLOW_MLFLOW_RUN_ID")
 
     class _Logger(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -96,12 +76,7 @@ def epoch_logger(tokens_per_epoch: int):
             logs["tokens_per_second"] = tokens_per_epoch / (time.perf_counter() - self.t0)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
-            if run_id:
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient()
-                for k, v in logs.items():
-                    client.log_metric(run_id, k, float(v), step=epoch)
+            live_log.metrics(logs, step=epoch)
 
     return _Logger()
 
@@ -112,15 +87,11 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     import keras
     import tensorflow as tf
 
-    from components.carry import CarriedStateCallback, CarriedStateTrainer, training_data
-    from components.checkpoint import Checkpoint, ResumableEarlyStopping
-    from components.model import build_model
+    from components.lm.checkpoint import Checkpoint, ResumableEarlyStopping
 
     t, hw = p.train, devices()
-    keras.utils.set_random_seed(t.seed)
-    tf.config.experimental.enable_op_determinism()
-    if hw["device"] != "CPU" and t.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    seed_everything(t.seed)
+    use_mixed_precision(t, on_gpu=hw["device"] != "CPU")
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
@@ -131,13 +102,10 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
         first = state["epoch"] + 1 if state else 0
         train_ds, steps, streams, n_train = training_data(train, t, first, replicas)
         if trainer is None:
-            trainer = CarriedStateTrainer(build_model(p.model, vocab_size, embeddings,
-                                                      unigram_log_probs(train, vocab_size)),
-                                          streams, replicas, carry=t.context == "carried")
-            trainer.compile(optimizer=optimizer(p, steps), jit_compile=t.xla, loss=loss(t))
+            trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
-    callbacks = [CarriedStateCallback(val, t.seq_len, t.batch_size), epoch_logger(n_train),
-                 stopper, keras.callbacks.TensorBoard(str(Path(p.paths.reports) / "tensorboard"))]
+    callbacks = [validation(val, t), epoch_logger(n_train), stopper,
+                 keras.callbacks.TensorBoard(str(Path(p.paths.reports) / TENSORBOARD))]
     if first < t.epochs and not state.get("stopped"):
         try:
             trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
@@ -161,25 +129,17 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
 def run(p: Params) -> dict:
     from tokenizers import Tokenizer
 
-    from components.tune import load_best, merge_best
-
-    p, tuned = merge_best(p, load_best(p))  # the tune stage's best values over params.yaml
+    p, tuned = effective_params(p)  # the tune stage's best values over params.yaml
     if tuned:
         print(f"train: using tuned values from {p.paths.best_params}: {tuned}")
     paths = p.paths
     vocab_size = Tokenizer.from_file(paths.tokenizer).get_vocab_size()
     tokens = Path(paths.tokens)
-    train, val = read_stream(tokens / "train.parquet"), read_stream(tokens / "val.parquet")
+    train, val = read_stream(split_file(tokens, "train")), read_stream(split_file(tokens, "val"))
     if train.size <= p.train.seq_len:
         raise GruflowError(f"train.seq_len ({p.train.seq_len}) is longer than the whole train "
                            f"split ({train.size} tokens) — lower it or add text")
-    embeddings = None
-    if p.model.embedding_init == "word2vec":
-        embeddings = np.load(paths.embeddings)
-        if embeddings.shape != (vocab_size, p.model.embedding_dim):
-            raise GruflowError(f"{paths.embeddings}: shape {embeddings.shape} does not match "
-                               f"vocabulary {vocab_size} x model.embedding_dim "
-                               f"{p.model.embedding_dim} — rerun the embed stage")
+    embeddings = load_embeddings(p, vocab_size)
     reports = Path(paths.reports)
     t0 = time.perf_counter()
     model, history, n_train, hw = fit(p, vocab_size, train, val, embeddings,
@@ -187,10 +147,10 @@ def run(p: Params) -> dict:
     seconds = time.perf_counter() - t0
     with atomic_file(paths.model) as tmp:
         model.save(tmp)
-    write_history(history, reports / "train_history.csv")
+    write_history(history, reports / TRAIN_HISTORY)
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
-    with atomic_file(reports / "model_summary.txt") as tmp_summary:
+    with atomic_file(reports / MODEL_SUMMARY) as tmp_summary:
         tmp_summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     best = int(np.argmin(history["val_loss"]))
     tps = float(np.median(history["tokens_per_second"]))
@@ -205,8 +165,8 @@ def run(p: Params) -> dict:
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
         "tuned": tuned, **hw,
     }
-    write_json(reports / "train.json", summary)
-    from components.checkpoint import Checkpoint
+    write_json(reports / TRAIN_REPORT, summary)
+    from components.lm.checkpoint import Checkpoint
 
     Checkpoint(Path(paths.checkpoints), "").clear()  # finished: the next run starts afresh
     return summary

@@ -1,7 +1,7 @@
 """Stage `tune`: an Optuna search over `tune.space` whose best values feed the train stage.
 
-Usage: `python -m components.tune` (the DVC cmd); train applies the result with
-`params, tuned = merge_best(params, load_best(params))`.
+Usage: `python -m components.tune` (the DVC cmd); every reader applies the result with
+`params, tuned = effective_params(params)` (components/tuning/best.py).
 
 Trial 0 is the params.yaml values; every trial trains on the first `tune.data_fraction` of the
 train tokens for at most `tune.max_epochs` epochs and reports its validation loss each epoch to
@@ -15,7 +15,6 @@ on other machines) join it.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import socket
@@ -28,18 +27,27 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from components import tune_report
 from components.artifacts import write_json
-from components.errors import GruflowError, guarded
+from components.contract import TUNE_REPORT, split_file
+from components.errors import guarded
+from components.lm.fit import (
+    compiled_model,
+    load_embeddings,
+    seed_everything,
+    training_data,
+    use_mixed_precision,
+    validation,
+)
+from components.lm.windows import read_stream
 from components.params import Params, SpaceSpec, load_params, with_overrides
-from components.tune_study import (
+from components.tuning import report as tune_report
+from components.tuning.study import (
     finished,
     open_storage,
     open_study,
     recover_interrupted,
     storage_url,
 )
-from components.windows import read_stream, unigram_log_probs
 
 
 @dataclass(frozen=True)
@@ -56,17 +64,12 @@ def load_data(p: Params) -> TrialData:
 
     tokens = Path(p.paths.tokens)
     vocab_size = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
-    train, val = read_stream(tokens / "train.parquet"), read_stream(tokens / "val.parquet")
+    files = [split_file(tokens, "train"), split_file(tokens, "val")]
+    train, val = read_stream(files[0]), read_stream(files[1])
     train = train[: max(int(train.size * p.tune.data_fraction), p.train.seq_len + 1)]
-    files = [tokens / "train.parquet", tokens / "val.parquet"]
-    embeddings = None
-    if p.model.embedding_init == "word2vec":
+    embeddings = load_embeddings(p, vocab_size)
+    if embeddings is not None:
         files.append(Path(p.paths.embeddings))
-        embeddings = np.load(p.paths.embeddings)
-        if embeddings.shape != (vocab_size, p.model.embedding_dim):
-            raise GruflowError(f"{p.paths.embeddings}: shape {embeddings.shape} does not match "
-                               f"vocabulary {vocab_size} x model.embedding_dim "
-                               f"{p.model.embedding_dim} — rerun the embed stage")
     h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())
@@ -105,29 +108,19 @@ def pruning_callback(trial: optuna.Trial, on_epoch: Callable[[int, float], None]
 
 
 def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
-    """Train a fresh model with p; the best epoch's validation loss."""
+    """Train a fresh model with p by the train stage's recipe (components/lm/fit.py: same
+    loss, label smoothing included, same seeding and op determinism); the best epoch's
+    validation loss."""
     import keras
-    import tensorflow as tf
-
-    from components.carry import CarriedStateCallback, CarriedStateTrainer, training_data
-    from components.model import build_model
-    from components.train import optimizer
 
     t = p.train
     keras.backend.clear_session()
-    keras.utils.set_random_seed(t.seed)
-    if t.mixed_precision and tf.config.list_physical_devices("GPU"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    seed_everything(t.seed)
+    use_mixed_precision(t)
     train_ds, steps, streams, _ = training_data(data.train, t)
-    model = CarriedStateTrainer(build_model(p.model, data.vocab_size, data.embeddings,
-                                            unigram_log_probs(data.train, data.vocab_size)),
-                                streams, carry=t.context == "carried")
-    model.compile(optimizer=optimizer(p, steps), jit_compile=t.xla,
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, reduction="mean_with_sample_weight"))
+    model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps, streams)
     history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
-                        callbacks=[CarriedStateCallback(data.val, t.seq_len, t.batch_size),
-                                   *callbacks], verbose=0)
+                        callbacks=[validation(data.val, t), *callbacks], verbose=0)
     return float(np.min(history.history["val_loss"]))
 
 
@@ -223,37 +216,8 @@ def run(p: Params) -> dict:
         best = tune_report.best_params(study)
     write_json(p.paths.best_params, best)
     tune_report.save_plots(study, Path(p.paths.reports))
-    write_json(Path(p.paths.reports) / "tune.json", summary)
-    tune_report.log_to_parent(summary, Path(p.paths.reports))
+    write_json(Path(p.paths.reports) / TUNE_REPORT, summary)
     return summary
-
-
-def load_best(p: Params) -> dict:
-    """The tune stage's best values; {} when tuning is off (tune.n_trials: 0)."""
-    path = Path(p.paths.best_params)
-    if p.tune.n_trials == 0:
-        return {}
-    if not path.is_file():
-        raise GruflowError(f"{path}: missing — run the tune stage first (dvc repro tune), "
-                           "or set tune.n_trials: 0 to train with params.yaml as is")
-    try:
-        best = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        best = None
-    if not isinstance(best, dict):
-        raise GruflowError(f"{path}: expected a JSON object of dotted names — rerun tune")
-    return best
-
-
-def merge_best(params: Params, best: dict) -> tuple[Params, dict]:
-    """params with the tuned values applied and validated again, and the overrides that
-    changed a params.yaml value (name -> tuned value)."""
-    if not best:
-        return params, {}
-    merged = with_overrides(params, best, params.paths.best_params)
-    changed = {name: value for name, value in best.items()
-               if getattr(getattr(params, name.split(".")[0]), name.split(".")[1]) != value}
-    return merged, changed
 
 
 @guarded

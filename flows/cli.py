@@ -53,15 +53,11 @@ def _registry(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def _load_model(args: argparse.Namespace):
-    import mlflow
+    from flows.serve import load_model  # refuses anything but gruflow's own models, unloaded
 
     _, name = _registry(args)
     uri = args.model or f"models:/{name}@champion"
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except mlflow.exceptions.MlflowException as exc:
-        raise GruflowError(f"cannot load model '{uri}' ({exc.message.splitlines()[0]}) — "
-                           "run `gruflow run` first or pass --model URI") from None
+    return load_model(uri)
 
 
 def _predict(model, frame, params: dict):
@@ -142,7 +138,8 @@ def _similar(args: argparse.Namespace) -> int:
 def _tune_worker(args: argparse.Namespace) -> int:
     import os
 
-    from components import tune, tune_study
+    from components import tune
+    from components.tuning import study as tune_study
 
     root = Path(args.project).resolve()
     params = load_params(root / "params.yaml")

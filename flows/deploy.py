@@ -100,3 +100,6 @@ def add_commands(sub) -> None:
     w = sub.add_parser("worker", help="start a Prefect worker on a work pool")
     w.add_argument("--pool", default="gpu")
     w.set_defaults(func=_worker)
+    from flows.serve import add_command as add_serve  # `gruflow serve`: model server
+
+    add_serve(sub)

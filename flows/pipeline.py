@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 
+from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
 from flows import placement, registry, tracking
 from flows.stages import STAGES, StageTimeout, is_changed, reproduce, stage_timeout
@@ -45,6 +46,8 @@ def _log_stage(root: Path, params: Params, stage: str, run_id: str) -> dict:
     reports = root / params.paths.reports
     if stage == "embed":
         return tracking.log_embed(run_id, reports, root / params.paths.projector)
+    if stage == "tune":
+        return tracking.log_tune(run_id, reports)
     if stage == "train":
         tracking.log_train(run_id, params, reports)
     if stage == "evaluate":
@@ -60,11 +63,11 @@ def tracked_stage(root: Path, params: Params, stage: str, force: bool) -> tuple[
     if not (force or is_changed(root, stage)):
         return run_stage.fn(root, stage, timeout=limit), {}
     with mlflow.start_run(run_name=stage, nested=True) as run:
-        os.environ["GRUFLOW_MLFLOW_RUN_ID"] = run.info.run_id
+        os.environ[LIVE_RUN_ENV] = run.info.run_id
         try:
             ran = run_stage.fn(root, stage, force, limit)
         finally:
-            os.environ.pop("GRUFLOW_MLFLOW_RUN_ID", None)
+            os.environ.pop(LIVE_RUN_ENV, None)
     return ran, _log_stage(root, params, stage, run.info.run_id)
 
 

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from components.contract import LIVE_RUN_ENV
 from components.errors import GruflowError
 from components.params import Params, load_params
 
@@ -223,7 +224,7 @@ def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = ""
         os.environ["GRUFLOW_DVC_REMOTE"] = remote
     if mlflow_run_id and tracking_uri and _log_to(tracking_uri, mlflow_run_id):
         os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri,
-                       "GRUFLOW_MLFLOW_RUN_ID": mlflow_run_id}
+                       LIVE_RUN_ENV: mlflow_run_id}
     upstream = list(STAGES[:STAGES.index(stage)])
     if upstream:
         dvc_pull(root, upstream)

@@ -14,7 +14,17 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
+from components.contract import (
+    METRICS_REPORT,
+    MODEL_SUMMARY,
+    TENSORBOARD,
+    TRAIN_HISTORY,
+    TRAIN_REPORT,
+    TUNE_PLOTS,
+    TUNE_REPORT,
+)
 from components.params import Params, params_digest
+from components.tuning.best import effective_params
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +79,46 @@ def _numbers(d: dict) -> dict[str, float]:
 
 def log_train(run_id: str, params: Params, reports: Path) -> None:
     """Params, summary metrics and the history of a finished train run (epochs are live)."""
-    from components.tune import load_best, merge_best
-
-    params, tuned = merge_best(params, load_best(params))  # what train really used
+    params, tuned = effective_params(params)  # what train really used
     client = MlflowClient()
     client.set_tag(run_id, "tuned_params", json.dumps(tuned, sort_keys=True) or "{}")
     flat = {f"model.{k}": v for k, v in params.model.model_dump().items()}
     flat |= {f"train.{k}": v for k, v in params.train.model_dump().items()}
     for key, value in flat.items():
         client.log_param(run_id, key, value)
-    summary = json.loads((reports / "train.json").read_text())
+    summary = json.loads((reports / TRAIN_REPORT).read_text())
     for key, value in _numbers(summary).items():
         client.log_metric(run_id, key, value)
-    for name in ("train.json", "train_history.csv", "model_summary.txt"):
+    for name in (TRAIN_REPORT, TRAIN_HISTORY, MODEL_SUMMARY):
         if (reports / name).is_file():
             client.log_artifact(run_id, str(reports / name))
-    if (reports / "tensorboard").is_dir():
-        client.log_artifacts(run_id, str(reports / "tensorboard"), artifact_path="tensorboard")
+    if (reports / TENSORBOARD).is_dir():
+        client.log_artifacts(run_id, str(reports / TENSORBOARD), artifact_path="tensorboard")
+
+
+def log_tune(run_id: str, reports: Path) -> dict:
+    """Summary metrics, plots and tune.json of a finished tune stage (trials are live)."""
+    summary = json.loads((reports / TUNE_REPORT).read_text())
+    client = MlflowClient()
+    metrics = {f"trials_{k}": v for k, v in summary["n_trials"].items()}
+    for key in ("best_value", "defaults_val_loss", "seconds"):
+        if summary[key] is not None:
+            metrics[key] = summary[key]
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for name in (*TUNE_PLOTS, TUNE_REPORT):
+        if (reports / name).is_file():
+            client.log_artifact(run_id, str(reports / name), "tune")
+    return summary
 
 
 def log_evaluate(run_id: str, reports: Path) -> dict:
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / METRICS_REPORT).read_text())
     client = MlflowClient()
     by_position = {f"loss_position_{k}": v for k, v in metrics.get("loss_by_position", {}).items()}
     for key, value in (_numbers(metrics) | by_position).items():
         client.log_metric(run_id, key, value)
-    client.log_artifact(run_id, str(reports / "metrics.json"))
+    client.log_artifact(run_id, str(reports / METRICS_REPORT))
     if (reports / "samples.md").is_file():
         client.log_artifact(run_id, str(reports / "samples.md"))
     if (reports / "plots").is_dir():
@@ -111,19 +135,28 @@ def registered_version(name: str, model_md5: str) -> str | None:
     return None
 
 
+def serving_info(root: Path, params: Params) -> dict:
+    """The registered model's info.json: the window length it was trained with (the tuned one
+    when tuning changed it) and the digest of its tokenizer, which serving checks."""
+    from components.lm.pyfunc import file_digest
+
+    effective, _ = effective_params(params, root)
+    return {"seq_len": effective.train.seq_len,
+            "tokenizer_sha256": file_digest(root / params.paths.tokenizer)}
+
+
 def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
              metrics: dict) -> str:
     """Log the pyfunc (tokenizer + Keras model) in `run_id` and register a new version."""
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from components.lm_pyfunc import DEFAULT_PARAMS, file_digest
+    from components.lm.pyfunc import DEFAULT_PARAMS
 
     paths = params.paths
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
-        info.write_text(json.dumps({"seq_len": params.train.seq_len,
-                                    "tokenizer_sha256": file_digest(root / paths.tokenizer)}))
+        info.write_text(json.dumps(serving_info(root, params)))
         example = pd.DataFrame({"text": ["The return value"]})
         signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
         active = mlflow.active_run()
@@ -131,7 +164,7 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
             raise RuntimeError("register() must run inside the pipeline's parent run")
         model_info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(root / "components" / "lm_pyfunc.py"),
+            python_model=str(root / "components" / "lm" / "pyfunc.py"),
             artifacts={"model": str(root / paths.model),
                        "tokenizer": str(root / paths.tokenizer), "info": str(info)},
             code_paths=[str(root / "components")],
@@ -149,7 +182,7 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
 
 
 def read_metrics(reports: Path) -> dict:
-    path = reports / "metrics.json"
+    path = reports / METRICS_REPORT
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -27,7 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components import clean, clean_rules, ingest
+from components import clean, ingest
+from components.contract import SPLITS
+from components.data import clean_rules
 from components.errors import GruflowError
 from components.params import Params
 
@@ -306,7 +308,7 @@ def run_clean(params: Params, root: Path) -> dict:
 
 
 def clean_texts(root: Path) -> list[str]:
-    return [t for name in clean.SPLITS
+    return [t for name in SPLITS
             for t in pq.read_table(root / "data" / "clean" / f"{name}.parquet")["text"].to_pylist()]
 
 

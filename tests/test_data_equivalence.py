@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components import clean, clean_rules
-from components.near_dup import ExactHashes
+from components import clean
+from components.data import clean_rules
+from components.data.near_dup import ExactHashes
 
 FRAGMENTS = [
     "word", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", "\r", "\x0b", "\x0c", "\x85", "\u2028",

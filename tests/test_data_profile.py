@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import clean, ingest, profile
+from components import clean, ingest
+from components.contract import SPLITS
+from components.data import data_profile as profile
+from components.data.near_dup import NearDuplicates
 from components.errors import GruflowError
-from components.near_dup import NearDuplicates
 from components.params import Params
 
 WORDS = ("river stone garden paper window market silver cloud engine letter village orange "
@@ -44,7 +46,7 @@ def run_clean(params: Params, root: Path, texts: list[str], source=("test",), **
 
 
 def kept_texts(root: Path) -> set[str]:
-    return {t for s in clean.SPLITS
+    return {t for s in SPLITS
             for t in pq.read_table(root / "clean" / f"{s}.parquet")["text"].to_pylist()}
 
 
@@ -157,7 +159,7 @@ def test_drift_statistics():
 
 
 def test_exact_hashes_agree_with_a_set_over_many_batches():
-    from components.near_dup import ExactHashes
+    from components.data.near_dup import ExactHashes
 
     rng = np.random.default_rng(0)
     seen, reference = ExactHashes(), set()

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import clean, clean_rules, ingest, tokenize
+from components import clean, ingest, tokenize
+from components.contract import BOS, EOS, PAD, SPECIALS, SPLITS, UNK, encode
+from components.data import clean_rules
 from components.errors import GruflowError
 from components.params import Params, load_params
-from components.tokenize import BOS, EOS, PAD, UNK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def run_clean(params: Params, root: Path, val=0.2, test=0.2, **update) -> dict:
 
 
 def clean_rows(root: Path) -> list[dict]:
-    return [r for name in clean.SPLITS for r in rows(root / "clean" / f"{name}.parquet")]
+    return [r for name in SPLITS for r in rows(root / "clean" / f"{name}.parquet")]
 
 
 # --------------------------------------------------------------------------- clean: HTML
@@ -258,9 +259,9 @@ def test_every_kind_has_specials_first_and_round_trips_train_text(params, kind):
     cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 400,
                                              "min_frequency": 1})
     tok = tokenize.train_tokenizer(iter((ENGLISH + CHINESE) * 3), cfg)
-    assert [tok.token_to_id(t) for t in tokenize.SPECIALS] == [PAD, UNK, BOS, EOS]
+    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS]
     for text in ENGLISH + CHINESE:
-        ids = tokenize.encode(tok, [text])[0]
+        ids = encode(tok, [text])[0]
         assert ids[0] == BOS and ids[-1] == EOS and UNK not in ids
         assert tok.decode(ids) == text
 

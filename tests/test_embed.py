@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from gensim.models import KeyedVectors, Word2Vec
-from scipy.stats import spearmanr
 from tokenizers import Tokenizer
 
-from components import embed, embed_eval
-from components.embed_eval import TokenVectors
+from components import embed
+from components.contract import BOS, EOS, PAD, encode
+from components.embedding.quality import TokenVectors, cosine_neighbours
 from components.errors import GruflowError
 from components.params import Params, load_params, parse_params
-from components.tokenize import BOS, EOS, PAD, encode, train_tokenizer
+from components.tokenize import train_tokenizer
 from flows import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,15 +73,32 @@ def test_trained_rows_equal_the_bare_gensim_call(params, algorithm):
     bare = Word2Vec(sentences, **embed.word2vec_settings(cfg)).wv
     ids = [int(k) for k in bare.index_to_key]
     np.testing.assert_array_equal(matrix[ids], bare.vectors)  # same vectors, same seed
-    assert not matrix[PAD].any() and (np.linalg.norm(matrix[24:], axis=1) > 0).all()
+    assert matrix.shape == (VOCAB, 16) and matrix.dtype == np.float32
+    assert not matrix[PAD].any() and np.isfinite(matrix).all()
+    assert (np.linalg.norm(matrix[24:], axis=1) > 0).all()  # unseen ids: random, not zeros
+
+
+@pytest.fixture(scope="module", params=["skipgram", "cbow"])
+def cluster_vectors(request, params) -> np.ndarray:
+    return embed.train_vectors(cluster_sentences(), VOCAB, small(params, algorithm=request.param))
 
 
 @pytest.mark.parametrize("token", [4, 9, 15, 22])
-def test_cbow_neighbours_stay_in_cluster(params, token):
-    matrix = embed.train_vectors(cluster_sentences(), VOCAB, small(params, algorithm="cbow"))
+def test_neighbours_stay_in_cluster(cluster_vectors, token):
     own = CLUSTER_A if token in CLUSTER_A else CLUSTER_B
-    neighbours = [i for i, _ in embed.cosine_neighbours(matrix, token, k=5)]
+    neighbours = [i for i, _ in cosine_neighbours(cluster_vectors, token, k=5)]
     assert sum(i in own for i in neighbours) >= 4, neighbours
+
+
+def test_embed_run_saves_matrix(params, tmp_path):
+    ids = [[BOS, *[random.Random(i).choice(CLUSTER_A) for _ in range(10)], EOS]
+           for i in range(50)]
+    write_tokens(tmp_path / "tokens" / "train.parquet", ids)
+    cfg = params.embed.model_copy(update={"dim": 8, "epochs": 1})
+    summary = embed.run(cfg, tmp_path / "tokens", VOCAB, tmp_path / "emb.npy", tmp_path / "e.json")
+    matrix = np.load(tmp_path / "emb.npy")
+    assert matrix.shape == (VOCAB, 8) and not matrix[PAD].any()
+    assert summary["mean_norm"] == pytest.approx(np.linalg.norm(matrix, axis=1).mean())
 
 
 def test_read_sentences_cuts_what_gensim_would_truncate(tmp_path):
@@ -106,75 +123,6 @@ def test_corpus_smaller_than_the_window_fails(params):
 def test_min_count_above_every_token_fails(params):
     with pytest.raises(GruflowError, match="embed.min_count"):
         embed.train_vectors([[str(i) for i in range(4, 20)]], VOCAB, small(params, min_count=2))
-
-
-# --------------------------------------------------------------------------- evaluation
-
-def test_word_token_prefers_the_word_after_a_space():
-    vocab = {"Ġreturn": 5, "return": 6, "(": 7}
-    assert embed_eval.word_token("return", vocab) == "Ġreturn"
-    assert embed_eval.word_token("(", vocab) == "("
-    assert embed_eval.word_token("returns", vocab) is None
-
-
-def test_spearman_by_hand_and_against_scipy():
-    assert embed_eval.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6·2/60
-    x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]  # ties on both sides
-    assert embed_eval.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
-    assert embed_eval.spearman([1, 2, 3], [5, 5, 5]) is None  # constant: undefined
-    assert embed_eval.spearman([1], [2]) is None
-
-
-def toy_table() -> tuple[TokenVectors, dict[str, int]]:
-    e = np.eye(5, dtype=np.float32)
-    names = ["Ġa", "Ġb", "Ġc", "Ġd", "Ġe"]  # b - a + c = d exactly
-    vectors = np.stack([e[0], e[0] + e[1], e[2], e[2] + e[1], e[3] + 0.2 * e[4]])
-    return TokenVectors(names, vectors), {n: i for i, n in enumerate([*names, "Ġrare"])}
-
-
-def test_pairs_spearman_on_a_toy_file(tmp_path):
-    table, vocab = toy_table()
-    f = tmp_path / "pairs.tsv"
-    f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\n"
-                 "zzz\ta\t3\n")
-    pairs = embed_eval.read_pairs(f)
-    assert len(pairs) == 6 and pairs[0] == ("a", "b", 9.0)
-    result = embed_eval.evaluate_pairs(table, vocab, pairs)
-    # cosines: a·b = c·d = 1/√2, a·c = 0, b·d = 1/2 -> ranks agree with the scores but for a tie
-    assert result["pairs"] == 6 and result["oov"] == 2  # "rare" has no vector, "zzz" no token
-    assert result["spearman"] == pytest.approx(spearmanr([9, 8.5, 1, 4],
-                                                         [0.7071, 0.7071, 0, 0.5]).statistic)
-
-
-def test_bad_pairs_line_names_file_and_line(tmp_path):
-    f = tmp_path / "pairs.tsv"
-    f.write_text("a\tb\t1\na\tb\tvery\n")
-    with pytest.raises(GruflowError, match=r"pairs.tsv:2: expected 'word1<TAB>word2<TAB>score'"):
-        embed_eval.read_pairs(f)
-    with pytest.raises(GruflowError, match="evaluation file not found"):
-        embed_eval.read_pairs(tmp_path / "missing.tsv")
-
-
-def test_analogy_accuracy_on_a_toy_file(tmp_path):
-    table, vocab = toy_table()
-    f = tmp_path / "questions.txt"
-    f.write_text(": toy\na b c d\nc d a b\na b c e\na b c rare\n")
-    questions = embed_eval.read_analogies(f)
-    assert questions[0] == ("a", "b", "c", "d")
-    result = embed_eval.analogy_accuracy(table, vocab, questions)
-    assert result == {"questions": 4, "oov": 1, "accuracy": pytest.approx(2 / 3)}
-    f.write_text("a b c\n")
-    with pytest.raises(GruflowError, match="questions.txt:1: expected four words"):
-        embed_eval.read_analogies(f)
-
-
-def test_probe_neighbours_list_unknown_words():
-    table, vocab = toy_table()
-    texts = {n: n.replace("Ġ", " ") for n in table.names}
-    found, unknown = embed_eval.probe_neighbours(table, vocab, ["a", "rare", "nope"], 2, texts)
-    assert unknown == ["rare", "nope"]
-    assert [n["token"] for n in found["a"]] == [" b", " c"]  # c, d, e tie at 0: lowest row
-    assert found["a"][0]["similarity"] == pytest.approx(0.7071, abs=1e-4)
 
 
 def test_readable_escapes():
@@ -303,37 +251,6 @@ def test_similar_word_without_vector_and_missing_artifacts(project, staged, tmp_
         embed.similar("header", 3, p, tmp_path)
     with pytest.raises(GruflowError, match="missing — run `gruflow run`"):
         embed.similar("header", 3, p, tmp_path / "nowhere")
-
-
-# --------------------------------------------------------------------------- params and train
-
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("algorithm", "glove", "'embed.algorithm'"),
-    ("subsample", -0.1, "'embed.subsample'"),
-    ("probes", "function", "'embed.probes'"),
-    ("pairs_file", "", "'embed.pairs_file'"),
-    ("neighbours", 0, "'embed.neighbours'"),
-])
-def test_bad_embed_params(raw_params, key, value, message):
-    raw = copy.deepcopy(raw_params)
-    raw["embed"][key] = value
-    with pytest.raises(GruflowError, match=message):
-        parse_params(raw)
-
-
-def test_train_stage_rejects_vectors_of_another_dim(project, staged):
-    from components import train
-
-    p = staged["p"]
-    bad = project / "artifacts" / "dim4.npy"
-    np.save(bad, np.zeros((staged["tok"].get_vocab_size(), 4), np.float32))
-    paths = {k: str(project / v) for k, v in p.paths.model_dump().items()}
-    paths["embeddings"] = str(bad)
-    p = p.model_copy(update={"paths": p.paths.model_copy(update=paths),
-                             "train": p.train.model_copy(update={"seq_len": 8}),
-                             "tune": p.tune.model_copy(update={"n_trials": 0})})
-    with pytest.raises(GruflowError, match=r"does not match .* model.embedding_dim 8"):
-        train.run(p)
 
 
 def test_similar_in_matrix_reads_any_id_aligned_matrix():

@@ -174,7 +174,7 @@ def _wait_up(server: dict, seconds: float = 120) -> None:
 def trained(tmp_path_factory):  # requested after mlflow_server: the server boots meanwhile
     """What the register task needs of a trained project: params.yaml, components/, an
     (untrained, 8-unit) Keras model with its tokenizer, and the model's md5 in dvc.lock."""
-    from components.model import build_model
+    from components.lm.model import build_model
     from components.params import load_params
     from components.tokenize import train_tokenizer
 
@@ -190,6 +190,7 @@ def trained(tmp_path_factory):  # requested after mlflow_server: the server boot
     cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
                                           "embedding_init": "random"})
     build_model(cfg, tok.get_vocab_size()).save(root / params.paths.model)
+    (root / params.paths.best_params).write_text("{}")  # the tune stage's output: no change
     md5 = hashlib.md5((root / params.paths.model).read_bytes()).hexdigest()
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
         "train": {"outs": [{"path": params.paths.model, "md5": md5}]}}}))

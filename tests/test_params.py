@@ -61,6 +61,12 @@ def test_default_params_load():
          "clean.drift.script_mix"),
         ({"orchestration__placement": {"train": "gpu-big"}},
          "placement.train: 'gpu-big' is not the stage pool 'gpu'"),
+        ({"model__attention_heads": 3}, "attention_heads (3) must divide units (128)"),
+        ({"embed__algorithm": "glove"}, "'embed.algorithm'"),
+        ({"embed__subsample": -0.1}, "'embed.subsample'"),
+        ({"embed__probes": "function"}, "'embed.probes'"),
+        ({"embed__pairs_file": ""}, "'embed.pairs_file'"),
+        ({"embed__neighbours": 0}, "'embed.neighbours'"),
     ],
 )
 def test_bad_params_name_the_key(raw, changes, expected):

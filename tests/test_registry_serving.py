@@ -1,7 +1,8 @@
 """Registry gate, promote/rollback, the pyfunc, the real `mlflow models serve` and the CLI.
 
 One tiny project in a temporary folder (components symlinked, params.yaml copied with absolute
-model/tokenizer paths, seq_len 16), a small BPE tokenizer and untrained 8-unit Keras models
+model/tokenizer paths, seq_len 64 tuned to 16 in
+artifacts/best_params.json), a small BPE tokenizer and untrained 8-unit Keras models
 whose special tokens are biased away (so generation never stops early and text is never empty),
 and a sqlite MLflow store. Everything registers through flows.tracking.register and is gated
 through flows.registry, exactly as the pipeline's register task does.
@@ -14,100 +15,59 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
-import yaml  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from tiny_lm import (  # noqa: E402
+    SEQ_LEN,
+    UNTUNED_SEQ_LEN,
+    VENV_BIN,
+    build_project,
+    free_port,
+    http,
+    register,
+    spawn,
+    stop,
+)
+from tiny_lm import env as _env  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.inference import zero_states  # noqa: E402
-from components.lm_pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
-from components.model import build_model  # noqa: E402
-from components.params import load_params  # noqa: E402
-from components.tokenize import BOS, EOS, SPECIALS, train_tokenizer  # noqa: E402
+from components.lm.inference import zero_states  # noqa: E402
+from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
 from flows import cli, registry, tracking  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = ROOT / ".venv" / "bin"
-SEQ_LEN = 16
 NAME, WEAK_NAME, OPS_NAME = "tiny-lm", "tiny-lm-weak", "tiny-lm-ops"
-SENTENCES = [
-    "the parser reads the header and returns a list of names",
-    "each thread opens a file, checks the next line and closes the socket",
-    "the module writes an integer to the cached value",
-    "a function returns the value of the attribute when it is set",
-    "the server answers every request with a status line and a body",
-]
 PROMPT = "the parser"  # few tokens: prompt + new tokens stay inside one seq_len window
 SAMPLE = "the parser reads the header and returns a list of names\n"
 
 
-def _save_model(path: Path, cfg, vocab: int, seed: int) -> None:
-    keras.utils.set_random_seed(seed)
-    model = build_model(cfg, vocab)
-    kernel, bias = model.get_layer("logits").get_weights()
-    bias[: len(SPECIALS)] = -30.0  # <pad> <unk> <bos> <eos> never win: fixed-length output
-    model.get_layer("logits").set_weights([kernel, bias])
-    model.save(path)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    (root / "components").symlink_to(ROOT / "components")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["paths"] |= {"model": str(root / "model_a.keras"),
-                     "tokenizer": str(root / "tokenizer.json")}
-    raw["train"]["seq_len"] = SEQ_LEN
-    raw["registry"]["model_name"] = NAME
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(root / "params.yaml")
-
-    tok = train_tokenizer(iter(SENTENCES * 4), params.tokenize.model_copy(
-        update={"vocab_size": 300, "min_frequency": 1}))  # 256 bytes + 4 specials + merges
-    tok.save(str(root / "tokenizer.json"))
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                          "embedding_init": "random"})
-    _save_model(root / "model_a.keras", cfg, tok.get_vocab_size(), seed=0)
-    _save_model(root / "model_b.keras", cfg, tok.get_vocab_size(), seed=1)
-    (root / "clean").mkdir()
-    pq.write_table(pa.table({"text": SENTENCES}), root / "clean" / "test.parquet")
-
+    project = build_project(tmp_path_factory.mktemp("serving"), NAME)
+    root = project["root"]
     prev_uri = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         tracking.configure(root, "gruflow")
-        yield {"root": root, "params": params, "tokenizer": tok}
+        yield project
         mlflow.set_tracking_uri(prev_uri)
 
 
-def _register(project, params, metrics: dict, flow_run_id: str) -> tuple[str, str]:
-    root = project["root"]
-    tags = {**tracking.lineage_tags(root, params, flow_run_id),
-            "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest()}
-    with mlflow.start_run() as run:
-        version = tracking.register(root, params, run.info.run_id, tags=tags, metrics=metrics)
-    return version, run.info.run_id
+_register = register
 
 
 def _named(params, name: str, model: Path | None = None):
@@ -235,6 +195,14 @@ def test_promote_missing_version_is_an_error(registered):
     assert registry.champion_version(NAME) == "1"
 
 
+def test_registered_model_carries_the_tuned_seq_len(project, first_version):
+    """Issue 16 (b): params.yaml says train.seq_len 64, the tune stage chose 16: the registered
+    info.json, hence serving, windows with the tuned 16."""
+    assert project["params"].train.seq_len == UNTUNED_SEQ_LEN
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{first_version['v1']}")
+    assert model.unwrap_python_model().seq_len == SEQ_LEN
+
+
 # --- pyfunc --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -324,48 +292,11 @@ def test_negative_seed_is_a_clear_bad_request(champion):
 
 # --- the real server -----------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port, _http, _stop = free_port, http, stop
 
 
-def _http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, dict | str]:
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, body = resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        status, body = err.code, err.read().decode()
-    try:
-        return status, json.loads(body)
-    except json.JSONDecodeError:
-        return status, body
-
-
-def _env() -> dict[str, str]:
-    """The test's MLflow store; the venv's bin first on PATH (the server execs `uvicorn`)."""
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _spawn(project, log_name: str, *argv: str) -> subprocess.Popen:
-    """Start a command in its own process group, output to a log file in the project."""
-    with (project["root"] / log_name).open("wb") as out:
-        return subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=project["root"],
-                                env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group: uvicorn and its worker go too
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def _spawn(project, log_name: str, *argv: str):
+    return spawn(project["root"], log_name, *argv)
 
 
 @pytest.fixture(scope="module")
@@ -441,8 +372,12 @@ def test_server_scores(server):
     ([{"text": 5}], {}, "text"),
     ([{"text": "hello"}], {"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, "max_new_tokens"),
     ([{"text": "hello"}], {"temperature": -0.5}, "temperature"),
+    ([{"text": "hello"}], {"temperature": float("inf")}, "temperature"),  # JSON `Infinity`
+    ([{"text": "hello"}], {"mode": "score", "max_new_tokens": -1}, "max_new_tokens"),
+    ([{"text": "hello"}], {"mode": "score", "top_k": -1}, "top_k"),
 ], ids=["missing-text-column", "empty-string", "non-string", "max-new-tokens-cap",
-        "negative-temperature"])
+        "negative-temperature", "infinite-temperature", "score-negative-max-new-tokens",
+        "score-negative-top-k"])
 def test_server_rejects_bad_requests_and_stays_up(server, records, params, mentions):
     status, body = _http(server + "/invocations", {
         "dataframe_records": records, "params": {"mode": "generate", **params}})
@@ -496,3 +431,97 @@ def test_cli_score_missing_file_is_one_line_exit_2(project):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.txt" in lines[0], done.stderr
     assert done.stdout == ""
+
+
+# --- --model loads only gruflow's own models ------------------------------------------------
+
+class MarkerModel(mlflow.pyfunc.PythonModel):
+    """A cloudpickled pyfunc whose load writes a marker file: proof that its code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def load_context(self, context):
+        Path(self.marker).write_text("loaded")
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_cli_refuses_a_pickled_model_before_loading_it(project, first_version, tmp_path,
+                                                       capsys):
+    marker, path = tmp_path / "marker", tmp_path / "pickled"
+    mlflow.pyfunc.save_model(str(path), python_model=MarkerModel(str(marker)),
+                             pip_requirements=[])  # no requirement inference: seconds
+    capsys.readouterr()
+    root = str(project["root"])
+    for argv in (["generate", PROMPT], ["score", str(project["root"] / "tokenizer.json")],
+                 ["similar", "the"]):
+        rc = cli.main([*argv, "--project", root, "--model", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2
+        assert len(err) == 1 and "is not a gruflow model" in err[0], err
+        assert "python_model.pkl" in err[0]
+        assert not marker.exists()
+    mlflow.pyfunc.load_model(str(path))  # MLflow's own loader runs the pickle's code
+    assert marker.exists()
+
+
+@pytest.fixture
+def model_copy(first_version, tmp_path):
+    """A copy of the registered gruflow model folder, to alter."""
+    import shutil
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}/1"))
+    return Path(shutil.copytree(local, tmp_path / "model"))
+
+
+def _edit_mlmodel(path: Path, edit) -> None:
+    import yaml
+
+    meta = yaml.safe_load((path / "MLmodel").read_text())
+    edit(meta)
+    (path / "MLmodel").write_text(yaml.safe_dump(meta))
+
+
+@pytest.mark.parametrize(("alter", "mentions"), [
+    (lambda p: (p / "python_model.pkl").write_bytes(b"\x80\x04N."), "pickled files"),
+    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"]["python_function"].update(
+        python_model="python_model.pkl", loader_module="mlflow.pyfunc.model")),
+     "python_model"),
+    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"].update(sklearn={"pickled_model": "m"})),
+     "flavors"),
+    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"]["python_function"]["artifacts"].pop(
+        "tokenizer")), "artifacts"),
+    (lambda p: (p / "MLmodel").unlink(), "no MLmodel"),
+], ids=["pickle-file", "pickled-python-model", "extra-flavor", "missing-artifact", "no-mlmodel"])
+def test_loader_refuses_altered_gruflow_models(model_copy, alter, mentions):
+    from flows.serve import load_model
+
+    alter(model_copy)
+    with pytest.raises(GruflowError, match="is not a gruflow model") as info:
+        load_model(str(model_copy))
+    assert mentions in str(info.value) and "\n" not in str(info.value)
+
+
+def test_loader_never_runs_the_model_folders_code(model_copy, tmp_path):
+    """Even a gruflow model's own pyfunc.py is not executed: the pyfunc is this gruflow's."""
+    from flows.serve import load_model
+
+    marker = tmp_path / "marker"
+    (model_copy / "pyfunc.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    model = load_model(str(model_copy))
+    out = model.predict(pd.DataFrame({"text": [PROMPT]}),
+                        params={"max_new_tokens": 3, "temperature": 0.0})
+    assert isinstance(out["text"].iloc[0], str) and out["text"].iloc[0]
+    assert not marker.exists()
+
+
+def test_cli_similar_reads_a_registered_models_embedding(project, first_version, capsys):
+    """--model through gruflow's own loader: the pyfunc still unwraps to the Keras model."""
+    rc = cli.main(["similar", "the", "-k", "3", "--project", str(project["root"]),
+                   "--model", f"models:/{NAME}/1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert len(out) == 3 and all(re.match(r"\s*-?\d\.\d{4}  \"", line) for line in out), out

@@ -88,7 +88,7 @@ def test_skipped_run_recorded_and_no_new_version(retrains):
 def test_skip_path_does_not_import_tensorflow(retrains):
     """In-process: the skip decision and record need no TensorFlow, Keras or MLflow's pyfunc
     (which would pull in model flavours): the registry client and DVC are enough."""
-    heavy = ("tensorflow", "keras", "mlflow.pyfunc", "components.model", "components.train")
+    heavy = ("tensorflow", "keras", "mlflow.pyfunc", "components.lm.model", "components.train")
     code = ("import sys; from flows.retrain import retrain; "
             f"r = retrain(project={str(retrains['project'])!r}); "
             "assert r.skipped, r.reason; "

@@ -13,7 +13,7 @@ import pytest
 
 from components import train
 from components.params import load_params
-from tests.test_train_resume import ROOT
+from tests.test_lm_checkpoint import ROOT
 
 
 @pytest.fixture()
@@ -52,11 +52,12 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from components.carry import CarriedStateTrainer, stream_dataset
-from components.inference import zero_states
-from components.model import build_model
+from components.lm.carry import CarriedStateTrainer
+from components.lm.fit import stream_dataset
+from components.lm.inference import zero_states
+from components.lm.model import build_model
+from components.lm.windows import make_streams
 from components.params import load_params
-from components.windows import make_streams
 cfg = load_params().model.model_copy(update={"units": 8, "embedding_dim": 8, "dropout": 0.0,
                                              "gru_layers": 1, "embedding_init": "random"})
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

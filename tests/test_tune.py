@@ -1,5 +1,5 @@
 """Stage `tune`: space validation, pass-through, a tiny real study, resuming, failures, pruning,
-MLflow trial runs and merge_best — on synthetic token data in a temporary folder."""
+MLflow trial runs — on synthetic token data in a temporary folder."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from tokenizers import Tokenizer
 
-from components import tune, tune_study
+from components import tune
+from components.contract import BOS, EOS
 from components.errors import GruflowError
 from components.params import Params, parse_params
-from components.tokenize import BOS, EOS, SCHEMA, train_tokenizer
+from components.tokenize import SCHEMA, train_tokenizer
+from components.tuning import study as tune_study
+from components.tuning.best import merge_best
+from flows import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -144,7 +148,7 @@ def test_zero_trials_passes_params_through(tmp_path):
     assert summary["enabled"] is False and sum(summary["n_trials"].values()) == 0
     for name in ("tune_history.png", "tune_importance.png", "tune.json"):
         assert (Path(p.paths.reports) / name).is_file()
-    assert tune.merge_best(p, {}) == (p, {})
+    assert merge_best(p, {}) == (p, {})
 
 
 # --- a real tiny study: outputs and resuming -----------------------------------------------
@@ -207,6 +211,30 @@ def test_database_url_holds_the_study(tmp_path, project, monkeypatch):
     assert summary["best_value"] == 0.5
 
 
+# --- the trial recipe is train's ------------------------------------------------------------
+
+
+def test_trials_honour_label_smoothing_and_run_with_op_determinism(project):
+    """Issue 16 (a): a trial trains with train's recipe — its loss includes
+    train.label_smoothing (part of the study's digest) and its ops are deterministic."""
+    from tensorflow.python.framework import config as tf_config
+
+    tf_config.disable_op_determinism()  # as in a fresh tune process: nothing enabled it yet
+    base = make_params(project, max_epochs=1)
+    data = tune.load_data(base)
+
+    def smoothing(eps: float) -> Params:
+        p = tune.trial_params(base, {})
+        return p.model_copy(update={"train": p.train.model_copy(
+            update={"label_smoothing": eps})})
+
+    plain = tune.fit_trial(smoothing(0.0), data, [])
+    assert tf_config.is_op_determinism_enabled()
+    smoothed = tune.fit_trial(smoothing(0.3), data, [])
+    # ε·mean over the vocabulary of -log p is far above the NLL of a fitted model
+    assert smoothed > plain + 0.1, (plain, smoothed)
+
+
 # --- failures, pruning, MLflow ------------------------------------------------------------
 
 
@@ -246,7 +274,9 @@ def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
     client = MlflowClient()
     parent = client.create_run(client.create_experiment("tune-test")).info.run_id
     monkeypatch.setenv("GRUFLOW_MLFLOW_RUN_ID", parent)
-    tune.run(make_params(project, n_trials=3, study_name="tracked"))
+    p = make_params(project, n_trials=3, study_name="tracked")
+    tune.run(p)
+    tracking.log_tune(parent, Path(p.paths.reports))  # what the flow does after the stage
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     states = {r.data.tags["mlflow.runName"]: r.data.tags["optuna.state"] for r in children}
@@ -255,25 +285,3 @@ def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
     assert {r.data.metrics["val_loss"] for r in children} == {1.0, 2.0, 0.5}
     logged = {a.path for a in client.list_artifacts(parent, "tune")}
     assert {"tune/tune_history.png", "tune/tune_importance.png", "tune/tune.json"} <= logged
-
-
-# --- merge_best -----------------------------------------------------------------------------
-
-
-def test_merge_best_applies_and_validates(tmp_path):
-    p = make_params(tmp_path)
-    merged, changed = tune.merge_best(p, {"model.units": 8, "train.learning_rate": 0.02})
-    assert merged.model.units == 8 and merged.train.learning_rate == 0.02
-    assert changed == {"model.units": 8}  # the learning rate is the params.yaml value
-    assert merged.embed == p.embed and merged.paths == p.paths
-    with pytest.raises(GruflowError, match="model.units"):
-        tune.merge_best(p, {"model.units": -8})
-    with pytest.raises(GruflowError, match="unknown parameter 'paths.model'"):
-        tune.merge_best(p, {"paths.model": "elsewhere.keras"})
-    best_file = Path(p.paths.best_params)
-    with pytest.raises(GruflowError, match="run the tune stage first"):
-        tune.load_best(p)
-    best_file.parent.mkdir(parents=True, exist_ok=True)
-    best_file.write_text('{"model.units": 8}')
-    assert tune.merge_best(p, tune.load_best(p))[0].model.units == 8
-    assert tune.load_best(make_params(tmp_path, n_trials=0)) == {}  # tuning off: no file needed

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from components.artifacts import atomic_file  # noqa: E402
+
 
 def learning_curves(history_csv: Path, out: Path) -> None:
     with history_csv.open() as f:
@@ -46,9 +48,7 @@ def perplexity_by_length(lengths: np.ndarray, perplexities: np.ndarray, out: Pat
 
 
 def _save(fig, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)

@@ -1,4 +1,4 @@
-"""The GRU + causal attention LM (components/model.py) on tiny sizes, CPU only."""
+"""The GRU + causal attention LM (components/lm/model.py) on tiny sizes, CPU only."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from components.carry import CarriedStateTrainer  # noqa: E402
-from components.inference import zero_states  # noqa: E402
-from components.model import CausalAttention, attention_model, build_model  # noqa: E402
+from components.contract import PAD  # noqa: E402
+from components.lm.carry import CarriedStateTrainer  # noqa: E402
+from components.lm.inference import zero_states  # noqa: E402
+from components.lm.model import CausalAttention, attention_model, build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
-from components.tokenize import PAD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 V, E, H, T, B = 37, 8, 12, 10, 3
@@ -239,20 +239,8 @@ def test_tied_embeddings_share_one_matrix_and_round_trip(tmp_path, ids):
     np.testing.assert_array_equal(logits_of(model, ids), logits_of(again, ids))
 
 
-def test_heads_must_divide_units():
-    import yaml
-
-    from components.errors import GruflowError
-    from components.params import parse_params
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"]["attention_heads"] = 3  # default units are not a multiple of 3
-    with pytest.raises(GruflowError, match="attention_heads"):
-        parse_params(raw)
-
-
 def test_smoothed_token_loss_matches_formula_and_reduces_to_nll():
-    from components.model import SmoothedTokenLoss
+    from components.lm.model import SmoothedTokenLoss
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 5)).astype("float32")

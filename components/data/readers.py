@@ -1,7 +1,7 @@
 """Streaming readers of one file into documents, by format: .txt/.md, .jsonl, .csv, .parquet.
 
 Text is read in chunks and split into lines or paragraphs, tables in record batches, so memory
-follows the largest document, not the size of the file. `components.corpus` decides which
+follows the largest document, not the size of the file. `components.data.corpus` decides which
 files (and which other sources) are read.
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +23,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from components.artifacts import parquet_batches
+from components.data.html_text import html_lines
 from components.errors import GruflowError
 from components.params import Data
 
 log = logging.getLogger(__name__)
 
-TEXT_SUFFIXES = {".txt", ".md"}
+TEXT_SUFFIXES = {".txt", ".md", ".html", ".htm"}
+HTML_SUFFIXES = {".html", ".htm"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
 # A split a source carries itself (file/folder name or a `split` column), by its usual spellings.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
@@ -48,6 +51,7 @@ BINARY_SNIFF_BYTES = 8192
 BINARY_RATIO = 0.3
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b")
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
+_MISSING = object()  # a row without the text key (None is a null text)
 
 
 @dataclass(frozen=True)
@@ -138,9 +142,13 @@ def _kept(text: str, bad: bool) -> Iterator[tuple[str, bool]]:
         yield text, bad
 
 
-def file_documents(path: Path, cfg: Data,
-                   split: str | None = None) -> Generator[Document, None, str]:
-    """A file's documents, streamed. Returns how it went: "read", "empty" or "binary"."""
+def file_documents(path: Path, cfg: Data, split: str | None = None,
+                   dropped: Counter[str] | None = None) -> Generator[Document, None, str]:
+    """A file's documents, streamed. Returns how it went: "read", "empty" or "binary".
+
+    Table rows without a usable text (key missing, null, not a string) are counted in
+    `dropped` by reason, never turned into text.
+    """
     suffix = path.suffix.lower()
     head = _head(path)
     if suffix in TEXT_SUFFIXES and looks_binary(head):
@@ -152,10 +160,11 @@ def file_documents(path: Path, cfg: Data,
     if suffix in TEXT_SUFFIXES:
         docs = _text_documents(path, cfg.unit, split)
     elif suffix == ".jsonl":
-        docs = _jsonl_documents(path, cfg.text_column, split)
+        docs = _jsonl_documents(path, cfg.text_column, split, dropped)
     else:
         docs = (doc for batch in _batches(path, suffix, cfg.text_column)
-                for doc in table_documents(batch.to_pylist(), cfg.text_column, str(path), split))
+                for doc in table_documents(batch.to_pylist(), cfg.text_column, str(path), split,
+                                           dropped))
     count = 0
     for doc in docs:
         count += 1
@@ -180,7 +189,12 @@ def _head(path: Path) -> bytes:
 
 def _text_documents(path: Path, unit: str, split: str | None) -> Iterator[Document]:
     with _reading(path) as stream:
-        if unit == "file":  # one document per file: held whole by definition
+        if path.suffix.lower() in HTML_SUFFIXES:  # the text an HTML parser sees, by line
+            lines = html_lines(stream, READ_BYTES)
+            units = text_units(lines, "paragraph" if unit == "file" else unit)
+            if unit == "file":
+                units = _whole(units)
+        elif unit == "file":  # one document per file: held whole by definition
             text, bad = decode(stream.read())
             units = [(text, bad)] if text.strip() else []
         else:
@@ -189,7 +203,16 @@ def _text_documents(path: Path, unit: str, split: str | None) -> Iterator[Docume
             yield Document(text, str(path), bad, split)
 
 
-def _jsonl_documents(path: Path, text_column: str, split: str | None) -> Iterator[Document]:
+def _whole(units: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
+    texts, bad = [], False
+    for text, b in units:
+        texts.append(text)
+        bad |= b
+    yield from _kept("\n\n".join(texts), bad)
+
+
+def _jsonl_documents(path: Path, text_column: str, split: str | None,
+                     dropped: Counter[str] | None = None) -> Iterator[Document]:
     """One JSON object per line, parsed line by line: no schema is inferred, so a field that
     changes type between rows is fine, and an undecodable byte is replaced as in text files."""
     first_keys: list[str] | None = None  # for the error when no row has the text column
@@ -202,7 +225,7 @@ def _jsonl_documents(path: Path, text_column: str, split: str | None) -> Iterato
             row = _json_object(line, f"{path}:{number}")
             first_keys = sorted(row) if first_keys is None else first_keys
             found = found or text_column in row
-            for doc in table_documents([row], text_column, str(path), split):
+            for doc in table_documents([row], text_column, str(path), split, dropped):
                 yield replace(doc, had_bad_bytes=bad)
     if first_keys is not None and not found:
         _check_column(path, first_keys, text_column)
@@ -229,24 +252,44 @@ def _check_column(path: Path, names: list[str], text_column: str) -> None:
                            "set data.text_column in params.yaml")
 
 
-def table_documents(rows: Iterable[dict], text_column: str, where: str,
-                     split: str | None) -> Iterator[Document]:
-    """Rows of a table: the text column, an optional `split` column, the rest as metadata."""
+def table_documents(rows: Iterable[dict], text_column: str, where: str, split: str | None,
+                    dropped: Counter[str] | None = None) -> Iterator[Document]:
+    """Rows of a table: the text column, an optional `split` column, the rest as metadata.
+
+    A row whose text is missing, null or not a string (a number, a list) gives no document
+    and is counted in `dropped` as missing_text / null_text / non_string_text.
+    """
     for row in rows:
-        text = row.pop(text_column, None)
-        if text is None:
+        text = row.pop(text_column, _MISSING)
+        if not isinstance(text, str | bytes):
+            reason = ("missing_text" if text is _MISSING else "null_text" if text is None
+                      else "non_string_text")
+            if dropped is not None:
+                dropped[reason] += 1
             continue
-        text, bad = decode(text) if isinstance(text, bytes) else (str(text), False)
+        text, bad = decode(text) if isinstance(text, bytes) else (text, False)
         row_split = source_split(row.pop("split", None), where) or split
         meta = json.dumps(row, default=str, ensure_ascii=False, sort_keys=True) if row else None
         yield Document(text, where, bad, row_split, meta)
+
+
+def _check_parquet_text(path: Path, text_column: str) -> None:
+    """The text column must hold text: a number or list column is not str()'d into documents."""
+    schema = pq.read_schema(path)
+    _check_column(path, schema.names, text_column)
+    kind = schema.field(text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or str(kind) in ("string_view", "binary_view")):
+        raise GruflowError(f"{path}: column '{text_column}' holds {kind}, not text — write it "
+                           "as a string column or set data.text_column to the text column")
 
 
 def _batches(path: Path, suffix: str, text_column: str) -> Iterator[pa.RecordBatch]:
     """Record batches of a .parquet or .csv file; a CSV's text column comes as raw bytes."""
     try:
         if suffix == ".parquet":
-            _check_column(path, pq.read_schema(path).names, text_column)
+            _check_parquet_text(path, text_column)
             yield from parquet_batches(path, None, BATCH_ROWS)
             return
         options = pacsv.ConvertOptions(column_types=_csv_types(path, text_column))

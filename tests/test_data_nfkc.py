@@ -1,4 +1,4 @@
-"""components.nfkc equals Python's unicodedata NFKC on every assigned code point and on random
+"""components.data.nfkc equals Python's unicodedata NFKC on every assigned code point and on random
 sequences of the characters that compose, reorder or fold; its character classes match a
 full scan of the Unicode tables."""
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components import nfkc
+from components.data import nfkc
 
 
 @pytest.fixture(autouse=True, params=["pyarrow", "python"])

@@ -9,16 +9,71 @@ does not depend on where window boundaries fall beyond what attention sees.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 
-from components.tokenize import BOS, EOS, encode
-from components.windows import make_streams
+from components.contract import BOS, EOS, encode, text_bytes
+from components.lm.windows import make_streams
+
+# The request parameters of generate/score, their defaults and bounds. Every one is checked in
+# both modes (a bad max_new_tokens in a score request is still a bad request).
+MAX_NEW_TOKENS_CAP = 512
+MAX_SEED = 2**63 - 1  # MLflow's `long`
+DEFAULT_PARAMS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
+                  "seed": 0}
+MODES = ("generate", "score")
+
+
+class BadRequest(ValueError):
+    """A request the model cannot answer: the message names the field and the allowed values."""
+
+
+def check_params(params: dict | None) -> dict:
+    """`params` completed with the defaults, every value checked; unknown names refused."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"params must be an object, got {type(params).__name__}")
+    if unknown := sorted(str(k) for k in params if k not in DEFAULT_PARAMS):
+        raise BadRequest(f"params {unknown} are not known — use {sorted(DEFAULT_PARAMS)}")
+    p = {**DEFAULT_PARAMS, **params}
+    if p["mode"] not in MODES:
+        raise BadRequest(f"params.mode must be 'generate' or 'score', got {p['mode']!r}")
+    _integer(p, "max_new_tokens", 1, MAX_NEW_TOKENS_CAP)
+    _integer(p, "top_k", 0, None, "(0 = no limit)")
+    _integer(p, "seed", 0, MAX_SEED)
+    t = p["temperature"]
+    if isinstance(t, bool) or not isinstance(t, Real) or not math.isfinite(t) or t < 0:
+        raise BadRequest(f"params.temperature must be a finite number >= 0 (0 = greedy), "
+                         f"got {t!r}")
+    return {**p, "temperature": float(t)}
+
+
+def _integer(p: dict, name: str, low: int, high: int | None, note: str = "") -> None:
+    value = p[name]
+    ok = isinstance(value, Integral) and not isinstance(value, bool)
+    if ok and low <= value and (high is None or value <= high):
+        p[name] = int(value)
+        return
+    bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+    raise BadRequest(f"params.{name} must be an integer {bounds}{' ' + note if note else ''}, "
+                     f"got {value!r}")
+
+
+def check_texts(texts: list) -> list[str]:
+    """At least one text, each a non-empty string (no number, null or blank)."""
+    if not texts:
+        raise BadRequest("no text given — send at least one record with a 'text'")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise BadRequest(f"text row {i} must be a non-empty string, got {t!r:.80}")
+    return texts
 
 
 def zero_states(model, batch: int) -> list[np.ndarray]:
     """The cold GRU states of a batch: one (batch, H) zero array per layer."""
-    from components.model import state_sizes
+    from components.lm.model import state_sizes
 
     return [np.zeros((batch, h), np.float32) for h in state_sizes(model)]
 
@@ -103,7 +158,7 @@ def score_texts(model, tokenizer, texts: list[str], seq_len: int,
         counts[lo:lo + len(parts)] = w.sum(axis=(0, 2))
     rows = []
     for text, total, n in zip(texts, nll, counts, strict=True):
-        n_bytes = len(text.encode("utf-8")) + 1
+        n_bytes = text_bytes(text)
         rows.append({"nll": float(total), "tokens": int(n), "bytes": n_bytes,
                      "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
                      "bits_per_byte": total / math.log(2) / n_bytes})

@@ -2,20 +2,19 @@
 
 The built-in corpus needs no network: Python's bundled reference documentation
 (`pydoc_data.topics`) and the docstrings of the standard library, read with `ast`
-(no module is imported, so nothing runs). Each file is read by `components.readers`.
+(no module is imported, so nothing runs). Each file is read by `components.data.readers`.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import sysconfig
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.errors import GruflowError
-from components.params import Data
-from components.readers import (
+from components.data.readers import (
     SPLIT_NAMES,
     TABLE_SUFFIXES,
     TEXT_SUFFIXES,
@@ -23,6 +22,8 @@ from components.readers import (
     file_documents,
     table_documents,
 )
+from components.errors import GruflowError
+from components.params import Data
 
 _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "turtledemo", "__pycache__"}
 HF_PREFIX = "hf:"
@@ -63,10 +64,33 @@ def path_split(parts: Iterable[str]) -> str | None:
     return None
 
 
-def source_files(source: Path, include: Iterable[str] = ("**/*",)) -> list[Path]:
-    """The readable files of a source path (a file, or the folder's files matching `include`)."""
-    if not source.exists():
-        raise GruflowError(f"data.source: '{source}' does not exist — fix the path in params.yaml")
+def _check_exists(source: Path) -> None:
+    """A missing path, a broken symlink and a symlink loop each say what they are."""
+    if source.exists():
+        return
+    if source.is_symlink():
+        try:
+            source.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 reports a loop this way, 3.13 as OSError ELOOP
+            loop = True
+        except OSError as exc:
+            loop = exc.errno == errno.ELOOP
+        else:
+            loop = False
+        what = "a symlink loop" if loop else f"a broken symlink (to '{source.readlink()}')"
+        raise GruflowError(f"data.source: '{source}' is {what} — point data.source at a real "
+                           "file or folder")
+    raise GruflowError(f"data.source: '{source}' does not exist — fix the path in params.yaml")
+
+
+def source_files(source: Path, include: Iterable[str] = ("**/*",),
+                 skipped: Counter[str] | None = None) -> list[Path]:
+    """The readable files of a source path (a file, or the folder's files matching `include`).
+
+    In a folder, matching files of other types are counted in `skipped` by suffix (".html",
+    "(none)"), and links that lead nowhere (broken or looping) as "(broken symlink)".
+    """
+    _check_exists(source)
     suffixes = TEXT_SUFFIXES | TABLE_SUFFIXES
     if source.is_file():
         if source.suffix.lower() not in suffixes:
@@ -74,15 +98,22 @@ def source_files(source: Path, include: Iterable[str] = ("**/*",)) -> list[Path]
                 f"{source}: unsupported file type — use one of {sorted(suffixes)}"
             )
         return [source]
-    files = sorted({p for pattern in include for p in source.glob(pattern)
-                    if p.is_file() and p.suffix.lower() in suffixes})
+    matched = {p for pattern in include for p in source.glob(pattern)}
+    files = sorted(p for p in matched if p.is_file() and p.suffix.lower() in suffixes)
+    if skipped is not None:
+        for p in matched:
+            if p.is_symlink() and not p.exists():
+                skipped["(broken symlink)"] += 1
+            elif p.is_file() and p.suffix.lower() not in suffixes:
+                skipped[p.suffix.lower() or "(none)"] += 1
     if not files:
         raise GruflowError(f"data.source: folder '{source}' holds no {sorted(suffixes)} files "
                            f"matching data.include {list(include)}")
     return files
 
 
-def hf_documents(spec: str, text_column: str) -> Iterator[Document]:
+def hf_documents(spec: str, text_column: str,
+                 dropped: Counter[str] | None = None) -> Iterator[Document]:
     """`hf:<name>[:<config>][:<split>]` streamed through the optional `datasets` extra."""
     name, config, split = ([*spec[len(HF_PREFIX):].split(":"), "", ""])[:3]
     if not name:
@@ -105,20 +136,25 @@ def hf_documents(spec: str, text_column: str) -> Iterator[Document]:
             if text_column not in row:
                 raise GruflowError(f"data.source '{spec}': no column '{text_column}' (has "
                                    f"{sorted(row)}) — set data.text_column in params.yaml")
-            yield from table_documents([dict(row)], text_column, f"{spec}:{part_name}", given)
+            yield from table_documents([dict(row)], text_column, f"{spec}:{part_name}", given,
+                                       dropped)
 
 
-def documents(cfg: Data, files: Counter[str] | None = None) -> Iterator[Document]:
-    """Every source's documents in order; `files` counts the files read by outcome."""
+def documents(cfg: Data, files: Counter[str] | None = None,
+              dropped: Counter[str] | None = None,
+              skipped: Counter[str] | None = None) -> Iterator[Document]:
+    """Every source's documents in order; `files` counts the files read by outcome, `dropped`
+    the table rows without a usable text by reason, `skipped` a folder's other files by
+    suffix."""
     for source in cfg.sources:
         if source == "builtin":
             yield from builtin_documents()
         elif source.startswith(HF_PREFIX):
-            yield from hf_documents(source, cfg.text_column)
+            yield from hf_documents(source, cfg.text_column, dropped)
         else:
             root = Path(source)
-            for path in source_files(root, cfg.include):
+            for path in source_files(root, cfg.include, skipped):
                 rel = path.relative_to(root).parts if path != root else (path.name,)
-                outcome = yield from file_documents(path, cfg, path_split(rel))
+                outcome = yield from file_documents(path, cfg, path_split(rel), dropped)
                 if files is not None:
                     files[outcome] += 1

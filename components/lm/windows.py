@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from components.contract import BOS, PAD
 from components.errors import GruflowError
-from components.tokenize import BOS, PAD
 
 
 def read_stream(path: Path) -> np.ndarray:

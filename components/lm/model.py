@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from components.params import Model
+from components.params import ModelParams
 
 
 @keras.saving.register_keras_serializable(package="gruflow")
@@ -122,7 +122,7 @@ class SmoothedTokenLoss(keras.losses.Loss):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def build_model(cfg: Model, vocab_size: int, embeddings: np.ndarray | None = None,
+def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None = None,
                 unigram_log_probs: np.ndarray | None = None) -> keras.Model:
     """The LM as a functional model (ids, h_0...) -> (logits, h_T...); `embeddings`
     initialise the Embedding layer (word2vec)."""

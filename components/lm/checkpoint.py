@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from components.artifacts import atomic_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +38,9 @@ class Checkpoint:
         self.digest = digest
 
     def restore(self) -> tuple[keras.Model, dict] | None:
+        from components.lm import carry as _trainer  # noqa: F401  (registers the trainer)
+        from components.lm import model as _layers  # noqa: F401  (registers custom layers)
+
         state_file = self.dir / "state.json"
         if not state_file.is_file():
             return None
@@ -62,23 +67,16 @@ class Checkpoint:
 
     def save(self, model: keras.Model, state: dict) -> None:
         """Write into a sibling folder, then swap it in: a kill never leaves half a checkpoint."""
-        tmp = self.dir.with_name(self.dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save(tmp / "last.keras")
-        best = self.dir / "best.weights.h5"
-        if state.get("improved") or not best.is_file():
-            model.save_weights(tmp / "best.weights.h5")
-        else:
-            shutil.copy2(best, tmp / "best.weights.h5")
-        rng = [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for v in seed_states(model)]
-        (tmp / "state.json").write_text(json.dumps({**state, "rng": rng, "digest": self.digest}))
-        old = self.dir.with_name(self.dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.dir.exists():
-            self.dir.rename(old)
-        tmp.rename(self.dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(self.dir) as tmp:
+            model.save(tmp / "last.keras")
+            best = self.dir / "best.weights.h5"
+            if state.get("improved") or not best.is_file():
+                model.save_weights(tmp / "best.weights.h5")
+            else:
+                shutil.copy2(best, tmp / "best.weights.h5")
+            rng = [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for v in seed_states(model)]
+            (tmp / "state.json").write_text(json.dumps({**state, "rng": rng,
+                                                        "digest": self.digest}))
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from html.entities import html5
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.nfkc import nfkc
+from components.data.nfkc import nfkc
 from components.params import Clean
 
 # RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.clean_rules import CJK_CHAR
+from components.data.clean_rules import CJK_CHAR
 from components.errors import GruflowError
 from components.params import SCRIPTS, Drift
 

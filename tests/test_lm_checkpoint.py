@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from components.contract import BOS, EOS
 from components.params import load_params
-from components.tokenize import BOS, EOS, SCHEMA, train_tokenizer
+from components.tokenize import SCHEMA, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the cat sat on the mat and the dog ran to the park " * 20

@@ -1,51 +1,39 @@
 """What the tune stage reports: one MLflow run per trial, the summary, and the study's plots.
 
-Usage: inside components/tune.py. MLflow is used only when GRUFLOW_MLFLOW_RUN_ID is set (the
-flow sets it to the tune stage's run); plots are matplotlib PNGs for `dvc plots` and MLflow.
+Usage: inside components/tune.py. Trial runs go through components/live_log.py (only when the
+flow asked for live logging); the flow logs the summary and plots (flows/tracking.log_tune).
+Plots are matplotlib PNGs for `dvc plots` and MLflow.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from components import live_log
 from components.artifacts import atomic_file
+from components.contract import TUNE_PLOTS
 
-RUN_ENV = "GRUFLOW_MLFLOW_RUN_ID"
-PLOTS = ("tune_history.png", "tune_importance.png")
+PLOTS = TUNE_PLOTS
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 class TrialRun:
-    """A nested MLflow run for one trial under $GRUFLOW_MLFLOW_RUN_ID; a no-op without it."""
+    """A nested MLflow run for one trial under the tune stage's run (live_log); a no-op when
+    the flow did not ask for live logging."""
 
     def __init__(self, number: int, values: dict):
-        self.parent = os.environ.get(RUN_ENV)
-        if not self.parent:
-            return
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient()
-        experiment = self.client.get_run(self.parent).info.experiment_id
-        run = self.client.create_run(experiment, tags={
-            "mlflow.parentRunId": self.parent, "mlflow.runName": f"trial-{number}",
-            "optuna.trial_number": str(number)})
-        self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        self.run = live_log.ChildRun(f"trial-{number}", values,
+                                     {"optuna.trial_number": str(number)})
 
     def log_epoch(self, epoch: int, val_loss: float) -> None:
-        if self.parent:
-            self.client.log_metric(self.run_id, "val_loss", val_loss, step=epoch)
+        self.run.metric("val_loss", val_loss, epoch)
 
     def end(self, state: str) -> None:
-        if self.parent:
-            self.client.set_tag(self.run_id, "optuna.state", state)
-            self.client.set_terminated(self.run_id, status=_STATUS[state])
+        self.run.end(_STATUS[state], {"optuna.state": state})
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -118,22 +106,3 @@ def save_plots(study: optuna.Study | None, reports: Path) -> None:
         with atomic_file(reports / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-
-
-def log_to_parent(summary: dict, reports: Path) -> None:
-    """Summary metrics, plots and tune.json on the stage's MLflow run, when the flow set one."""
-    parent = os.environ.get(RUN_ENV)
-    if not parent:
-        return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    metrics = {f"trials_{k}": v for k, v in summary["n_trials"].items()}
-    for key in ("best_value", "defaults_val_loss", "seconds"):
-        if summary[key] is not None:
-            metrics[key] = summary[key]
-    for key, value in metrics.items():
-        client.log_metric(parent, key, float(value))
-    for name in (*PLOTS, "tune.json"):
-        if (reports / name).is_file():
-            client.log_artifact(parent, str(reports / name), "tune")

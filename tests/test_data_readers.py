@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import readers
-from tests.test_data_stages import read_rows, run_ingest
+from components.data import readers
+from tests.test_ingest import read_rows, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,9 @@ def write_streaming_corpus(root: Path, n: int) -> int:
 MEMORY_PROBE = """
 import json, re, sys
 from pathlib import Path
-from components import ingest, readers
-from tests.test_data_stages import read_rows, run_ingest
+from components import ingest
+from components.data import readers
+from tests.test_ingest import read_rows, run_ingest
 from components.params import load_params
 readers.READ_BYTES, readers.BATCH_ROWS = 1 << 16, 64
 ingest.BATCH_DOCS, ingest.BATCH_CHARS = 64, 1 << 17

@@ -1,7 +1,7 @@
 """Intrinsic evaluation of word vectors: neighbours, word-pair Spearman, analogies.
 
-Usage: `evaluate(table, vocab, cfg)` -> the evaluation part of reports/embed.json. Words are
-mapped to single BPE tokens (`word_token`); pairs or questions with a word that is not one
+Usage: `quality_report(table, vocab, cfg, texts)` -> the evaluation part of reports/embed.json.
+Words are mapped to single BPE tokens (`word_token`); pairs or questions with a word that is not one
 trained token are skipped and counted as out-of-vocabulary.
 """
 
@@ -155,8 +155,8 @@ def probe_neighbours(table: TokenVectors, vocab: Mapping[str, int], probes: list
     return found, unknown
 
 
-def evaluate(table: TokenVectors, vocab: Mapping[str, int], cfg: Embed,
-             texts: Mapping[str, str]) -> dict:
+def quality_report(table: TokenVectors, vocab: Mapping[str, int], cfg: Embed,
+                   texts: Mapping[str, str]) -> dict:
     """The evaluation section of reports/embed.json (`texts`: token -> readable string)."""
     neighbours, unknown = probe_neighbours(table, vocab, cfg.probes, cfg.neighbours, texts)
     pairs = evaluate_pairs(table, vocab, read_pairs(Path(cfg.pairs_file)))

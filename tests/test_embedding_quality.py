@@ -1,0 +1,93 @@
+"""components/embedding/quality.py: word tokens, Spearman, pairs, analogies, probes and the
+cosine neighbours they rank by, on toy tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from components.embedding import quality
+from components.embedding.quality import TokenVectors, cosine_neighbours
+from components.errors import GruflowError
+
+
+def test_cosine_neighbours_match_numpy():
+    m = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    token = 7
+    got = cosine_neighbours(m, token, k=29)
+    assert token not in [i for i, _ in got]
+    assert sorted(i for i, _ in got) == [i for i in range(30) if i != token]
+    sims = [s for _, s in got]
+    assert sims == sorted(sims, reverse=True)
+    v = m.astype(np.float64)
+    for i, sim in got:
+        direct = v[i] @ v[token] / (np.linalg.norm(v[i]) * np.linalg.norm(v[token]))
+        assert sim == pytest.approx(direct, abs=1e-5)
+
+
+def test_word_token_prefers_the_word_after_a_space():
+    vocab = {"Ġreturn": 5, "return": 6, "(": 7}
+    assert quality.word_token("return", vocab) == "Ġreturn"
+    assert quality.word_token("(", vocab) == "("
+    assert quality.word_token("returns", vocab) is None
+
+
+def test_spearman_by_hand_and_against_scipy():
+    assert quality.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6·2/60
+    x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]  # ties on both sides
+    assert quality.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert quality.spearman([1, 2, 3], [5, 5, 5]) is None  # constant: undefined
+    assert quality.spearman([1], [2]) is None
+
+
+def toy_table() -> tuple[TokenVectors, dict[str, int]]:
+    e = np.eye(5, dtype=np.float32)
+    names = ["Ġa", "Ġb", "Ġc", "Ġd", "Ġe"]  # b - a + c = d exactly
+    vectors = np.stack([e[0], e[0] + e[1], e[2], e[2] + e[1], e[3] + 0.2 * e[4]])
+    return TokenVectors(names, vectors), {n: i for i, n in enumerate([*names, "Ġrare"])}
+
+
+def test_pairs_spearman_on_a_toy_file(tmp_path):
+    table, vocab = toy_table()
+    f = tmp_path / "pairs.tsv"
+    f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\n"
+                 "zzz\ta\t3\n")
+    pairs = quality.read_pairs(f)
+    assert len(pairs) == 6 and pairs[0] == ("a", "b", 9.0)
+    result = quality.evaluate_pairs(table, vocab, pairs)
+    # cosines: a·b = c·d = 1/√2, a·c = 0, b·d = 1/2 -> ranks agree with the scores but for a tie
+    assert result["pairs"] == 6 and result["oov"] == 2  # "rare" has no vector, "zzz" no token
+    assert result["spearman"] == pytest.approx(spearmanr([9, 8.5, 1, 4],
+                                                         [0.7071, 0.7071, 0, 0.5]).statistic)
+
+
+def test_bad_pairs_line_names_file_and_line(tmp_path):
+    f = tmp_path / "pairs.tsv"
+    f.write_text("a\tb\t1\na\tb\tvery\n")
+    with pytest.raises(GruflowError, match=r"pairs.tsv:2: expected 'word1<TAB>word2<TAB>score'"):
+        quality.read_pairs(f)
+    with pytest.raises(GruflowError, match="evaluation file not found"):
+        quality.read_pairs(tmp_path / "missing.tsv")
+
+
+def test_analogy_accuracy_on_a_toy_file(tmp_path):
+    table, vocab = toy_table()
+    f = tmp_path / "questions.txt"
+    f.write_text(": toy\na b c d\nc d a b\na b c e\na b c rare\n")
+    questions = quality.read_analogies(f)
+    assert questions[0] == ("a", "b", "c", "d")
+    result = quality.analogy_accuracy(table, vocab, questions)
+    assert result == {"questions": 4, "oov": 1, "accuracy": pytest.approx(2 / 3)}
+    f.write_text("a b c\n")
+    with pytest.raises(GruflowError, match="questions.txt:1: expected four words"):
+        quality.read_analogies(f)
+
+
+def test_probe_neighbours_list_unknown_words():
+    table, vocab = toy_table()
+    texts = {n: n.replace("Ġ", " ") for n in table.names}
+    found, unknown = quality.probe_neighbours(table, vocab, ["a", "rare", "nope"], 2, texts)
+    assert unknown == ["rare", "nope"]
+    assert [n["token"] for n in found["a"]] == [" b", " c"]  # c, d, e tie at 0: lowest row
+    assert found["a"][0]["similarity"] == pytest.approx(0.7071, abs=1e-4)
