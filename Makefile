@@ -30,8 +30,9 @@ lint: $(STAMP)
 
 BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
-bench: $(STAMP)  ## throughput benchmarks against the bare library calls -> reports/bench/
+bench: $(STAMP)  ## benchmarks against the bare library calls -> reports/bench/, then the floors
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done
+	$(VENV)/bin/python -m bench.common  # exits 1 naming each row below its floor (bench/common.py)
 
 serve: $(STAMP)  ## serve the champion on serve.host:serve.port with gruflow's request limits
 	$(VENV)/bin/gruflow serve

@@ -2,8 +2,9 @@
 
 Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
 tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
-the same streams of windows held in memory as NumPy arrays (state carried, in order), same
-run, `ratio` = value / raw_value, floor 0.9), plus `flops_per_token` (forward, analytic) and
+the same streams of windows held in memory as NumPy arrays (state carried, in order),
+validated on the same val split by the same callback, same run, `ratio` = value / raw_value,
+floor 0.9), plus `flops_per_token` (forward, analytic) and
 `achieved_flops` (3 x forward FLOPs per training token x tokens/s). Both sides train 2
 epochs; the second (compiled) epoch is timed.
 Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import write_json
-from components.lm.fit import compiled_model, flops_per_token, seed_everything
+from components.lm.fit import compiled_model, flops_per_token, seed_everything, validation
 from components.lm.windows import make_streams, read_stream, stream_count
 from components.params import load_params
 
@@ -36,7 +37,7 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
     return history["tokens_per_second"][-1]
 
 
-def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
+def raw_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> float:
     import keras
 
     seed_everything(p.train.seed)
@@ -54,8 +55,9 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
+    # validated each epoch by the stage's own callback (val read as evaluate reads test)
     model.fit(x, y, sample_weight=w, batch_size=streams, epochs=2, shuffle=False,
-              callbacks=[Timer()], verbose=0)
+              callbacks=[validation(val, p.train), Timer()], verbose=0)
     return float(w.sum()) / times[-1]
 
 
@@ -69,7 +71,7 @@ def main() -> None:
     train = read_stream(tokens / "train.parquet")[:BENCH_TOKENS]
     val = read_stream(tokens / "val.parquet")[: BENCH_TOKENS // 10]
     value = stage_tokens_per_second(p, vocab, train, val)
-    raw = raw_tokens_per_second(p, vocab, train)
+    raw = raw_tokens_per_second(p, vocab, train, val)
     fpt = flops_per_token(vocab, p.model.embedding_dim, p.model.units, p.model.gru_layers,
                           p.train.seq_len)
     rows = [

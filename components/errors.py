@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
+# Set by the flow that runs a stage: the guard writes the stage's one-line reason and its
+# traceback there (the flow prints the line and logs the traceback to the run's log file), so
+# the terminal gets no traceback and no second line. Unset (plain `dvc repro`): the usual
+# stderr behaviour.
+STAGE_ERROR_ENV = "GRUFLOW_STAGE_ERROR"
+
 
 class GruflowError(Exception):
     """A user-facing problem: the message names the input and the fix."""
+
+
+def _hand_over(message: str, code: int) -> None:
+    """Report a failure to the flow that runs this stage (see STAGE_ERROR_ENV)."""
+    with open(os.environ[STAGE_ERROR_ENV], "w", encoding="utf-8") as f:
+        json.dump({"code": code, "message": message, "command": " ".join(sys.argv),
+                   "traceback": traceback.format_exc()}, f)
+    raise SystemExit(code)
 
 
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:
@@ -22,7 +39,14 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except GruflowError as exc:
+            if os.environ.get(STAGE_ERROR_ENV):
+                _hand_over(str(exc), 2)
             print(f"gruflow: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Exception as exc:
+            if not os.environ.get(STAGE_ERROR_ENV):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            _hand_over(f"{type(exc).__name__}: {first}", 1)
 
     return wrapper

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+import posixpath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import GruflowError
 
@@ -38,6 +47,27 @@ class Paths(_Section):
     best_params: str
     tune_dir: str
     reports: str
+
+    @field_validator("*")
+    @classmethod
+    def _not_above_project(cls, value: str) -> str:
+        # DVC tracks outputs only inside the repository (outside, `dvc status` fails with
+        # "unexpected error"), and a failed stage restores only what is in the project.
+        # Absolute paths are checked against the project in load_params (it knows the root).
+        if not value.strip() or (not PurePosixPath(value).is_absolute() and
+                                 posixpath.normpath(value).split("/")[0] in ("..", ".")):
+            raise ValueError("must be a path inside the project, e.g. data/raw")
+        return value
+
+
+def _check_inside(params: Params, root: Path, file: Path) -> None:
+    """Every paths.* entry, made absolute against the project root, stays below it."""
+    base = os.path.normpath(root.absolute())
+    for key, value in params.paths.model_dump().items():
+        full = os.path.normpath(os.path.join(base, value))
+        if os.path.commonpath([base, full]) != base or full == base:
+            raise GruflowError(f"{file}: 'paths.{key}': must be a path inside the project "
+                               f"{base}, e.g. data/raw (got {value!r})")
 
 
 SourceName = Annotated[str, Field(strict=True, min_length=1)]
@@ -75,6 +105,7 @@ class Clean(_Section):
     min_documents: PosInt
     lowercase: bool
     scripts: list[Literal[SCRIPTS]]  # type: ignore[valid-type]
+    dedup: Literal["exact", "near", "none"]
     near_dup: bool
     near_dup_threshold: Annotated[float, Field(gt=0.0, le=1.0)]
     near_dup_ngram: PosInt
@@ -85,6 +116,8 @@ class Split(_Section):
     val_fraction: SplitFraction
     test_fraction: SplitFraction
     seed: NonNegInt
+    group_near_duplicates: bool
+    max_test_train_overlap: Annotated[float, Field(ge=0.0, le=1.0)]
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> Split:
@@ -98,6 +131,19 @@ class Tokenize(_Section):
     vocab_size: Annotated[int, Field(strict=True, ge=16)]
     min_frequency: PosInt
     train_max_bytes: NonNegInt
+    pre_tokenizer: Literal["default", "whitespace"]
+    unk_marker: str = Field(strict=True)
+
+    @model_validator(mode="after")
+    def _whitespace_is_for_words(self) -> Tokenize:
+        if self.pre_tokenizer == "whitespace" and self.kind != "word":
+            raise ValueError("pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'")
+        if self.unk_marker and self.pre_tokenizer != "whitespace":
+            raise ValueError("unk_marker is matched against whole whitespace-separated tokens: "
+                             "it needs pre_tokenizer 'whitespace' (or set it to \"\")")
+        if any(c.isspace() for c in self.unk_marker):
+            raise ValueError(f"unk_marker {self.unk_marker!r} must not contain blanks")
+        return self
 
 
 class Embed(_Section):
@@ -114,6 +160,16 @@ class Embed(_Section):
     neighbours: PosInt
     pairs_file: str = Field(strict=True, min_length=1)
     analogy_file: str = Field(strict=True)
+
+    @model_validator(mode="after")
+    def _one_worker(self) -> Embed:
+        # gensim's worker threads update shared vectors in an order set by thread scheduling
+        # (its docs: fully reproducible runs need workers=1), so the vectors would change run
+        # to run and DVC could not vouch for them.
+        if self.workers != 1:
+            raise ValueError(f"workers: {self.workers} gensim threads make the vectors depend "
+                             "on thread scheduling — use 1 (the only reproducible value)")
+        return self
 
 
 class ModelParams(_Section):
@@ -166,6 +222,13 @@ class Registry(_Section):
 
 class Mlflow(_Section):
     experiment: str = Field(min_length=1)
+
+
+class Reproduce(_Section):
+    """`gruflow reproduce`: on CPU everything must match exactly; when train ran on a GPU
+    (recorded or reproduced), metrics may differ by this relative amount."""
+
+    gpu_metric_rtol: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class Orchestration(_Section):
@@ -260,6 +323,18 @@ class Tune(_Section):
     study_name: str = Field(strict=True, min_length=1)
     storage: str = Field(strict=True)
     space: dict[str, SpaceSpec]
+    accept_nonreproducible: bool
+
+    @model_validator(mode="after")
+    def _parallel_needs_consent(self) -> Tune:
+        # Parallel trials see each other's results in an order set by process scheduling, so
+        # the study (and the model trained from it) would differ run to run.
+        if self.n_workers > 1 and not self.accept_nonreproducible:
+            raise ValueError(f"n_workers: {self.n_workers} parallel workers make the study "
+                             "depend on process scheduling — use 1, or set "
+                             "tune.accept_nonreproducible: true (outputs are then tagged "
+                             "reproducible: false)")
+        return self
 
 
 class Serve(_Section):
@@ -287,6 +362,7 @@ class Params(_Section):
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
+    reproduce: Reproduce
     orchestration: Orchestration
     serve: Serve
 
@@ -297,6 +373,15 @@ class Params(_Section):
                 f"model.embedding_dim ({self.model.embedding_dim}) must equal embed.dim "
                 f"({self.embed.dim}) when model.embedding_init is word2vec"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _near_duplicates_searched(self) -> Params:
+        if not self.clean.near_dup:
+            if self.clean.dedup == "near":
+                raise ValueError("clean.dedup 'near' needs clean.near_dup: true")
+            if self.split.group_near_duplicates:
+                raise ValueError("split.group_near_duplicates needs clean.near_dup: true")
         return self
 
     @model_validator(mode="after")
@@ -372,7 +457,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise GruflowError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return parse_params(raw, path)
+    params = parse_params(raw, path)
+    _check_inside(params, path.parent, path)
+    return params
 
 
 def params_digest(params: Params) -> str:

@@ -6,6 +6,8 @@ Usage: `python -m components.tokenize`. Outputs tokenizer.json, data/tokens/{spl
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,9 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
     elif cfg.kind == "word":
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         trainer = trainers.WordLevelTrainer(**common)
+        if cfg.pre_tokenizer == "whitespace":  # pre-tokenized text: a token is what the blanks
+            tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # delimit, joined by spaces
+            return tok, trainer
     else:  # char: every Unicode character is a token, joined back without separators
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -88,12 +93,37 @@ def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
     if cfg.kind == "wordpiece" and cfg.vocab_size > 2 * BYTES:
         cfg = cfg.model_copy(update={"vocab_size": cfg.vocab_size - BYTES})  # room for _complete
     tok, trainer = build_tokenizer(cfg)
-    tok.train_from_iterator(texts, trainer=trainer)
+    if cfg.pre_tokenizer == "whitespace":
+        texts = without_markers(texts, cfg.unk_marker)
+    # The unigram trainer's EM sums float scores in rayon's work-stealing order, which follows
+    # thread scheduling; the other trainers count integers (order-free). tokenizers reads
+    # TOKENIZERS_PARALLELISM on every call, so only this training runs on one thread.
+    single = cfg.kind == "unigram"
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if single:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    finally:
+        if single:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            if saved is not None:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
     if cfg.kind == "wordpiece":
         _complete_wordpiece(tok)
     if [tok.token_to_id(t) for t in SPECIALS] != [PAD, UNK, BOS, EOS]:
         raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids 0..3")
     return tok
+
+
+def without_markers(texts: Iterator[str], marker: str) -> Iterator[str]:
+    """Training text without the tokens that must stay out of the vocabulary: the unknown-word
+    marker (so that encoding maps it to <unk>, as a word the vocabulary lacks) and the special
+    tokens written out (counted as words, they would displace the specials' ids 0..3)."""
+    drop = "|".join(re.escape(t) for t in [*SPECIALS, *([marker] if marker else [])])
+    pattern = re.compile(rf"(?<!\S)(?:{drop})(?!\S)")
+    for text in texts:
+        yield pattern.sub(" ", text)
 
 
 def _complete_wordpiece(tok: Tokenizer) -> None:

@@ -14,7 +14,9 @@ import csv
 import hashlib
 import json
 import math
+import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,9 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     from components.lm.checkpoint import Checkpoint, ResumableEarlyStopping
 
     t, hw = p.train, devices()
+    # Fresh layer-name counters: the saved config (and its DVC hash) must not depend on what
+    # else this process built before (a bench, a test, another model).
+    keras.backend.clear_session()
     seed_everything(t.seed)
     use_mixed_precision(t, on_gpu=hw["device"] != "CPU")
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
@@ -104,8 +109,11 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
         if trainer is None:
             trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
+    board = Path(p.paths.reports) / TENSORBOARD  # not a DVC out: events carry wall times
+    if first == 0:
+        shutil.rmtree(board, ignore_errors=True)  # a fresh run's logs, not a pile of old ones
     callbacks = [validation(val, t), epoch_logger(n_train), stopper,
-                 keras.callbacks.TensorBoard(str(Path(p.paths.reports) / TENSORBOARD))]
+                 keras.callbacks.TensorBoard(str(board))]
     if first < t.epochs and not state.get("stopped"):
         try:
             trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
@@ -117,8 +125,47 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     return trainer.lm, stopper.history, n_train, hw
 
 
+def _renumber_shared(node, ids: dict) -> None:
+    """Replace Keras's `shared_object_id`s (memory addresses, `id(obj)`) by 1, 2, ... in order
+    of appearance; the loader only matches them with each other."""
+    if isinstance(node, dict):
+        if "shared_object_id" in node:
+            node["shared_object_id"] = ids.setdefault(node["shared_object_id"], len(ids) + 1)
+        for value in node.values():
+            _renumber_shared(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared(value, ids)
+
+
+def stable_keras_file(path: Path | str) -> None:
+    """Rewrite a `.keras` zip without what changes from run to run for the same model: Keras
+    writes `date_saved` into metadata.json, stamps the weights entry with the clock and names
+    shared objects by memory address in config.json — the same weights would get another DVC
+    hash on every run. Weights stay byte for byte; entries keep their order."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as src:
+        entries = [(info.filename, src.read(info), info.compress_type)
+                   for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for name, data, compression in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode()
+            elif name == "config.json":
+                config = json.loads(data)
+                _renumber_shared(config, {})
+                data = json.dumps(config).encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                         compress_type=compression)
+
+
+TIMED = ("tokens_per_second",)  # per-epoch speed: live in MLflow, never in a DVC output
+
+
 def write_history(history: dict[str, list[float]], path: Path) -> None:
-    keys = sorted(history)
+    keys = sorted(k for k in history if k not in TIMED)
     with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["epoch", *keys])
@@ -147,6 +194,7 @@ def run(p: Params) -> dict:
     seconds = time.perf_counter() - t0
     with atomic_file(paths.model) as tmp:
         model.save(tmp)
+        stable_keras_file(tmp)
     write_history(history, reports / TRAIN_HISTORY)
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
@@ -160,12 +208,15 @@ def run(p: Params) -> dict:
         "epochs_run": len(history["val_loss"]), "best_epoch": best + 1,
         "best_val_loss": history["val_loss"][best],
         "best_val_perplexity": math.exp(history["val_loss"][best]),
-        "train_tokens": n_train, "seconds": round(seconds, 1), "tokens_per_second": round(tps, 1),
-        "flops_per_token": fpt, "achieved_flops_per_second": round(3 * fpt * tps),
+        "train_tokens": n_train, "flops_per_token": fpt,
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
         "tuned": tuned, **hw,
     }
     write_json(reports / TRAIN_REPORT, summary)
+    # Speed goes to the console and MLflow (live per epoch), not into train.json: a DVC
+    # output must not depend on how busy the machine was.
+    summary = summary | {"seconds": round(seconds, 1), "tokens_per_second": round(tps, 1),
+                         "achieved_flops_per_second": round(3 * fpt * tps)}
     from components.lm.checkpoint import Checkpoint
 
     Checkpoint(Path(paths.checkpoints), "").clear()  # finished: the next run starts afresh

@@ -3,13 +3,16 @@
 Usage: `python -m components.tune` (the DVC cmd); every reader applies the result with
 `params, tuned = effective_params(params)` (components/tuning/best.py).
 
-Trial 0 is the params.yaml values; every trial trains on the first `tune.data_fraction` of the
-train tokens for at most `tune.max_epochs` epochs and reports its validation loss each epoch to
-the pruner. The study is persistent (a journal file in `paths.tune_dir`, or the RDB URL in
-`tune.storage` / GRUFLOW_OPTUNA_STORAGE) and named after a digest of its objective, so a killed
-run restarted with the same command only runs the missing trials, while a changed space, model,
-train section or data starts a new study. `tune.n_workers` processes (and `gruflow tune-worker`
-on other machines) join it.
+Trial 0 is the params.yaml values; every trial trains on `tune.data_fraction` of the train
+tokens (whole documents chosen by a hash seeded with tune.seed, so the sample spans the split)
+for at most `tune.max_epochs` epochs and reports its validation loss each epoch to the pruner.
+The budget is `tune.n_trials`; `tune.timeout` is only a safety stop that fails the stage (unless
+`tune.accept_nonreproducible`), so the result never depends on how busy the machine was.
+The study is persistent (a journal file in `paths.tune_dir`, or the RDB URL in `tune.storage` /
+GRUFLOW_OPTUNA_STORAGE) and named after a digest of its objective, so a killed run restarted
+with the same command only runs the missing trials, while a changed space, model, train section
+or data starts a new study. `tune.n_workers` processes (and `gruflow tune-worker` on other
+machines) join it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import optuna
 
 from components.artifacts import write_json
 from components.contract import TUNE_REPORT, split_file
-from components.errors import guarded
+from components.errors import GruflowError, guarded
 from components.lm.fit import (
     compiled_model,
     load_embeddings,
@@ -53,10 +56,39 @@ from components.tuning.study import (
 @dataclass(frozen=True)
 class TrialData:
     vocab_size: int
-    train: np.ndarray  # the first tune.data_fraction of the train stream
+    train: np.ndarray  # tune.data_fraction of the train stream: sample_documents()
     val: np.ndarray
     embeddings: np.ndarray | None
     digest: str  # of the files the objective reads
+
+
+def sample_documents(doc_ids: list[str], sizes: np.ndarray, fraction: float, seed: int,
+                     at_least: int) -> np.ndarray:
+    """Indices (in file order) of whole documents holding about `fraction` of the tokens:
+    documents ranked by a SHA-256 of (seed, doc_id), taken until the share is reached. The
+    sample spreads over the whole split (not its first slice, which on the built-in corpus is
+    one source only) and is the same on every machine."""
+    rank = np.argsort([hashlib.sha256(f"{seed}:{d}".encode()).digest() for d in doc_ids],
+                      kind="stable")
+    need = max(int(sizes.sum() * fraction), at_least)
+    taken = int(np.searchsorted(np.cumsum(sizes[rank]), need)) + 1
+    return np.sort(rank[:taken])
+
+
+def read_sample(path: Path, fraction: float, seed: int, at_least: int) -> np.ndarray:
+    """The token stream of sample_documents() of a split, in document order."""
+    if fraction >= 1.0:
+        return read_stream(path)
+    if not path.is_file():
+        raise GruflowError(f"{path}: missing — run the tokenize stage first")
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["doc_id", "ids"])
+    sizes = pc.list_value_length(table.column("ids")).to_numpy(zero_copy_only=False)
+    keep = sample_documents(table.column("doc_id").to_pylist(), sizes, fraction, seed, at_least)
+    ids = table.column("ids").take(keep)
+    return pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 def load_data(p: Params) -> TrialData:
@@ -64,9 +96,10 @@ def load_data(p: Params) -> TrialData:
 
     tokens = Path(p.paths.tokens)
     vocab_size = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
+    train = read_sample(split_file(tokens, "train"), p.tune.data_fraction, p.tune.seed,
+                        p.train.seq_len + 1)
+    val = read_stream(split_file(tokens, "val"))
     files = [split_file(tokens, "train"), split_file(tokens, "val")]
-    train, val = read_stream(files[0]), read_stream(files[1])
-    train = train[: max(int(train.size * p.tune.data_fraction), p.train.seq_len + 1)]
     embeddings = load_embeddings(p, vocab_size)
     if embeddings is not None:
         files.append(Path(p.paths.embeddings))
@@ -188,12 +221,23 @@ def work(p: Params) -> int:
                 if p.tune.timeout else None)
 
 
+def check_budget(study: optuna.Study, p: Params) -> None:
+    """tune.timeout is a safety stop, not a budget: a study it cut short fails the stage
+    (trials stay in the journal, so a rerun continues) unless the user accepted that."""
+    done, t = finished(study), p.tune
+    if done < t.n_trials and not t.accept_nonreproducible:
+        raise GruflowError(f"tune: tune.timeout ({t.timeout} s) stopped the study after {done} "
+                           f"of {t.n_trials} trials — raise tune.timeout (0 = no limit) or "
+                           "lower tune.n_trials; a rerun continues the study "
+                           "(or set tune.accept_nonreproducible: true to train on it as is)")
+
+
 def run(p: Params) -> dict:
     t0 = time.time()
     best: dict = {}
     study: optuna.Study | None = None
     if p.tune.n_trials == 0:  # tuning off: train keeps the params.yaml values
-        summary = tune_report.summarise(None, 0.0)
+        summary = tune_report.summarise(None)
     else:
         storage = open_storage(p)
         data = load_data(p)
@@ -212,7 +256,8 @@ def run(p: Params) -> dict:
             w.join()
             if w.exitcode:
                 print(f"tune: worker process exited with code {w.exitcode}", file=sys.stderr)
-        summary = tune_report.summarise(study, time.time() - t0)
+        check_budget(study, p)
+        summary = tune_report.summarise(study, p.tune.n_trials)
         best = tune_report.best_params(study)
     write_json(p.paths.best_params, best)
     tune_report.save_plots(study, Path(p.paths.reports))
@@ -222,6 +267,7 @@ def run(p: Params) -> dict:
 
 @guarded
 def main() -> None:
+    t0 = time.time()
     s = run(load_params())
     n = s["n_trials"]
     if not s["enabled"]:
@@ -230,7 +276,11 @@ def main() -> None:
     best, defaults = (f"{v:.4f}" if v is not None else "n/a"
                       for v in (s["best_value"], s["defaults_val_loss"]))
     print(f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
-          f"({s['seconds']:.0f} s this run); best val loss {best}, params.yaml values {defaults}")
+          f"({time.time() - t0:.0f} s this run); best val loss {best}, params.yaml values "
+          f"{defaults}")
+    if not s["reproducible"]:
+        print(f"tune: NOT reproducible ({'; '.join(s['nonreproducible_reasons'])}) — "
+              "accepted by tune.accept_nonreproducible", file=sys.stderr)
 
 
 if __name__ == "__main__":

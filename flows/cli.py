@@ -3,7 +3,8 @@
 Usage: `gruflow run [--force] [--project DIR]`, `gruflow generate "prompt"`,
 `gruflow score FILE`, `gruflow promote VERSION`, `gruflow rollback`,
 `gruflow tune-worker [--storage URL]`, `gruflow retrain`, `gruflow deploy`,
-`gruflow worker --pool gpu`.
+`gruflow worker --pool gpu`, `gruflow reproduce VERSION`, `gruflow lineage VERSION`,
+`gruflow history`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,32 @@ from pathlib import Path
 
 from components.errors import GruflowError
 from components.params import load_params
+from flows import entry
+from flows.secrets import redact
 
 
 def _run(args: argparse.Namespace) -> int:
+    from flows import tracking
+    from flows.project_lock import project_lock
+
     root = Path(args.project).resolve()
     load_params(root / "params.yaml")  # bad params stop here, before Prefect or TF load
-    from flows.pipeline import pipeline
+    tracking.check_reachable(tracking.store_uri(root))  # fail fast, not after MLflow's retries
+    # the lock also covers the creation of the Prefect and MLflow stores of a fresh project
+    with project_lock(root, wait=not args.no_wait, command="gruflow run"):
+        from flows.pipeline import pipeline
 
-    result = pipeline(project=str(root), force=args.force)
-    if not args.no_push:
-        from flows.placement import dvc_push
+        result = pipeline(project=str(root), force=args.force)
+        _summary(result)
+        if not args.no_push:
+            from flows.placement import push_after_run
 
-        print(f"gruflow: pushed {dvc_push(root)} file(s) to the DVC remote")
+            print(f"gruflow: pushed {push_after_run(root, result.model_version)} file(s) to "
+                  "the DVC remote")
+    return 0
+
+
+def _summary(result) -> None:
     m = result.metrics
     executed = ", ".join(result.executed) or "none (everything up to date)"
     print(f"gruflow: stages executed: {executed}")
@@ -39,9 +54,9 @@ def _run(args: argparse.Namespace) -> int:
               f"{m['bits_per_byte']:.3f} bits/byte")
     if result.model_version:
         print(f"gruflow: registered model version {result.model_version}")
-    print(f"gruflow: MLflow run {result.parent_run_id} in {result.tracking_uri} "
-          f"(browse: mlflow ui --backend-store-uri {result.tracking_uri})")
-    return 0
+    uri = redact(result.tracking_uri)
+    print(f"gruflow: MLflow run {result.parent_run_id} in {uri} "
+          f"(browse: mlflow ui --backend-store-uri {uri})")
 
 
 def _registry(args: argparse.Namespace) -> tuple[Path, str]:
@@ -156,70 +171,82 @@ def _tune_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_commands(sub) -> None:
-    gen = sub.add_parser("generate", help="continue a prompt with the champion model")
+def project_option() -> argparse.ArgumentParser:
+    """The `--project` option every project command shares (argparse parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--project", default=".", help="project root (default: current folder)")
+    return parent
+
+
+def _model_commands(sub, common: argparse.ArgumentParser) -> None:
+    gen = sub.add_parser("generate", parents=[common],
+                         help="continue a prompt with the champion model")
     gen.add_argument("prompt")
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=40)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate)
-    score = sub.add_parser("score", help="perplexity and bits/byte of a text file")
+    score = sub.add_parser("score", parents=[common],
+                           help="perplexity and bits/byte of a text file")
     score.add_argument("file")
     score.set_defaults(func=_score)
     for p in (gen, score):
         p.add_argument("--model", help="model URI (default: models:/<registry.model_name>"
                                        "@champion)")
-    promote = sub.add_parser("promote", help="make a registered version the champion")
+    promote = sub.add_parser("promote", parents=[common],
+                             help="make a registered version the champion")
     promote.add_argument("version", type=int)
     promote.set_defaults(func=_promote)
-    rollback = sub.add_parser("rollback", help="give the champion alias back to the "
-                                               "previous champion")
+    rollback = sub.add_parser("rollback", parents=[common],
+                              help="give the champion alias back to the previous champion")
     rollback.set_defaults(func=_rollback)
-    for p in (gen, score, promote, rollback):
-        p.add_argument("--project", default=".", help="project root (default: current folder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gruflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline (DVC stages via Prefect, MLflow tracking)")
-    run.add_argument("--project", default=".", help="project root (default: current folder)")
+    common = project_option()
+    run = sub.add_parser("run", parents=[common],
+                         help="run the pipeline (DVC stages via Prefect, MLflow tracking)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.add_argument("--no-push", action="store_true", help="do not dvc push after the run")
+    run.add_argument("--no-wait", action="store_true",
+                     help="fail at once when another run holds the project lock")
     run.set_defaults(func=_run)
-    from flows.deploy import add_commands  # retrain, deploy, worker
+    from flows.cli_ops import add_commands  # retrain, deploy, worker
 
-    add_commands(sub)
-    _model_commands(sub)
-    similar = sub.add_parser("similar", help="nearest tokens to a word by cosine similarity "
-                                             "of the current word vectors")
+    add_commands(sub, common)
+    from flows import lineage, reproduce  # lineage, history, reproduce
+
+    lineage.add_commands(sub, common)
+    reproduce.add_commands(sub, common)
+    _model_commands(sub, common)
+    similar = sub.add_parser("similar", parents=[common],
+                             help="nearest tokens to a word by cosine similarity of the "
+                                  "current word vectors")
     similar.add_argument("token", help="a word that is one token, e.g. function")
     similar.add_argument("-k", type=int, default=10, help="neighbours to print (default 10)")
-    similar.add_argument("--project", default=".", help="project root (default: current folder)")
     similar.add_argument("--model", help="read the vectors of a registered model's embedding "
                                          "layer, e.g. models:/gruflow-lm@champion")
     similar.set_defaults(func=_similar)
-    worker = sub.add_parser("tune-worker", help="join the tune stage's Optuna study (in a "
-                                                "shared database) and run trials until its "
-                                                "budget is spent")
+    worker = sub.add_parser("tune-worker", parents=[common],
+                            help="join the tune stage's Optuna study (in a shared database) "
+                                 "and run trials until its budget is spent")
     worker.add_argument("--storage", help="study database URL (default: $GRUFLOW_OPTUNA_STORAGE, "
                                           "then tune.storage)")
-    worker.add_argument("--project", default=".", help="project root (default: current folder)")
     worker.set_defaults(func=_tune_worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command through one error path (flows.entry): one line on stderr, exit 2 for
+    user errors and 1 otherwise, the traceback in .gruflow/logs/ of the project."""
     # Run last at exit: the interpreter then skips its final GC pass over the millions of
     # objects Prefect, MLflow and DVC load (~1.5 s of every command, e.g. a skipped retrain).
     atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except GruflowError as exc:
-        print(f"gruflow: error: {exc}", file=sys.stderr)
-        return 2
+    return entry.run(args.func, args, Path(getattr(args, "project", ".")).resolve())
 
 
 if __name__ == "__main__":

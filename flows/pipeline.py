@@ -19,7 +19,10 @@ from prefect.task_engine import TaskRunTimeoutError
 from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
 from flows import placement, registry, tracking
-from flows.stages import STAGES, StageTimeout, is_changed, reproduce, stage_timeout
+from flows.project_lock import project_lock, sweep_temp
+from flows.rollback import keep_outputs
+from flows.secrets import redact, redacted_errors
+from flows.stages import STAGES, StageTimeout, all_outs, is_changed, reproduce, stage_timeout
 
 TRACKED = ("embed", "tune", "train", "evaluate")  # stages that get a nested MLflow run
 
@@ -56,6 +59,7 @@ def _log_stage(root: Path, params: Params, stage: str, run_id: str) -> dict:
 
 
 @task(name="tracked-stage")
+@redacted_errors
 def tracked_stage(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dict]:
     """A stage inside its own nested MLflow run (opened only when the stage will run); the
     stage logs live to it through GRUFLOW_MLFLOW_RUN_ID (train epochs, tune trials)."""
@@ -100,9 +104,12 @@ def step(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dic
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
-def register(root: Path, params: Params, parent_run_id: str, metrics: dict) -> str | None:
-    """Register the current model unless the registry already holds this exact file, then
-    gate it. Idempotent, so a retry after a partial failure finishes the job."""
+@redacted_errors
+def register_and_gate(root: Path, params: Params, parent_run_id: str,
+                      metrics: dict) -> str | None:
+    """Register the current model unless the registry already holds this exact file (its
+    `model_md5` tag), then gate it. Idempotent, so a retry after a partial failure, or a rerun
+    after a kill, finishes the job without a second version."""
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     model_md5 = tags.get(f"dvc.{params.paths.model}", "")
     name = params.registry.model_name
@@ -110,8 +117,8 @@ def register(root: Path, params: Params, parent_run_id: str, metrics: dict) -> s
     version = tracking.registered_version(name, model_md5) if model_md5 else None
     new = version is None
     if new:
-        version = tracking.register(root, params, parent_run_id,
-                                    {**tags, "model_md5": model_md5}, metrics)
+        version = tracking.log_and_register_model(root, params, parent_run_id,
+                                                  {**tags, "model_md5": model_md5}, metrics)
     if registry.is_gated(name, version):
         get_run_logger().info("model already registered and gated as %s version %s",
                               name, version)
@@ -126,24 +133,38 @@ def register(root: Path, params: Params, parent_run_id: str, metrics: dict) -> s
     return version
 
 
+def recover(root: Path, params: Params) -> None:
+    """What a killed run of this project left: temp files beside the outputs, MLflow runs
+    still RUNNING, registry versions without their tags. Runs under the project lock."""
+    sweep_temp(root, all_outs(root))
+    tracking.close_interrupted_runs(root, params.mlflow.experiment)
+    tracking.drop_orphan_versions(root, params.registry.model_name)
+
+
 @flow(name="gruflow-pipeline", log_prints=True)
+@redacted_errors
 def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
     root = Path(project).resolve()
     params = load_params(root / "params.yaml")  # fail before any work on bad params
-    result = PipelineResult(tracking_uri=tracking.configure(root, params.mlflow.experiment))
-    with mlflow.start_run(run_name="pipeline") as parent:
-        result.parent_run_id = parent.info.run_id
-        mlflow.log_params({"data.source": params.data.source,
-                           "registry.model_name": params.registry.model_name})
-        for stage in STAGES:
-            ran, logged = step(root, params, stage, force)
-            if stage == "evaluate":
-                result.metrics = logged
-            if ran:
-                result.executed.append(stage)
-        result.model_version = register(root, params, parent.info.run_id, result.metrics)
-        mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
-                         "executed_stages": ",".join(result.executed) or "none"})
+    with project_lock(root, command="gruflow pipeline"):  # re-entrant: the CLI may hold it
+        result = PipelineResult(tracking_uri=tracking.configure(root, params.mlflow.experiment))
+        recover(root, params)
+        with mlflow.start_run(run_name="pipeline",
+                              tags={"gruflow.project": tracking.project_tag(root)}) as parent:
+            result.parent_run_id = parent.info.run_id
+            mlflow.log_params({"data.source": redact(str(params.data.source)),
+                               "registry.model_name": params.registry.model_name})
+            with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
+                for stage in STAGES:
+                    ran, logged = step(root, params, stage, force)
+                    if stage == "evaluate":
+                        result.metrics = logged
+                    if ran:
+                        result.executed.append(stage)
+            result.model_version = register_and_gate(root, params, parent.info.run_id,
+                                                     result.metrics)
+            mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
+                             "executed_stages": ",".join(result.executed) or "none"})
     return result
 
 

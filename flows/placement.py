@@ -22,6 +22,9 @@ from prefect.tasks import exponential_backoff
 from components.contract import LIVE_RUN_ENV
 from components.errors import GruflowError
 from components.params import Params, load_params
+from flows.entry import OneLineError
+from flows.gitrepo import git_output
+from flows.secrets import redact
 
 REMOTE_NAME = "gruflow"
 STAGE_DEPLOYMENT = "gruflow-stage/gruflow-stage"
@@ -37,21 +40,30 @@ def remote_url(root: Path, params: Params) -> str:
     return str((root / url).resolve())
 
 
-def ensure_remote(root: Path, params: Params) -> str | None:
+def ensure_remote(root: Path, params: Params) -> tuple[str | None, dict | None]:
     """Make orchestration.dvc_remote the default remote (in .dvc/config.local, which git
-    ignores, so lineage stays clean); "" keeps whatever .dvc/config says. Returns the remote."""
+    ignores, so lineage stays clean); "" keeps whatever .dvc/config says. A URL holding a
+    password is never written to disk: it comes back as a config override for `Repo(config=)`.
+    Returns (the remote's name, the override or None)."""
     from dvc.repo import Repo
 
     url = remote_url(root, params)
+    override = {"remote": {REMOTE_NAME: {"url": url}}, "core": {"remote": REMOTE_NAME}}
     with Repo(str(root)) as repo:
         if url:
             if "://" not in url:
                 Path(url).mkdir(parents=True, exist_ok=True)
+            secret = redact(url) != url
             with repo.config.edit("local") as conf:
-                conf["remote"][REMOTE_NAME] = {"url": url}
-                conf["core"]["remote"] = REMOTE_NAME
-            return REMOTE_NAME
-        return repo.config.get("core", {}).get("remote")
+                if secret:  # drop what an earlier run may have written there
+                    conf["remote"].pop(REMOTE_NAME, None)
+                    if conf["core"].get("remote") == REMOTE_NAME:
+                        conf["core"].pop("remote")
+                else:
+                    conf["remote"][REMOTE_NAME] = {"url": url}
+                    conf["core"]["remote"] = REMOTE_NAME
+            return REMOTE_NAME, override if secret else None
+        return repo.config.get("core", {}).get("remote"), None
 
 
 def _targets(root: Path, stages: list[str] | None) -> list[str] | None:
@@ -66,22 +78,37 @@ def dvc_push(root: Path, targets: list[str] | None = None) -> int:
     from dvc.repo import Repo
 
     params = load_params(root / "params.yaml")
-    if ensure_remote(root, params) is None:
+    name, override = ensure_remote(root, params)
+    if name is None:
         get_run_logger().warning("no DVC remote configured (orchestration.dvc_remote is \"\"); "
                                  "nothing pushed")
         return 0
-    with Repo(str(root)) as repo:
+    with Repo(str(root), config=override) as repo:
         n = repo.push(targets=_targets(root, targets))
-    get_run_logger().info("dvc push: %d file(s) uploaded to %s", n, remote_url(root, params))
+    get_run_logger().info("dvc push: %d file(s) uploaded to %s", n,
+                          redact(remote_url(root, params)))
     return n
+
+
+def push_after_run(root: Path, version: str | None) -> int:
+    """`dvc push` after a good run; a failure says in one line that the model is registered
+    and what to do (the run itself is not undone)."""
+    try:
+        return dvc_push(root)
+    except Exception as exc:
+        model = f"model version {version} is registered" if version else \
+            "the run finished (no new model version)"
+        raise OneLineError(f"{model}, but `dvc push` failed ({type(exc).__name__}: "
+                           f"{redact(str(exc)).splitlines()[0] if str(exc) else ''}) — fix "
+                           "the DVC remote (orchestration.dvc_remote) and run `dvc push`") from exc
 
 
 @task(name="dvc-pull", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def dvc_pull(root: Path, targets: list[str] | None = None, with_deps: bool = False) -> None:
     from dvc.repo import Repo
 
-    ensure_remote(root, load_params(root / "params.yaml"))
-    with Repo(str(root)) as repo:
+    _, override = ensure_remote(root, load_params(root / "params.yaml"))
+    with Repo(str(root), config=override) as repo:
         repo.pull(targets=_targets(root, targets), with_deps=with_deps)
 
 
@@ -91,10 +118,10 @@ def placed_pool(params: Params, stage: str) -> str | None:
 
 
 def _git_head(root: Path) -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    if out.returncode != 0:
+    head = git_output(root, "rev-parse", "HEAD")
+    if not head:
         raise GruflowError(f"{root}: placed stages need a git repository with a commit")
-    return out.stdout.strip()
+    return head
 
 
 def _lock_entry(root: Path, stage: str) -> dict:
@@ -248,6 +275,7 @@ if __name__ == "__main__":  # `python -m flows.placement pull`: the deployments'
     if sys.argv[1:] != ["pull"]:
         sys.exit("usage: python -m flows.placement pull")
     here = Path.cwd()
-    if ensure_remote(here, load_params(here / "params.yaml")):
-        with Repo(str(here)) as repo:
+    name, override = ensure_remote(here, load_params(here / "params.yaml"))
+    if name:
+        with Repo(str(here), config=override) as repo:
             repo.pull(allow_missing=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import math
 from pathlib import Path
 
 import mlflow
@@ -16,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import GruflowError
+from flows import alias_history
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -31,8 +33,31 @@ def champion_version(name: str) -> str | None:
         return None
 
 
-def bits_per_byte(model_uri: str, texts: list[str]) -> float:
-    """Score a registered model on texts: total NLL over total bytes, in bits per byte."""
+# What an <unk> target costs on top of the model's own loss: 8 bits for every byte of the text it
+# stands for (the price of spelling it with a uniform byte model). Without it a version that
+# knows fewer words could win: each unseen word would cost one cheap <unk> prediction.
+UNK_BITS_PER_BYTE = 8.0
+
+
+def unknown_bytes(tokenizer, texts: list[str]) -> tuple[int, int, int]:
+    """(UTF-8 bytes covered by <unk> tokens, <unk> tokens, targets incl. one <eos> per text)."""
+    from components.tokenize import UNK
+
+    unk_bytes = unk = targets = 0
+    for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False),
+                         strict=True):
+        targets += len(enc.ids) + 1
+        for token, (start, end) in zip(enc.ids, enc.offsets, strict=True):
+            if token == UNK:
+                unk += 1
+                unk_bytes += len(text[start:end].encode("utf-8"))
+    return unk_bytes, unk, targets
+
+
+def score_version(model_uri: str, texts: list[str]) -> dict[str, float]:
+    """A registered model on texts: `bits_per_byte` (total NLL over total bytes), `unk_rate`
+    (share of targets that are <unk>) and `charged_bits_per_byte`, the gate's figure: bits per
+    byte with every <unk> target also paying UNK_BITS_PER_BYTE for each byte it stands for."""
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(model_uri)
@@ -40,8 +65,24 @@ def bits_per_byte(model_uri: str, texts: list[str]) -> float:
     # Only the per-text `bits_per_byte` column is relied on (older versions return no more);
     # every version counts a text's bytes as its UTF-8 length + 1 for <eos>.
     n_bytes = [len(t.encode("utf-8")) + 1 for t in texts]
-    bits = sum(b * n for b, n in zip(scores["bits_per_byte"], n_bytes, strict=True))
-    return float(bits / sum(n_bytes))
+    bits = float(sum(b * n for b, n in zip(scores["bits_per_byte"], n_bytes, strict=True)))
+    unk_bytes, unk, targets = unknown_bytes(model.unwrap_python_model().tokenizer, texts)
+    total = sum(n_bytes)
+    return {"bits_per_byte": bits / total, "unk_rate": unk / max(targets, 1),
+            "charged_bits_per_byte": (bits + UNK_BITS_PER_BYTE * unk_bytes) / total}
+
+
+def bits_per_byte(model_uri: str, texts: list[str]) -> float:
+    """Score a registered model on texts: total NLL over total bytes, in bits per byte."""
+    return score_version(model_uri, texts)["bits_per_byte"]
+
+
+def better(new: float, old: float, min_improvement: float) -> bool:
+    """The challenger's figure beats the champion's by min_improvement (relative); a finite
+    score beats a NaN/infinite champion, and a NaN/infinite challenger never wins."""
+    if not math.isfinite(new):
+        return False
+    return not math.isfinite(old) or new < old * (1.0 - min_improvement)
 
 
 def is_gated(name: str, version: str) -> bool:
@@ -57,15 +98,23 @@ def set_champion(name: str, version: str, reason: str) -> None:
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     if previous and previous != version:
         client.set_model_version_tag(name, version, "previous_champion", previous)
+    alias_history.record(name, CHAMPION, previous, version, reason,
+                         "gate" if reason.startswith("gate") else "promote")
 
 
 def gate(name: str, version: str, metrics: dict, test_file: Path,
          min_improvement: float) -> dict:
     """Alias `version` challenger; make it champion if it beats the current champion by
-    `min_improvement` (relative, bits per byte on the *current* test texts) and beats the
-    bigram baseline. The first version only has to beat the bigram baseline."""
+    `min_improvement` (relative, charged bits per byte on the *current* test texts, see
+    score_version) and beats the bigram baseline. The first version only has to beat the
+    bigram baseline."""
     client = MlflowClient()
+    try:
+        old_challenger = str(client.get_model_version_by_alias(name, CHALLENGER).version)
+    except MlflowException:
+        old_challenger = None
     client.set_registered_model_alias(name, CHALLENGER, version)
+    alias_history.record(name, CHALLENGER, old_challenger, version, "gate: new version", "gate")
     beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
     decision = {"challenger": version, "champion_before": champion_version(name),
                 "challenger_perplexity": metrics["perplexity"],
@@ -76,14 +125,16 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
             " the bigram baseline"
     else:
         texts = pq.read_table(test_file, columns=["text"]).column("text").to_pylist()
-        new = bits_per_byte(f"models:/{name}/{version}", texts)
-        old = bits_per_byte(f"models:/{name}/{decision['champion_before']}", texts)
-        decision |= {"challenger_bits_per_byte": new, "champion_bits_per_byte": old}
-        better = new < old * (1.0 - min_improvement)
-        promote = better and beats_bigram
-        reason = (f"bits/byte {new:.4f} vs champion {old:.4f} on the current test set "
-                  f"(needs {min_improvement:.1%} better), bigram baseline "
-                  + ("beaten" if beats_bigram else "not beaten"))
+        versions = {"challenger": version, "champion": decision["champion_before"]}
+        scores = {who: score_version(f"models:/{name}/{v}", texts) for who, v in versions.items()}
+        for who, score in scores.items():
+            decision |= {f"{who}_{key}": value for key, value in score.items()}
+        new = scores["challenger"]["charged_bits_per_byte"]
+        old = scores["champion"]["charged_bits_per_byte"]
+        promote = better(new, old, min_improvement) and beats_bigram
+        reason = (f"bits/byte {new:.4f} vs champion {old:.4f} on the current test set, <unk> "
+                  f"bytes charged {UNK_BITS_PER_BYTE:g} bits (needs {min_improvement:.1%} "
+                  "better), bigram baseline " + ("beaten" if beats_bigram else "not beaten"))
     decision |= {"promoted": promote, "reason": reason}
     for key in ("promoted", "reason"):
         client.set_model_version_tag(name, version, f"gate.{key}", str(decision[key]))
@@ -110,7 +161,10 @@ def rollback(name: str) -> str:
     if current is None:
         raise GruflowError(f"model '{name}' has no champion to roll back")
     client = MlflowClient()
-    previous = client.get_model_version(name, current).tags.get("previous_champion")
+    # The alias history knows the whole line of champions (so rollbacks walk back through it);
+    # a registry from before the history only has the version's previous_champion tag.
+    previous = alias_history.rollback_target(name, current) or \
+        client.get_model_version(name, current).tags.get("previous_champion")
     if not previous:
         raise GruflowError(f"champion version {current} of '{name}' has no previous champion")
     client.set_registered_model_alias(name, CHAMPION, previous)
@@ -118,6 +172,8 @@ def rollback(name: str) -> str:
     client.set_model_version_tag(name, previous, "promoted_at", _now())
     client.set_model_version_tag(name, previous, "promotion_reason",
                                  f"rollback from version {current} by {getpass.getuser()}")
+    alias_history.record(name, CHAMPION, current, previous, f"rollback from version {current}",
+                         "rollback")
     return previous
 
 

@@ -9,7 +9,6 @@ only DVC (`dvc status`) and the MLflow registry (the `model_md5` tag of the regi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -25,7 +24,9 @@ from prefect.tasks import exponential_backoff
 from components.errors import GruflowError
 from components.params import Params, load_params
 from flows import tracking
-from flows.placement import dvc_push
+from flows.placement import push_after_run
+from flows.project_lock import project_lock
+from flows.secrets import redact, redacted_errors
 from flows.stages import reproduce
 
 CONCURRENCY_LIMIT = "gruflow-retrain"  # Prefect global concurrency limit (gruflow deploy makes it)
@@ -44,38 +45,22 @@ class RetrainResult:
 
 
 @contextlib.contextmanager
-def exclusive(root: Path) -> Iterator[None]:
-    """At most one retrain per project: a file lock (works without a server), plus the Prefect
-    global concurrency limit `gruflow-retrain` when a Prefect server is configured and has it."""
-    path = root / ".dvc" / "tmp" / "gruflow-retrain.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise GruflowError(f"another retrain of {root} is running ({f.read().strip()}); "
-                               "retrains never overlap — try again when it has finished") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}, flow run {flow_run.id or '-'}")
-        f.flush()
-        try:
-            if os.environ.get("PREFECT_API_URL"):
-                from prefect.concurrency.sync import concurrency
+def exclusive(root: Path, wait: bool = True) -> Iterator[None]:
+    """At most one retrain (or run) per project: the project lock (works without a server),
+    plus the Prefect global concurrency limit `gruflow-retrain` when a Prefect server is
+    configured and has it."""
+    with project_lock(root, wait=wait, command=f"gruflow retrain, flow run {flow_run.id or '-'}"):
+        if os.environ.get("PREFECT_API_URL"):
+            from prefect.concurrency.sync import concurrency
 
-                try:
-                    with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=10):
-                        yield
-                except TimeoutError:
-                    raise GruflowError("another retrain holds the Prefect concurrency limit "
-                                       f"'{CONCURRENCY_LIMIT}'") from None
-            else:
-                yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            try:
+                with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=10):
+                    yield
+            except TimeoutError:
+                raise GruflowError("another retrain holds the Prefect concurrency limit "
+                                   f"'{CONCURRENCY_LIMIT}'") from None
+        else:
+            yield
 
 
 @task(name="refresh-source")
@@ -86,6 +71,7 @@ def refresh_source(root: Path, timeout: float) -> bool:
 
 
 @task(name="what-changed", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@redacted_errors
 def what_changed(root: Path, params: Params) -> tuple[bool, str | None, str]:
     """(nothing to do?, registered version holding the current model, why) — from `dvc status`
     and the registry's `model_md5` tags."""
@@ -112,6 +98,7 @@ def what_changed(root: Path, params: Params) -> tuple[bool, str | None, str]:
 
 
 @task(name="record-skip", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@redacted_errors
 def record_skip(root: Path, params: Params, version: str, reason: str) -> str:
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     with mlflow.start_run(run_name="retrain-skipped",
@@ -121,7 +108,7 @@ def record_skip(root: Path, params: Params, version: str, reason: str) -> str:
     create_markdown_artifact(
         f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
         f"| model | {params.registry.model_name} version {version} |\n"
-        f"| MLflow run | {run.info.run_id} ({mlflow.get_tracking_uri()}) |\n",
+        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n",
         key="gruflow-retrain", description="retrain decision")
     return run.info.run_id
 
@@ -132,7 +119,7 @@ def _report(params: Params, result: RetrainResult, reason: str, tracking_uri: st
     name = params.registry.model_name
     lines = ["# gruflow retrain: trained\n", f"Why: {reason}.\n",
              f"Stages executed: {', '.join(result.executed) or 'none'}\n",
-             f"MLflow parent run `{result.run_id}` in `{tracking_uri}`\n"]
+             f"MLflow parent run `{result.run_id}` in `{redact(tracking_uri)}`\n"]
     m = result.metrics
     if m:
         lines += ["| metric | value |", "|---|---|"]
@@ -151,13 +138,14 @@ def _report(params: Params, result: RetrainResult, reason: str, tracking_uri: st
 
 
 @flow(name="gruflow-retrain", log_prints=True)
-def retrain(project: str = ".", force: bool = False) -> RetrainResult:
+@redacted_errors
+def retrain(project: str = ".", force: bool = False, wait: bool = True) -> RetrainResult:
     start = time.perf_counter()
     root = Path(project).resolve()
     params = load_params(root / "params.yaml")
     os.chdir(root)  # stage commands resolve params.yaml and outputs from the working directory
     log = get_run_logger()
-    with exclusive(root):
+    with exclusive(root, wait):
         tracking_uri = tracking.configure(root, params.mlflow.experiment)
         refresh_source(root, params.orchestration.stage_timeout)
         unchanged, version, reason = what_changed(root, params)
@@ -174,7 +162,7 @@ def retrain(project: str = ".", force: bool = False) -> RetrainResult:
                                metrics=out.metrics, run_id=out.parent_run_id,
                                model_version=out.model_version)
         mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
-        result.pushed = dvc_push(root)
+        result.pushed = push_after_run(root, result.model_version)
         create_markdown_artifact(_report(params, result, reason, tracking_uri),
                                  key="gruflow-retrain", description="retrain decision")
     result.seconds = time.perf_counter() - start

@@ -139,11 +139,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(sub) -> None:
-    s = sub.add_parser("serve", help="serve a model over HTTP (MLflow scoring protocol) with "
-                                     "gruflow's request limits")
+def add_command(sub, common) -> None:
+    s = sub.add_parser("serve", parents=[common],
+                       help="serve a model over HTTP (MLflow scoring protocol) with gruflow's "
+                            "request limits")
     s.add_argument("--model", help="model URI (default: models:/<registry.model_name>@champion)")
-    s.add_argument("--project", default=".", help="project root (default: current folder)")
     s.add_argument("--host", help="default: serve.host in params.yaml")
     s.add_argument("--port", type=int, help="default: serve.port in params.yaml")
     s.set_defaults(func=_serve)

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
-from components.errors import GruflowError
+from components.errors import STAGE_ERROR_ENV, GruflowError
+from flows.rollback import keep_outputs
+
+log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "clean", "tokenize", "embed", "tune", "train", "evaluate")
 TIMEOUT_PARAM = "orchestration.stage_timeout"
+
+
+class StageFailed(GruflowError):
+    """A stage stopped on a user error (its command exited 2 with a one-line message)."""
+
+
+class StageCrashed(RuntimeError):
+    """A stage's command failed unexpectedly (its traceback is in the log file)."""
 
 
 class StageTimeout(GruflowError, TimeoutError):
@@ -74,10 +87,32 @@ def _stop_new_processes(before: set[int]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def all_outs(root: Path) -> list[str]:
+    """Every output path dvc.yaml declares (for the temp-file sweep)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return [o.def_path for s in repo.index.stages for o in s.outs]
+
+
+def _stage_error(stage: str, error_file: Path) -> Exception | None:
+    """The failed command's own one-line reason (written by components.errors.guarded)."""
+    try:
+        report = json.loads(error_file.read_text())
+    except (OSError, ValueError):
+        return None
+    # to the log file only (the console filter drops errors; the redact filter cleans it)
+    log.error("stage %s: command %s failed:\n%s", stage, report.get("command", ""),
+              report.get("traceback", ""))
+    kind = StageFailed if report.get("code") == 2 else StageCrashed
+    return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
+
+
 def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None = None) -> bool:
     """`dvc repro --single-item STAGE`; True when the stage's command actually ran. With
     `timeout` (seconds) a watchdog stops the command when it runs longer (it works in any
-    thread, unlike Prefect's task timeout, which cannot interrupt a blocking wait there)."""
+    thread, unlike Prefect's task timeout, which cannot interrupt a blocking wait there).
+    A failed stage leaves its outputs exactly as they were (DVC deletes them first)."""
     from dvc.repo import Repo
 
     stage_env()
@@ -92,15 +127,26 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
     if watchdog:
         watchdog.daemon = True
         watchdog.start()
-    try:
-        with Repo(str(root)) as repo:
-            ran = repo.reproduce(targets=[target(root, stage)], single_item=True, force=force)
-    except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
-        _stop_new_processes(before)
-        if expired.is_set():
-            raise stage_timeout(stage, timeout) from exc
-        raise
-    finally:
-        if watchdog:
-            watchdog.cancel()
+    state = root / ".gruflow"
+    state.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"error-{stage}.", dir=state) as tmp, \
+            keep_outputs(root, [stage]):
+        error_file = Path(tmp) / "error.json"
+        os.environ[STAGE_ERROR_ENV] = str(error_file)
+        try:
+            with Repo(str(root)) as repo:
+                ran = repo.reproduce(targets=[target(root, stage)], single_item=True,
+                                     force=force)
+        except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
+            _stop_new_processes(before)
+            if expired.is_set():
+                raise stage_timeout(stage, timeout) from exc
+            reason = _stage_error(stage, error_file)
+            if reason is not None:
+                raise reason from exc
+            raise
+        finally:
+            os.environ.pop(STAGE_ERROR_ENV, None)
+            if watchdog:
+                watchdog.cancel()
     return bool(ran)

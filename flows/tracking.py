@@ -6,9 +6,10 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import yaml
@@ -23,15 +24,44 @@ from components.contract import (
     TUNE_PLOTS,
     TUNE_REPORT,
 )
+from components.errors import GruflowError
 from components.params import Params, params_digest
 from components.tuning.best import effective_params
+from flows.gitrepo import git_output
+from flows.secrets import RedactFilter, redact
 
 log = logging.getLogger(__name__)
 
 
+def store_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the sqlite store in the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, in one line, when an http(s) tracking server does not answer: MLflow's own
+    client would retry with back-off for minutes before giving up."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise GruflowError(f"MLflow tracking store {redact(uri)} is unreachable ({exc}) — start "
+                           "the server or fix MLFLOW_TRACKING_URI (unset: the project's "
+                           "mlflow.db)") from None
+
+
 def configure(root: Path, experiment: str) -> str:
     """sqlite store + artifact root in the project unless MLFLOW_TRACKING_URI says otherwise."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    uri = store_uri(root)
+    check_reachable(uri)
+    if redact(uri) != uri:  # MLflow prints run URLs (with the password) on stdout otherwise
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for handler in logging.getLogger("mlflow").handlers:  # MLflow's own stderr handler
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # stage subprocesses log to the same store
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -42,34 +72,62 @@ def configure(root: Path, experiment: str) -> str:
     return uri
 
 
-def _git(root: Path, *args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
+def _dirty(root: Path, outputs: set[str]) -> bool:
+    """Tracked files changed since the commit, other than what the pipeline itself writes
+    (dvc.lock and the stage outputs committed to git, e.g. reports/*.json): the code and
+    params.yaml that made the model are the commit's exactly when this is False."""
+    for path in git_output(root, "diff", "--name-only", "HEAD").splitlines():
+        if path != "dvc.lock" and not any(path == o or path.startswith(o.rstrip("/") + "/")
+                                          for o in outputs):
+            return True
+    return False
+
+
+def _reproducible(root: Path, params: Params) -> str:
+    """'false' when the tune stage accepted a study it cannot reproduce (reports/tune.json)."""
+    report = root / params.paths.reports / "tune.json"
+    try:
+        ok = json.loads(report.read_text()).get("reproducible", True)
+    except (OSError, ValueError):
+        ok = True
+    return str(bool(ok)).lower()
+
+
+def _train_device(root: Path, params: Params) -> str:
+    """Where train ran (reports/train.json): reproduce allows a metric tolerance on a GPU."""
+    try:
+        return str(json.loads((root / params.paths.reports / "train.json").read_text())
+                   .get("device", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
-    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests."""
-    tags = {
-        "git_commit": _git(root, "rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))),
-        "params_digest": params_digest(params),
-        "uv_lock_digest": _digest(root / "uv.lock"),
-        "prefect_flow_run_id": flow_run_id or "",
-    }
+    """git commit + dirty flag, DVC hashes of every stage output, params and lock digests,
+    and whether the run is reproducible."""
+    tags: dict[str, str] = {}
     lock = root / "dvc.lock"
     if lock.is_file():
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         for stage in stages.values():
             for out in stage.get("outs", []):
                 tags[f"dvc.{out['path']}"] = out.get("md5", "")
-    return tags
+    outputs = {key.removeprefix("dvc.") for key in tags}
+    return {
+        "git_commit": git_output(root, "rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(_dirty(root, outputs)),
+        "params_digest": params_digest(params),
+        "uv_lock_digest": _digest(root / "uv.lock"),
+        "dvc_lock_digest": _digest(lock),
+        "prefect_flow_run_id": flow_run_id or "",
+        "reproducible": _reproducible(root, params),
+        "train_device": _train_device(root, params),
+        **tags,
+    }
 
 
 def _numbers(d: dict) -> dict[str, float]:
@@ -101,11 +159,12 @@ def log_tune(run_id: str, reports: Path) -> dict:
     summary = json.loads((reports / TUNE_REPORT).read_text())
     client = MlflowClient()
     metrics = {f"trials_{k}": v for k, v in summary["n_trials"].items()}
-    for key in ("best_value", "defaults_val_loss", "seconds"):
-        if summary[key] is not None:
+    for key in ("best_value", "defaults_val_loss"):
+        if summary.get(key) is not None:
             metrics[key] = summary[key]
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
+    client.set_tag(run_id, "reproducible", str(summary.get("reproducible", True)).lower())
     for name in (*TUNE_PLOTS, TUNE_REPORT):
         if (reports / name).is_file():
             client.log_artifact(run_id, str(reports / name), "tune")
@@ -145,9 +204,67 @@ def serving_info(root: Path, params: Params) -> dict:
             "tokenizer_sha256": file_digest(root / params.paths.tokenizer)}
 
 
-def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
-             metrics: dict) -> str:
-    """Log the pyfunc (tokenizer + Keras model) in `run_id` and register a new version."""
+def project_tag(root: Path) -> str:
+    """Value of the `gruflow.project` tag on a pipeline's parent run: this host and project,
+    so interrupted runs are recognised in a tracking server shared by many projects."""
+    return f"{socket.gethostname()}:{root.resolve()}"
+
+
+def close_interrupted_runs(root: Path, experiment: str) -> list[str]:
+    """Runs left RUNNING by a killed gruflow process of this project (the parent run tagged
+    with `project_tag` and every run nested below it) are ended as KILLED. Call only under
+    the project lock: then no live process of this project owns a run."""
+    client = MlflowClient()
+    exp = mlflow.get_experiment_by_name(experiment)
+    running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
+                                 max_results=1000)
+    mine, verdict = project_tag(root), {}
+
+    def ours(run) -> bool:
+        run_id = run.info.run_id
+        if run_id not in verdict:
+            parent = run.data.tags.get("mlflow.parentRunId")
+            verdict[run_id] = run.data.tags.get("gruflow.project") == mine or (
+                bool(parent) and ours(client.get_run(parent)))
+        return verdict[run_id]
+
+    closed = [r.info.run_id for r in running if ours(r)]
+    for run_id in closed:
+        client.set_terminated(run_id, status="KILLED")
+    if closed:
+        log.warning("closed %d MLflow run(s) a killed gruflow run left RUNNING", len(closed))
+    return closed
+
+
+def drop_orphan_versions(root: Path, name: str) -> list[str]:
+    """Versions of `name` without a `model_md5` tag logged by this project's pipeline runs:
+    a registration killed before its tags (gruflow < this version set tags afterwards; now
+    they are written with the version in one transaction). Deleted, so a rerun registers the
+    model once."""
+    client = MlflowClient()
+    mine, dropped = project_tag(root), []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get("model_md5") or mv.aliases:
+            continue
+        try:
+            owner = client.get_run(mv.run_id).data.tags.get("gruflow.project") if mv.run_id \
+                else None
+        except mlflow.exceptions.MlflowException:
+            owner = None
+        if owner == mine:
+            client.delete_model_version(name, mv.version)
+            dropped.append(str(mv.version))
+    if dropped:
+        log.warning("deleted %s version(s) %s: registration was interrupted before its tags",
+                    name, ", ".join(dropped))
+    return dropped
+
+
+def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[str, str],
+                           metrics: dict) -> str:
+    """Log the pyfunc (tokenizer + Keras model) in `run_id` and register it as a new version
+    of registry.model_name, created together with its tags (model_md5, lineage, metrics) in
+    one registry call: a kill at any moment leaves either no version or a complete one."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -170,15 +287,14 @@ def register(root: Path, params: Params, run_id: str, tags: dict[str, str],
             code_paths=[str(root / "components")],
             signature=signature,
             input_example=(example, DEFAULT_PARAMS),
-            registered_model_name=params.registry.model_name,
         )
-    version = str(model_info.registered_model_version)
-    client = MlflowClient()
+    if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
+        mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
     version_tags = {**tags, "mlflow_run_id": run_id,
                     **{f"metric.{k}": str(v) for k, v in _numbers(metrics).items()}}
-    for key, value in version_tags.items():
-        client.set_model_version_tag(params.registry.model_name, version, key, value)
-    return version
+    mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
+                               tags=version_tags)
+    return str(mv.version)
 
 
 def read_metrics(reports: Path) -> dict:

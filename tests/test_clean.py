@@ -16,7 +16,7 @@ import pytest
 
 from components import clean, ingest
 from components.contract import SPLITS
-from components.data import clean_rules
+from components.data import clean_rules, splits
 from components.errors import GruflowError
 from components.params import Params
 
@@ -110,7 +110,8 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
                             "zero_width_removed", "masked_url", "masked_email", "masked_ip",
                             "masked_phone", "dropped_too_short", "dropped_too_few_words",
                             "dropped_script", "dropped_duplicates", "dropped_near_duplicates",
-                            "documents_out", "characters_out", "split_documents"}
+                            "documents_out", "characters_out", "split_documents",
+                            "split_counts", "test_train_overlap"}
     assert json.loads((tmp_path / "clean.json").read_text()) == summary
 
     rows = clean_rows(tmp_path)
@@ -130,7 +131,8 @@ def test_clean_dedups_across_unicode_forms(params, tmp_path):
     # the rule order: removing U+200B after composing would leave 'e' + U+0301 uncomposed
     forms = ["a café on the corner of the street", "a cafe\u0301 on the corner of the street",
              "a cafe\u200b\u0301 on the corner of the street"]
-    texts = forms + [f"filler document number {i} with words" for i in range(30)]
+    rng = random.Random(1)
+    texts = forms + [random_doc(rng) for _ in range(30)]
     summary = run_clean(params, tmp_path, texts)
     assert summary["dropped_duplicates"] == 2
 
@@ -165,7 +167,7 @@ def test_clean_split_is_stable_when_documents_are_added(params, tmp_path):
 
 def assign_split(doc_ids: list[str], cfg) -> list[str]:
     """Each document's split name, from the stage's own split_codes."""
-    return [clean._BY_CODE[c] for c in clean.split_codes((d.encode() for d in doc_ids), cfg)]
+    return [splits.BY_CODE[c] for c in splits.split_codes((d.encode() for d in doc_ids), cfg)]
 
 
 def test_split_codes_fractions_and_seed(params):

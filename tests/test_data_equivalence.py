@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from components import clean
-from components.data import clean_rules
+from components.data import clean_rules, splits
 from components.data.near_dup import ExactHashes
 
 FRAGMENTS = [
@@ -90,7 +89,7 @@ def test_content_ids_hashes_and_splits_match_their_definitions(params):
     split = params.split.model_copy(update={"val_fraction": 0.2, "test_fraction": 0.3,
                                             "seed": 7})
     for text in (texts, texts.slice(5, 100), texts.slice(0, 0)):
-        ids, hashes, hashed = clean.content_ids(text, split)
+        ids, hashes, hashed = splits.content_ids(text, split)
         want_ids = [hashlib.sha256(v.encode()).hexdigest()[:20] for v in text.to_pylist()]
         assert ids.to_pylist() == want_ids
         assert hashes.tolist() == [int(i[:16], 16) for i in want_ids]
@@ -100,7 +99,7 @@ def test_content_ids_hashes_and_splits_match_their_definitions(params):
             u = int.from_bytes(digest[:8], "big") / 2**64
             want_split.append("test" if u < 0.3 else "val" if u < 0.5 else "train")
         assert hashed.to_pylist() == want_split
-    assert set(clean.content_ids(texts, split)[2].to_pylist()) == {"train", "val", "test"}
+    assert set(splits.content_ids(texts, split)[2].to_pylist()) == {"train", "val", "test"}
 
 
 def test_exact_hashes_answer_like_a_set():

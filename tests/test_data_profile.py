@@ -15,7 +15,7 @@ import pytest
 from components import clean, ingest
 from components.contract import SPLITS
 from components.data import data_profile as profile
-from components.data.near_dup import NearDuplicates
+from components.data.near_dup import NearIndex, signatures
 from components.errors import GruflowError
 from components.params import Params
 
@@ -94,24 +94,29 @@ def test_script_filter_keeps_listed_scripts_and_counts_the_rest(params, tmp_path
     assert all(not any(w in t for w in WORDS) for t in kept_texts(tmp_path))
 
 
-def test_near_duplicates_dropped_only_when_enabled(params, tmp_path):
+def test_near_duplicates_dropped_only_with_dedup_near(params, tmp_path):
     rng = random.Random(2)
     base = [english(rng, 60) for _ in range(30)]
     near = [t.replace(t.split()[5], "lantern", 1) for t in base[:10]]  # one word changed
     assert run_clean(params, tmp_path / "off", base + near)["dropped_near_duplicates"] == 0
-    summary = run_clean(params, tmp_path / "on", base + near, near_dup=True)
+    summary = run_clean(params, tmp_path / "on", base + near, dedup="near")
     assert summary["dropped_near_duplicates"] == 10
     assert summary["documents_out"] == 30
-    assert kept_texts(tmp_path / "on") == set(base)
+    kept = kept_texts(tmp_path / "on")
+    assert set(base[10:]) <= kept  # of each pair one is kept: the one with the smaller doc_id
+    assert all(len(kept & {a, b}) == 1 for a, b in zip(base, near, strict=False))
+    first = min([base[0], near[0]], key=ingest.doc_id)
+    assert first in kept
 
 
 def test_near_duplicates_work_without_spaces():
     rng = random.Random(3)
-    seen = NearDuplicates(threshold=0.8, ngram=5)
     doc = chinese(rng, 400)
-    assert not seen.is_duplicate("a", doc)
-    assert seen.is_duplicate("b", doc[:-3] + "好好。")           # near copy
-    assert not seen.is_duplicate("c", chinese(random.Random(4), 400))  # unrelated text
+    index = NearIndex(threshold=0.8)
+    index.add(*signatures(pa.array([doc, doc[:-3] + "好好。", chinese(random.Random(4), 400)]), 5))
+    pairs, similar = index.pairs()
+    assert pairs.tolist() == [[0, 1]]  # the near copy, not the unrelated text
+    assert similar[0] >= 0.8
 
 
 def test_drift_gate_stops_on_a_changed_corpus_and_keeps_outputs(params, tmp_path):

@@ -4,6 +4,7 @@ own split, ingest units/lists/globs/metadata/HF, and every tokenizer kind (incl.
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -24,8 +25,15 @@ def rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+WORDS = ("parser reads line file again header socket buffer thread module value list name "
+         "returns opens closes writes checks cached integer next").split()
+
+
 def filler(n: int, tag: str = "doc") -> list[str]:
-    return [f"{tag} {i}: the parser reads line {i * 7} of the file again" for i in range(n)]
+    """Distinct documents (random words), so that no two are near-duplicates: near copies
+    share a split, which the split tests here are not about."""
+    rng = random.Random(tag)
+    return [f"{tag} {i}: " + " ".join(rng.choices(WORDS, k=12)) for i in range(n)]
 
 
 def run_ingest(params: Params, source, out: Path, **update) -> dict:

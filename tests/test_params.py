@@ -57,6 +57,17 @@ def test_default_params_load():
          "model.embedding_dim (32) must equal embed.dim (64)"),
         ({"clean__scripts": ["Klingon"]}, "clean.scripts.0"),
         ({"clean__near_dup_threshold": 1.5}, "clean.near_dup_threshold"),
+        ({"clean__dedup": "fuzzy"}, "clean.dedup"),
+        ({"clean__near_dup": False, "clean__dedup": "near"},
+         "clean.dedup 'near' needs clean.near_dup: true"),
+        ({"clean__near_dup": False, "split__group_near_duplicates": True},
+         "split.group_near_duplicates needs clean.near_dup: true"),
+        ({"split__max_test_train_overlap": 1.5}, "split.max_test_train_overlap"),
+        ({"tokenize__pre_tokenizer": "whitespace", "tokenize__kind": "bpe"},
+         "pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'"),
+        ({"tokenize__unk_marker": "<unk>"}, "unk_marker is matched against whole"),
+        ({"tokenize__kind": "word", "tokenize__pre_tokenizer": "whitespace",
+          "tokenize__unk_marker": "a b"}, "must not contain blanks"),
         ({"clean__drift": {"mean_chars": 1.0, "script_mix": 2.0, "top_tokens": 0.5}},
          "clean.drift.script_mix"),
         ({"orchestration__placement": {"train": "gpu-big"}},
@@ -110,5 +121,8 @@ def test_cli_bad_params_one_line_exit_2_and_no_outputs(tmp_path, raw):
     assert len(lines) == 1, proc.stderr
     assert "train.epochs" in lines[0]
     assert "Traceback" not in proc.stderr
-    # bad params stop the run before any stage, tracker or orchestrator writes anything
-    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]
+    # bad params stop the run before any stage, tracker or orchestrator writes anything; the
+    # one line names the log file holding the traceback (flows/entry.py)
+    assert sorted(p.name for p in project.iterdir()) == [".gruflow", "params.yaml"]
+    assert [p.parent.name for p in (project / ".gruflow").rglob("*") if p.is_file()] == ["logs"]
+    assert "(log: " in lines[0]

@@ -184,11 +184,13 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
         assert tags.get(key), key
     assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "challenger").version) == "1"
     metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
-    beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
-    assert tags["gate.promoted"] == str(beats_bigram)
-    if beats_bigram:
-        champion = mlflow_client.get_model_version_by_alias("gruflow-lm", "champion")
-        assert str(champion.version) == "1"
+    # training is deterministic on CPU: two epochs of this tiny model stay above the bigram
+    # baseline of this grammar corpus (5.80 vs 5.14), so the first version is gated and stays
+    # challenger (tests/test_registry_gate.py covers promotion)
+    assert metrics["perplexity"] > metrics["bigram_perplexity"], metrics
+    assert tags["gate.promoted"] == "False"
+    assert "does not beat the bigram baseline" in tags["gate.reason"]
+    assert "champion" not in mlflow_client.get_registered_model("gruflow-lm").aliases
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):

@@ -4,8 +4,8 @@ One tiny project in a temporary folder (components symlinked, params.yaml copied
 model/tokenizer paths, seq_len 64 tuned to 16 in
 artifacts/best_params.json), a small BPE tokenizer and untrained 8-unit Keras models
 whose special tokens are biased away (so generation never stops early and text is never empty),
-and a sqlite MLflow store. Everything registers through flows.tracking.register and is gated
-through flows.registry, exactly as the pipeline's register task does.
+and a sqlite MLflow store. Everything registers through flows.tracking.log_and_register_model and
+is gated through flows.registry, exactly as the pipeline's register task does.
 """
 
 from __future__ import annotations

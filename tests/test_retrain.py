@@ -101,17 +101,3 @@ def test_skip_path_does_not_import_tensorflow(retrains):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "noTF"
-
-
-def test_two_retrains_never_overlap(tmp_path):
-    """The second holder of the project's retrain lock fails at once with a clear message."""
-    from components.errors import GruflowError
-    from flows.retrain import exclusive
-
-    (tmp_path / ".dvc").mkdir()
-    with exclusive(tmp_path):
-        with pytest.raises(GruflowError, match="another retrain .* is running"):
-            with exclusive(tmp_path):
-                pass
-    with exclusive(tmp_path):  # released again
-        pass

@@ -195,8 +195,11 @@ def test_killed_trial_is_failed_and_queued_again(tmp_path, project, monkeypatch)
 
 @pytest.mark.slow
 def test_parallel_workers_share_one_study_and_budget(project):
-    p = make_params(project, n_trials=6, n_workers=2, study_name="parallel", max_epochs=1)
+    p = make_params(project, n_trials=6, n_workers=2, study_name="parallel", max_epochs=1,
+                    accept_nonreproducible=True)
     summary = tune.run(p)
+    assert summary["reproducible"] is False
+    assert summary["nonreproducible_reasons"] == ["trials ran in parallel"]
     trials = journal_trials(p, summary["study"])
     assert 6 <= len(trials) <= 7  # a worker may start one trial while another ends the last
     assert all(t.state.is_finished() for t in trials)
@@ -285,3 +288,74 @@ def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
     assert {r.data.metrics["val_loss"] for r in children} == {1.0, 2.0, 0.5}
     logged = {a.path for a in client.list_artifacts(parent, "tune")}
     assert {"tune/tune_history.png", "tune/tune_importance.png", "tune/tune.json"} <= logged
+
+
+# --- reproducibility: a budget of trials, never of seconds ------------------------------------
+
+
+def slow_fit(seconds: float):
+    import time
+
+    def fit(p, data, callbacks):
+        time.sleep(seconds)
+        for cb in callbacks:
+            cb.on_epoch_end(0, {"val_loss": 1.0})
+        return 1.0
+
+    return fit
+
+
+def test_timeout_that_cuts_the_study_short_fails_and_keeps_previous_outputs(project,
+                                                                            monkeypatch):
+    monkeypatch.setattr(tune, "fit_trial", slow_fit(1.2))
+    p = make_params(project, n_trials=3, timeout=1, study_name="cut")
+    best = Path(p.paths.best_params)
+    best.parent.mkdir(parents=True, exist_ok=True)
+    best.write_text('{"model.units": 8}')
+    with pytest.raises(GruflowError) as err:
+        tune.run(p)
+    msg = str(err.value)
+    assert "after 1 of 3 trials" in msg and "raise tune.timeout" in msg, msg
+    assert "lower tune.n_trials" in msg and "\n" not in msg
+    assert best.read_text() == '{"model.units": 8}'  # the previous output is untouched
+    accepted = make_params(project, n_trials=3, timeout=1, study_name="cut",
+                           accept_nonreproducible=True)
+    summary = tune.run(accepted)  # the rerun continues the study: trial 2 runs, then stops
+    assert summary["reproducible"] is False
+    assert summary["nonreproducible_reasons"] == ["cut short by tune.timeout: 2 of 3 trials"]
+    report = json.loads((Path(p.paths.reports) / "tune.json").read_text())
+    assert report["reproducible"] is False and "seconds" not in report
+
+
+def test_parallel_workers_need_consent(tmp_path):
+    with pytest.raises(GruflowError, match="tune.accept_nonreproducible: true"):
+        make_params(tmp_path, n_workers=2)
+    with pytest.raises(GruflowError, match="'embed': workers: 2 gensim threads"):
+        raw = copy.deepcopy(DEFAULTS)
+        raw["embed"]["workers"] = 2
+        parse_params(raw)
+
+
+def test_sampler_depends_only_on_seed_and_history(project, monkeypatch):
+    """A study run in two sittings (a timeout stop, a restart) samples what one sitting does."""
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0, 0.9, 0.8, 0.7, 0.6]))
+    whole = tune.run(make_params(project, n_trials=5, study_name="whole"))
+    monkeypatch.setattr(tune, "fit_trial", fake_fit([1.0, 0.9, 0.8, 0.7, 0.6]))
+    tune.run(make_params(project, n_trials=2, study_name="parts"))
+    parts = tune.run(make_params(project, n_trials=5, study_name="parts"))
+    one = [t.params for t in journal_trials(make_params(project), whole["study"])]
+    two = [t.params for t in journal_trials(make_params(project), parts["study"])]
+    assert len(one) == 5 and one == two
+    assert len({json.dumps(t, sort_keys=True) for t in one}) > 1  # it did explore
+
+
+def test_trial_sample_is_whole_documents_spread_over_the_split():
+    doc_ids = [f"doc{i}" for i in range(1000)]
+    sizes = np.full(1000, 10)
+    keep = tune.sample_documents(doc_ids, sizes, 0.15, seed=0, at_least=17)
+    assert list(keep) == sorted(keep) and 150 <= len(keep) <= 151
+    assert keep.min() < 100 and keep.max() > 900  # spread, not the first slice
+    assert (np.histogram(keep, bins=4, range=(0, 1000))[0] > 20).all()
+    assert list(tune.sample_documents(doc_ids, sizes, 0.15, 0, 17)) == list(keep)
+    assert list(tune.sample_documents(doc_ids, sizes, 0.15, 1, 17)) != list(keep)
+    assert len(tune.sample_documents(doc_ids[:3], sizes[:3], 0.1, 0, 25)) == 3  # at_least

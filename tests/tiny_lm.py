@@ -82,7 +82,8 @@ def register(project: dict, params, metrics: dict, flow_run_id: str) -> tuple[st
     tags = {**tracking.lineage_tags(root, params, flow_run_id),
             "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest()}
     with mlflow.start_run() as run:
-        version = tracking.register(root, params, run.info.run_id, tags=tags, metrics=metrics)
+        version = tracking.log_and_register_model(root, params, run.info.run_id, tags=tags,
+                                                  metrics=metrics)
     return version, run.info.run_id
 
 

@@ -51,8 +51,18 @@ def best_params(study: optuna.Study) -> dict:
     return {k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in params.items()}
 
 
-def summarise(study: optuna.Study | None, seconds: float) -> dict:
-    """reports/tune.json: best and params.yaml (trial 0) values, trials by state, time."""
+def concurrent(trials: list) -> bool:
+    """Did any two trials run at the same time (parallel workers, `gruflow tune-worker`)?
+    Then each one's sample depended on which results the others had reported yet."""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+                   if t.datetime_start is not None and t.datetime_complete is not None)
+    return any(start < end for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
+def summarise(study: optuna.Study | None, n_trials: int = 0) -> dict:
+    """reports/tune.json: best and params.yaml (trial 0) values, trials by state, and whether
+    the study is reproducible (all n_trials finished, one after another). No times: this file
+    is a DVC output and must not depend on how fast the machine was."""
     trials = study.get_trials(deepcopy=False) if study is not None else []
     interrupted = {t.number for t in trials if t.user_attrs.get("interrupted")}
     by_state = {name: sum(t.state == state and t.number not in interrupted for t in trials)
@@ -62,15 +72,18 @@ def summarise(study: optuna.Study | None, seconds: float) -> dict:
     best = min(complete, key=lambda t: t.value) if complete else None
     defaults = [t for t in complete if t.user_attrs.get("defaults")]
     finished = sum(by_state.values())
+    reasons = []
+    if study is not None and finished < n_trials:
+        reasons.append(f"cut short by tune.timeout: {finished} of {n_trials} trials")
+    if concurrent(trials):
+        reasons.append("trials ran in parallel")
     return {
         "enabled": study is not None, "study": study.study_name if study else None,
         "best_value": best.value if best else None, "best_trial": best.number if best else None,
         "defaults_val_loss": defaults[0].value if defaults else None,
         "n_trials": {**by_state, "interrupted": len(interrupted)},
         "pruned_fraction": round(by_state["pruned"] / finished, 3) if finished else 0.0,
-        "seconds": round(seconds, 1),
-        "trial_seconds": round(sum(t.duration.total_seconds() for t in trials
-                                   if t.duration is not None), 1),
+        "reproducible": not reasons, "nonreproducible_reasons": reasons,
     }
 
 

@@ -32,7 +32,7 @@ def study_name(p: Params, data_digest: str) -> str:
     """tune.study_name + a digest of what defines the objective; budget and storage excluded,
     so raising n_trials continues the study and any other change starts a new one."""
     objective = p.tune.model_dump(exclude={"n_trials", "timeout", "n_workers", "storage",
-                                           "study_name"})
+                                           "study_name", "accept_nonreproducible"})
     train = p.train.model_dump(exclude=UNUSED_TRAIN_KEYS)
     blob = json.dumps([objective, p.model.model_dump(), train, data_digest],
                       sort_keys=True).encode()
@@ -80,6 +80,27 @@ def _redact(url: str) -> str:
         return url.split("@")[-1]
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random state is reseeded before each trial from tune.seed and the trial's
+    place in the study (earlier trials not marked interrupted): what trial k samples depends
+    only on the seed and trials 0..k-1, never on how many processes or restarts came before.
+    Optuna seeds a sampler once per process; a study resumed after tune.timeout stopped it, or
+    after a kill, would otherwise sample differently from an uninterrupted one."""
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial) -> None:
+        place = sum(1 for t in study.get_trials(deepcopy=False)
+                    if t.number < trial.number and not t.user_attrs.get("interrupted"))
+        seed = (self._base_seed * 1_000_003 + place) % 2**32
+        # Private in Optuna 5.0 (no public way to set a seed after construction).
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
 def open_study(p: Params, storage, data_digest: str, worker: int) -> optuna.Study:
     """Create or load the study; a fresh one starts with the params.yaml values as trial 0."""
     name = study_name(p, data_digest)
@@ -90,10 +111,8 @@ def open_study(p: Params, storage, data_digest: str, worker: int) -> optuna.Stud
                     for n in p.tune.space}
         study.enqueue_trial(defaults, user_attrs={"defaults": True})
     t = p.tune
-    # Seeded by worker and study size: a restart does not replay the first run's samples.
-    sampler = optuna.samplers.TPESampler(
-        seed=t.seed + 1000 * worker + len(study.trials), n_startup_trials=t.sampler_startup_trials,
-        constant_liar=t.n_workers > 1)
+    sampler = TrialSeededTPE(t.seed, n_startup_trials=t.sampler_startup_trials,
+                             constant_liar=t.n_workers > 1)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
                                           n_warmup_steps=t.pruner_warmup_epochs)
               if t.pruner == "median" else

@@ -1,4 +1,5 @@
-"""`gruflow retrain`, `gruflow deploy` and `gruflow worker`: import-light CLI glue.
+"""The operations commands `gruflow retrain`, `gruflow deploy` and `gruflow worker`:
+import-light CLI glue around flows/retrain.py, prefect.yaml and Prefect's worker.
 
 `gruflow deploy` reads `orchestration.schedule`, `.timezone` and `.pool` from params.yaml and
 passes them to `prefect deploy --all` as the env values prefect.yaml templates
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from components.errors import GruflowError
 from components.params import load_params
+from flows.gitrepo import git_output
 
 
 def _prefect(*args: str, env: dict | None = None, cwd: Path | None = None,
@@ -28,17 +30,17 @@ def _prefect(*args: str, env: dict | None = None, cwd: Path | None = None,
     return out
 
 
-def _git(root: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
 def _retrain(args: argparse.Namespace) -> int:
+    from flows import tracking
+    from flows.project_lock import project_lock
+
     root = Path(args.project).resolve()
     load_params(root / "params.yaml")
-    from flows.retrain import retrain
+    tracking.check_reachable(tracking.store_uri(root))
+    with project_lock(root, wait=not args.no_wait, command="gruflow retrain"):
+        from flows.retrain import retrain
 
-    r = retrain(project=str(root), force=args.force)
+        r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, "
               f"{r.seconds:.1f} s)")
@@ -53,14 +55,15 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def env_for_deploy(root: Path) -> dict[str, str]:
     o = load_params(root / "params.yaml").orchestration
-    git_url = os.environ.get("GRUFLOW_GIT_URL") or _git(root, "remote", "get-url", "origin")
+    git_url = os.environ.get("GRUFLOW_GIT_URL") or \
+        git_output(root, "remote", "get-url", "origin")
     if not git_url:
         raise GruflowError("deployments clone the code from git: add a remote named origin "
                            "(or set GRUFLOW_GIT_URL) and push your commit")
     return {**os.environ, "GRUFLOW_SCHEDULE": o.schedule, "GRUFLOW_TIMEZONE": o.timezone,
             "GRUFLOW_POOL": o.pool, "GRUFLOW_GIT_URL": git_url,
             "GRUFLOW_GIT_BRANCH": os.environ.get("GRUFLOW_GIT_BRANCH")
-            or _git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main"}
+            or git_output(root, "rev-parse", "--abbrev-ref", "HEAD") or "main"}
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -88,18 +91,20 @@ def _worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def add_commands(sub) -> None:
-    r = sub.add_parser("retrain", help="refresh the data; retrain, gate and push only when "
-                                       "something changed")
-    r.add_argument("--project", default=".", help="project root (default: current folder)")
+def add_commands(sub, common: argparse.ArgumentParser) -> None:
+    """retrain, deploy, worker; `common` is the CLI's shared --project option."""
+    r = sub.add_parser("retrain", parents=[common], help="refresh the data; retrain, gate and "
+                                                         "push only when something changed")
     r.add_argument("--force", action="store_true", help="retrain even when nothing changed")
+    r.add_argument("--no-wait", action="store_true",
+                   help="fail at once when another run holds the project lock")
     r.set_defaults(func=_retrain)
-    d = sub.add_parser("deploy", help="create the work pool if missing and deploy prefect.yaml")
-    d.add_argument("--project", default=".", help="project root (default: current folder)")
+    d = sub.add_parser("deploy", parents=[common],
+                       help="create the work pool if missing and deploy prefect.yaml")
     d.set_defaults(func=_deploy)
     w = sub.add_parser("worker", help="start a Prefect worker on a work pool")
     w.add_argument("--pool", default="gpu")
     w.set_defaults(func=_worker)
     from flows.serve import add_command as add_serve  # `gruflow serve`: model server
 
-    add_serve(sub)
+    add_serve(sub, common)

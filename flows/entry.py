@@ -1,0 +1,131 @@
+"""The one error path of every `gruflow` command: one line on stderr, the traceback in a file.
+
+Usage: `return entry.run(args.func, args, root)` from `flows.cli.main`. Before any Prefect
+import it sets the environment the commands need:
+- `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` (180 s unless set): Prefect's temporary
+  server needs more than its 20 s default on a busy 2-core machine;
+- `PREFECT_LOGGING_SETTINGS_PATH` (flows/logging.yml unless set): Prefect's console shows no
+  tracebacks or errors, every record goes to the run's log file, credentials are redacted;
+- `GRUFLOW_LOG_FILE`: `.gruflow/logs/<UTC time>-<pid>.log` in the project (stage commands
+  append their tracebacks there too).
+Exit codes: 2 for user errors (`GruflowError`: bad params, bad source, lock held with
+--no-wait), 1 for everything else, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from components.errors import GruflowError
+from flows.secrets import redact
+
+STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_SECONDS = "180"
+LOGGING_ENV = "PREFECT_LOGGING_SETTINGS_PATH"
+LOG_FILE_ENV = "GRUFLOW_LOG_FILE"
+LOG_DIR = Path(".gruflow") / "logs"
+KEEP_LOGS = 50
+
+
+class OneLineError(RuntimeError):
+    """A failure that is not the user's mistake, already worded for the user (exit 1)."""
+
+
+class RunLogHandler(logging.FileHandler):
+    """Appends to the run's log file ($GRUFLOW_LOG_FILE); a no-op sink when it is unset."""
+
+    def __init__(self) -> None:
+        path = os.environ.get(LOG_FILE_ENV)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path or os.devnull, delay=True, encoding="utf-8")
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps tracebacks and error records off the console: they are in the log file, and the
+    CLI says what failed in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or record.exc_info:
+            return False
+        # Prefect's "Finished in state Failed('...')" repeats the error the CLI prints
+        message = record.getMessage()
+        return not (message.startswith("Finished in state") and "Completed" not in message)
+
+
+def log_file_for(root: Path) -> Path:
+    """The command's log file (created when first written: by Prefect's logging or a failure)."""
+    logs = root / LOG_DIR
+    for old in sorted(logs.glob("*.log"))[:-KEEP_LOGS]:  # names sort by time
+        old.unlink(missing_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return logs / f"{stamp}-{os.getpid()}.log"
+
+
+def prepare(root: Path, prefect_logging: bool = True) -> Path:
+    """Environment for a command run in project `root` (before Prefect is imported).
+    `prefect_logging=False` for commands that hand over to the `prefect` CLI (deploy, worker):
+    their processes keep Prefect's own logging."""
+    os.environ.setdefault(STARTUP_ENV, STARTUP_SECONDS)
+    # dvc push after the flow runs as a task outside any flow run: nothing to send to the API
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    if prefect_logging:
+        os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
+    log_file = log_file_for(root)
+    os.environ[LOG_FILE_ENV] = str(log_file)
+    return log_file
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line saying what failed and what to do)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, GruflowError):
+        return 2, str(exc)
+    if isinstance(exc, OneLineError):
+        return 1, str(exc)
+    if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in text:
+        return 1, (f"Prefect's temporary server did not start within {os.environ.get(STARTUP_ENV)}"
+                   f" s (busy machine?) — raise {STARTUP_ENV}, or run `prefect server start` "
+                   "once and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    if type(exc).__name__ == "LockError" and type(exc).__module__.startswith("dvc"):
+        return 1, (f"DVC's repository lock is taken ({text}) — another dvc command runs in "
+                   "this project: wait for it to finish, then run again")
+    first = text[:300] + ("…" if len(text) > 300 else "")
+    return 1, f"{type(exc).__name__}: {first}"
+
+
+def _write_traceback(log_file: Path, exc: BaseException) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as f:
+        f.write(f"--- gruflow {' '.join(sys.argv[1:])} failed:\n")
+        f.write(redact("".join(traceback.format_exception(exc))))
+
+
+def run(func: Callable, args, root: Path) -> int:
+    """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
+    saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
+                                            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
+    try:
+        return func(args)
+    except KeyboardInterrupt as exc:
+        _write_traceback(log_file, exc)
+        print(f"gruflow: interrupted (log: {log_file})", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        _write_traceback(log_file, exc)
+        code, message = explain(exc)
+        print(f"gruflow: error: {redact(message)} (log: {log_file})", file=sys.stderr)
+        return code
+    finally:  # a command called in-process (tests) leaves the environment as it found it
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,100 @@
+"""A failed stage or run leaves the project's outputs exactly as they were.
+
+Usage: `with keep_outputs(root, ["ingest"]): repo.reproduce(...)` (one stage), or
+`with keep_outputs(root): ...` around a whole run (every stage, plus dvc.lock).
+DVC deletes a stage's outputs before running it, and a run's earlier stages may have replaced
+theirs. On failure the cached outputs come back from the DVC cache (`dvc checkout`, as the
+restored dvc.lock records them) and the uncached ones (metrics, plots, reports: not in the
+cache) from a copy taken before; outputs that did not exist before are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _target(root: Path, stage: str) -> str:
+    return f"{root / 'dvc.yaml'}:{stage}"
+
+
+def _outs(root: Path, stages: list[str] | None) -> list[tuple[str, bool]]:
+    """(path relative to root, cached?) of every out, metric and plot of the stages (all)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        if stages is None:
+            found = list(repo.index.stages)
+        else:
+            found = [s for name in stages for s in repo.stage.collect(_target(root, name))]
+        return [(o.def_path, bool(o.use_cache)) for s in found for o in s.outs]
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _restore(root: Path, stages: list[str] | None, outs: list[tuple[str, bool]],
+             existed: set[str], store: Path) -> None:
+    from dvc.repo import Repo
+
+    if stages is None:  # a whole run: the lock file too (stages that succeeded rewrote it)
+        _remove(root / "dvc.lock")
+        if (store / "dvc.lock").exists():
+            _copy(store / "dvc.lock", root / "dvc.lock")
+    for rel, cached in outs:
+        _remove(root / rel)
+        if not cached and rel in existed:
+            _copy(store / "outs" / rel, root / rel)
+    if any(cached and rel in existed for rel, cached in outs):
+        targets = None if stages is None else [_target(root, s) for s in stages]
+        with Repo(str(root)) as repo:
+            repo.checkout(targets=targets, force=True)
+
+
+def _refused(exc: BaseException) -> bool:
+    """DVC refused to start (its repository lock is taken): nothing was deleted."""
+    from dvc.lock import LockError
+
+    return isinstance(exc, LockError)
+
+
+@contextlib.contextmanager
+def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
+    """Restore the outputs of `stages` (None: all stages and dvc.lock) if the block fails."""
+    outs = _outs(root, stages)
+    state = root / ".gruflow"
+    state.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="snapshot.", dir=state) as tmp:
+        store = Path(tmp)
+        existed = {rel for rel, _ in outs if (root / rel).exists()}
+        for rel, cached in outs:
+            if not cached and rel in existed:
+                _copy(root / rel, store / "outs" / rel)
+        if stages is None and (root / "dvc.lock").exists():
+            _copy(root / "dvc.lock", store / "dvc.lock")
+        try:
+            yield
+        except BaseException as exc:
+            if not _refused(exc):
+                try:
+                    _restore(root, stages, outs, existed, store)
+                    log.info("failed: outputs of %s restored", ", ".join(stages or ["all"]))
+                except Exception:
+                    log.exception("the previous outputs could not be restored: run "
+                                  "`dvc checkout` (reports without a DVC cache are lost)")
+            raise

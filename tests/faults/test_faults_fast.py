@@ -1,0 +1,219 @@
+"""Fault handling without a pipeline run: redaction, the one error line, the project lock,
+rollback of a failed stage or run in a real DVC repository, paths outside the project."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.exceptions import ReproductionError
+
+from tests.faults.kit import digests, error_lines, fault_env, gruflow
+from tests.test_pipeline_e2e import ROOT, tiny_project
+
+SECRET = "s3cr3t-P4ss"
+
+
+# --- redaction ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    (f"http://user:{SECRET}@host:5000/api", "http://user:***@host:5000/api"),
+    (f"in https://u:{SECRET}@h.example.com (browse)", "in https://u:***@h.example.com (browse)"),
+    (f"postgresql://mlflow:{SECRET}@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+    (f"ssh://git:p@ss:{SECRET}@host/x", "ssh://git:***@host/x"),  # '@' and ':' in a password
+    ("s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b",
+     "s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b"),  # nothing to hide
+])
+def test_redact_hides_passwords_only(text, expected):
+    from flows.secrets import redact
+
+    assert redact(text) == expected
+
+
+def test_redact_filter_cleans_message_args_and_traceback():
+    from flows.secrets import RedactFilter
+
+    try:
+        raise ConnectionError(f"API request to http://u:{SECRET}@h/api failed")
+    except ConnectionError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "store %s",
+                                   (f"http://u:{SECRET}@h",), sys.exc_info())
+    assert RedactFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert SECRET not in text and "http://u:***@h" in text and "ConnectionError" in text
+
+
+# --- one error line, exit codes ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project, committed, never run (enough for errors raised before any stage)."""
+    return tiny_project(tmp_path_factory.mktemp("fast"))
+
+
+def test_explain_maps_exceptions_to_exit_codes():
+    from components.errors import GruflowError
+    from flows.entry import OneLineError, explain
+
+    assert explain(GruflowError("bad source")) == (2, "bad source")
+    assert explain(OneLineError("push failed"))[0] == 1
+    code, line = explain(RuntimeError("Timed out while attempting to connect to ephemeral "
+                                      "Prefect API server."))
+    assert code == 1 and "prefect server start" in line and "PREFECT_API_URL" in line
+    code, line = explain(KeyError("x\nmore"))
+    assert code == 1 and line.startswith("KeyError:") and "\n" not in line
+
+
+def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["paths"]["raw"] = "../outside/raw"
+    bad = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(bad)], check=True)
+    (bad / "params.yaml").write_text(yaml.safe_dump(params))
+    out = gruflow(bad, fault_env(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert error_lines(out.stderr) == [line for line in out.stderr.splitlines() if line]
+    assert "'paths.raw': must be a path inside the project" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_tracking_store_fails_fast_in_one_line(project, tmp_path):
+    """Nothing listens on port 9 of loopback: one line before Prefect or any stage starts
+    (MLflow's own client would retry with back-off for minutes)."""
+    env = fault_env(tmp_path, MLFLOW_TRACKING_URI=f"http://user:{SECRET}@127.0.0.1:9")
+    began = time.monotonic()
+    out = gruflow(project, env)
+    seconds = time.monotonic() - began
+    print(f"unreachable tracking store: exit {out.returncode} after {seconds:.1f} s")
+    assert out.returncode == 2
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and "tracking store http://user:***@127.0.0.1:9 is unreachable" \
+        in lines[0]
+    assert "Traceback" not in out.stderr and SECRET not in out.stderr + out.stdout
+    assert "Starting temporary server" not in out.stderr  # failed before Prefect started
+    log = Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and SECRET not in log.read_text()
+
+
+def test_no_wait_names_the_holder_in_one_line(project, tmp_path):
+    """Another process holds the project lock: `gruflow run --no-wait` fails at once naming
+    its pid; `retrain --no-wait` too."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from flows.project_lock import "
+         "project_lock\nwith project_lock(Path(sys.argv[1]), command='holder'):\n"
+         "    print('held', flush=True); time.sleep(600)", str(project)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for command in ("run", "retrain"):
+            out = gruflow(project, fault_env(tmp_path), "--no-wait", command=command)
+            assert out.returncode == 2, out.stderr
+            lines = [line for line in out.stderr.splitlines() if line]
+            assert lines == error_lines(out.stderr) and len(lines) == 1
+            assert f"in use by pid {holder.pid} (holder" in lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- rollback in a real DVC repository ------------------------------------------------------
+
+def _dvc_project(root: Path) -> None:
+    """Two stages: `first` writes a cached file and an uncached metric from input.txt,
+    `second` copies it (and fails when input.txt says 'fail-second')."""
+    from dvc.repo import Repo
+
+    first = ("import json, sys; t = open('input.txt').read(); "
+             "sys.exit(2) if t == 'fail-first' else None; "
+             "open('out1.txt', 'w').write(t.upper()); "
+             "json.dump({'n': len(t)}, open('m1.json', 'w'))")
+    second = ("import sys; t = open('out1.txt').read(); "
+              "sys.exit(2) if t == 'FAIL-SECOND' else open('out2.txt', 'w').write(t * 2)")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "first": {"cmd": f'python -c "{first}"', "deps": ["input.txt"], "outs": ["out1.txt"],
+                  "metrics": [{"m1.json": {"cache": False}}]},
+        "second": {"cmd": f'python -c "{second}"', "deps": ["out1.txt"],
+                   "outs": ["out2.txt"]}}}))
+    Repo.init(str(root), no_scm=True).close()
+    (root / "input.txt").write_text("good")
+    with Repo(str(root)) as repo:
+        repo.reproduce(targets=[str(root / "dvc.yaml")])
+
+
+def test_failed_stage_restores_cached_and_uncached_outputs(tmp_path, monkeypatch):
+    from flows.stages import StageCrashed, reproduce
+
+    monkeypatch.chdir(tmp_path)  # DVC's run cache resolves paths against the working dir
+    _dvc_project(tmp_path)
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    (tmp_path / "input.txt").write_text("fail-first")
+    with pytest.raises(ReproductionError) as info:
+        reproduce(tmp_path, "first")
+    assert not isinstance(info.value, StageCrashed)  # a plain command: DVC's own error
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+    assert not list((tmp_path / ".gruflow").glob("snapshot.*"))
+
+
+def test_failed_run_rolls_back_the_stages_that_succeeded(tmp_path, monkeypatch):
+    """`first` succeeds on new input and rewrites out1/m1/dvc.lock, then `second` fails: the
+    whole run's outputs and dvc.lock come back as before (flows.rollback.keep_outputs, as the
+    pipeline flow uses it)."""
+    from flows.rollback import keep_outputs
+    from flows.stages import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    _dvc_project(tmp_path)
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    (tmp_path / "input.txt").write_text("fail-second")
+    with pytest.raises(ReproductionError), keep_outputs(tmp_path):
+        assert reproduce(tmp_path, "first")  # ran: new out1, m1 and lock entry
+        assert (tmp_path / "out1.txt").read_text() == "FAIL-SECOND"
+        reproduce(tmp_path, "second")
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+
+
+def test_sweep_removes_atomic_write_leftovers(tmp_path):
+    from flows.project_lock import sweep_temp
+
+    (tmp_path / "data" / ".clean.abc123").mkdir(parents=True)
+    (tmp_path / "data" / ".tokens.old").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / ".metrics.json.x1.json").write_text("{}")
+    (tmp_path / "reports" / ".gitignore").write_text("keep")
+    removed = sweep_temp(tmp_path, ["data/clean", "data/tokens", "reports/metrics.json"])
+    assert len(removed) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".gitignore"]
+
+
+def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch):
+    """A plain `dvc` command holds DVC's repository lock: the stage is refused, its outputs
+    stay as they are, and the CLI's line says what to do."""
+    from dvc.lock import LockError
+
+    from flows.entry import explain
+    from flows.stages import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    _dvc_project(tmp_path)
+    (tmp_path / "input.txt").write_text("changed")
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dvc.repo import Repo\n"
+         "with Repo(sys.argv[1]).lock:\n    print('held', flush=True); time.sleep(600)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as info:
+            reproduce(tmp_path, "first")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+    code, line = explain(info.value)
+    assert code == 1 and "another dvc command runs in this project" in line and "\n" not in line
