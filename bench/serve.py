@@ -42,7 +42,8 @@ def raw_generate(model, tokenizer, prompt: str, seq_len: int) -> tuple[str, int]
     start = len(ids)
     for _ in range(NEW_TOKENS):
         window = np.array([ids[-seq_len:]], dtype=np.int32)  # (1, T)
-        logits = np.asarray(model.predict_on_batch(window))[0, -1]  # (V,)
+        cold = [np.zeros((1, int(h.shape[-1])), np.float32) for h in model.inputs[1:]]
+        logits = np.asarray(model.predict_on_batch([window, *cold])[0])[0, -1]  # (V,)
         nxt = int(np.argmax(logits))
         if nxt == EOS:
             break

@@ -2,8 +2,9 @@
 
 Usage: `python -m bench.train` -> reports/bench/train.json: row `train` (`value` = training
 tokens/s of components.train.fit, `raw_value` = tokens/s of `model.fit` of the same model on
-the same windows held in memory as NumPy arrays, validated on the same val windows, same run,
-`ratio` = value / raw_value, floor 0.9), plus `flops_per_token` (forward, analytic) and
+the same streams of windows held in memory as NumPy arrays (state carried, in order),
+validated on the same val split by the same callback, same run, `ratio` = value / raw_value,
+floor 0.9), plus `flops_per_token` (forward, analytic) and
 `achieved_flops` (3 x forward FLOPs per training token x tokens/s). Both sides train 2
 epochs; the second (compiled) epoch is timed.
 Uses the first BENCH_TOKENS tokens of data/tokens/train.parquet (run `make run` first).
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import write_json
-from components.lm.fit import compiled_model, flops_per_token, seed_everything, steps_per_epoch
-from components.lm.windows import make_windows, read_stream
+from components.lm.fit import compiled_model, flops_per_token, seed_everything, validation
+from components.lm.windows import make_streams, read_stream, stream_count
 from components.params import load_params
 
 BENCH_TOKENS = 150_000
@@ -40,9 +41,11 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> 
     import keras
 
     seed_everything(p.train.seed)
-    x, y, w = make_windows(train, p.train.seq_len)
+    t = p.train
+    streams = stream_count(train.size, t.seq_len, t.batch_size)
+    x, y, w = (a.reshape(-1, t.seq_len) for a in make_streams(train, streams, t.seq_len))
     # the stage's own recipe (model, optimizer, loss, compile): only the input path differs
-    model = compiled_model(p, vocab, train, None, steps_per_epoch(train, p.train))
+    model = compiled_model(p, vocab, train, None, len(x) // streams, streams)
     times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -52,9 +55,9 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
-    xv, yv, wv = make_windows(val, p.train.seq_len)  # validated each epoch, as the stage is
-    model.fit(x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=2, shuffle=True,
-              validation_data=(xv, yv, wv), callbacks=[Timer()], verbose=0)
+    # validated each epoch by the stage's own callback (val read as evaluate reads test)
+    model.fit(x, y, sample_weight=w, batch_size=streams, epochs=2, shuffle=False,
+              callbacks=[validation(val, p.train), Timer()], verbose=0)
     return float(w.sum()) / times[-1]
 
 

@@ -1,9 +1,12 @@
 """Stage `evaluate`: score the trained LM and two count baselines on the test split.
 
-Usage: `python -m components.evaluate`. Writes reports/metrics.json (DVC metrics) with
-perplexity per token, bits per byte, top-1/top-5 token accuracy, loss by position bucket and
-the baselines: an add-one unigram (`baseline_perplexity`) and a Witten-Bell bigram
-(`bigram_perplexity`); plots under reports/plots/ and seeded samples in reports/samples.md.
+Usage: `python -m components.evaluate`. Writes reports/metrics.json (DVC metrics): perplexity
+per token, per word and bits per byte, top-1/top-5 token accuracy, loss by position in the
+window, and the baselines scored on the same targets: an add-one unigram
+(`baseline_perplexity`) and a Witten-Bell bigram (`bigram_perplexity`); plots under
+reports/plots/ and seeded samples in reports/samples.md. Targets are the real next tokens
+(`<eos>` counted, `<bos>` never); the test split is read as evaluate.batch_size parallel
+streams with the GRU state carried across windows (components/lm/inference.py).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from components.contract import (
 )
 from components.errors import GruflowError, guarded
 from components.lm import plots
-from components.lm.inference import generate, token_stats
-from components.lm.windows import make_windows, read_stream, unigram_log_probs
+from components.lm.inference import generate, score_stream, zero_states
+from components.lm.windows import read_stream, stream_count, target_weights, unigram_log_probs
 from components.params import Params, load_params
 from components.tuning.best import effective_params
 
@@ -51,31 +54,47 @@ def bigram_log_probs(train: np.ndarray, test: np.ndarray, vocab_size: int) -> np
 
 
 def score_model(model, test: np.ndarray, seq_len: int, batch_size: int) -> dict:
-    """Summed NLL (nats), tokens, top-1/top-5 rates, per-target NLL and loss by position."""
-    x, y, w = make_windows(test, seq_len)
-    nll, rank = token_stats(model, x, y, batch_size)  # (N, T) each
-    n = float(w.sum())
-    per_target = (nll * w).reshape(-1)[: test.size - 1]  # target i predicts test[i + 1]
+    """Summed NLL (nats) over the real targets, their count, top-1/top-5 rates, per-target NLL
+    (0 where no target) and mean loss by position in the window."""
+    s = score_stream(model, test, seq_len, stream_count(test.size, seq_len, batch_size))
+    w, rank, pos = s["weight_at"], s["rank_at"], s["pos_at"]
+    n = float(s["targets"])
     by_position = {}
     lo = 0
     while lo < seq_len:  # buckets 0, 1, 2-3, 4-7, ...: does attention help later positions?
         hi = min(max(2 * lo, 1), seq_len)
-        weight = w[:, lo:hi].sum()
-        if weight:
-            by_position[f"{lo}-{hi - 1}"] = float((nll[:, lo:hi] * w[:, lo:hi]).sum() / weight)
+        inside = w * ((pos >= lo) & (pos < hi))
+        if inside.sum():
+            by_position[f"{lo}-{hi - 1}"] = float((s["nll_at"] * inside).sum() / inside.sum())
         lo = hi
-    return {"nll": float(per_target.sum()), "tokens": n,
+    return {"nll": s["nll"], "tokens": n,
             "top1": float(((rank < 1) * w).sum() / n), "top5": float(((rank < 5) * w).sum() / n),
-            "per_target_nll": per_target, "loss_by_position": by_position}
+            "per_target_nll": s["nll_at"], "per_target_weight": w,
+            "loss_by_position": by_position}
 
 
-def per_document(per_target: np.ndarray, doc_lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+def per_document(per_target: np.ndarray, weight: np.ndarray,
+                 doc_lengths: np.ndarray) -> tuple[np.ndarray, ...]:
     """Perplexity of each document from the NLL of the targets that fall inside it."""
     owner = np.repeat(np.arange(len(doc_lengths)), doc_lengths)[1:]  # doc of each target
-    nll = np.bincount(owner, weights=per_target, minlength=len(doc_lengths))
-    counts = np.bincount(owner, minlength=len(doc_lengths))
+    nll = np.bincount(owner, weights=per_target * weight, minlength=len(doc_lengths))
+    counts = np.bincount(owner, weights=weight, minlength=len(doc_lengths))
     keep = counts > 0
     return doc_lengths[keep], np.exp(nll[keep] / counts[keep])
+
+
+def baseline_nll(train: np.ndarray, test: np.ndarray, vocab_size: int) -> dict[str, float]:
+    """Summed NLL of the unigram and the bigram baseline over the model's targets."""
+    w = target_weights(test[1:]).astype(np.float64)
+    uni = unigram_log_probs(train, vocab_size).astype(np.float64)
+    return {"unigram": float(-(uni[test[1:]] * w).sum()),
+            "bigram": float(-(bigram_log_probs(train, test, vocab_size) * w).sum())}
+
+
+def count_words(texts: list[str]) -> int:
+    """Whitespace-separated words plus one end per document: the unit of word perplexity
+    (the `<eos>` target is the end of a document, as a line end is in word-level benchmarks)."""
+    return sum(len(t.split()) for t in texts) + len(texts)
 
 
 def write_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -> None:
@@ -97,7 +116,8 @@ def attention_inputs(model, tokenizer, ids: list[list[int]]) -> list:
     maps = []
     for doc in ids[:N_SAMPLES]:
         x = np.array([doc[:ATTENTION_TOKENS]], dtype=np.int32)  # (1, T)
-        alpha = np.asarray(probe.predict_on_batch(x))[0]  # (T, T)
+        states = zero_states(model, 1)  # the opening window of a document: a cold start
+        alpha = np.asarray(probe.predict_on_batch([x, *states] if states else x))[0]  # (T, T)
         maps.append(([tokenizer.decode([i]) or tokenizer.id_to_token(i) for i in x[0]], alpha))
     return maps
 
@@ -115,29 +135,39 @@ def run(p: Params) -> dict:
         raise GruflowError(f"{paths.model}: missing — run the train stage first")
     model = keras.saving.load_model(paths.model, safe_mode=True)
     tokenizer = Tokenizer.from_file(paths.tokenizer)
-    vocab_size = int(model.output_shape[-1])
+    vocab_size = int(model.outputs[0].shape[-1])
     s = score_model(model, test, p.train.seq_len, p.evaluate.batch_size)
     table = pq.read_table(split_file(tokens, "test"), columns=["ids", "n_bytes"]).to_pydict()
     n_bytes = sum(table["n_bytes"]) + EOS_BYTES * len(table["n_bytes"])  # each doc's <eos>
-    uni = unigram_log_probs(train, vocab_size)
+    texts = pq.read_table(split_file(paths.clean, "test"), columns=["text"]).column("text")
+    texts = texts.to_pylist()
+    if len(texts) != len(table["ids"]):
+        raise GruflowError(f"{split_file(paths.clean, 'test')} has {len(texts)} documents, "
+                           f"{split_file(tokens, 'test')} {len(table['ids'])} — rerun the "
+                           "tokenize stage")
+    words = count_words(texts)
+    base = baseline_nll(train, test, vocab_size)
     metrics = {
         "perplexity": math.exp(s["nll"] / s["tokens"]),
+        "word_perplexity": math.exp(s["nll"] / words),
         "bits_per_byte": s["nll"] / math.log(2) / n_bytes,
         "token_accuracy": s["top1"], "top5_accuracy": s["top5"],
-        "baseline_perplexity": math.exp(-float(uni[test[1:]].astype(np.float64).mean())),
-        "bigram_perplexity": math.exp(-float(bigram_log_probs(train, test, vocab_size).mean())),
+        "baseline_perplexity": math.exp(base["unigram"] / s["tokens"]),
+        "bigram_perplexity": math.exp(base["bigram"] / s["tokens"]),
+        "baseline_word_perplexity": math.exp(base["unigram"] / words),
+        "bigram_word_perplexity": math.exp(base["bigram"] / words),
         "loss_by_position": s["loss_by_position"],
-        "test_tokens": int(s["tokens"]), "test_bytes": n_bytes,
+        "test_tokens": int(s["tokens"]), "test_words": words, "test_bytes": n_bytes,
         "embedding_init": p.model.embedding_init,
     }
     lengths = np.array([len(d) for d in table["ids"]])
-    plots.perplexity_by_length(*per_document(s["per_target_nll"], lengths),
+    plots.perplexity_by_length(*per_document(s["per_target_nll"], s["per_target_weight"],
+                                             lengths),
                                reports / PLOTS_DIR / "perplexity_by_length.png")
     plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
                          reports / PLOTS_DIR / "attention.png")
     plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
-    texts = pq.read_table(split_file(paths.clean, "test"), columns=["text"]).column("text")
-    write_samples(model, tokenizer, texts.to_pylist(), p.train.seq_len, reports / SAMPLES)
+    write_samples(model, tokenizer, texts, p.train.seq_len, reports / SAMPLES)
     write_json(reports / METRICS_REPORT, metrics)
     return metrics
 
@@ -145,7 +175,8 @@ def run(p: Params) -> dict:
 @guarded
 def main() -> None:
     m = run(load_params())
-    print(f"evaluate: test perplexity {m['perplexity']:.1f} "
+    print(f"evaluate: test perplexity {m['perplexity']:.1f} per token, "
+          f"{m['word_perplexity']:.1f} per word "
           f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "
           f"{m['bits_per_byte']:.3f} bits/byte")
 

@@ -183,6 +183,8 @@ class ModelParams(_Section):
     attention_window: NonNegInt
     tie_embeddings: bool
     dropout: Fraction
+    locked_dropout: bool
+    embedding_dropout: Fraction
 
     @model_validator(mode="after")
     def _heads_divide_units(self) -> ModelParams:
@@ -194,6 +196,7 @@ class ModelParams(_Section):
 
 class Train(_Section):
     seq_len: Annotated[int, Field(strict=True, ge=2)]
+    context: Literal["carried", "window"]
     batch_size: PosInt
     epochs: PosInt
     learning_rate: Annotated[float, Field(gt=0.0)]

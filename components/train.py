@@ -1,4 +1,5 @@
-"""Stage `train`: fit the GRU+attention LM on packed windows of the train split.
+"""Stage `train`: fit the GRU+attention LM on the train split, read as train.batch_size
+parallel streams with the GRU state carried from window to window (components/lm/carry.py).
 
 Usage: `python -m components.train`. Writes artifacts/model.keras, reports/train_history.csv,
 reports/train.json and TensorBoard logs. Resumes from its epoch checkpoint when restarted after
@@ -34,10 +35,10 @@ from components.lm.fit import (
     compiled_model,
     flops_per_token,
     load_embeddings,
-    make_dataset,
     seed_everything,
-    steps_per_epoch,
+    training_data,
     use_mixed_precision,
+    validation,
 )
 from components.lm.windows import read_stream
 from components.params import Params, load_params
@@ -99,29 +100,29 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
                 else tf.distribute.get_strategy())
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
-    steps = steps_per_epoch(train, t)
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         restored = ckpt.restore()
-        model, state = restored if restored else (None, {})
-        if model is None:
-            model = compiled_model(p, vocab_size, train, embeddings, steps)
-    first = state["epoch"] + 1 if state else 0
-    train_ds, n_train = make_dataset(train, t.seq_len, t.batch_size, t.seed, first, t.epochs)
-    val_ds, _ = make_dataset(val, t.seq_len, t.batch_size, None)
+        trainer, state = restored if restored else (None, {})
+        first = state["epoch"] + 1 if state else 0
+        train_ds, steps, streams, n_train = training_data(train, t, first, replicas)
+        if trainer is None:
+            trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
     board = Path(p.paths.reports) / TENSORBOARD  # not a DVC out: events carry wall times
     if first == 0:
         shutil.rmtree(board, ignore_errors=True)  # a fresh run's logs, not a pile of old ones
-    callbacks = [epoch_logger(n_train), stopper, keras.callbacks.TensorBoard(str(board))]
+    callbacks = [validation(val, t), epoch_logger(n_train), stopper,
+                 keras.callbacks.TensorBoard(str(board))]
     if first < t.epochs and not state.get("stopped"):
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=first,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+            trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
+                        callbacks=callbacks, shuffle=False, verbose=2)
         except tf.errors.ResourceExhaustedError:
             raise GruflowError(f"a batch of train.batch_size {t.batch_size} x train.seq_len "
                                f"{t.seq_len} does not fit in memory — lower one of them "
                                "(finished epochs are checkpointed)") from None
-    return model, stopper.history, n_train, hw
+    return trainer.lm, stopper.history, n_train, hw
 
 
 def _renumber_shared(node, ids: dict) -> None:

@@ -36,10 +36,10 @@ from components.errors import GruflowError, guarded
 from components.lm.fit import (
     compiled_model,
     load_embeddings,
-    make_dataset,
     seed_everything,
-    steps_per_epoch,
+    training_data,
     use_mixed_precision,
+    validation,
 )
 from components.lm.windows import read_stream
 from components.params import Params, SpaceSpec, load_params, with_overrides
@@ -150,12 +150,10 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     keras.backend.clear_session()
     seed_everything(t.seed)
     use_mixed_precision(t)
-    steps = steps_per_epoch(data.train, t)
-    model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps)
-    train_ds, _ = make_dataset(data.train, t.seq_len, t.batch_size, t.seed, 0, t.epochs)
-    val_ds, _ = make_dataset(data.val, t.seq_len, t.batch_size, None)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False, verbose=0)
+    train_ds, steps, streams, _ = training_data(data.train, t)
+    model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps, streams)
+    history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
+                        callbacks=[validation(data.val, t), *callbacks], verbose=0)
     return float(np.min(history.history["val_loss"]))
 
 

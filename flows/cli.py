@@ -47,8 +47,10 @@ def _summary(result) -> None:
     executed = ", ".join(result.executed) or "none (everything up to date)"
     print(f"gruflow: stages executed: {executed}")
     if m:
-        print(f"gruflow: test perplexity {m['perplexity']:.2f} (unigram baseline "
-              f"{m['baseline_perplexity']:.2f}, bigram {m['bigram_perplexity']:.2f}), "
+        per_word = (f", {m['word_perplexity']:.1f} per word" if "word_perplexity" in m
+                    else "")  # metrics written before word perplexity existed lack it
+        print(f"gruflow: test perplexity {m['perplexity']:.2f} per token{per_word} (unigram "
+              f"baseline {m['baseline_perplexity']:.2f}, bigram {m['bigram_perplexity']:.2f}), "
               f"{m['bits_per_byte']:.3f} bits/byte")
     if result.model_version:
         print(f"gruflow: registered model version {result.model_version}")

@@ -11,14 +11,16 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import Tokenizer
 
 from components import evaluate
-from components.contract import BOS, PAD
+from components.contract import BOS, EOS, PAD
 from components.errors import GruflowError
+from components.lm.inference import generate, score_texts, zero_states
 from components.lm.model import build_model
-from components.lm.windows import make_windows, read_stream, unigram_log_probs
+from components.lm.windows import make_windows, read_stream, target_count, unigram_log_probs
 from components.params import load_params
-from tests.test_train import ROOT, train_tiny_project, with_paths
+from tests.test_train import DOCS, ROOT, SEQ_LEN, TEXT, train_tiny_project, with_paths
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +45,19 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     tokens = Path(p.paths.tokens)
     test = read_stream(tokens / "test.parquet")
     n_bytes = pq.read_table(tokens / "test.parquet").column("n_bytes").to_pylist()
-    assert saved["test_tokens"] == test.size - 1
+    assert saved["test_tokens"] == test.size - len(n_bytes)  # no <bos> is a target
     assert saved["test_bytes"] == sum(n_bytes) + len(n_bytes)
     nll = math.log(saved["perplexity"]) * saved["test_tokens"]
     assert saved["bits_per_byte"] == pytest.approx(nll / math.log(2) / saved["test_bytes"],
                                                    rel=1e-6)
+    n_docs = DOCS["test"][0]
+    words = sum(len(TEXT[i % len(TEXT)].split()) for i in range(n_docs)) + n_docs
+    assert saved["test_words"] == words
+    assert saved["word_perplexity"] == pytest.approx(math.exp(nll / words), rel=1e-6)
+    for name in ("baseline", "bigram"):  # the baselines' word figures: same NLL, per word
+        base_nll = math.log(saved[f"{name}_perplexity"]) * saved["test_tokens"]
+        assert saved[f"{name}_word_perplexity"] == pytest.approx(math.exp(base_nll / words),
+                                                                 rel=1e-6)
     assert 0.0 <= saved["token_accuracy"] <= saved["top5_accuracy"] <= 1.0
     # The cycle is learnable: the model and the bigram both beat the unigram baseline.
     assert saved["perplexity"] < saved["baseline_perplexity"]
@@ -113,37 +123,123 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
-def test_score_model_nll_matches_manual_computation():
-    vocab, seq_len = 20, 8
+def tiny_model(vocab: int = 20, seed: int = 0, layers: int = 2):
     cfg = load_params(ROOT / "params.yaml").model.model_copy(
-        update={"units": 8, "embedding_dim": 8, "gru_layers": 1, "dropout": 0.0})
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg, vocab)
-    stream = np.random.default_rng(9).integers(4, vocab, size=30).astype(np.int32)
+        update={"units": 8, "embedding_dim": 8, "gru_layers": layers, "dropout": 0.0})
+    keras.utils.set_random_seed(seed)
+    return build_model(cfg, vocab)
+
+
+def one_pass_logp(model, stream: np.ndarray, block: int) -> np.ndarray:
+    """log p(stream[i+1] | stream[:i+1]) for every i, from ONE call of the model on the whole
+    stream with attention limited to blocks of `block` (the computation that carried state
+    across windows of `block` must equal)."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"].endswith("CausalAttention"):
+            layer["config"]["block"] = block
+    whole = keras.Model.from_config(config)
+    whole.set_weights(model.get_weights())
+    x = stream[None, :-1]
+    logits = np.asarray(whole([x, *zero_states(whole, 1)], training=False)[0])[0]  # (n, V)
+    return _log_softmax(logits)[np.arange(x.shape[1]), stream[1:]]
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_score_model_in_windows_equals_one_pass_per_stream(streams):
+    """The evaluate stage reads the test stream in windows of T with the GRU state carried;
+    the result equals one pass over each of its parallel streams within 1e-4 nats per token."""
+    seq_len, vocab = 8, 20
+    model = tiny_model(vocab)
+    stream = np.random.default_rng(9).integers(4, vocab, size=61).astype(np.int32)
     stream[0] = BOS
-    s = evaluate.score_model(model, stream, seq_len, batch_size=2)
-    # By hand: window k reads stream[k*T : k*T+T] (the last one shorter, unpadded) and
-    # predicts the next token at every position.
-    nll, hits1, n = 0.0, 0, 0
-    for start in range(0, stream.size - 1, seq_len):
-        x = stream[start:start + seq_len][: stream.size - 1 - start]
-        y = stream[start + 1:start + 1 + x.size]
-        logp = _log_softmax(np.asarray(model(x[None], training=False))[0])
-        nll -= float(logp[np.arange(x.size), y].sum())
-        hits1 += int((logp.argmax(-1) == y).sum())
-        n += x.size
-    assert n == stream.size - 1
-    assert s["tokens"] == n
-    assert s["nll"] == pytest.approx(nll, rel=1e-5)
-    assert s["top1"] == pytest.approx(hits1 / n)
-    assert s["top1"] <= s["top5"] <= 1.0
-    # Same answer whatever the batch size.
-    assert evaluate.score_model(model, stream, seq_len, 64)["nll"] == pytest.approx(nll, rel=1e-5)
+    s = evaluate.score_model(model, stream, seq_len, batch_size=streams)
+    L = -(-(stream.size - 1) // streams)  # target positions per stream
+    expected = np.concatenate([-one_pass_logp(model, stream[j * L:(j + 1) * L + 1], seq_len)
+                               for j in range(streams)])
+    assert s["tokens"] == stream.size - 1 == expected.size
+    np.testing.assert_allclose(s["per_target_nll"], expected, atol=1e-4)
+    assert abs(s["nll"] - expected.sum()) / s["tokens"] < 1e-4
+    # Not vacuous: restarting every window cold (the old evaluation) gives other numbers.
+    x, y, w = make_windows(stream, seq_len)
+    cold = -_log_softmax(np.asarray(model([x, *zero_states(model, len(x))])[0]))
+    cold = np.take_along_axis(cold, y[..., None], -1)[..., 0].reshape(-1)[: stream.size - 1]
+    assert np.abs(cold - expected)[seq_len:].max() > 1e-3
 
 
-def test_score_model_counts_each_target_once_with_padding():
+def test_bos_is_never_a_target_and_eos_always_is():
+    """Hand count on two documents <bos> 5 6 <eos> <bos> 7 <eos>: the targets are 5 6 <eos>
+    7 <eos> (five), never the second <bos>; model and baselines are scored on exactly those."""
+    vocab = 10
+    stream = np.array([BOS, 5, 6, EOS, BOS, 7, EOS], np.int32)
+    model = tiny_model(vocab, layers=1)
+    s = evaluate.score_model(model, stream, seq_len=4, batch_size=1)
+    logp = one_pass_logp(model, stream, 4)  # one value per position, target stream[i + 1]
+    is_target = np.array([1, 1, 1, 0, 1, 1], bool)  # position 3 predicts the <bos>
+    assert s["tokens"] == 5 == target_count(stream)
+    assert s["nll"] == pytest.approx(-logp[is_target].sum(), abs=5e-4)
+    np.testing.assert_array_equal(s["per_target_weight"], is_target.astype(np.float32))
+    # The unigram baseline: add-one over the train targets, <bos> never counted.
+    train = np.array([BOS, 5, 5, EOS, BOS, 6, EOS], np.int32)  # targets 5 5 <eos> 6 <eos>
+    p = {5: 3 / 15, 6: 2 / 15, 7: 1 / 15, EOS: 3 / 15}  # (count + 1) / (5 + 10)
+    expected = -sum(math.log(p[t]) for t in (5, 6, EOS, 7, EOS))
+    assert evaluate.baseline_nll(train, stream, vocab)["unigram"] == pytest.approx(expected)
+    bigram = evaluate.bigram_log_probs(train, stream, vocab)
+    assert evaluate.baseline_nll(train, stream, vocab)["bigram"] == pytest.approx(
+        -bigram[is_target].sum())
+
+
+def test_count_words_adds_one_end_per_document():
+    assert evaluate.count_words(["a b  c", "d\ne"]) == 3 + 2 + 2
+
+
+def test_score_texts_carries_state_across_windows(trained):
+    """The pyfunc's `score` (and `gruflow score`): a text longer than seq_len equals one pass
+    over the whole text; texts scored side by side do not affect each other."""
+    p, vocab, _ = trained
+    tok = Tokenizer.from_file(p.paths.tokenizer)
+    model = tiny_model(vocab)
+    texts = [" ".join(TEXT[:4]), TEXT[1]]
+    ids = [np.array([BOS, *tok.encode(t, add_special_tokens=False).ids, EOS], np.int32)
+           for t in texts]
+    assert ids[0].size > 3 * SEQ_LEN
+    rows = score_texts(model, tok, texts, SEQ_LEN, batch_size=2)
+    for row, doc in zip(rows, ids, strict=True):
+        expected = -one_pass_logp(model, doc, SEQ_LEN).sum()
+        assert row["tokens"] == doc.size - 1
+        assert abs(row["nll"] - expected) / row["tokens"] < 1e-4
+    alone = score_texts(model, tok, texts[1:], SEQ_LEN)
+    assert alone[0]["nll"] == pytest.approx(rows[1]["nll"], rel=1e-6)
+
+
+def test_make_windows_weights_zero_on_padding_and_bos_targets():
     x, y, w = make_windows(np.arange(4, 4 + 21, dtype=np.int32), 6)
     assert x.shape == (4, 6) and w.sum() == 20
     assert (y[w == 0] == PAD).all()
+    x, y, w = make_windows(np.array([BOS, 5, EOS, BOS, 6, EOS], np.int32), 6)
+    assert w.tolist() == [[1, 1, 0, 1, 1, 0]]  # <bos> target and the padded slot
 
 
+def test_generate_reads_blocks_with_state_carried(trained):
+    """Greedy generation past seq_len: finished blocks pass on their GRU state, attention sees
+    the current block — the same tokens as greedy steps of one pass with block attention."""
+    p, vocab, _ = trained
+    tok = Tokenizer.from_file(p.paths.tokenizer)
+    model = tiny_model(vocab, seed=3)
+    kernel, bias = model.get_layer("logits").get_weights()
+    bias[:4] = -30.0  # no special token: the continuation runs its full length
+    model.get_layer("logits").set_weights([kernel, bias])
+    prompt, n = "the parser reads", 2 * SEQ_LEN + 5
+    ids = [BOS, *tok.encode(prompt, add_special_tokens=False).ids]
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"].endswith("CausalAttention"):
+            layer["config"]["block"] = SEQ_LEN
+    whole = keras.Model.from_config(config)
+    whole.set_weights(model.get_weights())
+    for _ in range(n):
+        x = np.array([ids], np.int32)
+        ids.append(int(np.argmax(np.asarray(whole([x, *zero_states(whole, 1)])[0])[0, -1])))
+    got = generate(model, tok, prompt, n, 0.0, 0, 0, SEQ_LEN)
+    assert got == tok.decode(ids[-n:])
+    assert len(ids) > 2 * SEQ_LEN  # the text spans three blocks

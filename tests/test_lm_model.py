@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from components.contract import PAD  # noqa: E402
+from components.lm.carry import CarriedStateTrainer  # noqa: E402
+from components.lm.inference import zero_states  # noqa: E402
 from components.lm.model import CausalAttention, attention_model, build_model  # noqa: E402
 from components.params import load_params  # noqa: E402
 
@@ -27,8 +29,14 @@ def tiny_cfg(**update):
                                    "dropout": 0.1, **update})
 
 
+def cold(model, ids) -> list:
+    """The model's inputs for `ids` read from a cold start (zero GRU states)."""
+    ids = np.asarray(ids, dtype=np.int32)
+    return [ids, *zero_states(model, len(ids))]
+
+
 def logits_of(model, ids) -> np.ndarray:
-    return np.asarray(model(np.asarray(ids, dtype=np.int32), training=False))
+    return np.asarray(model(cold(model, ids), training=False)[0])
 
 
 def np_attention(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +90,7 @@ def test_causal_future_tokens_never_change_past_logits(model, ids):
 
 
 def test_attention_model_weights_are_causal_and_normalised(model, ids):
-    alpha = np.asarray(attention_model(model)(ids, training=False))
+    alpha = np.asarray(attention_model(model)(cold(model, ids), training=False))
     assert alpha.shape == (B, T, T)
     above = np.triu(np.ones((T, T), dtype=bool), k=1)
     assert np.all(alpha[:, above] == 0.0)
@@ -92,9 +100,9 @@ def test_attention_model_weights_are_causal_and_normalised(model, ids):
 
 
 def test_attention_model_matches_numpy_on_the_models_gru_states(model, ids):
-    states_model = keras.Model(model.input, model.get_layer("attention").input)
-    states = np.asarray(states_model(ids, training=False))
-    alpha = np.asarray(attention_model(model)(ids, training=False))
+    states_model = keras.Model(model.inputs, model.get_layer("attention").input)
+    states = np.asarray(states_model(cold(model, ids), training=False))
+    alpha = np.asarray(attention_model(model)(cold(model, ids), training=False))
     _, ref_alpha = np_attention(states)
     np.testing.assert_allclose(alpha, ref_alpha, atol=1e-5)
 
@@ -135,8 +143,8 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path, ids):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(logits_of(loaded, ids), logits_of(model, ids))
-    np.testing.assert_array_equal(np.asarray(attention_model(loaded)(ids)),
-                                  np.asarray(attention_model(model)(ids)))
+    np.testing.assert_array_equal(np.asarray(attention_model(loaded)(cold(model, ids))),
+                                  np.asarray(attention_model(model)(cold(model, ids))))
     assert loaded.get_layer("embedding").trainable == model.get_layer("embedding").trainable
 
 
@@ -162,10 +170,11 @@ def test_embedding_trainable_flag(trainable):
     assert layer.trainable is trainable
     in_trainable = any(w is layer.embeddings for w in model.trainable_weights)
     assert in_trainable is trainable
-    model.compile(optimizer=keras.optimizers.SGD(0.5),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer = CarriedStateTrainer(model, 4)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(7).integers(4, V, size=(4, T), dtype=np.int32)
-    model.train_on_batch(x, np.roll(x, -1, axis=1))
+    trainer.train_on_batch(x, np.roll(x, -1, axis=1))
     moved = not np.array_equal(np.asarray(layer.embeddings), emb)
     assert moved is trainable
 
@@ -243,3 +252,125 @@ def test_smoothed_token_loss_matches_formula_and_reduces_to_nll():
         np.testing.assert_allclose(got, (1 - eps) * nll - eps * logp.mean(-1), rtol=1e-5)
     loss = SmoothedTokenLoss.from_config(SmoothedTokenLoss(0.3).get_config())
     assert loss.epsilon == 0.3
+
+
+# --- state carried across windows -------------------------------------------------------------
+
+
+def one_pass_model(model, block: int) -> keras.Model:
+    """The same model and weights with attention limited to blocks of `block` steps."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"].endswith("CausalAttention"):
+            layer["config"]["block"] = block
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+@pytest.mark.parametrize("block", [1, 3, 4])
+def test_block_attention_is_attention_within_each_block(block):
+    h = np.random.default_rng(9).normal(size=(2, 10, 6)).astype("float32")  # (B, T, H)
+    context, alpha = CausalAttention(block=block, return_attention=True)(h)
+    for lo in range(0, 10, block):  # each block alone is plain causal attention
+        ref_ctx, ref_alpha = np_attention(h[:, lo:lo + block])
+        np.testing.assert_allclose(np.asarray(context)[:, lo:lo + block], ref_ctx, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(alpha)[:, lo:lo + block, lo:lo + block],
+                                   ref_alpha, atol=1e-5)
+        assert np.all(np.asarray(alpha)[:, lo:lo + block, :lo] == 0)  # nothing before the block
+
+
+def test_windows_with_carried_state_equal_one_pass_with_block_attention(model):
+    """Reading a stream in windows of T, each from the GRU states the previous one ended with,
+    is the same computation as one call on the whole stream with attention in blocks of T."""
+    stream = np.random.default_rng(10).integers(4, V, size=(B, 3 * T), dtype=np.int32)
+    states, parts = zero_states(model, B), []
+    for k in range(3):
+        out = model([stream[:, k * T:(k + 1) * T], *states], training=False)
+        parts.append(np.asarray(out[0]))
+        states = [np.asarray(s) for s in out[1:]]
+    carried = np.concatenate(parts, axis=1)  # (B, 3T, V)
+    whole = logits_of(one_pass_model(model, T), stream)
+    np.testing.assert_allclose(carried, whole, atol=1e-4)
+    # Not vacuous: a cold start in window 2 changes its logits.
+    cold_second = logits_of(model, stream[:, T:2 * T])
+    assert np.abs(cold_second - carried[:, T:2 * T]).max() > 1e-3
+
+
+def test_final_states_are_the_gru_states_at_the_last_step(model, ids):
+    out = model(cold(model, ids), training=False)
+    assert len(out) == 1 + 2  # logits + one state per GRU layer
+    top = keras.Model(model.inputs, model.get_layer("gru_1").output[0])
+    seq = np.asarray(top(cold(model, ids), training=False))  # (B, T, H)
+    np.testing.assert_allclose(np.asarray(out[2]), seq[:, -1], atol=1e-6)
+    assert all(np.asarray(s).shape == (B, H) for s in out[1:])
+
+
+def test_carried_state_trainer_stores_states_and_round_trips(tmp_path, ids):
+    keras.utils.set_random_seed(0)
+    lm = build_model(tiny_cfg(dropout=0.0), V)
+    trainer = CarriedStateTrainer(lm, B)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0),  # lr 0: the weights stay put
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.train_on_batch(ids, np.roll(ids, -1, axis=1))
+    h_T = np.asarray(lm(cold(lm, ids), training=False)[1])
+    np.testing.assert_allclose(np.asarray(trainer.carried[0]), h_T, atol=1e-5)
+    trainer.save(tmp_path / "trainer.keras")
+    again = keras.saving.load_model(tmp_path / "trainer.keras", safe_mode=True)
+    assert isinstance(again, CarriedStateTrainer) and again.streams == B
+    np.testing.assert_array_equal(logits_of(again.lm, ids), logits_of(lm, ids))
+    trainer.reset_state()
+    assert not np.asarray(trainer.carried[0]).any()
+
+
+# --- regularisation that keeps the cuDNN kernel -----------------------------------------------
+
+
+def dropped(model, layer: str, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) of a dropout layer in training mode."""
+    probe = keras.Model(model.inputs, [model.get_layer(layer).input,
+                                       model.get_layer(layer).output])
+    a, b = probe(cold(model, ids), training=True)
+    return np.asarray(a), np.asarray(b)
+
+
+def test_embedding_dropout_drops_whole_word_vectors(ids):
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(embedding_dropout=0.5, dropout=0.0), V)
+    x, y = dropped(model, "embedding_dropout", np.tile(ids, (8, 1)))  # (B, T, E)
+    zero = (y == 0).all(-1)  # (B, T): the token's whole vector is gone
+    assert 0.3 < zero.mean() < 0.7
+    np.testing.assert_allclose(y[~zero], x[~zero] / 0.5, rtol=1e-6)  # the rest is rescaled
+    assert ((y == 0).any(-1) == zero).all()  # never part of a vector
+    np.testing.assert_array_equal(logits_of(model, ids), logits_of(model, ids))  # off at inference
+
+
+def test_locked_dropout_keeps_one_mask_for_every_time_step(ids):
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_cfg(locked_dropout=True, dropout=0.5), V)
+    for layer in ("dropout_embedding", "dropout_gru_0", "dropout_combine"):
+        x, y = dropped(model, layer, ids)  # (B, T, C)
+        kept = y != 0
+        assert ((kept | (x == 0)) == kept[:, :1] | (x == 0)).all(), layer  # same across T
+        assert 0.2 < kept[:, 0].mean() < 0.8
+    unlocked = build_model(tiny_cfg(locked_dropout=False, dropout=0.5), V)
+    _, y = dropped(unlocked, "dropout_gru_0", ids)
+    assert ((y != 0) != (y[:, :1] != 0)).any()  # plain dropout: a new mask at every step
+
+
+def test_regularised_model_keeps_cudnn_eligible_grus_and_round_trips(tmp_path, ids):
+    model = build_model(tiny_cfg(locked_dropout=True, embedding_dropout=0.2, gru_layers=2), V)
+    for i in range(2):
+        gru = model.get_layer(f"gru_{i}")
+        # cuDNN's conditions (keras GRU): default activations, reset_after, no dropout
+        # inside the cell, not unrolled.
+        assert gru.cell.recurrent_dropout == 0 and gru.cell.dropout == 0
+        assert gru.cell.activation is keras.activations.tanh
+        assert gru.cell.recurrent_activation is keras.activations.sigmoid
+        assert gru.cell.reset_after and gru.cell.use_bias and not gru.unroll
+        assert gru.use_cudnn == "auto"
+    model.save(tmp_path / "reg.keras")
+    again = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
+    assert again.get_layer("dropout_gru_1").noise_shape == (None, 1, None)
+    assert again.get_layer("embedding_dropout").rate == 0.2
+    np.testing.assert_array_equal(logits_of(again, ids), logits_of(model, ids))

@@ -49,9 +49,11 @@ def test_unigram_log_probs():
     logp = windows.unigram_log_probs(stream, vocab_size=10)
     assert logp.shape == (10,)
     assert np.exp(logp.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-6)
-    # add-one smoothing over targets (the first token is not a target)
-    assert np.exp(logp[5]) == pytest.approx(4 / 14)
-    assert np.exp(logp[7]) == pytest.approx(1 / 14)
+    # add-one smoothing over the targets 5 5 5 (the first token is not a target, and the
+    # <bos> (id 2) at the end is none either): (count + 1) / (3 + 10)
+    assert np.exp(logp[5]) == pytest.approx(4 / 13)
+    assert np.exp(logp[7]) == pytest.approx(1 / 13)
+    assert np.exp(logp[2]) == pytest.approx(1 / 13)
 
 
 def test_read_stream_concatenates_documents(tmp_path):

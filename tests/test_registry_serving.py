@@ -45,6 +45,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
+from components.lm.inference import zero_states  # noqa: E402
 from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
 from flows import cli, registry, tracking  # noqa: E402
 
@@ -225,7 +226,8 @@ def _greedy(keras_model, tok: Tokenizer, prompt: str, n: int) -> list[int]:
     start = len(ids)
     for _ in range(n):
         x = np.array([ids[-SEQ_LEN:]], dtype=np.int32)  # (1, T)
-        nxt = int(np.argmax(np.asarray(keras_model(x, training=False))[0, -1]))
+        logits = keras_model([x, *zero_states(keras_model, 1)], training=False)[0]  # cold
+        nxt = int(np.argmax(np.asarray(logits)[0, -1]))
         if nxt == EOS:
             break
         ids.append(nxt)
@@ -273,7 +275,8 @@ def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
     tok = project["tokenizer"]
     ids = [BOS, *tok.encode(texts[0], add_special_tokens=False).ids, EOS]
     assert len(ids) - 1 <= SEQ_LEN
-    logits = np.asarray(keras_a(np.array([ids[:-1]], np.int32), training=False),
+    x = np.array([ids[:-1]], np.int32)
+    logits = np.asarray(keras_a([x, *zero_states(keras_a, 1)], training=False)[0],
                         np.float64)[0]  # (T, V)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     nll = float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())

@@ -27,7 +27,8 @@ from tokenizers import Tokenizer  # noqa: E402
 from components import evaluate, train  # noqa: E402
 from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
-from components.lm.windows import read_stream  # noqa: E402
+from components.lm.fit import training_data  # noqa: E402
+from components.lm.windows import make_windows, read_stream, target_count  # noqa: E402
 from components.params import Params, load_params  # noqa: E402
 from components.tokenize import SCHEMA, train_tokenizer  # noqa: E402
 
@@ -35,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EMB_DIM, UNITS, SEQ_LEN = 8, 16, 12
 # A fixed cycle over 20 token ids: the next token is a function of the current one.
 PATTERN = np.random.default_rng(0).permutation(np.arange(4, 24)).astype(np.int32)
-# (documents, pattern tokens per document) per split. The val split is short, so its last
-# window is mostly padding: 2 x 22 = 44 tokens -> 43 targets in 4 windows of 12 (48 slots).
+# (documents, pattern tokens per document) per split. The val split is short: 2 x 22 = 44
+# tokens -> 42 targets (the second <bos> is none), read as 4 streams of one window of 12.
 DOCS = {"train": (60, 90), "val": (2, 20), "test": (6, 90)}
 TEXT = ["the parser reads the header and returns a list of names",
         "each thread opens a file, checks the next line and closes the socket",
@@ -146,7 +147,8 @@ def test_train_run_writes_model_summary_and_history(trained):
     assert saved["epochs_run"] == 2
     assert saved["embedding_init"] == "word2vec"
     train_stream = read_stream(Path(p.paths.tokens) / "train.parquet")
-    assert saved["train_tokens"] == train_stream.size - 1
+    n_docs = DOCS["train"][0]
+    assert saved["train_tokens"] == target_count(train_stream) == train_stream.size - n_docs
     with (reports / "train_history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -159,7 +161,7 @@ def test_train_run_writes_model_summary_and_history(trained):
                                                            rel=1e-5)
     assert (reports / "model_summary.txt").read_text().strip()
     model = keras.saving.load_model(p.paths.model, safe_mode=True)
-    assert model.output_shape[-1] == vocab
+    assert model.outputs[0].shape[-1] == vocab
     assert model.count_params() == saved["parameters"]
     # Atomic writes leave no temporary files behind.
     leftovers = [f.name for d in (reports, Path(p.paths.model).parent) for f in d.iterdir()
@@ -172,8 +174,9 @@ def test_train_best_val_loss_is_per_token_nll_of_the_val_split(trained):
     model = keras.saving.load_model(p.paths.model, safe_mode=True)  # the restored best weights
     val = read_stream(Path(p.paths.tokens) / "val.parquet")
     s = evaluate.score_model(model, val, SEQ_LEN, p.train.batch_size)
-    assert s["tokens"] == val.size - 1
-    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-3)
+    assert s["tokens"] == val.size - DOCS["val"][0]  # every token but each document's <bos>
+    # Validation reads the split exactly as evaluate reads test: the same number.
+    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-5)
 
 
 def test_train_same_seed_twice_is_deterministic(trained, tmp_path, monkeypatch):
@@ -217,3 +220,22 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
         train.run(bad)
     assert str(bad_file) in str(err.value)
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_window_context_trains_cold_shuffled_windows(trained, tmp_path, monkeypatch):
+    """`train.context: window`: every batch starts cold (no state variables), epochs are
+    shuffled windows; validation still reads val with the state carried, as evaluate does."""
+    monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
+    p, _, carried = trained
+    p2, _ = make_project(tmp_path)
+    p2 = with_train(p2, context="window", epochs=1)
+    summary = train.run(p2)
+    model = keras.saving.load_model(p2.paths.model, safe_mode=True)
+    val = read_stream(Path(p2.paths.tokens) / "val.parquet")
+    s = evaluate.score_model(model, val, SEQ_LEN, p2.train.batch_size)
+    assert summary["best_val_loss"] == pytest.approx(s["nll"] / s["tokens"], rel=1e-5)
+    assert summary["best_val_loss"] != carried["best_val_loss"]
+    train_stream = read_stream(Path(p2.paths.tokens) / "train.parquet")
+    first = next(iter(training_data(train_stream, p2.train)[0]))[0].numpy()
+    in_order = make_windows(train_stream, SEQ_LEN)[0][: len(first)]
+    assert not np.array_equal(first, in_order)  # shuffled, not read in order

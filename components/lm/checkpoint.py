@@ -38,6 +38,7 @@ class Checkpoint:
         self.digest = digest
 
     def restore(self) -> tuple[keras.Model, dict] | None:
+        from components.lm import carry as _trainer  # noqa: F401  (registers the trainer)
         from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
         state_file = self.dir / "state.json"

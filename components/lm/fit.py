@@ -2,16 +2,24 @@
 optimizer, loss and compile — shared by the train stage, every tune trial and bench/train.py,
 so a trial scores exactly what train would fit.
 
-Usage: `seed_everything(t.seed); model = compiled_model(p, vocab, train, embeddings, steps)`,
-then `model.fit(make_dataset(train, ...)[0], ...)`.
+Usage: `seed_everything(t.seed); data, steps, streams, _ = training_data(train, t)`,
+`model = compiled_model(p, vocab, train, embeddings, steps, streams)`, then
+`model.fit(data, steps_per_epoch=steps, callbacks=[validation(val, t), ...])`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from components.contract import BOS
 from components.errors import GruflowError
-from components.lm.windows import make_windows, unigram_log_probs, window_count
+from components.lm.windows import (
+    make_streams,
+    make_windows,
+    stream_count,
+    target_count,
+    unigram_log_probs,
+)
 from components.params import Params, Train
 
 
@@ -50,22 +58,50 @@ def load_embeddings(p: Params, vocab_size: int) -> np.ndarray | None:
     return embeddings
 
 
-def steps_per_epoch(stream: np.ndarray, t: Train) -> int:
-    """Batches per epoch of the packed windows of `stream`."""
-    return -(-window_count(stream.size, t.seq_len) // t.batch_size)
+def shuffle_documents(stream: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The stream's documents (each starting at a `<bos>`) in an order drawn from (seed,
+    epoch): each epoch lays different text side by side, the same in a resumed run."""
+    starts = np.flatnonzero(stream == BOS)
+    if starts.size == 0 or starts[0] != 0:
+        starts = np.r_[0, starts]  # text before the first <bos> stays one document
+    docs = np.split(stream, starts[1:])
+    order = np.random.default_rng([seed, epoch]).permutation(len(docs))
+    return np.concatenate([docs[i] for i in order])
 
 
-def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | None,
-                 first_epoch: int = 0, epochs: int = 1):
-    """Batched windows; with a seed, epoch e is shuffled by a stateless permutation keyed on
-    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would."""
+def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1,
+                   replicas: int = 1, seed: int | None = None, first_epoch: int = 0):
+    """(tf.data of (ids, targets, weights) batches of shape (S, T) in reading order for
+    epochs first_epoch..epochs-1, batches per epoch K, streams S, targets per epoch). With a
+    seed each epoch first shuffles the documents (shuffle_documents)."""
+    import tensorflow as tf
+
+    n_streams = stream_count(stream.size, seq_len, batch_size, replicas)
+    x, y, w = make_streams(stream, n_streams, seq_len)  # (K, S, T) each
+    if seed is None:
+        data = tf.data.Dataset.from_tensor_slices((x, y, w)).repeat(max(epochs - first_epoch, 1))
+        return data.prefetch(tf.data.AUTOTUNE), len(x), n_streams, target_count(stream)
+
+    def batches():
+        for epoch in range(first_epoch, max(epochs, first_epoch + 1)):
+            yield from zip(*make_streams(shuffle_documents(stream, seed, epoch), n_streams,
+                                         seq_len), strict=True)
+
+    spec = tf.TensorSpec(x.shape[1:], tf.int32)
+    data = tf.data.Dataset.from_generator(
+        batches, output_signature=(spec, spec, tf.TensorSpec(x.shape[1:], tf.float32)))
+    return data.prefetch(2), len(x), n_streams, target_count(stream)
+
+
+def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                   first_epoch: int, epochs: int):
+    """`train.context: window`: independent windows, each from a cold state; epoch e is
+    shuffled by a stateless permutation keyed on (seed, e), so a resumed run sees exactly the
+    batches an uninterrupted one would. Same return values as stream_dataset."""
     import tensorflow as tf
 
     x, y, w = make_windows(stream, seq_len)
     n = len(x)
-    data = tf.data.Dataset.from_tensor_slices((x, y, w))
-    if seed is None:
-        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE), int(w.sum())
     tensors = (tf.constant(x), tf.constant(y), tf.constant(w))
 
     def epoch_batches(e):
@@ -76,9 +112,17 @@ def make_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int | 
     def gather(idx):
         return tuple(tf.gather(t, idx) for t in tensors)
 
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), \
-        int(w.sum())
+    data = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(
+        epoch_batches).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE), -(-n // batch_size), batch_size, target_count(stream)
+
+
+def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1):
+    """The train split as the `train.context` mode reads it (see the two functions above)."""
+    if t.context == "window":
+        return window_dataset(stream, t.seq_len, t.batch_size, t.seed, first_epoch, t.epochs)
+    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs, replicas, t.seed,
+                          first_epoch)
 
 
 def optimizer(p: Params, steps_per_epoch: int):
@@ -111,14 +155,25 @@ def loss(t: Train):
 
 
 def compiled_model(p: Params, vocab_size: int, train: np.ndarray,
-                   embeddings: np.ndarray | None, steps: int):
-    """A fresh model (output bias at the train split's log unigram frequencies), compiled with
-    the recipe's optimizer and loss."""
+                   embeddings: np.ndarray | None, steps: int, streams: int, replicas: int = 1):
+    """A fresh model (output bias at the train split's log unigram frequencies) inside the
+    trainer that carries its GRU state over `streams` parallel streams (or starts every batch
+    cold with `train.context: window`), compiled with the recipe's optimizer and loss."""
+    from components.lm.carry import CarriedStateTrainer
     from components.lm.model import build_model
 
-    model = build_model(p.model, vocab_size, embeddings, unigram_log_probs(train, vocab_size))
-    model.compile(optimizer=optimizer(p, steps), jit_compile=p.train.xla, loss=loss(p.train))
-    return model
+    lm = build_model(p.model, vocab_size, embeddings, unigram_log_probs(train, vocab_size))
+    trainer = CarriedStateTrainer(lm, streams, replicas, carry=p.train.context == "carried")
+    trainer.compile(optimizer=optimizer(p, steps), jit_compile=p.train.xla, loss=loss(p.train))
+    return trainer
+
+
+def validation(val: np.ndarray, t: Train):
+    """The callback that resets the carried state each epoch and sets `val_loss` to the NLL per
+    target of the val split, read as evaluate reads test; first in every callback list."""
+    from components.lm.carry import CarriedStateCallback
+
+    return CarriedStateCallback(val, t.seq_len, t.batch_size)
 
 
 def flops_per_token(vocab: int, E: int, H: int, layers: int, T: int) -> int:

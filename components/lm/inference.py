@@ -1,6 +1,9 @@
 """Use a trained LM: sample continuations and score texts (pure; Keras model + tokenizer in).
 
-Shared by the evaluate stage (samples, scores) and the MLflow pyfunc used for serving.
+Shared by the evaluate stage (samples, scores) and the MLflow pyfunc used for serving. A text
+is read in windows of seq_len tokens with the GRU state carried from one window to the next
+(attention spans the current window; the GRU state carries everything before it), so a score
+does not depend on where window boundaries fall beyond what attention sees.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from components.contract import BOS, EOS, encode, text_bytes
-from components.lm.windows import make_windows
+from components.lm.windows import make_streams
 
 # The request parameters of generate/score, their defaults and bounds. Every one is checked in
 # both modes (a bad max_new_tokens in a score request is still a bad request).
@@ -68,6 +71,21 @@ def check_texts(texts: list) -> list[str]:
     return texts
 
 
+def zero_states(model, batch: int) -> list[np.ndarray]:
+    """The cold GRU states of a batch: one (batch, H) zero array per layer."""
+    from components.lm.model import state_sizes
+
+    return [np.zeros((batch, h), np.float32) for h in state_sizes(model)]
+
+
+def step(model, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One window (B, T) from `states`: (logits (B, T, V), the states after the window)."""
+    if not states:  # a model without state inputs (saved before states were carried)
+        return np.asarray(model.predict_on_batch(x)), []
+    out = model.predict_on_batch([x, *states])
+    return np.asarray(out[0]), [np.asarray(s, np.float32) for s in out[1:]]
+
+
 def sample_next(logits: np.ndarray, temperature: float, top_k: int,
                 rng: np.random.Generator) -> int:
     """Greedy when temperature is 0, else softmax(logits / T) restricted to the top k."""
@@ -82,13 +100,19 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int,
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
              top_k: int, seed: int, seq_len: int) -> str:
-    """Continue `prompt` token by token (the last seq_len tokens are the context)."""
+    """Continue `prompt` token by token. The text is read in blocks of seq_len from its start,
+    as in training: finished blocks only pass on their GRU state, the current block is the
+    window attention sees. A model without state inputs sees the last seq_len tokens."""
     rng = np.random.default_rng(seed)
     prompt_ids = [BOS, *tokenizer.encode(prompt, add_special_tokens=False).ids]
-    ids = list(prompt_ids)
+    ids, states, start = list(prompt_ids), zero_states(model, 1), 0
     for _ in range(max_new_tokens):
-        window = np.array([ids[-seq_len:]], dtype=np.int32)  # (1, T)
-        logits = np.asarray(model.predict_on_batch(window))[0, -1]  # (V,)
+        if not states:
+            start = max(0, len(ids) - seq_len)
+        while len(ids) - start > seq_len:  # finished blocks: carry their state on
+            _, states = step(model, np.array([ids[start:start + seq_len]], np.int32), states)
+            start += seq_len
+        logits = step(model, np.array([ids[start:]], np.int32), states)[0][0, -1]  # (V,)
         nxt = sample_next(logits, temperature, top_k, rng)
         if nxt == EOS:
             break
@@ -96,40 +120,67 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     return tokenizer.decode(ids[len(prompt_ids):])
 
 
-def token_stats(model, x: np.ndarray, y: np.ndarray,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(-log p(y | x), rank of y among the logits) for every position, each (N, T)."""
+def stream_stats(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(-log p(y | x), rank of y among the logits) at every position of (K, S, T) windows from
+    make_streams: batch k holds window k of all S streams and starts from the states batch
+    k - 1 ended with (cold at k = 0)."""
     nll = np.empty(y.shape, dtype=np.float64)
     rank = np.empty(y.shape, dtype=np.int64)
-    for start in range(0, len(x), batch_size):
-        logits = np.asarray(model.predict_on_batch(x[start:start + batch_size]), np.float64)
+    states = zero_states(model, x.shape[1])
+    for k in range(len(x)):
+        logits, states = step(model, x[k], states)
+        logits = logits.astype(np.float64)  # (S, T, V)
         m = logits.max(-1, keepdims=True)
-        logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]  # (B, T)
-        target = np.take_along_axis(logits, y[start:start + batch_size, :, None], -1)  # (B,T,1)
-        nll[start:start + batch_size] = logz - target[..., 0]
-        rank[start:start + batch_size] = (logits > target).sum(-1)  # 0 = top-1
+        logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]  # (S, T)
+        target = np.take_along_axis(logits, y[k][:, :, None], -1)  # (S, T, 1)
+        nll[k] = logz - target[..., 0]
+        rank[k] = (logits > target).sum(-1)  # 0 = top-1
     return nll, rank
 
 
 def score_texts(model, tokenizer, texts: list[str], seq_len: int,
                 batch_size: int = 64) -> list[dict[str, float]]:
-    """Per text: summed NLL (nats), tokens, UTF-8 bytes (+1 for <eos>), perplexity, bits/byte.
+    """Per text: summed NLL (nats), targets, UTF-8 bytes (+1 for <eos>), perplexity, bits/byte.
 
-    Windows of all texts are batched together; each text is scored independently.
+    Each text is one stream (state carried across its windows); up to batch_size texts are
+    read side by side, the shorter ones padded (padding is never a target).
     """
-    parts = [make_windows(np.array(ids, dtype=np.int32), seq_len)
-             for ids in encode(tokenizer, texts)]
-    x = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    w = np.concatenate([p[2] for p in parts])
-    nll = (token_stats(model, x, y, batch_size)[0] * w).sum(-1)  # (N,) per window
-    owner = np.repeat(np.arange(len(texts)), [len(p[0]) for p in parts])
-    per_text_nll = np.bincount(owner, weights=nll, minlength=len(texts))
-    per_text_tokens = np.bincount(owner, weights=w.sum(-1), minlength=len(texts))
+    ids = encode(tokenizer, texts)
+    nll = np.zeros(len(texts))
+    counts = np.zeros(len(texts))
+    for lo in range(0, len(texts), batch_size):
+        parts = [make_streams(np.array(t, np.int32), 1, seq_len) for t in ids[lo:lo + batch_size]]
+        K = max(len(p[0]) for p in parts)
+        x, y, w = (np.concatenate([np.pad(p[i], ((0, K - len(p[i])), (0, 0), (0, 0)))
+                                   for p in parts], axis=1) for i in range(3))  # (K, S, T)
+        per_pos = stream_stats(model, x, y)[0] * w
+        nll[lo:lo + len(parts)] = per_pos.sum(axis=(0, 2))
+        counts[lo:lo + len(parts)] = w.sum(axis=(0, 2))
     rows = []
-    for text, total, n in zip(texts, per_text_nll, per_text_tokens, strict=True):
+    for text, total, n in zip(texts, nll, counts, strict=True):
         n_bytes = text_bytes(text)
         rows.append({"nll": float(total), "tokens": int(n), "bytes": n_bytes,
                      "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
                      "bits_per_byte": total / math.log(2) / n_bytes})
     return rows
+
+
+def score_stream(model, stream: np.ndarray, seq_len: int, n_streams: int) -> dict:
+    """Score one token stream laid out as n_streams parallel streams (make_streams). Returns
+    `nll` (summed over targets), `targets`, and per position i of stream[1:] (target i is
+    stream[i + 1]): `nll_at`, `rank_at`, `weight_at` (0 where it is no target), `pos_at`
+    (its position inside its window)."""
+    x, y, w = make_streams(stream, n_streams, seq_len)  # (K, S, T)
+    nll, rank = stream_stats(model, x, y)
+    K, S, T = x.shape
+    n, L = stream.size - 1, -(-(stream.size - 1) // n_streams)
+
+    def in_order(a: np.ndarray) -> np.ndarray:  # (K, S, T) -> (n,) in stream order
+        return a.transpose(1, 0, 2).reshape(S, K * T)[:, :L].reshape(-1)[:n]
+
+    pos = np.broadcast_to(np.arange(T), x.shape)
+    weight = in_order(w)
+    per_target = in_order(nll) * weight
+    return {"nll": float(per_target.sum()), "targets": int(weight.sum()),
+            "nll_at": per_target, "rank_at": in_order(rank), "weight_at": weight,
+            "pos_at": in_order(pos)}

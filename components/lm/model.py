@@ -2,9 +2,15 @@
 
 Usage: `model = build_model(cfg.model, vocab_size, embeddings, unigram_log_probs)`.
 
-    ids (B, T) -> Embedding (B, T, E) -> GRU x L (B, T, H)
+    (ids (B, T), h_0 per GRU layer (B, H)) -> Embedding (B, T, E) -> GRU x L (B, T, H)
       -> CausalAttention: α_ti = softmax_i(h_i · h_t / √H) over i <= t, c_t = Σ_i α_ti h_i
       -> tanh(W [h_t; c_t]) (B, T, H) -> Dense over the vocabulary (B, T, V) logits
+    outputs: (logits (B, T, V), h_T per GRU layer (B, H))
+
+A long stream is read window by window: each call starts from the GRU states the previous
+window ended with. Attention spans the current window; the GRU state carries everything before
+it. Reading a stream in windows of T with carried state is the same computation as one call on
+the whole stream with attention limited to blocks of T (`CausalAttention(block=T)`).
 """
 
 from __future__ import annotations
@@ -22,15 +28,18 @@ class CausalAttention(layers.Layer):
 
     The seed's α_ti = softmax_i(v_i · h_t / √d): queries, keys and values are the GRU states
     themselves, split into `heads` groups of d = H / heads features. With `window` > 0 a
-    position sees only the last `window` positions (itself included). Returns the context
+    position sees only the last `window` positions (itself included); with `block` > 0 only
+    the positions of its own block of `block` steps (i // block == t // block), which is what
+    a model reading the input in windows of `block` sees. Returns the context
     (B, T, H) and, with `return_attention=True`, the weights averaged over heads (B, T, T):
     row t holds α_t·, every entry above the diagonal is zero.
     """
 
     def __init__(self, heads: int = 1, window: int = 0, return_attention: bool = False,
-                 **kwargs):
+                 block: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.heads, self.window, self.return_attention = heads, window, return_attention
+        self.block = block
 
     def call(self, states):
         B, T, H = ops.shape(states)[0], ops.shape(states)[1], ops.shape(states)[2]
@@ -45,6 +54,8 @@ class CausalAttention(layers.Layer):
         allowed = i <= t  # (T, T) causal
         if self.window:
             allowed = ops.logical_and(allowed, t - i < self.window)
+        if self.block:
+            allowed = ops.logical_and(allowed, t // self.block == i // self.block)
         scores = ops.where(allowed[None, None], scores, ops.full_like(scores, -1e9))
         alpha = ops.softmax(scores, axis=-1)  # (B, n, T, T), rows sum to 1
         context = ops.einsum("bnti,bnid->bntd", alpha, x)  # (B, n, T, d)
@@ -62,7 +73,7 @@ class CausalAttention(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "heads": self.heads, "window": self.window,
-                "return_attention": self.return_attention}
+                "return_attention": self.return_attention, "block": self.block}
 
 
 @keras.saving.register_keras_serializable(package="gruflow")
@@ -113,13 +124,16 @@ class SmoothedTokenLoss(keras.losses.Loss):
 
 def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None = None,
                 unigram_log_probs: np.ndarray | None = None) -> keras.Model:
-    """The LM as a functional model; `embeddings` initialise the Embedding layer (word2vec)."""
+    """The LM as a functional model (ids, h_0...) -> (logits, h_T...); `embeddings`
+    initialise the Embedding layer (word2vec)."""
     if embeddings is not None and embeddings.shape != (vocab_size, cfg.embedding_dim):
         raise ValueError(
             f"embedding matrix shape {embeddings.shape} != (vocab {vocab_size}, "
             f"model.embedding_dim {cfg.embedding_dim})"
         )
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
+    h0 = [keras.Input(shape=(cfg.units,), name=f"state_{i}")  # (B, H) each
+          for i in range(cfg.gru_layers)]
     if cfg.tie_embeddings:
         embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, name="embedding",
                                   trainable=cfg.embedding_trainable)
@@ -128,16 +142,29 @@ def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None
                                      embeddings_initializer="uniform",
                                      trainable=cfg.embedding_trainable)
     x = embedding(ids)  # (B, T, E)
-    x = layers.Dropout(cfg.dropout)(x)
+    # Embedding dropout drops whole word vectors (one mask value per token, over all E
+    # features); locked dropout keeps one mask per sequence and feature for every step (B, 1, C).
+    # Both sit between layers, so the GRU keeps its cuDNN kernel (no recurrent_dropout).
+    x = layers.Dropout(cfg.embedding_dropout, noise_shape=(None, None, 1),
+                       name="embedding_dropout")(x)
+    shape = (None, 1, None) if cfg.locked_dropout else None
+
+    def dropout(name: str):
+        return layers.Dropout(cfg.dropout, noise_shape=shape, name=name)
+
+    x = dropout("dropout_embedding")(x)
+    h_T = []
     for i in range(cfg.gru_layers):
         # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
-        x = layers.GRU(cfg.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
-        x = layers.Dropout(cfg.dropout)(x)
+        x, h = layers.GRU(cfg.units, return_sequences=True, return_state=True,
+                          name=f"gru_{i}")(x, initial_state=h0[i])  # (B, T, H), (B, H)
+        h_T.append(layers.Activation("linear", dtype="float32", name=f"final_state_{i}")(h))
+        x = dropout(f"dropout_gru_{i}")(x)
     context = CausalAttention(cfg.attention_heads, cfg.attention_window,
                               name="attention")(x)  # (B, T, H)
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
-    combined = layers.Dropout(cfg.dropout)(combined)
+    combined = dropout("dropout_combine")(combined)
     if cfg.tie_embeddings:
         combined = layers.Dense(cfg.embedding_dim, name="tie_projection")(combined)  # (B, T, E)
         logits = embedding(layers.Activation("linear", dtype="float32")(combined),
@@ -154,12 +181,18 @@ def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None
     if unigram_log_probs is not None:
         # Log unigram frequencies as the output bias start the model off the unigram plateau.
         bias.assign(unigram_log_probs)
-    return keras.Model(ids, logits, name="gruflow_lm")
+    return keras.Model([ids, *h0], [logits, *h_T], name="gruflow_lm")
+
+
+def state_sizes(model: keras.Model) -> list[int]:
+    """Width of each carried GRU state; [] for a model saved before states were carried
+    (ids -> logits), which is then read window by window from a cold start."""
+    return [int(t.shape[-1]) for t in model.inputs[1:]]
 
 
 def attention_model(model: keras.Model) -> keras.Model:
     """A view of a trained model that returns the attention weights α (B, T, T)."""
     att = model.get_layer("attention")
-    probe = CausalAttention(att.heads, att.window, return_attention=True)
+    probe = CausalAttention(att.heads, att.window, return_attention=True, block=att.block)
     _, alpha = probe(att.input)
-    return keras.Model(model.input, alpha)
+    return keras.Model(model.inputs, alpha)
