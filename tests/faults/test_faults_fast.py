@@ -217,3 +217,35 @@ def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch
     assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
     code, line = explain(info.value)
     assert code == 1 and "another dvc command runs in this project" in line and "\n" not in line
+
+
+# --- commands that read the registry --------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["history"], ["lineage", "3"], ["generate", "hi"],
+                                     ["rollback"]])
+def test_registry_command_without_a_store_is_one_line_and_creates_nothing(project, tmp_path,
+                                                                          command):
+    """Before any run there is no mlflow.db: a look-up fails in one line (exit 2) instead of
+    creating the store and its tables in the project (and printing MLflow's INFO lines)."""
+    fresh = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(fresh)], check=True)
+    before = digests(fresh, ".")
+    out = gruflow(fresh, fault_env(tmp_path), *command[1:], command=command[0])
+    assert out.returncode == 2, out.stderr
+    assert [line for line in out.stderr.splitlines() if line] == error_lines(out.stderr)
+    assert len(error_lines(out.stderr)) == 1 and "no MLflow store yet" in out.stderr
+    after = {k: v for k, v in digests(fresh, ".").items() if not k.startswith(".gruflow/")}
+    assert after == before
+
+
+def test_generate_without_a_champion_is_one_line(project, tmp_path):
+    """An empty registry: one line, no MLflow UserWarning about predict()'s type hints."""
+    from mlflow.tracking import MlflowClient
+
+    fresh = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(fresh)], check=True)
+    MlflowClient(f"sqlite:///{fresh / 'mlflow.db'}").search_experiments()  # creates the tables
+    out = gruflow(fresh, fault_env(tmp_path), "hi", command="generate")
+    assert out.returncode == 2, out.stderr
+    assert [line for line in out.stderr.splitlines() if line] == error_lines(out.stderr)
+    assert len(error_lines(out.stderr)) == 1 and "cannot load model" in out.stderr
