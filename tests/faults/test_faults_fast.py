@@ -69,6 +69,19 @@ def test_explain_maps_exceptions_to_exit_codes():
     assert code == 1 and line.startswith("KeyError:") and "\n" not in line
 
 
+@pytest.mark.parametrize("message, shown", [
+    ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
+    ("Finished in state Failed('stage ingest failed')", False),
+    ("Finished in state Completed()", True),
+    ("stage ingest: starting", True),
+])
+def test_console_filter_keeps_the_error_line_last(message, shown):
+    from flows.entry import ConsoleFilter
+
+    record = logging.LogRecord("prefect", logging.INFO, __file__, 1, message, None, None)
+    assert ConsoleFilter().filter(record) is shown
+
+
 def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["paths"]["raw"] = "../outside/raw"
@@ -176,6 +189,29 @@ def test_failed_run_rolls_back_the_stages_that_succeeded(tmp_path, monkeypatch):
         assert (tmp_path / "out1.txt").read_text() == "FAIL-SECOND"
         reproduce(tmp_path, "second")
     assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+
+
+def test_rollback_with_a_stage_that_never_ran_is_quiet(tmp_path, monkeypatch, capfd, caplog):
+    """A project where a later stage never ran (`dvc repro` of the first stages only): the
+    rollback of a failed run brings back what existed and prints nothing about the rest (DVC
+    warned twice per missing out of such a stage on the terminal, around the one error line)."""
+    from flows.rollback import keep_outputs
+
+    monkeypatch.chdir(tmp_path)
+    _dvc_project(tmp_path)
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    stages["stages"]["third"] = {"cmd": "python -c \"open('out3.txt', 'w').write('x')\"",
+                                 "deps": ["out2.txt"], "outs": ["out3.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    capfd.readouterr()
+    with pytest.raises(RuntimeError), keep_outputs(tmp_path):
+        (tmp_path / "out1.txt").write_text("half-written")
+        raise RuntimeError("a later stage failed")
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+    assert not (tmp_path / "out3.txt").exists()
+    err = capfd.readouterr().err + caplog.text
+    assert "No file hash info" not in err and "won't be created" not in err
 
 
 def test_sweep_removes_atomic_write_leftovers(tmp_path):
