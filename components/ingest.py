@@ -105,12 +105,14 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
                 "data.unit/data.text_column")
     summary = {"source": cfg.source, **counts}
     write_json(report, summary)
-    _warn_losses(cfg, dropped, skipped)
+    _warn_losses(cfg, dropped, skipped, counts["documents_with_bad_bytes"])
     return summary
 
 
-def _warn_losses(cfg: Data, dropped: Counter[str], skipped: Counter[str]) -> None:
-    """One line for everything the source held that did not become a document."""
+def _warn_losses(cfg: Data, dropped: Counter[str], skipped: Counter[str],
+                 bad_bytes: int = 0) -> None:
+    """One line for everything the source held that did not become a document, or not as
+    written (a Latin-1 file reads as UTF-8 with every accented letter turned into U+FFFD)."""
     parts = []
     if dropped:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
@@ -119,9 +121,12 @@ def _warn_losses(cfg: Data, dropped: Counter[str], skipped: Counter[str]) -> Non
     if skipped:
         what = ", ".join(f"{n} {suffix}" for suffix, n in sorted(skipped.items()))
         parts.append(f"skipped {skipped.total()} files of other types ({what})")
+    if bad_bytes:
+        parts.append(f"{bad_bytes} documents had bytes that are not UTF-8, replaced by U+FFFD "
+                     "(convert the source to UTF-8)")
     if parts:
-        log.warning("ingest: %s — counted in ingest.json (dropped, skipped_files)",
-                    "; ".join(parts))
+        log.warning("ingest: %s — counted in ingest.json (dropped, skipped_files, "
+                    "documents_with_bad_bytes)", "; ".join(parts))
 
 
 @guarded

@@ -487,8 +487,15 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise GruflowError(f"{path}: params file not found — run from the project root")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GruflowError(f"{path}: not UTF-8 text (byte {exc.start}) — save it as UTF-8 "
+                           "YAML") from None
     except yaml.YAMLError as exc:
-        raise GruflowError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise GruflowError(f"{path}: not valid YAML{where} ({problem}) — fix the syntax "
+                           "there") from None
     params = parse_params(raw, path)
     _check_inside(params, path.parent, path)
     return params

@@ -65,6 +65,7 @@ def _registry(args: argparse.Namespace) -> tuple[Path, str]:
 
     root = Path(args.project).resolve()
     params = load_params(root / "params.yaml")
+    tracking.require_store(root)  # a failing look-up must not create mlflow.db
     tracking.configure(root, params.mlflow.experiment)
     return root, params.registry.model_name
 

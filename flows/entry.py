@@ -56,6 +56,8 @@ class ConsoleFilter(logging.Filter):
             return False
         # Prefect's "Finished in state Failed('...')" repeats the error the CLI prints
         message = record.getMessage()
+        if message.startswith("Stopping temporary server"):
+            return False  # said at exit, after the error line: the failure must end with it
         return not (message.startswith("Finished in state") and "Completed" not in message)
 
 

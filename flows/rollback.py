@@ -60,8 +60,11 @@ def _restore(root: Path, stages: list[str] | None, outs: list[tuple[str, bool]],
         _remove(root / rel)
         if not cached and rel in existed:
             _copy(store / "outs" / rel, root / rel)
-    if any(cached and rel in existed for rel, cached in outs):
-        targets = None if stages is None else [_target(root, s) for s in stages]
+    # Only the cached outputs that existed: checking out whole stages would make DVC warn
+    # ("No file hash info found ... It won't be created", twice) on the terminal for every out
+    # of a stage that never ran, and would bring back an out that was not there before.
+    targets = [str(root / rel) for rel, cached in outs if cached and rel in existed]
+    if targets:
         with Repo(str(root)) as repo:
             repo.checkout(targets=targets, force=True)
 

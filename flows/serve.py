@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import yaml
@@ -88,12 +89,18 @@ def _download(uri: str) -> Path:
 
 def load_model(uri: str):
     """A pyfunc of gruflow's GruLM over the checked model folder (see the module docstring)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-    from mlflow.pyfunc import PyFuncModel
-    from mlflow.pyfunc.model import PythonModelContext, _PythonModelPyfuncWrapper
+    # MLflow warns on stderr (two lines, ANSI colours) when a PythonModel class without type
+    # hints on predict() is defined, as GruLM is; its own `filter_user_warnings_once` context
+    # overrides any filter, so they are recorded here: kept off the terminal (one-line errors).
+    with warnings.catch_warnings(record=True) as caught:
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import Model
+        from mlflow.pyfunc import PyFuncModel
+        from mlflow.pyfunc.model import PythonModelContext, _PythonModelPyfuncWrapper
 
-    from components.lm.pyfunc import GruLM
+        from components.lm.pyfunc import GruLM
+    for w in caught:
+        log.info("import warning: %s", w.message)
 
     local = _download(uri)
     paths = check_own_model(local, uri)
@@ -128,6 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     root = Path(args.project).resolve()
     params = load_params(root / "params.yaml")
+    if not args.model:  # the champion lives in a store a run made; do not create an empty one
+        tracking.require_store(root)
     tracking.configure(root, params.mlflow.experiment)
     uri = args.model or f"models:/{params.registry.model_name}@champion"
     limits = params.serve

@@ -53,6 +53,16 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                            "mlflow.db)") from None
 
 
+def require_store(root: Path) -> None:
+    """Commands that only read or move aliases need a store a run made: opening a missing
+    sqlite file would create it (and its tables) in the project, even for a failing command."""
+    uri = store_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise GruflowError(f"{redact(uri)}: no MLflow store yet, so no registered model — run "
+                           "`gruflow run` first, or set MLFLOW_TRACKING_URI to your tracking "
+                           "server")
+
+
 def configure(root: Path, experiment: str) -> str:
     """sqlite store + artifact root in the project unless MLFLOW_TRACKING_URI says otherwise."""
     uri = store_uri(root)

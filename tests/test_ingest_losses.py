@@ -169,6 +169,26 @@ def test_ingest_cli_prints_one_warning_line_for_losses(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "ingest: dropped 85 rows without a string 'text' (50 missing_text, 15 non_string_text,"
         " 20 null_text); skipped 1 files of other types (1 .pdf) — counted in ingest.json "
-        "(dropped, skipped_files)"]
+        "(dropped, skipped_files, documents_with_bad_bytes)"]
     report = json.loads((tmp_path / "reports" / "ingest.json").read_text())
     assert report["skipped_files"] == {".pdf": 1} and report["documents"] == 315
+
+
+def test_latin1_source_is_read_with_replacements_and_warned(tmp_path):
+    """A Latin-1 file of Western text is not skipped as binary (too few bad bytes): every
+    accented letter becomes U+FFFD, so ingest says so in its one warning line."""
+    (tmp_path / "fr.txt").write_bytes(("Le caf\u00e9 est tr\u00e8s bon ici.\n" * 40)
+                                      .encode("latin-1"))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"] |= {"source": str(tmp_path / "fr.txt"), "unit": "line"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "components.ingest"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ingest: 40 documents had bytes that are not UTF-8, replaced by U+FFFD (convert the "
+        "source to UTF-8) — counted in ingest.json (dropped, skipped_files, "
+        "documents_with_bad_bytes)"]
+    report = json.loads((tmp_path / "reports" / "ingest.json").read_text())
+    assert report["documents_with_bad_bytes"] == 40 and report["skipped_binary_files"] == 0

@@ -101,8 +101,12 @@ def test_load_params_file_problems(tmp_path):
         load_params(tmp_path / "absent.yaml")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train: [unclosed\n", encoding="utf-8")
-    with pytest.raises(GruflowError, match="not valid YAML"):
+    with pytest.raises(GruflowError, match="not valid YAML at line 2, column 1"):
         load_params(bad_yaml)
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("train: {epochs: 2}  # r\u00e9sum\u00e9\n".encode("latin-1"))
+    with pytest.raises(GruflowError, match="not UTF-8 text .* save it as UTF-8"):
+        load_params(not_utf8)
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     with pytest.raises(GruflowError, match="expected a mapping"):

@@ -69,6 +69,19 @@ def test_explain_maps_exceptions_to_exit_codes():
     assert code == 1 and line.startswith("KeyError:") and "\n" not in line
 
 
+@pytest.mark.parametrize("message, shown", [
+    ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
+    ("Finished in state Failed('stage ingest failed')", False),
+    ("Finished in state Completed()", True),
+    ("stage ingest: starting", True),
+])
+def test_console_filter_keeps_the_error_line_last(message, shown):
+    from flows.entry import ConsoleFilter
+
+    record = logging.LogRecord("prefect", logging.INFO, __file__, 1, message, None, None)
+    assert ConsoleFilter().filter(record) is shown
+
+
 def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["paths"]["raw"] = "../outside/raw"
@@ -178,6 +191,29 @@ def test_failed_run_rolls_back_the_stages_that_succeeded(tmp_path, monkeypatch):
     assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
 
 
+def test_rollback_with_a_stage_that_never_ran_is_quiet(tmp_path, monkeypatch, capfd, caplog):
+    """A project where a later stage never ran (`dvc repro` of the first stages only): the
+    rollback of a failed run brings back what existed and prints nothing about the rest (DVC
+    warned twice per missing out of such a stage on the terminal, around the one error line)."""
+    from flows.rollback import keep_outputs
+
+    monkeypatch.chdir(tmp_path)
+    _dvc_project(tmp_path)
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    stages["stages"]["third"] = {"cmd": "python -c \"open('out3.txt', 'w').write('x')\"",
+                                 "deps": ["out2.txt"], "outs": ["out3.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
+    capfd.readouterr()
+    with pytest.raises(RuntimeError), keep_outputs(tmp_path):
+        (tmp_path / "out1.txt").write_text("half-written")
+        raise RuntimeError("a later stage failed")
+    assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
+    assert not (tmp_path / "out3.txt").exists()
+    err = capfd.readouterr().err + caplog.text
+    assert "No file hash info" not in err and "won't be created" not in err
+
+
 def test_sweep_removes_atomic_write_leftovers(tmp_path):
     from flows.project_lock import sweep_temp
 
@@ -217,3 +253,37 @@ def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch
     assert digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock") == before
     code, line = explain(info.value)
     assert code == 1 and "another dvc command runs in this project" in line and "\n" not in line
+
+
+# --- commands that read the registry --------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["history"], ["lineage", "3"], ["generate", "hi"],
+                                     ["rollback"]])
+def test_registry_command_without_a_store_is_one_line_and_creates_nothing(project, tmp_path,
+                                                                          command):
+    """Before any run there is no mlflow.db: a look-up fails in one line (exit 2) instead of
+    creating the store and its tables in the project (and printing MLflow's INFO lines)."""
+    fresh = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(fresh)], check=True)
+    def files() -> dict[str, str]:  # .gruflow/: the lock and the command's log file
+        return {k: v for k, v in digests(fresh, ".").items() if not k.startswith(".gruflow/")}
+
+    before = files()
+    out = gruflow(fresh, fault_env(tmp_path), *command[1:], command=command[0])
+    assert out.returncode == 2, out.stderr
+    assert [line for line in out.stderr.splitlines() if line] == error_lines(out.stderr)
+    assert len(error_lines(out.stderr)) == 1 and "no MLflow store yet" in out.stderr
+    assert files() == before and not (fresh / "mlflow.db").exists()
+
+
+def test_generate_without_a_champion_is_one_line(project, tmp_path):
+    """An empty registry: one line, no MLflow UserWarning about predict()'s type hints."""
+    from mlflow.tracking import MlflowClient
+
+    fresh = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(project), str(fresh)], check=True)
+    MlflowClient(f"sqlite:///{fresh / 'mlflow.db'}").search_experiments()  # creates the tables
+    out = gruflow(fresh, fault_env(tmp_path), "hi", command="generate")
+    assert out.returncode == 2, out.stderr
+    assert [line for line in out.stderr.splitlines() if line] == error_lines(out.stderr)
+    assert len(error_lines(out.stderr)) == 1 and "cannot load model" in out.stderr
