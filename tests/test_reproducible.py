@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,10 @@ def test_reproduce_comes_back_identical(two_runs):
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
     assert "inputs (ingest outputs) pulled from the DVC remote" in out
-    assert "[1/6] clean ..." in out and "[6/6] evaluate done" in out  # progress
+    # progress: every stage after ingest, numbered (clean ... evaluate, finetune)
+    assert re.search(r"\[1/(\d+)\] clean \.\.\.", out), out[-3000:]
+    total = int(re.search(r"\[1/(\d+)\] clean", out).group(1))
+    assert f"[{total}/{total}] " in out and "evaluate done" in out
     assert "gruflow: gruflow-lm version 1: identical" in out
     assert "train: artifacts/model.keras" in out and "metric perplexity" in out
     tags = version_tags(run["project"])
