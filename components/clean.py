@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from components.artifacts import TEXT_CODEC, atomic_dir, atomic_file, parquet_batches, write_json
 from components.contract import CLEAN_REPORT, PROFILE_REPORT, SPLITS, split_file
-from components.data.clean_rules import PII, cjk_rows, count_words, mask_pii, normalise, strip_html
+from components.data.clean_rules import PII, apply_rules, cjk_rows, count_words
 from components.data.data_profile import (
     CLASSES,
     Profiler,
@@ -79,13 +79,8 @@ def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
     run in parallel threads (pyarrow.compute and NumPy release the GIL)."""
     text = batch.column("text")
     counts = {"documents_in": len(text), "characters_in": pc.sum(pc.utf8_length(text)).as_py() or 0}
-    rules = [strip_html] if cfg.strip_html else []
-    rules.append(lambda t: normalise(t, cfg))
-    if cfg.mask_pii:
-        rules.append(mask_pii)
-    for rule in rules:
-        text, rule_counts = rule(text)
-        counts.update(rule_counts)
+    text, rule_counts = apply_rules(text, cfg)
+    counts.update(rule_counts)
     text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     ids, hashes, hashed = content_ids(text, split)  # every row: a dropped one's split is counted
     given = (batch.column("split") if "split" in batch.schema.names

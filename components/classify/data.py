@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from components.contract import SPLITS
-from components.data.clean_rules import mask_pii, normalise, strip_html
+from components.data.clean_rules import apply_rules
 from components.data.corpus import _SKIP_DIRS, _docstrings, documents
 from components.errors import GruflowError
 from components.params import Clean, Data, Finetune
@@ -84,15 +84,7 @@ def labelled_documents(cfg: Finetune, dropped: Counter[str]) -> list[Labelled]:
 
 def clean_texts(texts: list[str], cfg: Clean) -> tuple[list[str], dict[str, int]]:
     """The clean stage's rules (HTML, normalisation, PII masks), with their counts."""
-    text = pa.array(texts, pa.string())
-    counts: dict[str, int] = {}
-    rules = [strip_html] if cfg.strip_html else []
-    rules.append(lambda t: normalise(t, cfg))
-    if cfg.mask_pii:
-        rules.append(mask_pii)
-    for rule in rules:
-        text, rule_counts = rule(text)
-        counts.update(rule_counts)
+    text, counts = apply_rules(pa.array(texts, pa.string()), cfg)
     return text.to_pylist(), counts
 
 

@@ -202,3 +202,17 @@ def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
     if cfg.lowercase:
         text = pc.utf8_lower(text)
     return text, counts
+
+
+def apply_rules(text, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
+    """The clean stage's text rules in order (HTML, normalisation, PII masks), with their
+    counts: one chain shared by the clean stage and the finetune stage's labelled data."""
+    counts: dict[str, int] = {}
+    rules = [strip_html] if cfg.strip_html else []
+    rules.append(lambda t: normalise(t, cfg))
+    if cfg.mask_pii:
+        rules.append(mask_pii)
+    for rule in rules:
+        text, rule_counts = rule(text)
+        counts.update(rule_counts)
+    return text, counts
