@@ -49,6 +49,16 @@ def _jsonl_with_holes(path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+
+def run_ingest(project, **data) -> subprocess.CompletedProcess:
+    """`python -m components.ingest` in `project`, with params.yaml's data section updated."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"] |= data
+    (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return subprocess.run([sys.executable, "-m", "components.ingest"], cwd=project,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
 def test_jsonl_rows_without_text_are_counted_and_warned(params, tmp_path, caplog):
     _jsonl_with_holes(tmp_path / "rows.jsonl")
     summary = _ingest(params, tmp_path, tmp_path / "rows.jsonl")
@@ -159,12 +169,7 @@ def test_ingest_cli_prints_one_warning_line_for_losses(tmp_path):
     src.mkdir()
     _jsonl_with_holes(src / "rows.jsonl")
     (src / "notes.pdf").write_bytes(b"%PDF-1.4")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    raw["data"] |= {"source": str(src), "text_column": "text", "unit": "line"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "components.ingest"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = run_ingest(tmp_path, source=str(src), text_column="text", unit="line")
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines() == [
         "ingest: dropped 85 rows without a string 'text' (50 missing_text, 15 non_string_text,"
@@ -179,12 +184,7 @@ def test_latin1_source_is_read_with_replacements_and_warned(tmp_path):
     accented letter becomes U+FFFD, so ingest says so in its one warning line."""
     (tmp_path / "fr.txt").write_bytes(("Le caf\u00e9 est tr\u00e8s bon ici.\n" * 40)
                                       .encode("latin-1"))
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    raw["data"] |= {"source": str(tmp_path / "fr.txt"), "unit": "line"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "components.ingest"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = run_ingest(tmp_path, source=str(tmp_path / "fr.txt"), unit="line")
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines() == [
         "ingest: 40 documents had bytes that are not UTF-8, replaced by U+FFFD (convert the "
