@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: env run test test-fast lint bench serve browser
+.PHONY: env run test test-fast lint format bench serve browser
 
 env: $(STAMP)
 
@@ -33,8 +33,13 @@ test: $(STAMP) browser  ## the CI suite (unit + end-to-end)
 test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(VENV)/bin/pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check + the format check CI would apply
 	$(VENV)/bin/ruff check components flows tests bench
+	$(VENV)/bin/ruff format --check components flows tests bench
+
+format: $(STAMP)  ## ruff format + the import order fix (what the pre-commit hooks run)
+	$(VENV)/bin/ruff format components flows tests bench
+	$(VENV)/bin/ruff check --fix --select I components flows tests bench
 
 BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
