@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: env run test test-fast lint bench serve
+.PHONY: env run test test-fast lint format bench serve browser
 
 env: $(STAMP)
 
@@ -19,14 +19,27 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 run: $(STAMP)  ## run the whole pipeline on the configured source (default: built-in corpus)
 	$(VENV)/bin/gruflow run
 
-test: $(STAMP)  ## the CI suite (unit + end-to-end)
+# Debian's chromium for the model-card browser test, when this user may install it (root with
+# apt-get); otherwise that one test is skipped and says why.
+APT := timeout 600 apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { $(APT) || { apt-get update -q >/dev/null 2>&1 && $(APT); }; }; } \
+	  || echo "chromium not installed: tests/test_card.py's browser test will be skipped"
+
+test: $(STAMP) browser  ## the CI suite (unit + end-to-end)
 	$(VENV)/bin/pytest -q
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(VENV)/bin/pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check + the format check CI would apply
 	$(VENV)/bin/ruff check components flows tests bench
+	$(VENV)/bin/ruff format --check components flows tests bench
+
+format: $(STAMP)  ## ruff format + the import order fix (what the pre-commit hooks run)
+	$(VENV)/bin/ruff format components flows tests bench
+	$(VENV)/bin/ruff check --fix --select I components flows tests bench
 
 BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 

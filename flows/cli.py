@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lineage.add_commands(sub, common)
     reproduce.add_commands(sub, common)
+    from flows import card  # card
+
+    card.add_commands(sub, common)
     _model_commands(sub, common)
     from flows.classify_cli import classify_command
 

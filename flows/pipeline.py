@@ -18,7 +18,7 @@ from prefect.task_engine import TaskRunTimeoutError
 
 from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
-from flows import classifier, placement, registry, tracking
+from flows import card, classifier, placement, registry, tracking
 from flows.project_lock import project_lock, sweep_temp
 from flows.rollback import keep_outputs
 from flows.secrets import redact, redacted_errors
@@ -125,6 +125,9 @@ def register_and_gate(root: Path, params: Params, parent_run_id: str,
         return version if new else None
     decision = registry.gate(name, version, metrics, root / params.paths.clean / "test.parquet",
                              params.registry.min_improvement)
+    card.log_data_profile(parent_run_id, root / params.paths.reports)
+    card_path, _ = card.write_card(name, version, None, root / params.paths.reports)
+    get_run_logger().info("model card: %s", card_path.relative_to(root))
     create_markdown_artifact(registry.gate_markdown(name, decision, parent_run_id),
                              key="gruflow-gate", description="champion/challenger decision")
     get_run_logger().info("registered %s version %s: %s (%s)", name, version,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -191,6 +192,17 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     assert tags["gate.promoted"] == "False"
     assert "does not beat the bigram baseline" in tags["gate.reason"]
     assert "champion" not in mlflow_client.get_registered_model("gruflow-lm").aliases
+
+
+def test_registration_writes_the_versions_model_card(pipeline_run, mlflow_client):
+    page = pipeline_run["project"] / "reports" / "cards" / "gruflow-lm-v1.html"
+    html = page.read_text(encoding="utf-8")
+    assert re.search(r"<h2>Learning curves</h2>\s*<img src='data:image/png;base64,", html)
+    assert "does not beat the bigram baseline" in html
+    version = mlflow_client.get_model_version("gruflow-lm", "1")
+    assert "Model card: gruflow-lm v1 (challenger)" in version.description
+    assert [a.path for a in mlflow_client.list_artifacts(version.run_id, "card")] == \
+        ["card/model_card.html"]
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):
