@@ -16,8 +16,11 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
+# GNU make prints `make: *** [Makefile:N: run] Error 1` after any failing recipe (job.c, no
+# option turns it off); gruflow has already said what failed in one line. So a failed run
+# stops make with SIGINT, the one way make exits without a word: non-zero (130), no echo.
 run: $(STAMP)  ## run the whole pipeline on the configured source (default: built-in corpus)
-	$(VENV)/bin/gruflow run
+	@$(VENV)/bin/gruflow run || kill -INT $$PPID
 
 test: $(STAMP)  ## the CI suite (unit + end-to-end)
 	$(VENV)/bin/pytest -q

@@ -1,0 +1,120 @@
+"""Ctrl-C and SIGTERM during a real `gruflow run` (its own session, tiny project): the stage
+stops, the outputs and dvc.lock come back byte-identical, the MLflow runs end KILLED, one line,
+exit 130/143, no traceback, no hang, no process left. `make run`'s failure is one line too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.faults.kit import digests, fault_env, gruflow, runs_by_status, start
+from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
+
+OUTPUTS = ("data", "reports", "artifacts/tokenizer.json", "artifacts/model.keras",
+           "artifacts/embeddings.npy", "artifacts/best_params.json", "dvc.lock")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("interrupt")
+    project = tiny_project(base)
+    env = fault_env(base)
+    out = gruflow(project, env, "--no-push")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"base": base, "project": project, "env": env}
+
+
+def _bump(project: Path, section: str, key: str) -> str:
+    """Raise an int param by one (its stage and every later one become stale)."""
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params[section][key] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return original
+
+
+def _interrupt(trained, name: str, marker: str, sig: int, group: bool):
+    """Start `gruflow run`, send `sig` (to its process group, as a terminal's Ctrl-C does, or
+    to gruflow alone, as `kill` does) once `marker` is in its output; (rc, stderr, survivors)."""
+    project, env, base = trained["project"], trained["env"], trained["base"]
+    proc = start(project, env, base / name, "--no-push")
+    out, err = (base / name).with_suffix(".out"), (base / name).with_suffix(".err")
+    began = time.monotonic()
+    while marker not in out.read_text() + err.read_text():
+        assert proc.poll() is None, err.read_text()[-3000:]
+        assert time.monotonic() - began < 900, "marker never printed"
+        time.sleep(0.05)
+    time.sleep(2)  # into the stage's work
+    tree = psutil.Process(proc.pid).children(recursive=True)  # stage command, Prefect server
+    assert any("components." in " ".join(p.cmdline()) for p in tree), "no stage running"
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    rc = proc.wait(timeout=300)  # a hang fails here
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    try:
+        os.killpg(proc.pid, 0)
+        group_left = True
+    except ProcessLookupError:
+        group_left = False
+    return rc, err.read_text(), [p.pid for p in alive], group_left
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name, bump, marker, sig, group, code", [
+    # Ctrl-C in the terminal during tune (its trials run in spawned workers)
+    ("sigint-tune", ("embed", "epochs"), "A new study created", signal.SIGINT, True, 130),
+    # `kill PID` during train: only gruflow gets it and stops the stage command itself
+    ("sigterm-train", ("train", "epochs"), "Epoch 1/", signal.SIGTERM, False, 143),
+])
+def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, group, code):
+    project = trained["project"]
+    original = _bump(project, *bump)
+    try:
+        before = digests(project, *OUTPUTS)
+        killed_before = runs_by_status(project).get("KILLED", 0)
+        rc, stderr, alive, group_left = _interrupt(trained, name, marker, sig, group)
+        after = digests(project, *OUTPUTS)
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert rc == code, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("gruflow:")]
+    assert len(ours) <= 2 and ours[-1].startswith(
+        f"gruflow: interrupted ({signal.Signals(sig).name}): stopped, previous outputs "
+        "restored (log: "), ours
+    assert after == before
+    assert not alive and not group_left, "processes left"
+    status = runs_by_status(project)
+    assert "RUNNING" not in status and status.get("KILLED", 0) > killed_before, status
+    assert not [p for p in project.rglob(".*.*") if ".git" not in p.parts
+                and ".dvc" not in p.parts and ".gruflow" not in p.parts
+                and p.name not in (".gitignore", ".dvcignore")], "temp leftovers"
+
+
+def test_make_run_failure_is_gruflow_line_only(tmp_path):
+    """GNU make would add `make: *** [Makefile:N: run] Error 2`; the run target stops make
+    with SIGINT instead (see the Makefile), so stderr holds gruflow's line alone."""
+    if not shutil.which("make"):
+        pytest.skip("GNU make is not installed")
+    project = tiny_project(tmp_path)
+    shutil.copy2(ROOT / "Makefile", project / "Makefile")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["no_such_key"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # the worktree's .venv, already synced (UV: any existing file, nothing is built)
+    out = subprocess.run(["make", "--no-print-directory", "run", f"VENV={BIN.parent}",
+                          f"UV={BIN / 'python'}"],
+                         cwd=project, env=fault_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gruflow: error: ") and \
+        "train.no_such_key" in lines[0], out.stderr
