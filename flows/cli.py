@@ -48,13 +48,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _up_to_date(root: Path, args: argparse.Namespace) -> bool:
     """Nothing to run (flows/noop.py): one summary line, the push, and no Prefect server,
-    pipeline or TensorFlow at all. A first "noop: ..." record in the log file says which."""
-    import logging
-
+    pipeline or TensorFlow at all."""
     from flows.noop import nothing_to_do
 
     line = nothing_to_do(root, load_params(root / "params.yaml"))
-    logging.getLogger("flows.noop").info("noop: %s", line or "something to run")
     if line is None:
         return False
     print(f"gruflow: {line}")

@@ -61,4 +61,34 @@ def nothing_to_do(root: Path, params: Params) -> str | None:
         return None
     champion = registry.champion_version(name)
     other = "" if champion in (version, None) else f"; the champion is version {champion}"
-    return f"up to date, no stage to run; {registry.current_decision(name, version)}{other}"
+    return (f"stages executed: none, up to date (dvc status is clean); "
+            f"{registry.current_decision(name, version)}{other}")
+
+
+def retrain_skipped(root: Path, params: Params) -> str | None:
+    """`gruflow retrain`'s skip, decided before Prefect: re-snapshot the source (forced ingest,
+    as the flow's refresh-source task), then `nothing_to_do`; when so, record the MLflow run
+    `retrain=skipped` (the flow's record-skip, without its Prefect artifact: no server was
+    started) and return the reason. None: run the retrain flow."""
+    from flows.stages import reproduce
+
+    reproduce(root, "ingest", force=True, timeout=params.orchestration.stage_timeout)
+    line = nothing_to_do(root, params)
+    if line is None:
+        return None
+    import mlflow
+
+    from flows import registry, tracking
+
+    name = params.registry.model_name
+    version = tracking.registered_version(name, lock_md5(root, params.paths.model))
+    reason = f"nothing changed: data, params and code match {name} version {version}"
+    tags = tracking.lineage_tags(root, params, None)
+    with mlflow.start_run(run_name="retrain-skipped", tags={
+            **tags, "retrain": "skipped", "retrain_reason": reason, "model_version": version,
+            "executed_stages": "none", "gruflow.project": tracking.project_tag(root)}) as run:
+        pass
+    champion = registry.champion_version(name)
+    return (f"{reason}, " + ("the champion" if champion == version else
+                             f"the challenger (champion: {champion or 'none'})")
+            + f" (MLflow run {run.info.run_id})")
