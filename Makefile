@@ -31,7 +31,7 @@ test-fast: $(STAMP)  ## the suite without slow-marked tests
 lint: $(STAMP)
 	$(VENV)/bin/ruff check components flows tests bench
 
-BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
+BENCHES := data embed train serve noop  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
 bench: $(STAMP)  ## benchmarks against the bare library calls -> reports/bench/, then the floors
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done
