@@ -41,15 +41,20 @@ def _gated_version(name: str, md5: str) -> str | None:
     return version if version and registry.is_gated(name, version) else None
 
 
+def _first_run(root: Path) -> bool:
+    """No dvc.lock or no MLflow store yet: certainly something to do."""
+    from flows.tracking import store_uri
+
+    uri = store_uri(root)
+    return not (root / "dvc.lock").is_file() or (
+        uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file())
+
+
 def nothing_to_do(root: Path, params: Params) -> str | None:
     """The one-line summary of a run that has nothing to do, or None (run the pipeline)."""
     from flows import registry, tracking
 
-    uri = tracking.store_uri(root)
-    if not (root / "dvc.lock").is_file() or (
-            uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
-        return None  # a first run
-    if not _dvc_clean(root):
+    if _first_run(root) or not _dvc_clean(root):
         return None
     tracking.configure(root, params.mlflow.experiment)
     name = params.registry.model_name
@@ -72,6 +77,8 @@ def retrain_skipped(root: Path, params: Params) -> str | None:
     started) and return the reason. None: run the retrain flow."""
     from flows.stages import reproduce
 
+    if _first_run(root):  # the flow will snapshot the source; once is enough
+        return None
     reproduce(root, "ingest", force=True, timeout=params.orchestration.stage_timeout)
     line = nothing_to_do(root, params)
     if line is None:
