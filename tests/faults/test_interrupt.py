@@ -118,3 +118,62 @@ def test_make_run_failure_is_gruflow_line_only(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gruflow: error: ") and \
         "train.no_such_key" in lines[0], out.stderr
+
+
+def test_first_signal_raises_later_ones_wait_for_the_block():
+    """The first SIGINT/SIGTERM raises Interrupted; one more while the rollback runs is ignored;
+    the handlers are put back after."""
+    from flows.interrupt import Interrupted, handled
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with handled():
+        with pytest.raises(Interrupted) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert info.value.exit_code == 143
+        os.kill(os.getpid(), signal.SIGINT)  # the rollback runs here: not cut short
+        time.sleep(0.2)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_line_says_whether_the_outputs_came_back():
+    from flows.entry import interrupted_line
+    from flows.interrupt import Interrupted, exit_code
+    from flows.rollback import NOT_RESTORED
+
+    assert exit_code(KeyboardInterrupt()) == 130 and exit_code(Interrupted(signal.SIGINT)) == 130
+    exc = Interrupted(signal.SIGINT)
+    assert interrupted_line(exc) == "interrupted (SIGINT): stopped, previous outputs restored"
+    exc.add_note(NOT_RESTORED)  # what keep_outputs adds when its own restore failed
+    assert interrupted_line(exc).endswith("could not be restored — run `dvc checkout`")
+
+
+@pytest.mark.parametrize("status, interrupted", [(130, True), (-2, True), (1, False),
+                                                 (2, False)])
+def test_a_stage_command_ended_by_ctrl_c_is_an_interruption(status, interrupted):
+    """DVC ignores SIGINT in the flow's process while a command runs: the command's exit
+    status (130 from components/__init__.py, or killed by SIGINT) tells the flow."""
+    from dvc.exceptions import ReproductionError
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    from flows.stages import _stopped_by_sigint
+
+    try:
+        try:
+            raise StageCmdFailedError("python -m components.tune", status)
+        except StageCmdFailedError as cause:
+            raise ReproductionError("failed to reproduce 'tune'") from cause
+    except ReproductionError as exc:
+        assert _stopped_by_sigint(exc) is interrupted
+
+
+def test_stage_command_exits_130_quietly_on_ctrl_c(tmp_path):
+    """A stage command run by the flow (GRUFLOW_STAGE_ERROR set) ends at once with 130 and
+    prints nothing on Ctrl-C, even while still importing."""
+    code = "import components, os, signal, time; os.kill(os.getpid(), signal.SIGINT); " \
+           "time.sleep(30); print('not stopped')"
+    env = {**os.environ, "GRUFLOW_STAGE_ERROR": str(tmp_path / "error.json"),
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 130 and out.stdout == "" and out.stderr == ""
