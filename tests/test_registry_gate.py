@@ -187,4 +187,7 @@ def test_without_a_champion_the_advice_is_to_promote_the_challenger(gate_project
         f"promote it with `gruflow promote {version}`" in err[0] and "gruflow run" not in err[0]
     with pytest.raises(registry.GruflowError, match="run `gruflow run` first"):
         registry.model_uri("no-such-model")
-    assert registry.model_uri("lm") == "models:/lm@champion"
+    registry.promote(name, version)  # what the advice says to do
+    assert registry.model_uri(name) == f"models:/{name}@champion"
+    assert f"Version {version} is the champion" in \
+        MlflowClient().get_registered_model(name).description
