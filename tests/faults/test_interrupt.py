@@ -18,6 +18,8 @@ import yaml
 from tests.faults.kit import digests, fault_env, runs_by_status, start
 from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
 
+TUNE = "> python -m components.tune"  # DVC prints it as it starts the command (the study
+# journal outlives an interrupted run, so Optuna's own "new study" line is not printed twice)
 OUTPUTS = ("data", "reports", "artifacts/tokenizer.json", "artifacts/model.keras",
            "artifacts/embeddings.npy", "artifacts/best_params.json", "dvc.lock")
 
@@ -75,10 +77,9 @@ def _interrupt(trained, name: str, marker: str, sig: int, group: bool):
 @pytest.mark.parametrize("name, bump, marker, sig, group, code", [
     # Ctrl-C in the terminal during tune (its trials run in spawned workers)
     # (clean reran first: its new outputs and dvc.lock entry must be rolled back too)
-    ("sigint-tune", ("clean", "min_chars"), "A new study created", signal.SIGINT, True, 130),
+    ("sigint-tune", ("clean", "min_chars"), TUNE, signal.SIGINT, True, 130),
     # `kill PID`: only gruflow gets it and stops the stage command itself
-    ("sigterm-tune", ("clean", "min_chars"), "A new study created", signal.SIGTERM, False,
-     143),
+    ("sigterm-tune", ("clean", "min_chars"), TUNE, signal.SIGTERM, False, 143),
 ])
 def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, group, code):
     project = trained["project"]
