@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 
@@ -152,7 +153,9 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
         recover(root, params)
         try:
             _run(root, params, force, result)
-        except KeyboardInterrupt:  # Ctrl-C/SIGTERM (flows/interrupt.py), outputs restored
+        # Ctrl-C/SIGTERM (flows/interrupt.py; Prefect turns a SIGTERM during a flow run into
+        # its TerminationSignal first), the outputs already restored
+        except (KeyboardInterrupt, TerminationSignal):
             if result.parent_run_id:
                 end_killed(result.parent_run_id)
             raise
