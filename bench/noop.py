@@ -27,6 +27,10 @@ from components.params import load_params
 BIN = Path(sys.executable).parent
 
 
+class NotNoop(RuntimeError):
+    """The project had something to do: nothing to measure (the row is informative)."""
+
+
 def _run(cmd: list[str], expect: str) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process tree) of one command; `expect` must be in its
     output, so a run that did work (the project was not up to date) is not timed as a no-op."""
@@ -36,9 +40,9 @@ def _run(cmd: list[str], expect: str) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0 or expect not in out.stdout + out.stderr:
-        raise SystemExit(f"bench noop: {' '.join(cmd[-3:])} did not end with '{expect}' (exit "
-                         f"{out.returncode}) — run `make run` first so that nothing is left "
-                         f"to do:\n{(out.stdout + out.stderr)[-2000:]}")
+        raise NotNoop(f"{' '.join(cmd[-3:])} did not end with '{expect}' (exit "
+                      f"{out.returncode}) — run `make run` first so that nothing is left to "
+                      f"do:\n{(out.stdout + out.stderr)[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
@@ -72,7 +76,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     p = load_params()
-    rows = measure(args.repeat)
+    try:
+        rows = measure(args.repeat)
+    except NotNoop as exc:  # `make bench` on a project never run: skip, say why
+        print(f"bench noop: skipped — {exc}")
+        return
     out = Path(p.paths.reports) / "bench" / "noop.json"
     write_json(out, rows)
     for r in rows:
