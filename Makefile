@@ -16,8 +16,11 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
+# GNU make prints `make: *** [Makefile:N: run] Error 1` after any failing recipe (job.c, no
+# option turns it off); gruflow has already said what failed in one line. So a failed run
+# stops make with SIGINT, the one way make exits without a word: non-zero (130), no echo.
 run: $(STAMP)  ## run the whole pipeline on the configured source (default: built-in corpus)
-	$(VENV)/bin/gruflow run
+	@$(VENV)/bin/gruflow run || kill -INT $$PPID
 
 # Debian's chromium for the model-card browser test, when this user may install it (root with
 # apt-get); otherwise that one test is skipped and says why.
@@ -41,7 +44,7 @@ format: $(STAMP)  ## ruff format + the import order fix (what the pre-commit hoo
 	$(VENV)/bin/ruff format components flows tests bench
 	$(VENV)/bin/ruff check --fix --select I components flows tests bench
 
-BENCHES := data embed train serve  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
+BENCHES := data embed train serve noop  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
 bench: $(STAMP)  ## benchmarks against the bare library calls -> reports/bench/, then the floors
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done

@@ -30,16 +30,37 @@ def _run(args: argparse.Namespace) -> int:
     tracking.check_reachable(tracking.store_uri(root))  # fail fast, not after MLflow's retries
     # the lock also covers the creation of the Prefect and MLflow stores of a fresh project
     with project_lock(root, wait=not args.no_wait, command="gruflow run"):
+        if not args.force and _up_to_date(root, args):
+            return 0
+        from flows.interrupt import own_server
         from flows.pipeline import pipeline
 
-        result = pipeline(project=str(root), force=args.force)
-        _summary(result)
-        if not args.no_push:
-            from flows.placement import push_after_run
+        with own_server():  # Prefect's temporary server, out of reach of the terminal's Ctrl-C
+            result = pipeline(project=str(root), force=args.force)
+            _summary(result)
+            if not args.no_push:
+                from flows.placement import push_after_run
 
-            print(f"gruflow: pushed {push_after_run(root, result.model_version)} file(s) to "
-                  "the DVC remote")
+                print(f"gruflow: pushed {push_after_run(root, result.model_version)} file(s) "
+                      "to the DVC remote")
     return 0
+
+
+def _up_to_date(root: Path, args: argparse.Namespace) -> bool:
+    """Nothing to run (flows/noop.py): one summary line, the push, and no Prefect server,
+    pipeline or TensorFlow at all."""
+    from flows.noop import nothing_to_do
+
+    line = nothing_to_do(root, load_params(root / "params.yaml"))
+    if line is None:
+        return False
+    print(f"gruflow: {line}")
+    if not args.no_push:
+        from flows.placement import push_after_run
+
+        print(f"gruflow: pushed {push_after_run(root, None, in_flow=False)} file(s) to the "
+              "DVC remote")
+    return True
 
 
 def _summary(result) -> None:
@@ -52,8 +73,8 @@ def _summary(result) -> None:
         print(f"gruflow: test perplexity {m['perplexity']:.2f} per token{per_word} (unigram "
               f"baseline {m['baseline_perplexity']:.2f}, bigram {m['bigram_perplexity']:.2f}), "
               f"{m['bits_per_byte']:.3f} bits/byte")
-    if result.model_version:
-        print(f"gruflow: registered model version {result.model_version}")
+    if result.decision:  # the gate's decision and why, or the current model's standing
+        print(f"gruflow: {result.decision}")
     uri = redact(result.tracking_uri)
     print(f"gruflow: MLflow run {result.parent_run_id} in {uri} "
           f"(browse: mlflow ui --backend-store-uri {uri})")
@@ -74,8 +95,11 @@ def _load_model(args: argparse.Namespace):
     from flows.serve import load_model  # refuses anything but gruflow's own models, unloaded
 
     _, name = _registry(args)
-    uri = args.model or f"models:/{name}@champion"
-    return load_model(uri)
+    if args.model:
+        return load_model(args.model)
+    from flows.registry import model_uri  # no champion: says whether to promote or to run
+
+    return load_model(model_uri(name))
 
 
 def _predict(model, frame, params: dict):
@@ -253,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     # objects Prefect, MLflow and DVC load (~1.5 s of every command, e.g. a skipped retrain).
     atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
-    return entry.run(args.func, args, Path(getattr(args, "project", ".")).resolve())
+    code = entry.run(args.func, args, Path(getattr(args, "project", ".")).resolve())
+    if code in entry.INTERRUPTED_CODES and argv is None:  # the console script, not a test
+        entry.exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

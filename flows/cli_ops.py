@@ -38,17 +38,26 @@ def _retrain(args: argparse.Namespace) -> int:
     load_params(root / "params.yaml")
     tracking.check_reachable(tracking.store_uri(root))
     with project_lock(root, wait=not args.no_wait, command="gruflow retrain"):
+        if not args.force:  # nothing changed: decided before Prefect starts (flows/noop.py)
+            from flows.noop import retrain_skipped
+
+            reason = retrain_skipped(root, load_params(root / "params.yaml"))
+            if reason:
+                print(f"gruflow: retrain skipped — {reason}")
+                return 0
+        from flows.interrupt import own_server
         from flows.retrain import retrain
 
-        r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
+        with own_server():  # Prefect's temporary server, out of reach of the terminal's Ctrl-C
+            r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, "
               f"{r.seconds:.1f} s)")
         return 0
     print(f"gruflow: retrained — {r.reason}; stages executed: "
           f"{', '.join(r.executed) or 'none'}")
-    if r.model_version:
-        print(f"gruflow: registered model version {r.model_version}")
+    if r.decision:
+        print(f"gruflow: {r.decision}")
     print(f"gruflow: pushed {r.pushed} file(s) to the DVC remote; MLflow run {r.run_id}")
     return 0
 

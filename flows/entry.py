@@ -9,7 +9,7 @@ import it sets the environment the commands need:
 - `GRUFLOW_LOG_FILE`: `.gruflow/logs/<UTC time>-<pid>.log` in the project (stage commands
   append their tracebacks there too).
 Exit codes: 2 for user errors (`GruflowError`: bad params, bad source, lock held with
---no-wait), 1 for everything else, 130 on Ctrl-C.
+--no-wait), 1 for everything else, 130 on Ctrl-C (SIGINT), 143 on SIGTERM (flows/interrupt.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.errors import GruflowError
+from flows import interrupt
+from flows.rollback import NOT_RESTORED
 from flows.secrets import redact
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -102,6 +104,29 @@ def explain(exc: BaseException) -> tuple[int, str]:
     return 1, f"{type(exc).__name__}: {first}"
 
 
+INTERRUPTED_CODES = (128 + 2, 128 + 15)  # SIGINT, SIGTERM
+
+
+def exit_now(code: int) -> None:
+    """End the process after an interruption without waiting for other threads: a flow run
+    cut short leaves non-daemon worker threads (Prefect's, MLflow's) that the interpreter would
+    wait for forever. The outputs are restored and the Prefect server stopped by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """What an interruption left: the stage stopped and (unless the rollback itself failed,
+    see flows.rollback) the outputs as they were before the run."""
+    how = exc.args[0] if isinstance(exc, interrupt.Interrupted) else "SIGINT"
+    if NOT_RESTORED in getattr(exc, "__notes__", []):
+        return (f"interrupted ({how}): stopped, but the previous outputs could not be restored"
+                " — run `dvc checkout`")
+    return f"interrupted ({how}): stopped, previous outputs restored"
+
+
 def _write_traceback(log_file: Path, exc: BaseException) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as f:
@@ -115,11 +140,12 @@ def run(func: Callable, args, root: Path) -> int:
                                             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
     log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
     try:
-        return func(args)
+        with interrupt.handled():
+            return func(args)
     except KeyboardInterrupt as exc:
         _write_traceback(log_file, exc)
-        print(f"gruflow: interrupted (log: {log_file})", file=sys.stderr)
-        return 130
+        print(f"gruflow: {interrupted_line(exc)} (log: {log_file})", file=sys.stderr)
+        return interrupt.exit_code(exc)
     except Exception as exc:
         _write_traceback(log_file, exc)
         code, message = explain(exc)

@@ -13,12 +13,14 @@ from pathlib import Path
 import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 
 from components.contract import LIVE_RUN_ENV
 from components.params import Params, load_params
 from flows import card, classifier, placement, registry, tracking
+from flows.interrupt import end_killed
 from flows.project_lock import project_lock, sweep_temp
 from flows.rollback import keep_outputs
 from flows.secrets import redact, redacted_errors
@@ -34,6 +36,7 @@ class PipelineResult:
     parent_run_id: str = ""
     model_version: str | None = None
     tracking_uri: str = ""
+    decision: str = ""  # the gate's decision on the current model, why, what to do next
 
 
 @task(name="stage")
@@ -106,10 +109,11 @@ def step(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dic
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
 @redacted_errors
 def register_and_gate(root: Path, params: Params, parent_run_id: str,
-                      metrics: dict) -> str | None:
+                      metrics: dict) -> tuple[str | None, str]:
     """Register the current model unless the registry already holds this exact file (its
     `model_md5` tag), then gate it. Idempotent, so a retry after a partial failure, or a rerun
-    after a kill, finishes the job without a second version."""
+    after a kill, finishes the job without a second version. Returns (the new version or None,
+    the gate's decision line)."""
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     model_md5 = tags.get(f"dvc.{params.paths.model}", "")
     name = params.registry.model_name
@@ -122,7 +126,7 @@ def register_and_gate(root: Path, params: Params, parent_run_id: str,
     if registry.is_gated(name, version):
         get_run_logger().info("model already registered and gated as %s version %s",
                               name, version)
-        return version if new else None
+        return (version if new else None), registry.current_decision(name, version)
     decision = registry.gate(name, version, metrics, root / params.paths.clean / "test.parquet",
                              params.registry.min_improvement)
     card.log_data_profile(parent_run_id, root / params.paths.reports)
@@ -130,10 +134,8 @@ def register_and_gate(root: Path, params: Params, parent_run_id: str,
     get_run_logger().info("model card: %s", card_path.relative_to(root))
     create_markdown_artifact(registry.gate_markdown(name, decision, parent_run_id),
                              key="gruflow-gate", description="champion/challenger decision")
-    get_run_logger().info("registered %s version %s: %s (%s)", name, version,
-                          "champion" if decision["promoted"] else "challenger",
-                          decision["reason"])
-    return version
+    get_run_logger().info("%s: %s", name, decision["line"])
+    return version, decision["line"]
 
 
 def recover(root: Path, params: Params) -> None:
@@ -152,24 +154,40 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
     with project_lock(root, command="gruflow pipeline"):  # re-entrant: the CLI may hold it
         result = PipelineResult(tracking_uri=tracking.configure(root, params.mlflow.experiment))
         recover(root, params)
-        with mlflow.start_run(run_name="pipeline",
-                              tags={"gruflow.project": tracking.project_tag(root)}) as parent:
-            result.parent_run_id = parent.info.run_id
-            mlflow.log_params({"data.source": redact(str(params.data.source)),
-                               "registry.model_name": params.registry.model_name})
-            with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
-                for stage in STAGES:
-                    ran, logged = step(root, params, stage, force)
-                    if stage == "evaluate":
-                        result.metrics = logged
-                    if ran:
-                        result.executed.append(stage)
-            result.model_version = register_and_gate(root, params, parent.info.run_id,
-                                                     result.metrics)
-            classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
-            mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
-                             "executed_stages": ",".join(result.executed) or "none"})
+        try:
+            _run(root, params, force, result)
+        # Ctrl-C/SIGTERM (flows/interrupt.py; Prefect turns a SIGTERM during a flow run into
+        # its TerminationSignal first), the outputs already restored
+        except (KeyboardInterrupt, TerminationSignal):
+            if result.parent_run_id:
+                end_killed(result.parent_run_id)
+            raise
     return result
+
+
+def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> None:
+    """The stages, registration and finetune hook inside the parent MLflow run."""
+    with mlflow.start_run(run_name="pipeline",
+                          tags={"gruflow.project": tracking.project_tag(root)}) as parent:
+        result.parent_run_id = parent.info.run_id
+        mlflow.log_params({"data.source": redact(str(params.data.source)),
+                           "registry.model_name": params.registry.model_name})
+        with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
+            for stage in STAGES:
+                ran, logged = step(root, params, stage, force)
+                if stage == "evaluate":
+                    result.metrics = logged
+                if ran:
+                    result.executed.append(stage)
+        result.model_version, result.decision = register_and_gate(
+            root, params, parent.info.run_id, result.metrics)
+        # the parent run carries the outcome, so MLflow's runs table compares pipelines
+        mlflow.log_metrics(tracking.numbers(result.metrics
+                                            or tracking.read_metrics(root / params.paths.reports)))
+        mlflow.set_tags({"gate.decision": result.decision[:5000]})
+        classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
+        mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
+                         "executed_stages": ",".join(result.executed) or "none"})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ outputs. Unplaced stages run in the flow's process (the default: no server neede
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from components.contract import LIVE_RUN_ENV
@@ -79,22 +81,22 @@ def dvc_push(root: Path, targets: list[str] | None = None) -> int:
 
     params = load_params(root / "params.yaml")
     name, override = ensure_remote(root, params)
+    log = get_run_logger() if TaskRunContext.get() else logging.getLogger(__name__)
     if name is None:
-        get_run_logger().warning("no DVC remote configured (orchestration.dvc_remote is \"\"); "
-                                 "nothing pushed")
+        log.warning("no DVC remote configured (orchestration.dvc_remote is \"\"); nothing pushed")
         return 0
     with Repo(str(root), config=override) as repo:
         n = repo.push(targets=_targets(root, targets))
-    get_run_logger().info("dvc push: %d file(s) uploaded to %s", n,
-                          redact(remote_url(root, params)))
+    log.info("dvc push: %d file(s) uploaded to %s", n, redact(remote_url(root, params)))
     return n
 
 
-def push_after_run(root: Path, version: str | None) -> int:
-    """`dvc push` after a good run; a failure says in one line that the model is registered
-    and what to do (the run itself is not undone)."""
+def push_after_run(root: Path, version: str | None, in_flow: bool = True) -> int:
+    """`dvc push` after a good run (`in_flow=False`: a run with nothing to do, no Prefect);
+    a failure says in one line that the model is registered and what to do (the run itself
+    is not undone)."""
     try:
-        return dvc_push(root)
+        return dvc_push(root) if in_flow else dvc_push.fn(root)
     except Exception as exc:
         model = f"model version {version} is registered" if version else \
             "the run finished (no new model version)"
@@ -171,6 +173,32 @@ def _merge_lock_entry(root: Path, stage: str, entry: dict) -> None:
     tmp.replace(path)
 
 
+def stage_parameters(root: Path, params: Params, stage: str, commit: str, force: bool,
+                     mlflow_run_id: str) -> dict:
+    """The placed stage's flow-run parameters. Prefect shows them in its UI and keeps them in
+    its database, so URLs go redacted (`user:***@host`): the worker takes the credentials from
+    its own environment (`worker_remote`), never from Prefect."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "") if mlflow_run_id else ""
+    return {"stage": stage, "commit": commit, "force": force,
+            "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else "",
+            "remote": redact(remote_url(root, params)), "mlflow_run_id": mlflow_run_id,
+            "tracking_uri": redact(tracking_uri)}
+
+
+def worker_remote(remote: str, env_name: str = "GRUFLOW_DVC_REMOTE") -> str:
+    """The remote URL a worker uses: the parent's `remote` parameter, unless it was redacted
+    (it held a password): then the worker's own $GRUFLOW_DVC_REMOTE, which must name the same
+    remote with its credentials."""
+    if ":***@" not in remote:
+        return remote
+    own = os.environ.get(env_name, "")
+    if not own or redact(own) != remote:
+        raise GruflowError(f"the DVC remote {remote} needs credentials, which are not passed "
+                           f"through Prefect: set {env_name} to its full URL in the worker's "
+                           "environment")
+    return own
+
+
 def run_placed(root: Path, params: Params, stage: str, force: bool = False,
                mlflow_run_id: str = "") -> bool:
     """Run `stage` as the gruflow-stage deployment on its pool; bring its outputs back.
@@ -186,12 +214,7 @@ def run_placed(root: Path, params: Params, stage: str, force: bool = False,
     commit = _git_head(root)
     log.info("stage %s: placed on work pool %s (commit %s)", stage, pool, commit[:12])
     limit = params.orchestration.stage_timeout
-    parameters = {"stage": stage, "commit": commit, "force": force,
-                  "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file()
-                  else "", "remote": remote_url(root, params),
-                  "mlflow_run_id": mlflow_run_id,
-                  "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", "") if mlflow_run_id
-                  else ""}
+    parameters = stage_parameters(root, params, stage, commit, force, mlflow_run_id)
     run = run_deployment(STAGE_DEPLOYMENT, parameters=parameters, timeout=limit,
                          poll_interval=2, job_variables={})
     if run.state is None or not run.state.is_final():
@@ -248,7 +271,8 @@ def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = ""
     if lock:
         (root / "dvc.lock").write_text(lock)
     if remote:
-        os.environ["GRUFLOW_DVC_REMOTE"] = remote
+        os.environ["GRUFLOW_DVC_REMOTE"] = worker_remote(remote)
+    tracking_uri = worker_remote(tracking_uri, "MLFLOW_TRACKING_URI") if tracking_uri else ""
     if mlflow_run_id and tracking_uri and _log_to(tracking_uri, mlflow_run_id):
         os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri,
                        LIVE_RUN_ENV: mlflow_run_id}

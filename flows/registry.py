@@ -100,6 +100,7 @@ def set_champion(name: str, version: str, reason: str) -> None:
         client.set_model_version_tag(name, version, "previous_champion", previous)
     alias_history.record(name, CHAMPION, previous, version, reason,
                          "gate" if reason.startswith("gate") else "promote")
+    describe_model(name)
 
 
 def gate(name: str, version: str, metrics: dict, test_file: Path,
@@ -121,8 +122,9 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
                 "bigram_perplexity": metrics["bigram_perplexity"], "beats_bigram": beats_bigram}
     if decision["champion_before"] is None:
         promote = beats_bigram
-        reason = "first version, " + ("beats" if beats_bigram else "does not beat") + \
-            " the bigram baseline"
+        reason = (f"first version, test perplexity {metrics['perplexity']:.2f} "
+                  + ("beats" if beats_bigram else "does not beat")
+                  + f" the bigram baseline {metrics['bigram_perplexity']:.2f}")
     else:
         texts = pq.read_table(test_file, columns=["text"]).column("text").to_pylist()
         versions = {"challenger": version, "champion": decision["champion_before"]}
@@ -140,7 +142,67 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
         client.set_model_version_tag(name, version, f"gate.{key}", str(decision[key]))
     if promote:
         set_champion(name, version, "gate: " + reason)
+    decision["line"] = decision_line(name, version, promote, reason)
+    client.update_model_version(name, version, description=_version_text(decision["line"],
+                                                                          metrics))
+    describe_model(name)
     return decision
+
+
+def decision_line(name: str, version: str, promoted: bool, reason: str,
+                  new: bool = True) -> str:
+    """The gate's decision, why, and what to do next, in one line (CLI summary, version
+    description, the pipeline run's `gate.decision` tag)."""
+    head = f"registered model version {version}" if new else \
+        f"model version {version} (already registered)"
+    if promoted:
+        return f"{head} as {CHAMPION}: {reason}"
+    return (f"{head} as {CHALLENGER}: {reason} — {name} serves the champion only; promote it "
+            f"with `gruflow promote {version}`, or train longer (train.epochs, more data)")
+
+
+def current_decision(name: str, version: str) -> str:
+    """`decision_line` of an already gated version, as its tags and aliases say now."""
+    tags = MlflowClient().get_model_version(name, version).tags
+    champion = champion_version(name) == version
+    reason = tags.get("gate.reason", "")
+    if champion and tags.get("gate.promoted") != "True":  # promoted later by hand
+        reason = tags.get("promotion_reason", reason)
+    return decision_line(name, version, champion, reason, new=False)
+
+
+def _version_text(line: str, metrics: dict) -> str:
+    keys = ("perplexity", "bits_per_byte", "bigram_perplexity", "baseline_perplexity")
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), float))
+    return f"gruflow gate: {line}.\n\nTest metrics: {shown}."
+
+
+def describe_model(name: str) -> None:
+    """The registered model's description: what it is and which version serves."""
+    champion = champion_version(name)
+    serving = f"version {champion} is the champion (`models:/{name}@{CHAMPION}`)" if champion \
+        else "no champion yet (see the challenger's description)"
+    MlflowClient().update_registered_model(name, description=(
+        "GRU + causal attention language model trained by gruflow (Keras 3; pyfunc: "
+        f"generate/score). {serving.capitalize()}; every version's description says why the "
+        "gate promoted it or not."))
+
+
+def model_uri(name: str) -> str:
+    """`models:/NAME@champion`, or a one-line error that says what to do instead: promote
+    the challenger when there is one, otherwise run the pipeline."""
+    if champion_version(name):
+        return f"models:/{name}@{CHAMPION}"
+    try:
+        mv = MlflowClient().get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException:
+        raise GruflowError(f"cannot load model 'models:/{name}@{CHAMPION}' ({name} has no "
+                           "registered version) — run `gruflow run` first or pass --model "
+                           "URI") from None
+    raise GruflowError(f"{name} has no champion: version {mv.version} is the challenger "
+                       f"({mv.tags.get('gate.reason', 'not promoted by the gate')}) — promote "
+                       f"it with `gruflow promote {mv.version}`, or pass --model "
+                       f"models:/{name}/{mv.version}")
 
 
 def promote(name: str, version: str) -> str:
@@ -174,6 +236,7 @@ def rollback(name: str) -> str:
                                  f"rollback from version {current} by {getpass.getuser()}")
     alias_history.record(name, CHAMPION, current, previous, f"rollback from version {current}",
                          "rollback")
+    describe_model(name)
     return previous
 
 

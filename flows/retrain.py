@@ -42,6 +42,7 @@ class RetrainResult:
     model_version: str | None = None
     pushed: int = 0
     seconds: float = 0.0
+    decision: str = ""  # the gate's decision line (flows.registry.decision_line)
 
 
 @contextlib.contextmanager
@@ -160,7 +161,7 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
         out = pipeline(project=str(root), force=force)
         result = RetrainResult(skipped=False, reason=reason, executed=out.executed,
                                metrics=out.metrics, run_id=out.parent_run_id,
-                               model_version=out.model_version)
+                               model_version=out.model_version, decision=out.decision)
         mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
         result.pushed = push_after_run(root, result.model_version)
         create_markdown_artifact(_report(params, result, reason, tracking_uri),

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+NOT_RESTORED = "gruflow: the previous outputs could not be restored"
 
 
 def _target(root: Path, stage: str) -> str:
@@ -100,4 +101,5 @@ def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
                 except Exception:
                     log.exception("the previous outputs could not be restored: run "
                                   "`dvc checkout` (reports without a DVC cache are lost)")
+                    exc.add_note(NOT_RESTORED)  # the CLI's one line must not claim otherwise
             raise

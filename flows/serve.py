@@ -138,7 +138,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.model:  # the champion lives in a store a run made; do not create an empty one
         tracking.require_store(root)
     tracking.configure(root, params.mlflow.experiment)
-    uri = args.model or f"models:/{params.registry.model_name}@champion"
+    if args.model:
+        uri = args.model
+    else:  # no champion: says whether to promote the challenger or to run the pipeline
+        from flows.registry import model_uri
+
+        uri = model_uri(params.registry.model_name)
     limits = params.serve
     host, port = args.host or limits.host, args.port or limits.port
     app = build_app(load_model(uri), limits)

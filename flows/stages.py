@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
 from components.errors import STAGE_ERROR_ENV, GruflowError
+from flows.interrupt import Interrupted
 from flows.rollback import keep_outputs
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,17 @@ def _stage_error(stage: str, error_file: Path) -> Exception | None:
     return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
 
 
+def _stopped_by_sigint(exc: BaseException) -> bool:
+    """The stage command ended on Ctrl-C (exit 130, see components/__init__.py, or killed by
+    SIGINT). DVC ignores SIGINT in this process while its command runs, so this is how the
+    flow learns of it."""
+    while exc is not None:
+        if type(exc).__name__ == "StageCmdFailedError":
+            return str(exc).endswith((", exited with 130", ", exited with -2"))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None = None) -> bool:
     """`dvc repro --single-item STAGE`; True when the stage's command actually ran. With
     `timeout` (seconds) a watchdog stops the command when it runs longer (it works in any
@@ -141,6 +154,14 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
             _stop_new_processes(before)
             if expired.is_set():
                 raise stage_timeout(stage, timeout) from exc
+            signalled = isinstance(exc, KeyboardInterrupt) or \
+                type(exc).__name__ == "TerminationSignal"  # Prefect's SIGTERM handler
+            if signalled or _stopped_by_sigint(exc):
+                from flows.project_lock import sweep_temp
+
+                sweep_temp(root, all_outs(root))  # the command stopped mid-write
+                if not signalled:
+                    raise Interrupted(signal.SIGINT) from exc
             reason = _stage_error(stage, error_file)
             if reason is not None:
                 raise reason from exc

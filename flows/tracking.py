@@ -140,7 +140,7 @@ def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[st
     }
 
 
-def _numbers(d: dict) -> dict[str, float]:
+def numbers(d: dict) -> dict[str, float]:
     return {k: float(v) for k, v in d.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
@@ -155,7 +155,7 @@ def log_train(run_id: str, params: Params, reports: Path) -> None:
     for key, value in flat.items():
         client.log_param(run_id, key, value)
     summary = json.loads((reports / TRAIN_REPORT).read_text())
-    for key, value in _numbers(summary).items():
+    for key, value in numbers(summary).items():
         client.log_metric(run_id, key, value)
     for name in (TRAIN_REPORT, TRAIN_HISTORY, MODEL_SUMMARY):
         if (reports / name).is_file():
@@ -185,7 +185,7 @@ def log_evaluate(run_id: str, reports: Path) -> dict:
     metrics = json.loads((reports / METRICS_REPORT).read_text())
     client = MlflowClient()
     by_position = {f"loss_position_{k}": v for k, v in metrics.get("loss_by_position", {}).items()}
-    for key, value in (_numbers(metrics) | by_position).items():
+    for key, value in (numbers(metrics) | by_position).items():
         client.log_metric(run_id, key, value)
     client.log_artifact(run_id, str(reports / METRICS_REPORT))
     if (reports / "samples.md").is_file():
@@ -301,7 +301,7 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
     version_tags = {**tags, "mlflow_run_id": run_id,
-                    **{f"metric.{k}": str(v) for k, v in _numbers(metrics).items()}}
+                    **{f"metric.{k}": str(v) for k, v in numbers(metrics).items()}}
     mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
                                tags=version_tags)
     return str(mv.version)

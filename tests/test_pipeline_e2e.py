@@ -126,7 +126,10 @@ def test_first_run_executes_every_stage_and_writes_metrics(pipeline_run):
 
 
 def test_rerun_executes_no_stage(pipeline_run):
-    assert "stages executed: none" in pipeline_run["second"].stdout
+    out = pipeline_run["second"].stdout
+    assert "stages executed: none, up to date (dvc status is clean); model version 1 (already " \
+        "registered) as challenger: first version" in out, out
+    assert "Starting temporary server" not in pipeline_run["second"].stderr  # decided before
     assert (pipeline_run["project"] / "dvc.lock").read_text() == pipeline_run["lock_after_first"]
     repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=pipeline_run["project"],
                            env=pipeline_run["env"], capture_output=True, text=True)
@@ -163,7 +166,7 @@ def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
     exp = mlflow_client.get_experiment_by_name("gruflow")
     runs = mlflow_client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2  # one per pipeline run; the second executed nothing
+    assert len(parents) == 1  # the second run had nothing to do: it opened no run
     first = parents[0]
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
@@ -172,8 +175,10 @@ def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
     assert [m.step for m in history] == [0, 1]  # live per-epoch logging
     assert children["train"].data.params["train.epochs"] == "2"
     assert children["evaluate"].data.metrics["perplexity"] > 0
-    assert parents[1].data.tags["executed_stages"] == "none"
     assert len(first.data.tags["git_commit"]) == 40
+    # the parent run carries the outcome: final metrics and the gate's decision
+    assert first.data.metrics["perplexity"] == children["evaluate"].data.metrics["perplexity"]
+    assert first.data.tags["gate.decision"].startswith("registered model version 1 as challenger")
 
 
 def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
@@ -191,6 +196,11 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     assert metrics["perplexity"] > metrics["bigram_perplexity"], metrics
     assert tags["gate.promoted"] == "False"
     assert "does not beat the bigram baseline" in tags["gate.reason"]
+    line = "registered model version 1 as challenger: first version, test perplexity "
+    assert line in pipeline_run["first"].stdout and "`gruflow promote 1`" in \
+        pipeline_run["first"].stdout  # the summary says the decision, why, what next
+    assert versions[0].description.startswith(f"gruflow gate: {line}")
+    assert "No champion yet" in mlflow_client.get_registered_model("gruflow-lm").description
     assert "champion" not in mlflow_client.get_registered_model("gruflow-lm").aliases
 
 
@@ -219,3 +229,20 @@ def test_registered_pyfunc_generates_and_scores(mlflow_client):
     assert scores["perplexity"][0] > 1.0 and scores["bits_per_byte"][0] > 0
     with pytest.raises(Exception, match="text"):
         model.predict(pd.DataFrame({"prompt": ["x"]}))
+
+
+def test_noop_run_loads_no_prefect_server_pipeline_or_tensorflow(pipeline_run):
+    """In-process, a third run with nothing to do: the decision needs DVC and the registry
+    client only (no Prefect server, pipeline flow, TensorFlow or model flavours)."""
+    heavy = ("tensorflow", "keras", "mlflow.pyfunc", "flows.pipeline",
+             "prefect.server.api.server", "components.lm.model")
+    project = pipeline_run["project"]
+    code = ("import sys; from flows.cli import main; "
+            f"rc = main(['run', '--no-push', '--project', {str(project)!r}]); "
+            f"print(rc, sorted(set({heavy!r}) & set(sys.modules)) or 'light')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project.parent,
+                         env=pipeline_run["env"] | {"PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "0 light", out.stdout
+    assert "stages executed: none, up to date" in out.stdout

@@ -151,3 +151,43 @@ def test_better_compares_finite_scores_by_the_relative_margin():
     assert registry.better(0.98, 1.0, 0.01) and not registry.better(0.995, 1.0, 0.01)
     assert registry.better(5.0, math.nan, 0.01) and registry.better(5.0, math.inf, 0.01)
     assert not registry.better(math.nan, 1.0, 0.01) and not registry.better(math.nan, math.nan, 0)
+
+
+def test_every_decision_says_why_and_what_next(decisions):
+    """The decision line (CLI summary) is the version's description; the registered model's
+    description names the champion."""
+    client = MlflowClient()
+    tie, better = decisions["tie"]["line"], decisions["better"]["line"]
+    assert tie.startswith("registered model version 4 as challenger: bits/byte ") and \
+        "promote it with `gruflow promote 4`" in tie
+    assert better.startswith("registered model version 3 as champion: bits/byte ")
+    assert tie in client.get_model_version("lm", "4").description
+    assert "Version 3 is the champion" in client.get_registered_model("lm").description
+
+
+def test_without_a_champion_the_advice_is_to_promote_the_challenger(gate_project, capsys):
+    """A first version that does not beat the bigram is only challenger: `gruflow generate`
+    says to promote it (not to run the pipeline); with no version at all, to run it."""
+    from flows.cli import main
+
+    root, params = gate_project["root"], gate_project["params"]
+    name = params.registry.model_name  # what `gruflow generate` in this project loads
+    p = params.model_copy(update={"paths": params.paths.model_copy(update={
+        "model": str(root / "uniform.keras"), "tokenizer": str(root / "bpe.json")})})
+    with mlflow.start_run() as run:
+        version = tracking.log_and_register_model(root, p, run.info.run_id, tags={}, metrics={})
+    d = registry.gate(name, version, {"perplexity": 60.0, "bigram_perplexity": 50.0},
+                      root / "clean" / "test.parquet", 0.01)
+    assert d["promoted"] is False and "does not beat the bigram baseline 50.00" in d["line"]
+    assert "No champion yet" in MlflowClient().get_registered_model(name).description
+    capsys.readouterr()  # MLflow's registration lines above
+    assert main(["generate", "the parser", "--project", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"version {version} is the challenger" in err[0] and \
+        f"promote it with `gruflow promote {version}`" in err[0] and "gruflow run" not in err[0]
+    with pytest.raises(registry.GruflowError, match="run `gruflow run` first"):
+        registry.model_uri("no-such-model")
+    registry.promote(name, version)  # what the advice says to do
+    assert registry.model_uri(name) == f"models:/{name}@champion"
+    assert f"Version {version} is the champion" in \
+        MlflowClient().get_registered_model(name).description
