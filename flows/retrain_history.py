@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 SHOWN = (("drift.bpb_ratio", "bpb ratio"), ("drift.fallback_rise", "fallback rise"),
          ("drift.js_divergence", "JS"), ("drift.champion_age_days", "age d"),
          ("drift.new_documents", "new docs"))
+COUNT = "drift.new_documents"
 
 
 def decisions(experiment: str) -> list[dict]:
@@ -22,8 +23,10 @@ def decisions(experiment: str) -> list[dict]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], "tags.retrain IN ('trained', 'skipped')",
-                              order_by=["attributes.start_time ASC"], max_results=1000)
+    runs = sorted((r for value in ("trained", "skipped")  # tags allow no IN (...) filter
+                   for r in client.search_runs([exp.experiment_id], f"tags.retrain = '{value}'",
+                                               max_results=1000)),
+                  key=lambda r: r.info.start_time)
     return [{"time": dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.UTC)
              .isoformat(timespec="seconds"),
              "retrain": r.data.tags["retrain"],
@@ -39,8 +42,8 @@ def render(rows: list[dict]) -> str:
     lines = ["retrain decisions",
              f"{'time':25}  {'retrain':8}  {'policy':9}  numbers / reason"]
     for r in rows:
-        numbers = ", ".join(f"{label} {r['metrics'][key]:.3f}" for key, label in SHOWN
-                            if key in r["metrics"])
+        numbers = ", ".join(f"{label} {r['metrics'][key]:.{0 if key == COUNT else 3}f}"
+                            for key, label in SHOWN if key in r["metrics"])
         lines.append(f"{r['time']:25}  {r['retrain']:8}  {r['policy']:9}  "
                      f"{numbers + ' — ' if numbers else ''}{r['reason']}")
     return "\n".join(lines)

@@ -73,7 +73,7 @@ def test_pick_takes_whole_documents_lowest_id_first():
 def _report(ratio=1.0, rise=0.0, js=0.01) -> dict:
     new = [{"doc_id": "a", "bits_per_byte": ratio, "nll": ratio * 10 * math.log(2), "bytes": 10}]
     old = [{"doc_id": "b", "bits_per_byte": 1.0, "nll": 10 * math.log(2), "bytes": 10}]
-    return drift.build_report({"new": 1}, new, old, (int(rise * 100), 100), (0, 100), js, {})
+    return drift.build_report({"new": 1, "new_scored": 1}, new, old, (int(rise * 100), 100), (0, 100), js, {})
 
 
 def test_build_report_ratio_and_rise():
@@ -163,3 +163,21 @@ def test_history_renders_retrain_decisions():
     text = retrain_history.render(rows)
     assert "skipped" in text and "bpb ratio 1.020, JS 0.050 — no drift" in text
     assert retrain_history.render([]) == "retrain decisions: none recorded yet"
+
+
+def test_artifact_markdown_shows_decision_numbers_and_plot():
+    from flows import drift_check
+
+    report = _report(ratio=1.5, js=0.3) | {
+        "champion": "3", "age_days": 2.5,
+        "data_profile": {"moved": {"script_mix": 0.01}, "limits": {}, "against": "x"}}
+    decision = drift.Decision(True, "drift: bpb_ratio 1.5 > 1.2", {"bpb_ratio": (1.5, 1.2)})
+    text = drift_check.markdown(report, decision, "on_drift")
+    assert text.startswith("## Drift (policy on_drift): train — drift: bpb_ratio 1.5 > 1.2")
+    assert "| champion | version 3, 2.5 days old |" in text
+    assert "(ratio 1.5000)" in text and "| JS divergence new vs old train tokens | 0.3000 |" in text
+    assert "script_mix 0.010" in text and "| bits/byte | new documents |" in text
+    assert drift_check._flat(report)["drift.bpb_ratio"] == pytest.approx(1.5)
+    off = drift_check.markdown({"unavailable": "no champion"}, drift.Decision(True, "x", {}),
+                               "on_drift")
+    assert "Not measured: no champion." in off
