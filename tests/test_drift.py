@@ -73,7 +73,8 @@ def test_pick_takes_whole_documents_lowest_id_first():
 def _report(ratio=1.0, rise=0.0, js=0.01) -> dict:
     new = [{"doc_id": "a", "bits_per_byte": ratio, "nll": ratio * 10 * math.log(2), "bytes": 10}]
     old = [{"doc_id": "b", "bits_per_byte": 1.0, "nll": 10 * math.log(2), "bytes": 10}]
-    return drift.build_report({"new": 1, "new_scored": 1}, new, old, (int(rise * 100), 100), (0, 100), js, {})
+    return drift.build_report({"new": 1, "new_scored": 1}, new, old, (int(rise * 100), 100),
+                              (0, 100), js, {})
 
 
 def test_build_report_ratio_and_rise():
@@ -181,3 +182,43 @@ def test_artifact_markdown_shows_decision_numbers_and_plot():
     off = drift_check.markdown({"unavailable": "no champion"}, drift.Decision(True, "x", {}),
                                "on_drift")
     assert "Not measured: no champion." in off
+
+
+def test_lineage_read_from_the_dvc_cache_or_a_clear_reason(tmp_path):
+    """The champion's clean splits come from the local DVC cache by its dvc.data/clean tag;
+    a missing tag or cache entry is a LookupError saying what to do."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dvc.repo import Repo
+
+    from flows import drift_check
+
+    Repo.init(str(tmp_path), no_scm=True)
+    clean = tmp_path / "data" / "clean"
+    clean.mkdir(parents=True)
+    for i, split in enumerate(("train", "val", "test")):
+        pq.write_table(pa.table({"doc_id": [f"d{i}"], "text": [f"text {split}"]}),
+                       clean / f"{split}.parquet")
+    with Repo(str(tmp_path)) as repo:
+        repo.add(str(clean))
+    md5 = yaml.safe_load((tmp_path / "data" / "clean.dvc").read_text())["outs"][0]["md5"]
+    splits = drift_check.lineage_splits(tmp_path, {"dvc.data/clean": md5}, "data/clean")
+    assert splits["test"].column("text").to_pylist() == ["text test"]
+    with pytest.raises(LookupError, match="no dvc.data/clean tag"):
+        drift_check.lineage_splits(tmp_path, {}, "data/clean")
+    with pytest.raises(LookupError, match="not in the local DVC cache — `dvc pull` it"):
+        drift_check.lineage_splits(tmp_path, {"dvc.data/clean": "0" * 32 + ".dir"},
+                                   "data/clean")
+
+
+def test_champion_age_comes_from_the_registry(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows import drift_check
+
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    client.create_registered_model("m")
+    version = client.create_model_version("m", str(tmp_path), run_id=None).version
+    assert 0 <= drift_check.age_days("m", str(version)) < 1 / 24  # created just now
