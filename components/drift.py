@@ -151,17 +151,21 @@ def crossed(cfg: Retrain, report: dict) -> dict[str, tuple[float, float]]:
 
 
 def decide(cfg: Retrain, report: dict | None, age_days: float | None,
-           why_changed: str) -> Decision:
+           why_changed: str, not_data: Sequence[str] = ()) -> Decision:
     """Train or skip under retrain.policy, once something changed (`why_changed`).
 
-    always / on_change: train. on_drift: train when there is no champion, when its lineage
-    could not be read, when a threshold is crossed or the champion is older than max_age_days;
-    else skip with reason "no drift"."""
+    always / on_change: train. on_drift: train when params or code changed too (`not_data`:
+    drift says nothing about those), when there is no champion or its lineage could not be
+    read, when a threshold is crossed or the champion is older than max_age_days; else skip
+    with reason "no drift"."""
     if cfg.policy != "on_drift":
         return Decision(True, f"policy {cfg.policy}: {why_changed}", {})
     if report is None or report.get("unavailable"):
         why = (report or {}).get("unavailable", "no champion to measure drift against")
         return Decision(True, f"policy on_drift: {why}", {})
+    if not_data:
+        return Decision(True, "policy on_drift: not only new data changed ("
+                              f"{', '.join(not_data[:5])})", {})
     fired = crossed(cfg, report)
     if fired:
         text = ", ".join(f"{k} {v:.4g} > {lim:g}" for k, (v, lim) in fired.items())

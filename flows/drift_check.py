@@ -63,6 +63,39 @@ def lineage_splits(root: Path, tags: dict[str, str], clean_path: str) -> dict[st
     return out
 
 
+def other_changes(status: dict, outs: list[str]) -> list[str]:
+    """What `dvc status` reports besides new data: changed params, code or other non-output
+    dependencies, missing outputs ("stage: what" each). Data is a dependency that is some
+    stage's output (the source snapshot, then what each stage made from it)."""
+    def is_data(path: str) -> bool:
+        return any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs)
+
+    found = []
+    for stage, entries in status.items():
+        for entry in entries:
+            if not isinstance(entry, dict):  # "always changed" and the like
+                found.append(f"{stage}: {entry}")
+                continue
+            for kind, changes in entry.items():
+                if kind != "changed deps" or not isinstance(changes, dict):
+                    found.append(f"{stage}: {kind}")
+                    continue
+                found += [f"{stage}: {path}" for path, how in changes.items()
+                          if isinstance(how, dict) or not is_data(path)]
+    return found
+
+
+def non_data_changes(root: Path) -> list[str]:
+    """other_changes() of the project now (before the clean stage runs)."""
+    from dvc.repo import Repo
+
+    from flows.stages import all_outs
+
+    with Repo(str(root)) as repo:
+        status = repo.status()
+    return other_changes(status, all_outs(root))
+
+
 def _pick(table: pa.Table, max_bytes: int) -> tuple[list[str], list[str]]:
     ids, texts = table.column("doc_id").to_pylist(), table.column("text").to_pylist()
     chosen = drift.pick(ids, [text_bytes(t) for t in texts], max_bytes) if ids else []

@@ -113,9 +113,10 @@ def measure_drift(root: Path, params: Params, why_changed: str) -> Drifted:
     from flows import drift_check
     from flows.pipeline import step  # the clean stage where params place it
 
+    not_data = drift_check.non_data_changes(root)  # before clean: its deps still say why
     step(root, params, "clean", False)
     report = drift_check.measure(root, params)
-    decision = decide(params.retrain, report, report.get("age_days"), why_changed)
+    decision = decide(params.retrain, report, report.get("age_days"), why_changed, not_data)
     return Drifted(report, decision, drift_check.write(root, params, report, decision))
 
 

@@ -222,3 +222,22 @@ def test_champion_age_comes_from_the_registry(tmp_path, monkeypatch):
     client.create_registered_model("m")
     version = client.create_model_version("m", str(tmp_path), run_id=None).version
     assert 0 <= drift_check.age_days("m", str(version)) < 1 / 24  # created just now
+
+
+def test_on_drift_trains_when_params_or_code_changed_too(params):
+    from flows.drift_check import other_changes
+
+    outs = ["data/raw", "data/clean", "data/tokens"]
+    only_data = {"clean": [{"changed deps": {"data/raw": "modified"}}],
+                 "embed": [{"changed deps": {"data/tokens/train.parquet": "modified"}}]}
+    assert other_changes(only_data, outs) == []
+    mixed = {"clean": [{"changed deps": {"data/raw": "modified",
+                                         "components/clean.py": "modified"}}],
+             "train": [{"changed deps": {"params.yaml": {"train.epochs": "modified"}}}],
+             "tune": ["always changed"], "eval": [{"changed outs": {"x": "deleted"}}]}
+    assert other_changes(mixed, outs) == ["clean: components/clean.py", "train: params.yaml",
+                                          "tune: always changed", "eval: changed outs"]
+    cfg = params.retrain.model_copy(update={"policy": "on_drift"})
+    d = drift.decide(cfg, _report(), 1.0, "changed", ["train: params.yaml"])
+    assert d.retrain and d.reason == \
+        "policy on_drift: not only new data changed (train: params.yaml)"
