@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from components import drift
 from components.artifacts import atomic_file, write_json
 from components.contract import SPLITS, split_file, text_bytes
+from components.errors import GruflowError
 from components.params import Params
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,10 @@ def measure(root: Path, params: Params) -> dict:
     new_ids, new_texts = _pick(fresh, cap)
     test_ids, test_texts = _pick(old["test"], cap)
     _, train_texts = _pick(old["train"], cap)
-    lm = load_model(f"models:/{name}/{version}").unwrap_python_model()
+    try:
+        lm = load_model(f"models:/{name}/{version}").unwrap_python_model()
+    except GruflowError as exc:  # not loadable: nothing to measure with (on_drift trains)
+        return base | {"unavailable": f"champion version {version}: {exc}"}
     tok = lm.tokenizer
 
     def ids(texts: list[str]) -> list[list[int]]:

@@ -112,8 +112,10 @@ def test_same_style_text_is_skipped_with_the_numbers(drift_runs):
 
 
 def test_another_language_retrains(drift_runs):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
+    mlflow.set_tracking_uri(f"sqlite:///{drift_runs['project'] / 'mlflow.db'}")
     assert "gruflow: retrained" in drift_runs["other"].stdout
     r = drift_runs["other_report"]
     assert r["decision"]["retrain"] and r["decision"]["reason"].startswith("drift: ")
@@ -121,8 +123,16 @@ def test_another_language_retrains(drift_runs):
     assert r["bits_per_byte"]["ratio"] > r["thresholds"]["bpb_ratio"]
     assert r["fallback_rate"]["rise"] > 0  # ö, ü, ß: bytes the tokenizer never merged
     assert r["js_divergence"] > drift_runs["same_report"]["js_divergence"]
-    versions = MlflowClient().search_model_versions("name = 'gruflow-lm'")
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'gruflow-lm'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    exp = client.get_experiment_by_name("gruflow")
+    trained = client.search_runs([exp.experiment_id], "tags.retrain = 'trained'",
+                                 order_by=["attributes.start_time DESC"])
+    run = trained[0]  # the pipeline run of this retrain carries the drift record too
+    assert run.data.tags["retrain.decision"] == "train"
+    assert run.data.tags["retrain_reason"] == r["decision"]["reason"]
+    assert run.data.metrics["drift.js_divergence"] == pytest.approx(r["js_divergence"])
 
 
 def test_history_lists_the_decisions(drift_runs):
