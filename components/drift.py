@@ -58,8 +58,11 @@ def bits_per_byte(nll_nats: Sequence[float], n_bytes: Sequence[int]) -> float:
 def byte_symbols() -> list[str]:
     """The byte-level alphabet: symbol of byte b at index b (GPT-2's reversible mapping, which
     HF's ByteLevel pre-tokenizer uses: printable bytes map to themselves, the rest to U+0100+)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     out, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -108,23 +111,35 @@ def _rate(hit_total: tuple[int, int]) -> float | None:
     return hit / total if total else None
 
 
-def build_report(counts: dict[str, int], new_scores: list[dict], old_scores: list[dict],
-                 fallback_new: tuple[int, int], fallback_old: tuple[int, int],
-                 js: float | None, profile: dict) -> dict:
+def build_report(
+    counts: dict[str, int],
+    new_scores: list[dict],
+    old_scores: list[dict],
+    fallback_new: tuple[int, int],
+    fallback_old: tuple[int, int],
+    js: float | None,
+    profile: dict,
+) -> dict:
     """reports/drift.json's measurements. `*_scores`: per document {doc_id, bits_per_byte,
     nll, bytes}; `counts`: documents new/old/scored."""
+
     def side(rows: list[dict]) -> float | None:
-        return bits_per_byte([r["nll"] for r in rows], [r["bytes"] for r in rows]) \
-            if rows else None
+        return bits_per_byte([r["nll"] for r in rows], [r["bytes"] for r in rows]) if rows else None
 
     new_bpb, old_bpb = side(new_scores), side(old_scores)
     new_fb, old_fb = _rate(fallback_new), _rate(fallback_old)
     return {
         "documents": counts,
-        "bits_per_byte": {"new": new_bpb, "champion_test": old_bpb,
-                          "ratio": new_bpb / old_bpb if new_bpb is not None and old_bpb else None},
-        "fallback_rate": {"new": new_fb, "old": old_fb,
-                          "rise": new_fb - old_fb if None not in (new_fb, old_fb) else None},
+        "bits_per_byte": {
+            "new": new_bpb,
+            "champion_test": old_bpb,
+            "ratio": new_bpb / old_bpb if new_bpb is not None and old_bpb else None,
+        },
+        "fallback_rate": {
+            "new": new_fb,
+            "old": old_fb,
+            "rise": new_fb - old_fb if None not in (new_fb, old_fb) else None,
+        },
         "js_divergence": js,
         "data_profile": profile,
         "per_document": {"new": new_scores, "champion_test": old_scores},
@@ -143,15 +158,25 @@ class Decision:
 
 def crossed(cfg: Retrain, report: dict) -> dict[str, tuple[float, float]]:
     """The drift checks above their threshold (0 = off; an unmeasured value never fires)."""
-    measured = {"bpb_ratio": report["bits_per_byte"]["ratio"],
-                "fallback_rate": report["fallback_rate"]["rise"],
-                "js_divergence": report["js_divergence"]}
-    return {k: (v, getattr(cfg.drift, k)) for k, v in measured.items()
-            if v is not None and getattr(cfg.drift, k) and v > getattr(cfg.drift, k)}
+    measured = {
+        "bpb_ratio": report["bits_per_byte"]["ratio"],
+        "fallback_rate": report["fallback_rate"]["rise"],
+        "js_divergence": report["js_divergence"],
+    }
+    return {
+        k: (v, getattr(cfg.drift, k))
+        for k, v in measured.items()
+        if v is not None and getattr(cfg.drift, k) and v > getattr(cfg.drift, k)
+    }
 
 
-def decide(cfg: Retrain, report: dict | None, age_days: float | None,
-           why_changed: str, not_data: Sequence[str] = ()) -> Decision:
+def decide(
+    cfg: Retrain,
+    report: dict | None,
+    age_days: float | None,
+    why_changed: str,
+    not_data: Sequence[str] = (),
+) -> Decision:
     """Train or skip under retrain.policy, once something changed (`why_changed`).
 
     always / on_change: train. on_drift: train when params or code changed too (`not_data`:
@@ -164,15 +189,19 @@ def decide(cfg: Retrain, report: dict | None, age_days: float | None,
         why = (report or {}).get("unavailable", "no champion to measure drift against")
         return Decision(True, f"policy on_drift: {why}", {})
     if not_data:
-        return Decision(True, "policy on_drift: not only new data changed ("
-                              f"{', '.join(not_data[:5])})", {})
+        return Decision(
+            True, f"policy on_drift: not only new data changed ({', '.join(not_data[:5])})", {}
+        )
     fired = crossed(cfg, report)
     if fired:
         text = ", ".join(f"{k} {v:.4g} > {lim:g}" for k, (v, lim) in fired.items())
         return Decision(True, f"drift: {text}", fired)
     if cfg.max_age_days and age_days is not None and age_days > cfg.max_age_days:
-        return Decision(True, f"champion is {age_days:.1f} days old > retrain.max_age_days "
-                              f"{cfg.max_age_days:g}", {})
+        return Decision(
+            True,
+            f"champion is {age_days:.1f} days old > retrain.max_age_days {cfg.max_age_days:g}",
+            {},
+        )
     return Decision(False, "no drift", {})
 
 
@@ -185,8 +214,15 @@ def histogram(new: Sequence[float], old: Sequence[float], bins: int = 8) -> list
     lo, hi = float(values.min()), float(values.max())
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     count = [np.histogram(np.asarray(s, np.float64), edges)[0] for s in (new, old)]
-    return [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "new": int(count[0][i]),
-             "old": int(count[1][i])} for i in range(bins)]
+    return [
+        {
+            "lo": float(edges[i]),
+            "hi": float(edges[i + 1]),
+            "new": int(count[0][i]),
+            "old": int(count[1][i]),
+        }
+        for i in range(bins)
+    ]
 
 
 def markdown_plot(rows: list[dict], width: int = 20) -> str:
@@ -199,8 +235,9 @@ def markdown_plot(rows: list[dict], width: int = 20) -> str:
     for r in rows:
         bar_new = "█" * round(width * r["new"] / n_new)
         bar_old = "░" * round(width * r["old"] / n_old)
-        lines.append(f"| {r['lo']:.2f}–{r['hi']:.2f} | {bar_new} {r['new']} | "
-                     f"{bar_old} {r['old']} |")
+        lines.append(
+            f"| {r['lo']:.2f}–{r['hi']:.2f} | {bar_new} {r['new']} | {bar_old} {r['old']} |"
+        )
     return "\n".join(lines)
 
 
@@ -212,18 +249,27 @@ def svg_plot(rows: list[dict], title: str) -> str:
     n_old = sum(r["old"] for r in rows) or 1
     peak = max([r["new"] / n_new for r in rows] + [r["old"] / n_old for r in rows] + [1e-9])
     bw = (w - 2 * pad) / max(len(rows), 1)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-           'font-family="sans-serif" font-size="10">', '<rect width="100%" height="100%" '
-           'fill="white"/>', f'<text x="{pad}" y="16" font-size="12">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        'font-family="sans-serif" font-size="10">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{pad}" y="16" font-size="12">{escape(title)}</text>',
+    ]
     for i, r in enumerate(rows):
-        for j, (share, color) in enumerate(((r["old"] / n_old, "#4878a8"),
-                                            (r["new"] / n_new, "#d08040"))):
+        for j, (share, color) in enumerate(
+            ((r["old"] / n_old, "#4878a8"), (r["new"] / n_new, "#d08040"))
+        ):
             bh = (h - 2 * pad) * share / peak
             x = pad + i * bw + j * bw / 2
-            out.append(f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bw / 2 - 1:.1f}" '
-                       f'height="{bh:.1f}" fill="{color}"/>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bw / 2 - 1:.1f}" '
+                f'height="{bh:.1f}" fill="{color}"/>'
+            )
         out.append(f'<text x="{pad + i * bw:.1f}" y="{h - pad + 12}">{r["lo"]:.2f}</text>')
-    out += [f'<text x="{w - pad - 150}" y="30" fill="#d08040">■ new documents ({n_new})</text>',
-            f'<text x="{w - pad - 150}" y="44" fill="#4878a8">■ champion test ({n_old})</text>',
-            f'<text x="{pad}" y="{h - 6}">bits per byte per document</text>', "</svg>"]
+    out += [
+        f'<text x="{w - pad - 150}" y="30" fill="#d08040">■ new documents ({n_new})</text>',
+        f'<text x="{w - pad - 150}" y="44" fill="#4878a8">■ champion test ({n_old})</text>',
+        f'<text x="{pad}" y="{h - 6}">bits per byte per document</text>',
+        "</svg>",
+    ]
     return "\n".join(out) + "\n"

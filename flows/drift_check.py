@@ -27,11 +27,16 @@ log = logging.getLogger(__name__)
 
 DRIFT_REPORT, DRIFT_PLOT = "drift.json", "drift.svg"
 PROFILE_REPORT = "data_profile.json"
-METRICS = {"bits_per_byte.new": "drift.new_bits_per_byte",
-           "bits_per_byte.champion_test": "drift.champion_test_bits_per_byte",
-           "bits_per_byte.ratio": "drift.bpb_ratio", "fallback_rate.new": "drift.fallback_new",
-           "fallback_rate.rise": "drift.fallback_rise", "js_divergence": "drift.js_divergence",
-           "age_days": "drift.champion_age_days", "documents.new": "drift.new_documents"}
+METRICS = {
+    "bits_per_byte.new": "drift.new_bits_per_byte",
+    "bits_per_byte.champion_test": "drift.champion_test_bits_per_byte",
+    "bits_per_byte.ratio": "drift.bpb_ratio",
+    "fallback_rate.new": "drift.fallback_new",
+    "fallback_rate.rise": "drift.fallback_rise",
+    "js_divergence": "drift.js_divergence",
+    "age_days": "drift.champion_age_days",
+    "documents.new": "drift.new_documents",
+}
 
 
 def _table(path: Path) -> pa.Table:
@@ -45,16 +50,20 @@ def lineage_splits(root: Path, tags: dict[str, str], clean_path: str) -> dict[st
 
     md5 = tags.get(f"dvc.{clean_path}", "")
     if not md5.endswith(".dir"):
-        raise LookupError(f"the champion has no dvc.{clean_path} tag (registered before "
-                          "lineage tags)")
+        raise LookupError(
+            f"the champion has no dvc.{clean_path} tag (registered before lineage tags)"
+        )
     with Repo(str(root)) as repo:
         cache = repo.cache.local
         manifest = Path(cache.oid_to_path(md5))
         if not manifest.is_file():
-            raise LookupError(f"its {clean_path} ({md5}) is not in the local DVC cache — "
-                              "`dvc pull` it or retrain")
-        files = {e["relpath"]: Path(cache.oid_to_path(e["md5"]))
-                 for e in json.loads(manifest.read_text())}
+            raise LookupError(
+                f"its {clean_path} ({md5}) is not in the local DVC cache — `dvc pull` it or retrain"
+            )
+        files = {
+            e["relpath"]: Path(cache.oid_to_path(e["md5"]))
+            for e in json.loads(manifest.read_text())
+        }
     out = {}
     for split in SPLITS:
         path = files.get(split_file("", split).name)
@@ -68,6 +77,7 @@ def other_changes(status: dict, outs: list[str]) -> list[str]:
     """What `dvc status` reports besides new data: changed params, code or other non-output
     dependencies, missing outputs ("stage: what" each). Data is a dependency that is some
     stage's output (the source snapshot, then what each stage made from it)."""
+
     def is_data(path: str) -> bool:
         return any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs)
 
@@ -81,8 +91,11 @@ def other_changes(status: dict, outs: list[str]) -> list[str]:
                 if kind != "changed deps" or not isinstance(changes, dict):
                     found.append(f"{stage}: {kind}")
                     continue
-                found += [f"{stage}: {path}" for path, how in changes.items()
-                          if isinstance(how, dict) or not is_data(path)]
+                found += [
+                    f"{stage}: {path}"
+                    for path, how in changes.items()
+                    if isinstance(how, dict) or not is_data(path)
+                ]
     return found
 
 
@@ -107,8 +120,10 @@ def _scores(lm, ids: list[str], texts: list[str]) -> list[dict]:
     from components.lm.inference import score_texts
 
     rows = score_texts(lm.model, lm.tokenizer, texts, lm.seq_len) if texts else []
-    return [{"doc_id": d, "bits_per_byte": r["bits_per_byte"], "nll": r["nll"],
-             "bytes": r["bytes"]} for d, r in zip(ids, rows, strict=True)]
+    return [
+        {"doc_id": d, "bits_per_byte": r["bits_per_byte"], "nll": r["nll"], "bytes": r["bytes"]}
+        for d, r in zip(ids, rows, strict=True)
+    ]
 
 
 def _profile(root: Path, params: Params) -> dict:
@@ -118,8 +133,11 @@ def _profile(root: Path, params: Params) -> dict:
         moved = json.loads(path.read_text()).get("drift", {})
     except (OSError, ValueError):
         moved = {}
-    return {"against": "the previous clean run (same data.source)", "moved": moved,
-            "limits": params.clean.drift.model_dump()}
+    return {
+        "against": "the previous clean run (same data.source)",
+        "moved": moved,
+        "limits": params.clean.drift.model_dump(),
+    }
 
 
 def age_days(name: str, version: str) -> float:
@@ -166,15 +184,27 @@ def measure(root: Path, params: Params) -> dict:
     fallback = drift.fallback_ids(tok.get_vocab())
     size = tok.get_vocab_size()
     new_counts, old_counts = (drift.token_counts(t, size) for t in (new_tokens, old_tokens))
-    js = drift.js_divergence(new_counts, old_counts) \
-        if new_counts.sum() and old_counts.sum() else None
-    counts = {"new": fresh.num_rows, "new_scored": len(new_ids), "champion": len(seen),
-              "champion_test_scored": len(test_ids), "old_train_tokenized": len(train_texts)}
-    report = drift.build_report(counts, _scores(lm, new_ids, new_texts),
-                                _scores(lm, test_ids, test_texts),
-                                drift.fallback_share(new_tokens, fallback),
-                                drift.fallback_share(old_tokens, fallback), js,
-                                _profile(root, params))
+    js = (
+        drift.js_divergence(new_counts, old_counts)
+        if new_counts.sum() and old_counts.sum()
+        else None
+    )
+    counts = {
+        "new": fresh.num_rows,
+        "new_scored": len(new_ids),
+        "champion": len(seen),
+        "champion_test_scored": len(test_ids),
+        "old_train_tokenized": len(train_texts),
+    }
+    report = drift.build_report(
+        counts,
+        _scores(lm, new_ids, new_texts),
+        _scores(lm, test_ids, test_texts),
+        drift.fallback_share(new_tokens, fallback),
+        drift.fallback_share(old_tokens, fallback),
+        js,
+        _profile(root, params),
+    )
     return base | report
 
 
@@ -191,26 +221,33 @@ def _flat(report: dict) -> dict[str, float]:
 
 def _histogram(report: dict) -> list[dict]:
     per = report.get("per_document", {})
-    return drift.histogram([r["bits_per_byte"] for r in per.get("new", [])],
-                           [r["bits_per_byte"] for r in per.get("champion_test", [])])
+    return drift.histogram(
+        [r["bits_per_byte"] for r in per.get("new", [])],
+        [r["bits_per_byte"] for r in per.get("champion_test", [])],
+    )
 
 
 def write(root: Path, params: Params, report: dict, decision: drift.Decision) -> Path:
     """reports/drift.json (the report + the decision) and reports/drift.svg."""
     out = root / params.paths.reports / DRIFT_REPORT
-    full = report | {"policy": params.retrain.policy, "decision": decision.as_dict(),
-                     "thresholds": params.retrain.drift.model_dump(),
-                     "max_age_days": params.retrain.max_age_days,
-                     "histogram": _histogram(report)}
+    full = report | {
+        "policy": params.retrain.policy,
+        "decision": decision.as_dict(),
+        "thresholds": params.retrain.drift.model_dump(),
+        "max_age_days": params.retrain.max_age_days,
+        "histogram": _histogram(report),
+    }
     write_json(out, full)
     with atomic_file(out.with_suffix(".svg")) as tmp:
-        tmp.write_text(drift.svg_plot(full["histogram"], "champion's bits/byte per document"),
-                       encoding="utf-8")
+        tmp.write_text(
+            drift.svg_plot(full["histogram"], "champion's bits/byte per document"), encoding="utf-8"
+        )
     return out
 
 
-def log_to_run(run_id: str, path: Path, report: dict, decision: drift.Decision,
-               policy: str) -> None:
+def log_to_run(
+    run_id: str, path: Path, report: dict, decision: drift.Decision, policy: str
+) -> None:
     """Drift metrics, the decision tags and drift.json/svg on the retrain's MLflow run."""
     from mlflow.tracking import MlflowClient
 
@@ -231,21 +268,28 @@ def _num(value: object) -> str:
 
 def markdown(report: dict, decision: drift.Decision, policy: str) -> str:
     """The artifact's drift section: the decision, the numbers, the per-document plot."""
-    lines = [f"## Drift (policy {policy}): {'train' if decision.retrain else 'skip'} — "
-             f"{decision.reason}\n"]
+    lines = [
+        f"## Drift (policy {policy}): {'train' if decision.retrain else 'skip'} — "
+        f"{decision.reason}\n"
+    ]
     if report.get("unavailable"):
         return "\n".join(lines + [f"Not measured: {report['unavailable']}.\n"])
     bpb, fb, docs = report["bits_per_byte"], report["fallback_rate"], report["documents"]
     moved = report["data_profile"]["moved"]
-    lines += ["| measure | value |", "|---|---|",
-              f"| champion | version {report['champion']}, {report['age_days']:.1f} days old |",
-              f"| new documents (scored) | {docs['new']} ({docs['new_scored']}) |",
-              f"| bits/byte new / champion test | {_num(bpb['new'])} / "
-              f"{_num(bpb['champion_test'])} (ratio {_num(bpb['ratio'])}) |",
-              f"| <unk>/byte-fallback share new / old | {_num(fb['new'])} / {_num(fb['old'])} |",
-              f"| JS divergence new vs old train tokens | {_num(report['js_divergence'])} |",
-              f"| data profile drift (clean) | "
-              f"{', '.join(f'{k} {v:.3f}' for k, v in moved.items()) or 'not compared'} |", "",
-              "Champion's bits/byte per document:\n", drift.markdown_plot(_histogram(report)),
-              ""]
+    lines += [
+        "| measure | value |",
+        "|---|---|",
+        f"| champion | version {report['champion']}, {report['age_days']:.1f} days old |",
+        f"| new documents (scored) | {docs['new']} ({docs['new_scored']}) |",
+        f"| bits/byte new / champion test | {_num(bpb['new'])} / "
+        f"{_num(bpb['champion_test'])} (ratio {_num(bpb['ratio'])}) |",
+        f"| <unk>/byte-fallback share new / old | {_num(fb['new'])} / {_num(fb['old'])} |",
+        f"| JS divergence new vs old train tokens | {_num(report['js_divergence'])} |",
+        f"| data profile drift (clean) | "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in moved.items()) or 'not compared'} |",
+        "",
+        "Champion's bits/byte per document:\n",
+        drift.markdown_plot(_histogram(report)),
+        "",
+    ]
     return "\n".join(lines)

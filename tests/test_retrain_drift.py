@@ -28,8 +28,14 @@ pytestmark = pytest.mark.slow
 
 DE_SUBJECTS = ["der Parser", "ein Socket", "der Puffer", "jeder Faden", "das Modul", "eine Datei"]
 DE_VERBS = ["liest", "öffnet", "schließt", "prüft", "schreibt", "übergibt"]
-DE_OBJECTS = ["die Kopfzeile", "eine Namensliste", "die nächste Zeile", "eine Ganzzahl",
-              "den zwischengespeicherten Wert", "die Größe"]
+DE_OBJECTS = [
+    "die Kopfzeile",
+    "eine Namensliste",
+    "die nächste Zeile",
+    "eine Ganzzahl",
+    "den zwischengespeicherten Wert",
+    "die Größe",
+]
 
 
 def append_docs(corpus: Path, first: int, n: int, words: tuple[list, list, list], seed: int):
@@ -38,14 +44,22 @@ def append_docs(corpus: Path, first: int, n: int, words: tuple[list, list, list]
     subjects, verbs, objects = words
     with corpus.open("a", encoding="utf-8") as f:
         for i in range(first, first + n):
-            sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
-                         for _ in range(rng.randint(3, 6))]
+            sentences = [
+                f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+                for _ in range(rng.randint(3, 6))
+            ]
             f.write(json.dumps({"text": f"Doc {i}: " + " ".join(sentences), "id": i}) + "\n")
 
 
 def gruflow(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([str(BIN / "gruflow"), *args, "--project", str(project)], cwd=project,
-                         env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(BIN / "gruflow"), *args, "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -73,8 +87,21 @@ def drift_runs(tmp_path_factory):
     runs["history"] = gruflow(project, env, "history").stdout
     for key in ("same_report", "other_report"):
         r = runs[key]
-        print(key, json.dumps({k: r.get(k) for k in ("documents", "bits_per_byte", "fallback_rate",
-                                                 "js_divergence", "decision")}))
+        print(
+            key,
+            json.dumps(
+                {
+                    k: r.get(k)
+                    for k in (
+                        "documents",
+                        "bits_per_byte",
+                        "fallback_rate",
+                        "js_divergence",
+                        "decision",
+                    )
+                }
+            ),
+        )
     return runs
 
 
@@ -127,8 +154,9 @@ def test_another_language_retrains(drift_runs):
     versions = client.search_model_versions("name = 'gruflow-lm'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
     exp = client.get_experiment_by_name("gruflow")
-    trained = client.search_runs([exp.experiment_id], "tags.retrain = 'trained'",
-                                 order_by=["attributes.start_time DESC"])
+    trained = client.search_runs(
+        [exp.experiment_id], "tags.retrain = 'trained'", order_by=["attributes.start_time DESC"]
+    )
     run = trained[0]  # the pipeline run of this retrain carries the drift record too
     assert run.data.tags["retrain.decision"] == "train"
     assert run.data.tags["retrain_reason"] == r["decision"]["reason"]
