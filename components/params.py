@@ -221,6 +221,23 @@ class Registry(_Section):
     min_improvement: Fraction
 
 
+class RetrainDrift(_Section):
+    """on_drift: retrain when a measured drift crosses its threshold (0 turns a check off)."""
+
+    bpb_ratio: Annotated[float, Field(ge=0.0)]     # new documents' bits/byte over the test's
+    fallback_rate: Annotated[float, Field(ge=0.0, le=1.0)]  # <unk>/byte-fallback share, rise
+    js_divergence: Annotated[float, Field(ge=0.0, le=1.0)]  # bits, new vs old train tokens
+
+
+class Retrain(_Section):
+    """`gruflow retrain`: when to train, and how much text the drift measurement reads."""
+
+    policy: Literal["always", "on_change", "on_drift"]
+    max_age_days: Annotated[float, Field(ge=0.0)]  # on_drift: retrain an older champion; 0 = off
+    max_bytes: PosInt                              # text scored per side (new / old)
+    drift: RetrainDrift
+
+
 class Mlflow(_Section):
     experiment: str = Field(min_length=1)
 
@@ -392,6 +409,7 @@ class Params(_Section):
     tune: Tune
     evaluate: Evaluate
     registry: Registry
+    retrain: Retrain
     mlflow: Mlflow
     reproduce: Reproduce
     orchestration: Orchestration

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from components.errors import GruflowError
+from components.params import load_params
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
@@ -112,12 +113,14 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from flows import alias_history
+    from flows import alias_history, retrain_history
     from flows.cli import _registry
 
-    _, name = _registry(args)
+    root, name = _registry(args)
     name = args.name or name
     print(alias_history.render(name, alias_history.events(name)))
+    experiment = load_params(root / "params.yaml").mlflow.experiment
+    print("\n" + retrain_history.render(retrain_history.decisions(experiment)))
     return 0
 
 
@@ -128,7 +131,8 @@ def add_commands(sub, common) -> None:
     lineage.add_argument("version", type=int)
     lineage.set_defaults(func=_lineage)
     history = sub.add_parser("history", parents=[common],
-                             help="who was champion when: every alias change")
+                             help="who was champion when: every alias change, "
+                                  "and every retrain decision with its drift numbers")
     history.set_defaults(func=_history)
     for p in (lineage, history):
         p.add_argument("--name", help="registered model (default: registry.model_name)")

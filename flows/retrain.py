@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from components.drift import Decision, decide
 from components.errors import GruflowError
 from components.params import Params, load_params
 from flows import tracking
@@ -30,6 +31,13 @@ from flows.secrets import redact, redacted_errors
 from flows.stages import reproduce
 
 CONCURRENCY_LIMIT = "gruflow-retrain"  # Prefect global concurrency limit (gruflow deploy makes it)
+
+
+@dataclass
+class Drifted:
+    report: dict
+    decision: Decision
+    path: Path
 
 
 @dataclass
@@ -98,20 +106,47 @@ def what_changed(root: Path, params: Params) -> tuple[bool, str | None, str]:
                               f"version {version}, the {role}")
 
 
+@task(name="measure-drift")
+@redacted_errors
+def measure_drift(root: Path, params: Params, why_changed: str) -> Drifted:
+    """Before any training: the clean stage (new documents cleaned and split), then the
+    champion's drift on them (reports/drift.json) and the policy's decision."""
+    from flows import drift_check
+    from flows.pipeline import step  # the clean stage where params place it
+
+    not_data = drift_check.non_data_changes(root)  # before clean: its deps still say why
+    step(root, params, "clean", False)
+    report = drift_check.measure(root, params)
+    decision = decide(params.retrain, report, report.get("age_days"), why_changed, not_data)
+    return Drifted(report, decision, drift_check.write(root, params, report, decision))
+
+
 @task(name="record-skip", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 @redacted_errors
-def record_skip(root: Path, params: Params, version: str, reason: str) -> str:
+def record_skip(root: Path, params: Params, version: str, reason: str,
+                drifted: Drifted | None = None) -> str:
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     with mlflow.start_run(run_name="retrain-skipped",
                           tags={**tags, "retrain": "skipped", "retrain_reason": reason,
+                                "retrain.policy": params.retrain.policy,
                                 "model_version": version, "executed_stages": "none"}) as run:
         pass
-    create_markdown_artifact(
-        f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
-        f"| model | {params.registry.model_name} version {version} |\n"
-        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n",
-        key="gruflow-retrain", description="retrain decision")
+    text = (f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
+            f"| model | {params.registry.model_name} version {version} |\n"
+            f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n")
+    if drifted is not None:
+        text += "\n" + _drift_record(run.info.run_id, params, drifted)
+    create_markdown_artifact(text, key="gruflow-retrain", description="retrain decision")
     return run.info.run_id
+
+
+def _drift_record(run_id: str, params: Params, drifted: Drifted) -> str:
+    """Drift numbers and decision onto the MLflow run; the artifact's drift section."""
+    from flows import drift_check
+
+    policy = params.retrain.policy
+    drift_check.log_to_run(run_id, drifted.path, drifted.report, drifted.decision, policy)
+    return drift_check.markdown(drifted.report, drifted.decision, policy)
 
 
 def _report(params: Params, result: RetrainResult, reason: str, tracking_uri: str) -> str:
@@ -150,22 +185,32 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
         tracking_uri = tracking.configure(root, params.mlflow.experiment)
         refresh_source(root, params.orchestration.stage_timeout)
         unchanged, version, reason = what_changed(root, params)
-        if unchanged and not force:
+        always = params.retrain.policy == "always"
+        if unchanged and not (force or always):
             run_id = record_skip(root, params, version, reason)
             log.info("retrain skipped: %s", reason)
             return RetrainResult(skipped=True, reason=reason, run_id=run_id,
                                  model_version=version, seconds=time.perf_counter() - start)
+        drifted = measure_drift(root, params, reason)
+        reason = drifted.decision.reason
+        if not (force or drifted.decision.retrain):
+            champion = str(drifted.report.get("champion") or version)
+            run_id = record_skip(root, params, champion, reason, drifted)
+            log.info("retrain skipped: %s", reason)
+            return RetrainResult(skipped=True, reason=reason, run_id=run_id,
+                                 model_version=champion, seconds=time.perf_counter() - start)
         log.info("retraining: %s", "forced" if force else reason)
         from flows.pipeline import pipeline  # only now: the pipeline path may load TensorFlow
 
-        out = pipeline(project=str(root), force=force)
+        out = pipeline(project=str(root), force=force or always)
         result = RetrainResult(skipped=False, reason=reason, executed=out.executed,
                                metrics=out.metrics, run_id=out.parent_run_id,
                                model_version=out.model_version, decision=out.decision)
         mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
+        section = _drift_record(out.parent_run_id, params, drifted)
         result.pushed = push_after_run(root, result.model_version)
-        create_markdown_artifact(_report(params, result, reason, tracking_uri),
-                                 key="gruflow-retrain", description="retrain decision")
+        create_markdown_artifact(_report(params, result, reason, tracking_uri) + "\n\n" +
+                                 section, key="gruflow-retrain", description="retrain decision")
     result.seconds = time.perf_counter() - start
     return result
 
