@@ -38,10 +38,13 @@ def _retrain(args: argparse.Namespace) -> int:
     load_params(root / "params.yaml")
     tracking.check_reachable(tracking.store_uri(root))
     with project_lock(root, wait=not args.no_wait, command="gruflow retrain"):
-        if not args.force:  # nothing changed: decided before Prefect starts (flows/noop.py)
+        params = load_params(root / "params.yaml")
+        # nothing changed: decided before Prefect starts (flows/noop.py); policy `always`
+        # trains even then, as the flow does
+        if not args.force and params.retrain.policy != "always":
             from flows.noop import retrain_skipped
 
-            reason = retrain_skipped(root, load_params(root / "params.yaml"))
+            reason = retrain_skipped(root, params)
             if reason:
                 print(f"gruflow: retrain skipped — {reason}")
                 return 0
