@@ -27,6 +27,7 @@ FLOORS: dict[str, tuple[str, float]] = {
     "generate_latency_p50": ("<=", 1.2),
     "generate_latency_p95": ("<=", 1.2),
     "peak_rss_10x": ("<=", 1.3),
+    "quality": ("<=", 0.85),  # test bits/byte, gruflow / the seed's plain GRU (bench/quality.py)
 }
 
 
