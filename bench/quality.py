@@ -136,7 +136,10 @@ def gruflow_row(p, vocab, data, epochs) -> tuple[float, float, int]:
     return test_bits_per_byte(model, p, data["test"], data["bytes"]), cpu, model.count_params()
 
 
-def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool) -> list[dict]:
+def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool,
+            out: Path | None = None) -> list[dict]:
+    """The rows; each is written to `out` as soon as it is measured (the ablations take long,
+    an interrupted run keeps what it finished)."""
     ours, our_cpu, n_params = gruflow_row(p, vocab, data, epochs)
     units = reference_units(n_params, vocab, p.model.embedding_dim)
     ref_model, ref_cpu = train_reference(p, vocab, units, data["train"], epochs)
@@ -148,6 +151,8 @@ def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool) -> 
              "reference_units": units,
              "cpu_seconds": {"gruflow": round(our_cpu, 1), "reference": round(ref_cpu, 1)},
              **budget}]
+    if out:
+        write_json(out, rows)
     print(f"bench quality: gruflow {ours:.4f} vs reference {ref:.4f} bits/byte "
           f"(ratio {ours / ref:.3f}; CPU s {our_cpu:.0f} vs {ref_cpu:.0f})", flush=True)
     for name, (dotted, change, what) in ABLATIONS.items() if ablations else ():
@@ -158,6 +163,8 @@ def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool) -> 
                      "unit": "test bits/byte", "ratio": round(bpb / ours, 4),
                      "setting": f"{dotted}: {value!r}", "measures": what,
                      "cpu_seconds": round(cpu, 1), **budget})
+        if out:
+            write_json(out, rows)
         print(f"bench quality: {dotted}={value!r} {bpb:.4f} bits/byte "
               f"({bpb / ours:.3f} x default)", flush=True)
     return rows
@@ -195,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = QUICK_TOKENS if args.quick else args.train_tokens
     epochs = QUICK_EPOCHS if args.quick else (args.epochs or p.train.epochs)
     vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
-    rows = measure(p, vocab, read_data(p, tokens), epochs, not args.no_ablations)
-    write_json(Path(p.paths.reports) / "bench" / "quality.json", rows)
+    measure(p, vocab, read_data(p, tokens), epochs, not args.no_ablations,
+            Path(p.paths.reports) / "bench" / "quality.json")
 
 
 if __name__ == "__main__":
