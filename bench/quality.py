@@ -42,13 +42,13 @@ from components.params import Params, load_params
 QUICK_TOKENS, QUICK_EPOCHS = 150_000, 2
 
 # name -> (dotted param, value for the variant given the default's value, what it measures)
-ABLATIONS = {
-    "ablation_attention_off": ("model.attention_window", lambda v: 1,
-                               "attention_window 1: each position attends only to itself"),
-    "ablation_context_window": ("train.context", lambda v: "window" if v == "carried"
-                                else "carried", "the other train.context"),
+ABLATIONS = {  # the ones that decide a default first: the bench keeps rows it finished
     "ablation_tie_embeddings": ("model.tie_embeddings", lambda v: not v,
                                 "tie_embeddings toggled"),
+    "ablation_context_window": ("train.context", lambda v: "window" if v == "carried"
+                                else "carried", "the other train.context"),
+    "ablation_attention_off": ("model.attention_window", lambda v: 1,
+                               "attention_window 1: each position attends only to itself"),
     "ablation_locked_dropout": ("model.locked_dropout", lambda v: not v,
                                 "locked_dropout toggled"),
     "ablation_embedding_dropout": ("model.embedding_dropout", lambda v: 0.0 if v else 0.1,
