@@ -44,10 +44,12 @@ format: $(STAMP)  ## ruff format + the import order fix (what the pre-commit hoo
 	$(VENV)/bin/ruff format components flows tests bench
 	$(VENV)/bin/ruff check --fix --select I components flows tests bench
 
+QUALITY_ARGS ?= --quick  # bench/quality.py's token budget; QUALITY_ARGS= for the whole train split
 BENCHES := data embed train serve noop  # bench/<name>.py, each writing reports/bench/<name>.json; add new ones here
 
 bench: $(STAMP)  ## benchmarks against the bare library calls -> reports/bench/, then the floors
 	@for b in $(BENCHES); do $(VENV)/bin/python -m bench.$$b || exit 1; done
+	$(VENV)/bin/python -m bench.quality $(QUALITY_ARGS)  # trains 7 models: see README "Quality"
 	$(VENV)/bin/python -m bench.common  # exits 1 naming each row below its floor (bench/common.py)
 
 serve: $(STAMP)  ## serve the champion on serve.host:serve.port with gruflow's request limits

@@ -24,6 +24,7 @@ FLOORS: dict[str, tuple[str, float]] = {
     "tokenize": (">=", 0.8),
     "embed": (">=", 0.9),
     "train": (">=", 0.9),
+    "quality": ("<=", 0.85),  # test bits/byte, gruflow / the seed's plain GRU (bench/quality.py)
     "generate_latency_p50": ("<=", 1.2),
     "generate_latency_p95": ("<=", 1.2),
     "peak_rss_10x": ("<=", 1.3),
