@@ -104,6 +104,7 @@ class Clean(_Section):
     min_chars: NonNegInt
     min_words: NonNegInt
     min_documents: PosInt
+    normalize: Literal["nfkc", "nfc", "none"]  # Unicode form; saved with the model
     lowercase: bool
     scripts: list[Literal[SCRIPTS]]  # type: ignore[valid-type]
     dedup: Literal["exact", "near", "none"]
@@ -210,6 +211,18 @@ class Train(_Section):
     seed: NonNegInt
     mixed_precision: bool
     xla: bool
+
+
+class Generate(_Section):
+    """Generation defaults: saved with each registered model (info.json and its signature),
+    so `gruflow generate`, the served model and a request without params all use them."""
+
+    max_new_tokens: Annotated[int, Field(strict=True, ge=1, le=512)]
+    temperature: Annotated[float, Field(ge=0.0)]   # 0 = greedy
+    top_k: NonNegInt                               # 0 = no limit
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)]  # nucleus; 1 = off
+    repetition_penalty: Annotated[float, Field(ge=1.0)]  # 1 = off
+    seed: NonNegInt
 
 
 class Evaluate(_Section):
@@ -390,6 +403,7 @@ class Params(_Section):
     model: ModelParams
     train: Train
     tune: Tune
+    generate: Generate
     evaluate: Evaluate
     registry: Registry
     mlflow: Mlflow
