@@ -158,10 +158,18 @@ class Embed(_Section):
     epochs: PosInt
     seed: NonNegInt
     workers: PosInt
-    probes: list[Annotated[str, Field(strict=True, min_length=1)]]
+    probes: Literal["auto"] | list[Annotated[str, Field(strict=True, min_length=1)]]
     neighbours: PosInt
     pairs_file: str = Field(strict=True, min_length=1)
     analogy_file: str = Field(strict=True)
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _auto_or_words(cls, value: object) -> object:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"use auto (the corpus's most frequent words) or a list of words, "
+                             f"e.g. [{value}]")
+        return value
 
     @model_validator(mode="after")
     def _one_worker(self) -> Embed:
