@@ -194,7 +194,7 @@ def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, 
         summary |= export(wv, exports, cfg)
     with atomic_file(out) as tmp:
         np.save(tmp, matrix)
-    write_json(report, summary)
+    write_json(report, summary, text=True)
     # Speed is shown, never written: reports/embed.json is a DVC output and must not depend on
     # how busy the machine was.
     return summary | {"words_per_second": round(words * cfg.epochs / seconds, 1)}

@@ -273,7 +273,7 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         contents = serving_info(root, params)
-        info.write_text(json.dumps(contents, ensure_ascii=False))
+        info.write_text(json.dumps(contents))
         example = pd.DataFrame({"text": [example_text(root, params)]})
         model_signature = signature(contents)
         defaults = {p.name: p.default for p in model_signature.params.params}
@@ -318,7 +318,7 @@ def log_embed(run_id: str, reports: Path, projector: Path | None = None) -> dict
     """reports/embed.json in `run_id`: its numbers as `embed.*` metrics (e.g.
     embed.word_pairs.spearman, embed.analogies.accuracy), the file itself, and with `projector`
     the TensorBoard projector files under artifact path `projector`."""
-    report = json.loads((reports / "embed.json").read_text())
+    report = json.loads((reports / "embed.json").read_text(encoding="utf-8"))
     client = MlflowClient()
     for key, value in _embed_numbers(report, "embed.").items():
         client.log_metric(run_id, key, value)
