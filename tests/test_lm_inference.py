@@ -54,14 +54,17 @@ def test_sample_next_same_seed_same_samples():
     assert draw(7) != draw(8)
 
 
-def test_penalize_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
+def test_penalize_divides_probability_by_penalty_per_occurrence():
     from components.lm.inference import penalize
 
     logits = np.array([2.0, -1.0, 0.5, 3.0], np.float32)
     out = penalize(logits, np.array([0, 1, 1]), 2.0)
-    assert out.tolist() == [1.0, -2.0, 0.5, 3.0]  # unseen tokens 2 and 3 keep theirs
+    assert out == pytest.approx([2.0 - np.log(2), -1.0 - 2 * np.log(2), 0.5, 3.0])
     assert logits.tolist() == [2.0, -1.0, 0.5, 3.0]  # input untouched
     assert penalize(logits, np.array([0, 1]), 1.0).tolist() == logits.tolist()
+    p = np.exp(out - out.max()) / np.exp(out - out.max()).sum()
+    q = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert (p[1] / p[3]) == pytest.approx((q[1] / q[3]) / 4)  # seen twice: / 2²
 
 
 def test_top_p_keeps_the_smallest_nucleus():

@@ -109,13 +109,14 @@ def step(model, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, li
 
 
 def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
-    """CTRL's repetition penalty (Keskar et al. 2019, as in HF transformers): the logit of
-    every token already in the text is divided by `penalty` when positive, multiplied when
-    negative, so a repeat always loses ground. (V,) -> (V,) float64, `logits` untouched."""
+    """Each earlier occurrence of a token in `seen` divides its probability by `penalty`
+    (its logit loses ln(penalty) per occurrence). Cumulative, unlike CTRL's one-off penalty
+    (HF transformers' `repetition_penalty`), which a token far ahead of the rest survives, so
+    greedy decoding of a small model still said `我们们们们…`; here a greedy run of one token
+    ends once it has cost more than its lead. (V,) -> (V,) float64, `logits` untouched."""
     z = logits.astype(np.float64)
     if penalty != 1.0 and seen.size:
-        ids = np.unique(seen)
-        z[ids] = np.where(z[ids] > 0, z[ids] / penalty, z[ids] * penalty)
+        z -= np.bincount(seen, minlength=z.size)[:z.size] * math.log(penalty)
     return z
 
 
@@ -144,7 +145,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     """Continue `prompt` token by token. The text is read in blocks of seq_len from its start,
     as in training: finished blocks only pass on their GRU state, the current block is the
     window attention sees. A model without state inputs sees the last seq_len tokens. The
-    repetition penalty applies to every token of the prompt and the continuation so far."""
+    repetition penalty counts the last seq_len tokens of the text (prompt and continuation):
+    what the model itself reads closely; a long text may use common tokens again."""
     rng = np.random.default_rng(seed)
     prompt_ids = [BOS, *tokenizer.encode(prompt, add_special_tokens=False).ids]
     ids, states, start = list(prompt_ids), zero_states(model, 1), 0
@@ -155,7 +157,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
             _, states = step(model, np.array([ids[start:start + seq_len]], np.int32), states)
             start += seq_len
         logits = step(model, np.array([ids[start:]], np.int32), states)[0][0, -1]  # (V,)
-        logits = penalize(logits, np.array(ids[1:], np.int64), repetition_penalty)
+        recent = np.array(ids[max(1, len(ids) - seq_len):], np.int64)  # never <bos>
+        logits = penalize(logits, recent, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, rng, top_p)
         if nxt == EOS:
             break
