@@ -185,8 +185,8 @@ GENERATE_FLAGS = {"max_new_tokens": (int, "tokens to add at most"),
                   "temperature": (float, "0 = greedy"),
                   "top_k": (int, "sample among the k likeliest tokens; 0 = no limit"),
                   "top_p": (float, "nucleus: the fewest tokens holding this probability; 1 = off"),
-                  "repetition_penalty": (float, "logits of tokens already in the text / this; "
-                                                "1 = off"),
+                  "repetition_penalty": (float, "each recent occurrence of a token divides its "
+                                                "probability by this; 1 = off"),
                   "seed": (int, "random seed of the sampling")}
 
 
