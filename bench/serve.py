@@ -29,6 +29,7 @@ from components.params import Params, load_params
 
 NEW_TOKENS, WARMUP = 32, 3
 GENERATE = {"mode": "generate", "max_new_tokens": NEW_TOKENS, "temperature": 0.0, "top_k": 0,
+            "top_p": 1.0, "repetition_penalty": 1.0,  # plain greedy, as raw_generate
             "seed": 0}
 PROMPTS = ["The return value of", "This module provides", "If the argument is", "Return a new"]
 TINY_TEXT = ["The return value of the function is a list of names.",

@@ -59,9 +59,12 @@ def atomic_file(target: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(target: Path | str, payload: Any) -> None:
+def write_json(target: Path | str, payload: Any, *, text: bool = False) -> None:
+    """Indented, sorted UTF-8 JSON; with `text`, non-ASCII text stays text ("是", not
+    "\\u662f") for people reading a report of words in any language."""
     with atomic_file(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=not text)
+                       + "\n", encoding="utf-8")
 
 
 def parquet_batches(path: Path | str, columns: list[str] | None, size: int,

@@ -4,8 +4,9 @@ Usage: `python -m components.embed`. Trains gensim's optimised Word2Vec on the t
 token-id sequences, so row i of artifacts/embeddings.npy is the vector of token id i.
 Ids without a trained vector (absent from the train split, or rarer than embed.min_count) get
 N(0, σ²) rows with σ the std of the trained vectors; <pad> is zero. The trained vectors are
-also written in word2vec text format (keys: the tokenizer's token strings, e.g. "Ġreturn")
-and as TensorBoard projector files; reports/embed.json holds the evaluation (embedding/quality.py).
+also written in word2vec text format and as TensorBoard projector files, keyed by each
+token's readable text (embedding/readable.py: "是", not its byte-level spelling "æĺ¯");
+reports/embed.json holds the evaluation (embedding/quality.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from tokenizers import Tokenizer
 
 from components.artifacts import atomic_dir, atomic_file, write_json
 from components.contract import EMBED_REPORT, PAD, split_file
-from components.embedding.quality import TokenVectors, cosine_neighbours, quality_report, word_token
+from components.embedding.quality import (
+    TokenVectors,
+    cosine_neighbours,
+    quality_report,
+    token_lookup,
+    word_token,
+)
+from components.embedding.readable import token_texts as readable_texts
+from components.embedding.readable import unique
 from components.errors import GruflowError, guarded
 from components.params import Embed, Params, load_params
 
@@ -103,11 +112,19 @@ def train_vectors(sentences: list[list[str]], vocab_size: int, cfg: Embed) -> np
     return align(fit_word2vec(sentences, cfg), vocab_size, cfg.seed)
 
 
-def token_texts(tokenizer: Tokenizer, names: list[str]) -> dict[str, str]:
-    """Token string -> the text it decodes to ("Ġreturn" -> " return"; specials stay "<bos>")."""
-    ids = [tokenizer.token_to_id(name) for name in names]
-    texts = tokenizer.decode_batch([[i] for i in ids], skip_special_tokens=False)
-    return dict(zip(names, texts, strict=True))
+def token_texts(tokenizer: Tokenizer) -> dict[str, str]:
+    """Token name -> its readable, unique text ("Ġreturn" -> " return", "æĺ¯" -> "是";
+    specials stay "<bos>"; a partial character shows escaped bytes, "\\xe6")."""
+    texts = readable_texts(tokenizer)
+    return {tokenizer.id_to_token(i): text for i, text in enumerate(texts)}
+
+
+def w2v_keys(texts: dict[str, str]) -> dict[str, str]:
+    """Token name -> its word2vec key: the readable text with whitespace escaped (w2v_key),
+    unique over the whole vocabulary (a clash gets "#<id>"), so keys map back to tokens."""
+    names = list(texts)
+    keys = unique([w2v_key(texts[name]) for name in names])
+    return dict(zip(names, keys, strict=True))
 
 
 def escape(text: str) -> str:
@@ -117,20 +134,20 @@ def escape(text: str) -> str:
 
 
 def w2v_key(token: str) -> str:
-    """A token as a word2vec key, which may hold no whitespace. Byte-level BPE tokens never do
-    (a space is "Ġ"); other tokenizers' whitespace tokens are written escaped ("\\s", "\\n")."""
+    """A token's text as a word2vec key, which may hold no whitespace: blanks are written
+    escaped (" return" -> "\\sreturn", "\\n" -> "\\n")."""
     if not any(ch.isspace() for ch in token):
         return token
     named = {" ": "\\s", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
     return "".join(named.get(ch, f"\\u{ord(ch):04x}") if ch.isspace() else ch for ch in token)
 
 
-def write_word2vec(path: Path, table: TokenVectors) -> None:
-    """The C word2vec text format: a `count dim` header, then `token v1 ... vdim` per line."""
+def write_word2vec(path: Path, table: TokenVectors, keys: dict[str, str]) -> None:
+    """The C word2vec text format: a `count dim` header, then `key v1 ... vdim` per line."""
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         f.write(f"{len(table.names)} {table.vectors.shape[1]}\n")
         for name, row in zip(table.names, table.vectors, strict=True):
-            f.write(f"{w2v_key(name)} {' '.join(map(str, row))}\n")  # str(float32): exact
+            f.write(f"{keys[name]} {' '.join(map(str, row))}\n")  # str(float32): exact
 
 
 def write_projector(folder: Path, table: TokenVectors, texts: dict[str, str],
@@ -148,12 +165,12 @@ def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
     """Write the word2vec and projector files of the trained vectors; return their evaluation."""
     ids = [int(k) for k in wv.index_to_key]  # most frequent first
     table = TokenVectors([exports.tokenizer.id_to_token(i) for i in ids], wv.vectors)
-    texts = token_texts(exports.tokenizer, table.names)
+    texts = token_texts(exports.tokenizer)
     # may fail: write after
-    report = quality_report(table, exports.tokenizer.get_vocab(), cfg, texts)
-    write_word2vec(exports.word2vec, table)
-    write_projector(exports.projector, table, texts, ids,
-                    [int(wv.get_vecattr(k, "count")) for k in wv.index_to_key])
+    counts = [int(wv.get_vecattr(k, "count")) for k in wv.index_to_key]
+    report = quality_report(table, token_lookup(texts, texts), cfg, texts, counts)
+    write_word2vec(exports.word2vec, table, w2v_keys(texts))
+    write_projector(exports.projector, table, texts, ids, counts)
     return report
 
 
@@ -177,7 +194,7 @@ def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, 
         summary |= export(wv, exports, cfg)
     with atomic_file(out) as tmp:
         np.save(tmp, matrix)
-    write_json(report, summary)
+    write_json(report, summary, text=True)
     # Speed is shown, never written: reports/embed.json is a DVC output and must not depend on
     # how busy the machine was.
     return summary | {"words_per_second": round(words * cfg.epochs / seconds, 1)}
@@ -194,19 +211,18 @@ def similar(word: str, k: int, params: Params, root: Path = Path(".")) -> list[t
             raise GruflowError(f"{path}: missing — run `gruflow run` (or `dvc repro embed`) "
                                "first")
     tokenizer = Tokenizer.from_file(str(tok_path))
-    vocab = tokenizer.get_vocab()
+    texts = token_texts(tokenizer)
     kv = KeyedVectors.load_word2vec_format(str(w2v_path))
-    tokens = {w2v_key(t): t for t in vocab}
+    tokens = {key: name for name, key in w2v_keys(texts).items()}
     table = TokenVectors([tokens.get(key, key) for key in kv.index_to_key], kv.vectors)
-    token = word_token(word, vocab)
+    token = word_token(word, token_lookup(texts, texts))
     if token is None:
         raise GruflowError(f"'{word}' is not a single token of {paths.tokenizer} — try another "
                            f"word, or a token listed in {paths.projector}/metadata.tsv")
     if token not in table.index:
         raise GruflowError(f"'{word}' (token {token!r}) has no trained vector: it occurs fewer "
                            "than embed.min_count times in the train split — try another word")
-    texts = token_texts(tokenizer, table.names)
-    return [(texts[table.names[r]], sim)
+    return [(texts.get(table.names[r], table.names[r]), sim)
             for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]
 
 
@@ -219,11 +235,15 @@ def main() -> None:
     exports = Exports(tokenizer, Path(p.paths.word2vec), Path(p.paths.projector))
     s = run(p.embed, Path(p.paths.tokens), tokenizer.get_vocab_size(), Path(p.paths.embeddings),
             Path(p.paths.reports) / EMBED_REPORT, exports=exports)
-    rho = s["word_pairs"]["spearman"]
+    pairs = s["word_pairs"]
+    rho = pairs["spearman"]
+    said = (f"word pairs skipped ({pairs['reason']})" if not pairs["used"] else
+            f"word-pair Spearman {'n/a' if rho is None else f'{rho:.3f}'} ({pairs['oov']} of "
+            f"{pairs['pairs']} pairs out of vocabulary)")
     print(f"embed: {s['algorithm']} {s['vocab_size']} x {s['dim']} vectors "
-          f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); word-pair "
-          f"Spearman {'n/a' if rho is None else f'{rho:.3f}'} "
-          f"({s['word_pairs']['oov']} of {s['word_pairs']['pairs']} pairs out of vocabulary)")
+          f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); {said}; "
+          f"probes ({s['probes']['source']}, {s['main_script']}): "
+          f"{' '.join(s['probes']['words']) or 'none'}")
 
 
 if __name__ == "__main__":
@@ -236,13 +256,12 @@ def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
     embedding layer); the special tokens (ids 0..3) are left out."""
     if k < 1:
         raise GruflowError(f"-k {k}: ask for at least one neighbour")
-    vocab = tokenizer.get_vocab()
-    token = word_token(word, vocab)
+    texts = token_texts(tokenizer)
+    token = word_token(word, token_lookup(texts, texts))
     if token is None:
         raise GruflowError(f"'{word}' is not a single token of this model's tokenizer — try "
                            "another word")
     names = [tokenizer.id_to_token(i) for i in range(4, matrix.shape[0])]
     table = TokenVectors(names, np.asarray(matrix[4:], dtype=np.float32))
-    texts = token_texts(tokenizer, table.names)
     return [(texts[table.names[r]], sim)
             for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]

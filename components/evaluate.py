@@ -30,10 +30,11 @@ from components.errors import GruflowError, guarded
 from components.lm import plots
 from components.lm.inference import generate, score_stream, zero_states
 from components.lm.windows import read_stream, stream_count, target_weights, unigram_log_probs
-from components.params import Params, load_params
+from components.params import Generate, Params, load_params
 from components.tuning.best import effective_params
 
 N_SAMPLES, PROMPT_WORDS, SAMPLE_TOKENS, ATTENTION_TOKENS = 3, 6, 32, 24
+PROMPT_CHARS = 40
 
 
 def bigram_log_probs(train: np.ndarray, test: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -97,13 +98,18 @@ def count_words(texts: list[str]) -> int:
     return sum(len(t.split()) for t in texts) + len(texts)
 
 
-def write_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -> None:
-    """Seeded continuations of the opening words of the first test documents."""
-    lines = ["# Samples", "", "Seeded (seed 0, temperature 0.8, top-k 40) continuations of "
-             "the opening words of test documents.", ""]
+def write_samples(model, tokenizer, texts: list[str], seq_len: int, gen: Generate,
+                  out: Path) -> None:
+    """Seeded continuations of the opening words of the first test documents, sampled with
+    the generation defaults (params.yaml `generate`) that serving uses too."""
+    lines = ["# Samples", "", f"Seeded (seed {gen.seed}, temperature {gen.temperature}, top-k "
+             f"{gen.top_k}, top-p {gen.top_p}, repetition penalty {gen.repetition_penalty}) "
+             "continuations of the opening words of test documents.", ""]
     for text in texts[:N_SAMPLES]:
-        prompt = " ".join(text.split()[:PROMPT_WORDS]) or text[:40]
-        cont = generate(model, tokenizer, prompt, SAMPLE_TOKENS, 0.8, 40, 0, seq_len)
+        # text without blanks (Chinese, Japanese) has no words to count: its first characters
+        prompt = " ".join(text.split()[:PROMPT_WORDS])[:PROMPT_CHARS] or text[:PROMPT_CHARS]
+        cont = generate(model, tokenizer, prompt, SAMPLE_TOKENS, gen.temperature, gen.top_k,
+                        gen.seed, seq_len, gen.top_p, gen.repetition_penalty)
         lines += [f"**{prompt}** {cont}".replace("\n", " "), ""]
     with atomic_file(out) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
@@ -167,7 +173,7 @@ def run(p: Params) -> dict:
     plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
                          reports / PLOTS_DIR / "attention.png")
     plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
-    write_samples(model, tokenizer, texts, p.train.seq_len, reports / SAMPLES)
+    write_samples(model, tokenizer, texts, p.train.seq_len, p.generate, reports / SAMPLES)
     write_json(reports / METRICS_REPORT, metrics)
     return metrics
 

@@ -104,6 +104,7 @@ class Clean(_Section):
     min_chars: NonNegInt
     min_words: NonNegInt
     min_documents: PosInt
+    normalize: Literal["nfkc", "nfc", "none"]  # Unicode form; saved with the model
     lowercase: bool
     scripts: list[Literal[SCRIPTS]]  # type: ignore[valid-type]
     dedup: Literal["exact", "near", "none"]
@@ -157,10 +158,18 @@ class Embed(_Section):
     epochs: PosInt
     seed: NonNegInt
     workers: PosInt
-    probes: list[Annotated[str, Field(strict=True, min_length=1)]]
+    probes: Literal["auto"] | list[Annotated[str, Field(strict=True, min_length=1)]]
     neighbours: PosInt
     pairs_file: str = Field(strict=True, min_length=1)
     analogy_file: str = Field(strict=True)
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _auto_or_words(cls, value: object) -> object:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"use auto (the corpus's most frequent words) or a list of words, "
+                             f"e.g. [{value}]")
+        return value
 
     @model_validator(mode="after")
     def _one_worker(self) -> Embed:
@@ -210,6 +219,18 @@ class Train(_Section):
     seed: NonNegInt
     mixed_precision: bool
     xla: bool
+
+
+class Generate(_Section):
+    """Generation defaults: saved with each registered model (info.json and its signature),
+    so `gruflow generate`, the served model and a request without params all use them."""
+
+    max_new_tokens: Annotated[int, Field(strict=True, ge=1, le=512)]
+    temperature: Annotated[float, Field(ge=0.0)]   # 0 = greedy
+    top_k: NonNegInt                               # 0 = no limit
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)]  # nucleus; 1 = off
+    repetition_penalty: Annotated[float, Field(ge=1.0)]  # 1 = off
+    seed: NonNegInt
 
 
 class Evaluate(_Section):
@@ -407,6 +428,7 @@ class Params(_Section):
     model: ModelParams
     train: Train
     tune: Tune
+    generate: Generate
     evaluate: Evaluate
     registry: Registry
     retrain: Retrain

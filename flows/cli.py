@@ -116,8 +116,10 @@ def _generate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     model = _load_model(args)
-    params = {"mode": "generate", "max_new_tokens": args.max_new_tokens,
-              "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    # flags left out are not sent: the model answers with its own defaults (params.yaml
+    # `generate` when it was registered), the same ones the served model uses
+    params = {"mode": "generate", **{name: getattr(args, name) for name in GENERATE_FLAGS
+                                     if getattr(args, name) is not None}}
     out = _predict(model, pd.DataFrame({"text": [args.prompt]}), params)
     print(args.prompt + out["text"][0])
     return 0
@@ -203,14 +205,23 @@ def project_option() -> argparse.ArgumentParser:
     return parent
 
 
+GENERATE_FLAGS = {"max_new_tokens": (int, "tokens to add at most"),
+                  "temperature": (float, "0 = greedy"),
+                  "top_k": (int, "sample among the k likeliest tokens; 0 = no limit"),
+                  "top_p": (float, "nucleus: the fewest tokens holding this probability; 1 = off"),
+                  "repetition_penalty": (float, "each recent occurrence of a token divides its "
+                                                "probability by this; 1 = off"),
+                  "seed": (int, "random seed of the sampling")}
+
+
 def _model_commands(sub, common: argparse.ArgumentParser) -> None:
     gen = sub.add_parser("generate", parents=[common],
                          help="continue a prompt with the champion model")
     gen.add_argument("prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=40)
-    gen.add_argument("--seed", type=int, default=0)
+    for name, (kind, what) in GENERATE_FLAGS.items():
+        gen.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                         help=f"{what} (default: the model's, i.e. params.yaml generate.{name} "
+                              "when it was registered)")
     gen.set_defaults(func=_generate)
     score = sub.add_parser("score", parents=[common],
                            help="perplexity and bits/byte of a text file")

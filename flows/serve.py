@@ -125,7 +125,8 @@ def build_app(model, limits: Serve):
     from components.lm.serve_guard import ServeGuard
 
     os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(limits.timeout)  # read by init
-    return ServeGuard(scoring_server.init(model), limits)
+    defaults = getattr(model.unwrap_python_model(), "defaults", None)
+    return ServeGuard(scoring_server.init(model), limits, defaults=defaults)
 
 
 def _serve(args: argparse.Namespace) -> int:

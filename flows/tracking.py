@@ -204,16 +204,6 @@ def registered_version(name: str, model_md5: str) -> str | None:
     return None
 
 
-def serving_info(root: Path, params: Params) -> dict:
-    """The registered model's info.json: the window length it was trained with (the tuned one
-    when tuning changed it) and the digest of its tokenizer, which serving checks."""
-    from components.lm.pyfunc import file_digest
-
-    effective, _ = effective_params(params, root)
-    return {"seq_len": effective.train.seq_len,
-            "tokenizer_sha256": file_digest(root / params.paths.tokenizer)}
-
-
 def project_tag(root: Path) -> str:
     """Value of the `gruflow.project` tag on a pipeline's parent run: this host and project,
     so interrupted runs are recognised in a tracking server shared by many projects."""
@@ -276,16 +266,17 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
     of registry.model_name, created together with its tags (model_md5, lineage, metrics) in
     one registry call: a kill at any moment leaves either no version or a complete one."""
     import pandas as pd
-    from mlflow.models import infer_signature
 
-    from components.lm.pyfunc import DEFAULT_PARAMS
+    from flows.model_contract import example_text, serving_info, signature
 
     paths = params.paths
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
-        info.write_text(json.dumps(serving_info(root, params)))
-        example = pd.DataFrame({"text": ["The return value"]})
-        signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
+        contents = serving_info(root, params)
+        info.write_text(json.dumps(contents))
+        example = pd.DataFrame({"text": [example_text(root, params)]})
+        model_signature = signature(contents)
+        defaults = {p.name: p.default for p in model_signature.params.params}
         active = mlflow.active_run()
         if active is None or active.info.run_id != run_id:
             raise RuntimeError("register() must run inside the pipeline's parent run")
@@ -295,8 +286,8 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
             artifacts={"model": str(root / paths.model),
                        "tokenizer": str(root / paths.tokenizer), "info": str(info)},
             code_paths=[str(root / "components")],
-            signature=signature,
-            input_example=(example, DEFAULT_PARAMS),
+            signature=model_signature,
+            input_example=(example, defaults),
         )
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
@@ -327,7 +318,7 @@ def log_embed(run_id: str, reports: Path, projector: Path | None = None) -> dict
     """reports/embed.json in `run_id`: its numbers as `embed.*` metrics (e.g.
     embed.word_pairs.spearman, embed.analogies.accuracy), the file itself, and with `projector`
     the TensorBoard projector files under artifact path `projector`."""
-    report = json.loads((reports / "embed.json").read_text())
+    report = json.loads((reports / "embed.json").read_text(encoding="utf-8"))
     client = MlflowClient()
     for key, value in _embed_numbers(report, "embed.").items():
         client.log_metric(run_id, key, value)

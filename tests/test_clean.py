@@ -59,6 +59,24 @@ def test_normalise_lowercase_option(params):
     assert norm("MiXeD Case", params, lowercase=False)[0] == "MiXeD Case"
 
 
+def test_normalize_option_chooses_the_unicode_form(params):
+    text = "我们，是（学生）：ﬁ cafe\u0301 x²"
+    assert norm(text, params, normalize="nfkc")[0] == "我们,是(学生):fi café x2"
+    assert norm(text, params, normalize="nfc")[0] == "我们，是（学生）：ﬁ café x²"
+    assert norm(text, params, normalize="none")[0] == text
+
+
+def test_text_rules_saved_with_a_model_replay_the_clean_chain(params):
+    from components.data.clean_rules import TextRules, clean_texts
+
+    rules = TextRules.of(params.clean)
+    assert TextRules(**rules.to_dict()) == rules  # what info.json holds
+    texts = ["我们，<b>是</b>  学生。 mail a@b.org ", "ok"]
+    chain = clean_rules.apply_rules(pa.array(texts), params.clean)[0]
+    assert clean_texts(texts, rules) == chain.to_pylist()
+    assert clean_texts(texts, rules)[0] == "我们,是 学生。 mail <email>"
+
+
 def test_normalise_output_is_composed_nfkc(params):
     text = norm("cafe\u0301 naïve 한국어", params)[0]
     assert text == "café naïve 한국어"

@@ -181,8 +181,11 @@ def test_stage_matrix_and_word2vec_text_round_trip(project, staged):
     assert matrix.shape == (tok.get_vocab_size(), 8) and not matrix[PAD].any()
     kv = KeyedVectors.load_word2vec_format(str(project / p.paths.word2vec))
     assert len(kv) == staged["report"]["trained_tokens"] and kv.vector_size == 8
-    for key in kv.index_to_key:
-        np.testing.assert_array_equal(kv[key], matrix[tok.token_to_id(key)])  # exact floats
+    token_of = {key: name for name, key in embed.w2v_keys(embed.token_texts(tok)).items()}
+    for key in kv.index_to_key:  # keys are readable texts: " header" -> "\\sheader"
+        assert "Ġ" not in key
+        np.testing.assert_array_equal(kv[key], matrix[tok.token_to_id(token_of[key])])
+    assert "\\sheader" in kv.index_to_key
 
 
 def test_stage_projector_files(project, staged):
@@ -244,8 +247,9 @@ def test_similar_unknown_word_is_one_line_error(project, staged, capsys):
 def test_similar_word_without_vector_and_missing_artifacts(project, staged, tmp_path):
     p, tok = staged["p"], staged["tok"]
     kv = KeyedVectors.load_word2vec_format(str(project / p.paths.word2vec))
-    keep = [k for k in kv.index_to_key if k != "Ġheader"]
-    embed.write_word2vec(tmp_path / p.paths.word2vec, TokenVectors(keep, kv[keep]))
+    keep = [k for k in kv.index_to_key if k != "\\sheader"]
+    embed.write_word2vec(tmp_path / p.paths.word2vec, TokenVectors(keep, kv[keep]),
+                         {k: k for k in keep})
     tok.save(str(tmp_path / p.paths.tokenizer))
     with pytest.raises(GruflowError, match=r"'header' \(token 'Ġheader'\) has no trained vector"):
         embed.similar("header", 3, p, tmp_path)
@@ -265,3 +269,23 @@ def test_similar_in_matrix_reads_any_id_aligned_matrix():
     assert len(pairs) == 3 and all(name not in ("<pad>", "<bos>") for name, _ in pairs)
     with pytest.raises(GruflowError, match="not a single token"):
         embed.similar_in_matrix("zebra", 3, matrix, tok)
+
+
+def test_similar_finds_chinese_tokens_and_shows_them_readable():
+    """Byte-level BPE spells 是 as "æĺ¯": `similar 是` must find it, and neighbours print as
+    text, with a partial character's bytes escaped and every text unique."""
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    text = "我们是学生。他们是老师。你们是朋友。" * 30
+    tok = train_tokenizer(iter([text]), p.tokenize.model_copy(
+        update={"vocab_size": 300, "min_frequency": 1}))
+    shi = tok.token_to_id("æĺ¯")
+    assert shi is not None  # the byte-level spelling of 是
+    matrix = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 6)).astype(np.float32)
+    pairs = embed.similar_in_matrix("是", 5, matrix, tok)
+    assert len(pairs) == 5 and not any(set(t) & set("æĺ¯çļĦ") for t, _ in pairs)
+    texts = embed.token_texts(tok)
+    assert texts["æĺ¯"] == "是" and texts["Ġ"] == " "
+    assert len(set(texts.values())) == tok.get_vocab_size()
+    assert texts["æĺ"] == "\\xe6\\x98"  # the first two bytes of 是 (a BPE merge on the way)
+    partial = [t for t in texts.values() if t.startswith("\\x")]
+    assert partial and all(ch.isascii() for t in partial for ch in t)

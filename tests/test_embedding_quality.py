@@ -27,10 +27,56 @@ def test_cosine_neighbours_match_numpy():
 
 
 def test_word_token_prefers_the_word_after_a_space():
-    vocab = {"Ġreturn": 5, "return": 6, "(": 7}
+    vocab = quality.token_lookup(["Ġreturn", "return", "("], {})
     assert quality.word_token("return", vocab) == "Ġreturn"
     assert quality.word_token("(", vocab) == "("
     assert quality.word_token("returns", vocab) is None
+
+
+def test_word_token_finds_a_byte_level_token_by_its_text():
+    names = ["æĺ¯", "Ġreturn", "æĺ"]
+    lookup = quality.token_lookup(names, {"æĺ¯": "是", "Ġreturn": " return", "æĺ": "\\xe6\\x98"})
+    assert quality.word_token("是", lookup) == "æĺ¯"
+    assert quality.word_token("return", lookup) == "Ġreturn"
+    assert quality.word_token("Ġreturn", lookup) == "Ġreturn"  # raw names still work
+
+
+def test_main_script_and_auto_probes():
+    assert [quality.script_of(c) for c in "a是の한1,"] == ["Latin", "Han", "Kana", "Hangul",
+                                                          None, None]
+    assert quality.main_script({"我们": 10, "the": 5}) == "Han"  # 20 Han letters, 15 Latin
+    assert quality.main_script({"我们": 3, "the": 5}) == "Latin"  # 6 Han letters, 15 Latin
+    assert quality.main_script({"1,": 4}) is None
+    names = ["Ġthe", "Ġparser", "的", "æĺ¯", "Ġreturns", "Ġé"]
+    texts = {"Ġthe": " the", "Ġparser": " parser", "的": "的", "æĺ¯": "是",
+             "Ġreturns": " returns", "Ġé": " é"}
+    table = TokenVectors(names, np.eye(6, dtype=np.float32))
+    counts = [90, 50, 40, 30, 20, 10]
+    assert quality.auto_probes(table, counts, texts, "Latin") == ["parser", "returns"]
+    assert quality.auto_probes(table, counts, texts, "Han") == ["的", "是"]
+    assert quality.auto_probes(table, counts, texts, "Latin", n=1) == ["parser"]
+    assert quality.auto_probes(table, counts, texts, None) == []
+
+
+def test_report_skips_word_pairs_of_another_script(tmp_path):
+    from components.params import load_params
+
+    names = ["的", "是", "我", "们"]
+    texts = {n: n for n in names}
+    table = TokenVectors(names, np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32))
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("cat\tdog\t7\n")
+    cfg = load_params().embed.model_copy(update={"pairs_file": str(pairs), "neighbours": 2})
+    r = quality.quality_report(table, quality.token_lookup(names, texts), cfg, texts,
+                               [40, 30, 20, 10])
+    assert r["main_script"] == "Han"
+    assert r["probes"] == {"source": "auto", "words": ["的", "是", "我", "们"]}
+    assert r["word_pairs"]["used"] is False and "Latin" in r["word_pairs"]["reason"]
+    assert r["word_pairs"]["spearman"] is None
+    pairs.write_text("我\t们\t7\n的\t是\t2\n")
+    r = quality.quality_report(table, quality.token_lookup(names, texts), cfg, texts,
+                               [40, 30, 20, 10])
+    assert r["word_pairs"]["used"] is True and r["word_pairs"]["oov"] == 0
 
 
 def test_spearman_by_hand_and_against_scipy():
@@ -41,11 +87,11 @@ def test_spearman_by_hand_and_against_scipy():
     assert quality.spearman([1], [2]) is None
 
 
-def toy_table() -> tuple[TokenVectors, dict[str, int]]:
+def toy_table() -> tuple[TokenVectors, dict[str, str]]:
     e = np.eye(5, dtype=np.float32)
     names = ["Ġa", "Ġb", "Ġc", "Ġd", "Ġe"]  # b - a + c = d exactly
     vectors = np.stack([e[0], e[0] + e[1], e[2], e[2] + e[1], e[3] + 0.2 * e[4]])
-    return TokenVectors(names, vectors), {n: i for i, n in enumerate([*names, "Ġrare"])}
+    return TokenVectors(names, vectors), quality.token_lookup([*names, "Ġrare"], {})
 
 
 def test_pairs_spearman_on_a_toy_file(tmp_path):

@@ -244,15 +244,17 @@ def test_generate_is_deterministic_for_a_seed(champion):
 
 def test_temperature_zero_is_greedy_and_respects_max_new_tokens(champion, keras_a, project):
     tok = project["tokenizer"]
+    plain = {"repetition_penalty": 1.0}  # the default (params.yaml generate) penalises repeats
     for n in (1, 5):
         ids = _greedy(keras_a, tok, PROMPT, n)
         assert len(ids) == n  # the bare model never picks a special token
-        assert _generate(champion, PROMPT, max_new_tokens=n, temperature=0.0) == tok.decode(ids)
+        assert _generate(champion, PROMPT, max_new_tokens=n, temperature=0.0, **plain) == \
+            tok.decode(ids)
     # temperature 0 ignores the seed; top_k 1 is greedy whatever the temperature
-    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=0.0, seed=7) == \
+    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=0.0, seed=7, **plain) == \
         tok.decode(_greedy(keras_a, tok, PROMPT, 5))
-    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=1.0, top_k=1, seed=9) == \
-        tok.decode(_greedy(keras_a, tok, PROMPT, 5))
+    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=1.0, top_k=1, seed=9,
+                     **plain) == tok.decode(_greedy(keras_a, tok, PROMPT, 5))
 
 
 def test_sampled_generation_is_at_most_max_new_tokens(champion, project):

@@ -148,6 +148,9 @@ def test_check_request_accepts_every_mlflow_json_shape(limits):
     ({"max_new_tokens": 513}, "1..512"), ({"max_new_tokens": 2.5}, "integer"),
     ({"top_k": -1}, "top_k"), ({"seed": 2**64}, "seed"), ({"mode": "train"}, "mode"),
     ({"mode": "score", "top_k": -1}, "top_k"), ({"nope": 1}, "nope"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": 0.9},
+                                                         "repetition_penalty"),
+    ({"mode": "score", "top_p": float("nan")}, "top_p"),
 ])
 def test_check_params_refuses_in_both_modes(params, mentions):
     with pytest.raises(BadRequest, match=mentions):
@@ -155,6 +158,30 @@ def test_check_params_refuses_in_both_modes(params, mentions):
 
 
 def test_check_params_fills_defaults():
-    assert check_params(None) == {"mode": "generate", "max_new_tokens": 32,
-                                  "temperature": 1.0, "top_k": 0, "seed": 0}
+    # a model registered before the generate section: the values it always served with
+    assert check_params(None) == {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0,
+                                  "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                                  "seed": 0}
     assert check_params({"temperature": 0})["temperature"] == 0.0
+
+
+def test_model_defaults_come_from_params_generate():
+    from components.lm.inference import request_defaults
+    from components.params import load_params
+
+    gen = load_params().generate
+    defaults = request_defaults(gen.model_dump())
+    assert check_params(None, defaults) == {"mode": "generate", **gen.model_dump()}
+    assert check_params({"top_k": 3}, defaults)["top_p"] == gen.top_p
+
+
+def test_request_cap_uses_the_models_default_max_new_tokens():
+    from components.params import load_params
+
+    limits = load_params().serve.model_copy(update={"max_generated_tokens": 40})
+    body = json.dumps({"dataframe_records": [{"text": "a"}, {"text": "b"}]}).encode()
+    with pytest.raises(BadRequest, match="max_new_tokens 32"):  # legacy default: 2 x 32 > 40
+        check_request(body, limits)
+    few = {"mode": "generate", "max_new_tokens": 8, "temperature": 1.0, "top_k": 0,
+           "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    check_request(body, limits, few)  # 2 x 8 <= 40

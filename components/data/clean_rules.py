@@ -13,12 +13,13 @@ from __future__ import annotations
 import html
 import re
 import string
+from dataclasses import asdict, dataclass
 from html.entities import html5
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.data.nfkc import nfkc
+from components.data.nfkc import unicode_form
 from components.params import Clean
 
 # RE2 patterns. Vertical tab, form feed, NEL and the Unicode line/paragraph separators are
@@ -71,6 +72,30 @@ _ANY_PII = "|".join(f"(?:{pattern})" for _, pattern in PII)
 # of these characters, and a match scan costs a fraction of a replacement).
 _RARE = rf"\r|{LINE_BREAKS}|{CONTROL}|{ZERO_WIDTH}"
 _BLANK_RUNS = r"[^\S\n ]| \s|\n |\n\n\n"  # what BLANKS, BLANKS_AT_BREAK or \n{3,} match
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """The clean section's text transformations (not its filters), saved with a registered
+    model: its generate/score input goes through the same chain the training text went
+    through, or `，` and `,` would be different tokens to a model that saw only `,`."""
+
+    strip_html: bool
+    mask_pii: bool
+    normalize: str   # clean.normalize: nfkc | nfc | none
+    lowercase: bool
+
+    @classmethod
+    def of(cls, cfg: Clean) -> TextRules:
+        return cls(cfg.strip_html, cfg.mask_pii, cfg.normalize, cfg.lowercase)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clean_texts(texts: list[str], rules: TextRules) -> list[str]:
+    """Texts through the training chain (apply_rules), one per input, in order."""
+    return apply_rules(pa.array(texts, pa.string()), rules)[0].to_pylist()
 
 
 def count(text: pa.Array, pattern: str) -> int:
@@ -175,8 +200,9 @@ def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
     return on_rows(words, cjk_rows, with_cjk)
 
 
-def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
-    """`\\n` line ends, controls and zero-width removed, NFKC, whitespace collapsed. Removed
+def normalise(text: pa.Array, cfg: Clean | TextRules) -> tuple[pa.Array, dict[str, int]]:
+    """`\\n` line ends, controls and zero-width removed, clean.normalize's Unicode form (NFKC
+    by default), whitespace collapsed. Removed
     characters are counted as the drop in length (each pattern matches one character). Each
     group of replacements runs only on the rows one scan says it can change."""
     counts = {"control_chars_removed": 0, "zero_width_removed": 0}
@@ -196,7 +222,7 @@ def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
         return pc.replace_substring_regex(sub, r"\n{3,}", "\n\n")
 
     text = on_rows(text, pc.match_substring_regex(text, _RARE), rare)
-    text = nfkc(text)
+    text = unicode_form(text, cfg.normalize)
     text = on_rows(text, pc.match_substring_regex(text, _BLANK_RUNS), blanks)
     text = pc.utf8_trim_whitespace(text)
     if cfg.lowercase:
@@ -204,9 +230,10 @@ def normalise(text: pa.Array, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
     return text, counts
 
 
-def apply_rules(text, cfg: Clean) -> tuple[pa.Array, dict[str, int]]:
+def apply_rules(text, cfg: Clean | TextRules) -> tuple[pa.Array, dict[str, int]]:
     """The clean stage's text rules in order (HTML, normalisation, PII masks), with their
-    counts: one chain shared by the clean stage and the finetune stage's labelled data."""
+    counts: one chain shared by the clean stage, the finetune stage's labelled data and (as
+    TextRules saved with a model) the text a served model reads."""
     counts: dict[str, int] = {}
     rules = [strip_html] if cfg.strip_html else []
     rules.append(lambda t: normalise(t, cfg))

@@ -104,3 +104,19 @@ def nfkc(text: pa.Array) -> pa.Array:
     newer = _rows(sub, unassigned)  # pyarrow may know these characters; Python decides
     folded = _redo(folded, pc.and_(_rows(folded, composing), pc.invert(newer)), folded, "NFC")
     return pc.replace_with_mask(text, rows, _redo(folded, newer, sub, "NFKC"))
+
+
+def unicode_form(text: pa.Array, form: str) -> pa.Array:
+    """clean.normalize: "nfkc" (above), "nfc" (canonical composition only: full-width
+    punctuation and ligatures stay) or "none". NFC goes through Python for the non-ASCII
+    strings its quick check flags (pyarrow's output may stay decomposed, see above)."""
+    if form == "nfkc":
+        return nfkc(text)
+    if form == "none":
+        return text
+    rows = pc.fill_null(pc.invert(pc.string_is_ascii(text)), False)
+    if not pc.any(rows).as_py():
+        return text
+    changing = [not unicodedata.is_normalized("NFC", v) for v in text.filter(rows).to_pylist()]
+    rows = pc.replace_with_mask(rows, rows, pa.array(changing, pa.bool_()))
+    return _redo(text, rows, text, "NFC")

@@ -1,13 +1,16 @@
 """Intrinsic evaluation of word vectors: neighbours, word-pair Spearman, analogies.
 
-Usage: `quality_report(table, vocab, cfg, texts)` -> the evaluation part of reports/embed.json.
-Words are mapped to single BPE tokens (`word_token`); pairs or questions with a word that is not one
+Usage: `quality_report(table, lookup, cfg, texts)` -> the evaluation part of reports/embed.json.
+Words are mapped to single tokens by their readable text (`word_token`: "是" finds the
+byte-level token "æĺ¯"); pairs or questions with a word that is not one
 trained token are skipped and counted as out-of-vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +20,12 @@ from components.errors import GruflowError
 from components.params import Embed
 
 SPACE = "Ġ"  # byte-level BPE's stand-in for a leading space: " word" is the token "Ġword"
+AUTO_PROBES = 8  # embed.probes: auto picks this many words
+# Unicode name prefixes that are not the script's usual name
+_SCRIPT_NAMES = {"CJK": "Han", "HIRAGANA": "Kana", "KATAKANA": "Kana", "HANGUL": "Hangul"}
+# embed.probes auto: shortest probe word per script; written without spaces, a Han or Kana
+# character is a word, elsewhere short words are mostly articles and particles
+_MIN_LETTERS = {"Han": 1, "Kana": 1, "Hangul": 2, "Thai": 2}
 
 
 @dataclass(frozen=True)
@@ -31,15 +40,22 @@ class TokenVectors:
         object.__setattr__(self, "index", {name: r for r, name in enumerate(self.names)})
 
 
-def word_token(word: str, vocab: Mapping[str, int]) -> str | None:
-    """The single token for `word`: "Ġword" (the word after a space) first, then "word"."""
-    for token in (SPACE + word, word):
-        if token in vocab:
-            return token
+def token_lookup(names: Iterable[str], texts: Mapping[str, str]) -> dict[str, str]:
+    """Word -> token name: each token's readable text (embedding/readable.py), and its raw
+    name where no readable text is the same (so "Ġreturn" still finds itself)."""
+    return {**{name: name for name in names}, **{text: name for name, text in texts.items()}}
+
+
+def word_token(word: str, lookup: Mapping[str, str]) -> str | None:
+    """The single token for `word`: the word after a space (" word", byte-level "Ġword")
+    first, then the word itself."""
+    for key in (" " + word, SPACE + word, word):
+        if key in lookup:
+            return lookup[key]
     return None
 
 
-def word_row(table: TokenVectors, vocab: Mapping[str, int], word: str) -> int | None:
+def word_row(table: TokenVectors, vocab: Mapping[str, str], word: str) -> int | None:
     token = word_token(word, vocab)
     return None if token is None else table.index.get(token)
 
@@ -110,7 +126,7 @@ def read_analogies(path: Path) -> list[tuple[str, str, str, str]]:
     return questions
 
 
-def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, int],
+def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, str],
                    pairs: list[tuple[str, str, float]]) -> dict:
     """Spearman between the file's scores and cosine similarity, over in-vocabulary pairs."""
     unit = table.vectors / (np.linalg.norm(table.vectors, axis=1, keepdims=True) + 1e-12)
@@ -123,7 +139,7 @@ def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, int],
     return {"pairs": len(pairs), "oov": len(pairs) - len(gold), "spearman": spearman(gold, sims)}
 
 
-def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, int],
+def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, str],
                      questions: list[tuple[str, str, str, str]]) -> dict:
     """3CosAdd: d = argmax cos(v, b - a + c) over all tokens but a, b, c."""
     unit = table.vectors / (np.linalg.norm(table.vectors, axis=1, keepdims=True) + 1e-12)
@@ -141,7 +157,7 @@ def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, int],
             "accuracy": accuracy}
 
 
-def probe_neighbours(table: TokenVectors, vocab: Mapping[str, int], probes: list[str], k: int,
+def probe_neighbours(table: TokenVectors, vocab: Mapping[str, str], probes: list[str], k: int,
                      texts: Mapping[str, str]) -> tuple[dict, list[str]]:
     """Nearest neighbours of each known probe word, and the probes without a trained token."""
     found, unknown = {}, []
@@ -155,13 +171,65 @@ def probe_neighbours(table: TokenVectors, vocab: Mapping[str, int], probes: list
     return found, unknown
 
 
-def quality_report(table: TokenVectors, vocab: Mapping[str, int], cfg: Embed,
-                   texts: Mapping[str, str]) -> dict:
-    """The evaluation section of reports/embed.json (`texts`: token -> readable string)."""
-    neighbours, unknown = probe_neighbours(table, vocab, cfg.probes, cfg.neighbours, texts)
-    pairs = evaluate_pairs(table, vocab, read_pairs(Path(cfg.pairs_file)))
-    report = {"neighbours": neighbours, "unknown_probes": unknown,
-              "word_pairs": {"file": cfg.pairs_file, **pairs}}
+def script_of(ch: str) -> str | None:
+    """The writing system of a letter (from its Unicode name: "CJK UNIFIED IDEOGRAPH-662F" ->
+    Han, "LATIN SMALL LETTER A" -> Latin); None for anything but a letter."""
+    if not ch.isalpha():
+        return None
+    first = unicodedata.name(ch, "?").split(" ")[0]
+    return _SCRIPT_NAMES.get(first, first.title())
+
+
+def main_script(words: Mapping[str, int]) -> str | None:
+    """The script holding most letters of `words` (word -> count), None without letters."""
+    letters: Counter[str] = Counter()
+    for word, n in words.items():
+        for ch in word:
+            if script := script_of(ch):
+                letters[script] += n
+    return max(sorted(letters), key=letters.__getitem__) if letters else None
+
+
+def auto_probes(table: TokenVectors, counts: list[int], texts: Mapping[str, str],
+                script: str | None, n: int = AUTO_PROBES) -> list[str]:
+    """The n most frequent trained tokens that are words of the corpus's main script: only
+    its letters, at least _MIN_LETTERS of them (4 where words are spaced)."""
+    if script is None:
+        return []
+    shortest = _MIN_LETTERS.get(script, 4)
+    words: list[str] = []
+    for r in sorted(range(len(table.names)), key=lambda r: -counts[r]):  # stable: ties by row
+        word = texts[table.names[r]].strip()
+        if (len(word) >= shortest and word not in words
+                and all(script_of(ch) == script for ch in word)):
+            words.append(word)
+            if len(words) == n:
+                break
+    return words
+
+
+def quality_report(table: TokenVectors, vocab: Mapping[str, str], cfg: Embed,
+                   texts: Mapping[str, str], counts: list[int]) -> dict:
+    """The evaluation section of reports/embed.json (`texts`: token -> readable string,
+    `counts`: train occurrences of each table row). Probes and word pairs are used only
+    where they fit the corpus: `auto` probes are its own frequent words, and word pairs in
+    another script than the corpus's main one are skipped (said in the report)."""
+    script = main_script({texts[name]: c for name, c in zip(table.names, counts, strict=True)})
+    auto = cfg.probes == "auto"
+    probes = auto_probes(table, counts, texts, script) if auto else list(cfg.probes)
+    neighbours, unknown = probe_neighbours(table, vocab, probes, cfg.neighbours, texts)
+    pairs = read_pairs(Path(cfg.pairs_file))
+    pair_script = main_script(Counter(w for a, b, _ in pairs for w in (a, b)))
+    if pairs and pair_script != script:
+        word_pairs = {"file": cfg.pairs_file, "used": False, "pairs": len(pairs),
+                      "spearman": None, "reason": f"the pairs are {pair_script} words, the "
+                      f"corpus is mostly {script}"}
+    else:
+        word_pairs = {"file": cfg.pairs_file, "used": True,
+                      **evaluate_pairs(table, vocab, pairs)}
+    report = {"main_script": script,
+              "probes": {"source": "auto" if auto else "params", "words": probes},
+              "neighbours": neighbours, "unknown_probes": unknown, "word_pairs": word_pairs}
     if cfg.analogy_file:
         questions = read_analogies(Path(cfg.analogy_file))
         report["analogies"] = {"file": cfg.analogy_file,

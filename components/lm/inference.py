@@ -16,38 +16,60 @@ import numpy as np
 from components.contract import BOS, EOS, encode, text_bytes
 from components.lm.windows import make_streams
 
-# The request parameters of generate/score, their defaults and bounds. Every one is checked in
-# both modes (a bad max_new_tokens in a score request is still a bad request).
+# The request parameters of generate/score and their bounds. Their defaults are params.yaml's
+# `generate` section, saved with each registered model (info.json and the signature's param
+# defaults); LEGACY_DEFAULTS are what models registered before that served with. Every param is
+# checked in both modes (a bad max_new_tokens in a score request is still a bad request).
 MAX_NEW_TOKENS_CAP = 512
 MAX_SEED = 2**63 - 1  # MLflow's `long`
-DEFAULT_PARAMS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
-                  "seed": 0}
+LEGACY_DEFAULTS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
+                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0}
 MODES = ("generate", "score")
+SCORE_COLUMNS = {"nll": "double", "tokens": "long", "bytes": "long", "perplexity": "double",
+                 "bits_per_byte": "double"}  # score mode's output, in order
 
 
 class BadRequest(ValueError):
     """A request the model cannot answer: the message names the field and the allowed values."""
 
 
-def check_params(params: dict | None) -> dict:
+def request_defaults(generate: dict | None) -> dict:
+    """The request params a model answers with when a request leaves them out: its saved
+    `generate` section (params.yaml at registration), or LEGACY_DEFAULTS without one."""
+    if generate is None:
+        return dict(LEGACY_DEFAULTS)
+    return {"mode": "generate", **{k: generate[k] for k in LEGACY_DEFAULTS if k != "mode"}}
+
+
+def check_params(params: dict | None, defaults: dict | None = None) -> dict:
     """`params` completed with the defaults, every value checked; unknown names refused."""
+    defaults = LEGACY_DEFAULTS if defaults is None else defaults
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise BadRequest(f"params must be an object, got {type(params).__name__}")
-    if unknown := sorted(str(k) for k in params if k not in DEFAULT_PARAMS):
-        raise BadRequest(f"params {unknown} are not known — use {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    if unknown := sorted(str(k) for k in params if k not in defaults):
+        raise BadRequest(f"params {unknown} are not known — use {sorted(defaults)}")
+    p = {**defaults, **params}
     if p["mode"] not in MODES:
         raise BadRequest(f"params.mode must be 'generate' or 'score', got {p['mode']!r}")
     _integer(p, "max_new_tokens", 1, MAX_NEW_TOKENS_CAP)
     _integer(p, "top_k", 0, None, "(0 = no limit)")
     _integer(p, "seed", 0, MAX_SEED)
-    t = p["temperature"]
-    if isinstance(t, bool) or not isinstance(t, Real) or not math.isfinite(t) or t < 0:
-        raise BadRequest(f"params.temperature must be a finite number >= 0 (0 = greedy), "
-                         f"got {t!r}")
-    return {**p, "temperature": float(t)}
+    _real(p, "temperature", 0.0, None, ">= 0 (0 = greedy)")
+    _real(p, "top_p", 0.0, 1.0, "in (0, 1] (1 = off)", open_low=True)
+    _real(p, "repetition_penalty", 1.0, None, ">= 1 (1 = off)")
+    return p
+
+
+def _real(p: dict, name: str, low: float, high: float | None, allowed: str,
+          open_low: bool = False) -> None:
+    value = p[name]
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > low if open_low else value >= low) and (high is None or value <= high):
+        p[name] = float(value)
+        return
+    raise BadRequest(f"params.{name} must be a finite number {allowed}, got {value!r}")
 
 
 def _integer(p: dict, name: str, low: int, high: int | None, note: str = "") -> None:
@@ -86,23 +108,45 @@ def step(model, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, li
     return np.asarray(out[0]), [np.asarray(s, np.float32) for s in out[1:]]
 
 
+def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Each earlier occurrence of a token in `seen` divides its probability by `penalty`
+    (its logit loses ln(penalty) per occurrence). Cumulative, unlike CTRL's one-off penalty
+    (HF transformers' `repetition_penalty`), which a token far ahead of the rest survives, so
+    greedy decoding of a small model still said `我们们们们…`; here a greedy run of one token
+    ends once it has cost more than its lead. (V,) -> (V,) float64, `logits` untouched."""
+    z = logits.astype(np.float64)
+    if penalty != 1.0 and seen.size:
+        z -= np.bincount(seen, minlength=z.size)[:z.size] * math.log(penalty)
+    return z
+
+
 def sample_next(logits: np.ndarray, temperature: float, top_k: int,
-                rng: np.random.Generator) -> int:
-    """Greedy when temperature is 0, else softmax(logits / T) restricted to the top k."""
+                rng: np.random.Generator, top_p: float = 1.0) -> int:
+    """Greedy when temperature is 0, else softmax(logits / T) restricted to the top k and then
+    to the nucleus: the fewest likeliest tokens whose probability reaches top_p."""
     if temperature == 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / temperature
     if 0 < top_k < z.size:
-        z[np.argsort(z)[:-top_k]] = -np.inf
+        z[np.argsort(z, kind="stable")[:-top_k]] = -np.inf
     p = np.exp(z - z.max())
-    return int(rng.choice(z.size, p=p / p.sum()))
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        keep = np.searchsorted(np.cumsum(p[order]), top_p) + 1  # always at least one token
+        p[order[keep:]] = 0.0
+        p /= p.sum()
+    return int(rng.choice(z.size, p=p))
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
-             top_k: int, seed: int, seq_len: int) -> str:
+             top_k: int, seed: int, seq_len: int, top_p: float = 1.0,
+             repetition_penalty: float = 1.0) -> str:
     """Continue `prompt` token by token. The text is read in blocks of seq_len from its start,
     as in training: finished blocks only pass on their GRU state, the current block is the
-    window attention sees. A model without state inputs sees the last seq_len tokens."""
+    window attention sees. A model without state inputs sees the last seq_len tokens. The
+    repetition penalty counts the last seq_len tokens of the text (prompt and continuation):
+    what the model itself reads closely; a long text may use common tokens again."""
     rng = np.random.default_rng(seed)
     prompt_ids = [BOS, *tokenizer.encode(prompt, add_special_tokens=False).ids]
     ids, states, start = list(prompt_ids), zero_states(model, 1), 0
@@ -113,7 +157,9 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
             _, states = step(model, np.array([ids[start:start + seq_len]], np.int32), states)
             start += seq_len
         logits = step(model, np.array([ids[start:]], np.int32), states)[0][0, -1]  # (V,)
-        nxt = sample_next(logits, temperature, top_k, rng)
+        recent = np.array(ids[max(1, len(ids) - seq_len):], np.int64)  # never <bos>
+        logits = penalize(logits, recent, repetition_penalty)
+        nxt = sample_next(logits, temperature, top_k, rng, top_p)
         if nxt == EOS:
             break
         ids.append(nxt)

@@ -1,8 +1,11 @@
 """MLflow pyfunc wrapper (models-from-code): tokenizer.json + model.keras, nothing pickled.
 
 Input: a DataFrame with a `text` column. Params: mode (generate | score), max_new_tokens,
-temperature, top_k, seed. `generate` returns the continuation of each text; `score` returns
-per-text perplexity and bits per byte (plus the summed NLL, tokens and bytes behind them).
+temperature, top_k, top_p, repetition_penalty, seed; their defaults are the `generate` section
+of params.yaml when the model was registered (info.json). `generate` returns the continuation
+of each text; `score` returns per-text perplexity and bits per byte (plus the summed NLL,
+tokens and bytes behind them). Texts first go through the clean stage's text rules the model
+was trained after (info.json `text_rules`: NFKC, masks, ...), so `，` and `,` read alike.
 Every param is checked in both modes (`components.lm.inference.check_params`); bad requests raise
 MlflowException(INVALID_PARAMETER_VALUE): the server answers 400. The transport limits (body
 size, records, Content-Type, nesting) are `gruflow serve`'s (`components/lm/serve_guard.py`).
@@ -20,21 +23,45 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from components.data.clean_rules import TextRules, clean_texts
 from components.lm.inference import (
-    DEFAULT_PARAMS,
     MAX_NEW_TOKENS_CAP,
     BadRequest,
     check_params,
     check_texts,
     generate,
+    request_defaults,
     score_texts,
 )
 
-__all__ = ["GruLM", "DEFAULT_PARAMS", "MAX_NEW_TOKENS_CAP", "file_digest"]
+__all__ = ["GruLM", "MAX_NEW_TOKENS_CAP", "file_digest", "prepare_prompt", "prepare_texts"]
 
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def prepare_texts(texts: list[str], rules: TextRules | None) -> list[str]:
+    """Texts to score through the model's training text rules (none for a model saved
+    without them); a text the rules leave empty is a bad request."""
+    if rules is None:
+        return texts
+    out = clean_texts(texts, rules)
+    for i, text in enumerate(out):
+        if not text:
+            raise BadRequest(f"text row {i} is empty after the model's text rules "
+                             f"({rules.normalize}, controls and zero-width removed)")
+    return out
+
+
+def prepare_prompt(prompt: str, rules: TextRules | None) -> str:
+    """A prompt through the training text rules, keeping one trailing blank: a prompt is
+    the start of a document, and "def " asks for what follows the space."""
+    if rules is None:
+        return prompt
+    text = clean_texts([prompt], rules)[0]
+    tail = prompt[len(prompt.rstrip()):]
+    return text + ("\n" if "\n" in tail else " " if tail and text else "")
 
 
 def _bad(message: str) -> MlflowException:
@@ -53,20 +80,26 @@ class GruLM(PythonModel):
             raise MlflowException("tokenizer.json does not match the vocabulary this model "
                                   "was trained with (digest mismatch) — re-register the model")
         self.seq_len = int(info["seq_len"])
+        rules = info.get("text_rules")  # absent: registered before rules were saved
+        self.rules = None if rules is None else TextRules(**rules)
+        self.defaults = request_defaults(info.get("generate"))
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
 
     def predict(self, context, model_input, params=None):
         try:
-            p = check_params(params)
+            p = check_params(params, self.defaults)
             texts = check_texts(_texts(model_input))
+            if p["mode"] == "score":
+                texts = prepare_texts(texts, self.rules)
         except BadRequest as exc:
             raise _bad(str(exc)) from None
         if p["mode"] == "score":
             return pd.DataFrame(score_texts(self.model, self.tokenizer, texts, self.seq_len))
         return pd.DataFrame({"text": [
-            generate(self.model, self.tokenizer, t, p["max_new_tokens"], p["temperature"],
-                     p["top_k"], p["seed"], self.seq_len)
+            generate(self.model, self.tokenizer, prepare_prompt(t, self.rules),
+                     p["max_new_tokens"], p["temperature"], p["top_k"], p["seed"],
+                     self.seq_len, p["top_p"], p["repetition_penalty"])
             for t in texts]})
 
 

@@ -73,8 +73,9 @@ def _no_constants(name: str) -> None:
     raise BadRequest(f"{name} is not a number JSON allows — send a finite number")
 
 
-def check_request(body: bytes, limits: Serve) -> None:
-    """Raise BadRequest when the model should not see this body."""
+def check_request(body: bytes, limits: Serve, defaults: dict | None = None) -> None:
+    """Raise BadRequest when the model should not see this body (`defaults`: the model's own
+    request defaults, so a request without max_new_tokens is capped by the one it gets)."""
     try:
         payload = json.loads(body, parse_constant=_no_constants)
     except RecursionError:
@@ -86,7 +87,7 @@ def check_request(body: bytes, limits: Serve) -> None:
         raise BadRequest(f"{len(texts)} records in one request; at most serve.max_records = "
                          f"{limits.max_records} — split the request")
     check_texts(texts)
-    params = check_params(payload.get("params"))
+    params = check_params(payload.get("params"), defaults)
     if params["mode"] == "generate" and \
             len(texts) * params["max_new_tokens"] > limits.max_generated_tokens:
         raise BadRequest(f"{len(texts)} records x max_new_tokens {params['max_new_tokens']} "
@@ -97,8 +98,9 @@ def check_request(body: bytes, limits: Serve) -> None:
 class ServeGuard:
     """The ASGI wrapper: checks POST /invocations, passes everything else through."""
 
-    def __init__(self, app: Callable, limits: Serve, path: str = "/invocations"):
-        self.app, self.limits, self.path = app, limits, path
+    def __init__(self, app: Callable, limits: Serve, path: str = "/invocations",
+                 defaults: dict | None = None):
+        self.app, self.limits, self.path, self.defaults = app, limits, path, defaults
         self.slots = asyncio.Semaphore(limits.max_concurrent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,7 +138,8 @@ class ServeGuard:
             if not message.get("more_body"):
                 break
         try:
-            await asyncio.to_thread(check_request, bytes(body), self.limits)
+            await asyncio.to_thread(check_request, bytes(body), self.limits,
+                                    self.defaults)
         except BadRequest as exc:
             raise Refused(400, "BAD_REQUEST", str(exc)) from None
         return bytes(body)
