@@ -105,7 +105,8 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
         restored = ckpt.restore()
         trainer, state = restored if restored else (None, {})
         first = state["epoch"] + 1 if state else 0
-        train_ds, steps, streams, n_train = training_data(train, t, first, replicas)
+        train_ds, steps, streams, n_train = training_data(train, t, first, replicas,
+                                                           vocab_size)
         if trainer is None:
             trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
@@ -210,6 +211,7 @@ def run(p: Params) -> dict:
         "best_val_perplexity": math.exp(history["val_loss"][best]),
         "train_tokens": n_train, "flops_per_token": fpt,
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
+        "objective": p.train.objective,
         "tuned": tuned, **hw,
     }
     write_json(reports / TRAIN_REPORT, summary)
