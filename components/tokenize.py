@@ -18,9 +18,6 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
 from components.contract import (
-    BOS,
-    EOS,
-    PAD,
     SPECIALS,
     SPLITS,
     TOKENIZE_REPORT,

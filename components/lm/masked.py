@@ -21,7 +21,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from components.lm.masking import EVAL_MASK_SEED, mask_windows, token_windows
+from components.lm.masking import (
+    EVAL_MASK_FRACTION,
+    EVAL_MASK_SEED,
+    mask_windows,
+    token_windows,
+)
 from components.lm.model import TiedEmbedding
 from components.params import ModelParams
 
@@ -215,7 +220,7 @@ class MaskedValidation(keras.callbacks.Callback):
         self.val, self.t = val, t
 
     def on_epoch_end(self, epoch, logs=None):
-        s = masked_stats(self.model.lm, self.val, self.t.seq_len, self.t.mask_fraction,
+        s = masked_stats(self.model.lm, self.val, self.t.seq_len, EVAL_MASK_FRACTION,
                          self.t.batch_size)
         if logs is not None:
             logs["val_loss"] = float(s["nll_at"].sum() / max(s["nll_at"].size, 1))

@@ -22,6 +22,8 @@ from components.errors import GruflowError
 # Evaluate, validation and the served `score` use one fixed mask, drawn from this seed: the
 # same positions for every model scored on the same text, so numbers compare across versions.
 EVAL_MASK_SEED = 0
+# ... and this share of positions, whatever train.mask_fraction a version was trained with.
+EVAL_MASK_FRACTION = 0.15
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of chosen positions; the rest keep their token
 
 
