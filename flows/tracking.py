@@ -211,7 +211,8 @@ def serving_info(root: Path, params: Params) -> dict:
 
     effective, _ = effective_params(params, root)
     return {"seq_len": effective.train.seq_len,
-            "tokenizer_sha256": file_digest(root / params.paths.tokenizer)}
+            "tokenizer_sha256": file_digest(root / params.paths.tokenizer),
+            "objective": effective.train.objective}
 
 
 def project_tag(root: Path) -> str:
@@ -283,7 +284,8 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
     paths = params.paths
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
-        info.write_text(json.dumps(serving_info(root, params)))
+        served = serving_info(root, params)
+        info.write_text(json.dumps(served))
         example = pd.DataFrame({"text": ["The return value"]})
         signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
         active = mlflow.active_run()
@@ -300,7 +302,8 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
         )
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
-    version_tags = {**tags, "mlflow_run_id": run_id,
+    # `objective` (causal | masked): the gate compares only versions of the same objective
+    version_tags = {**tags, "mlflow_run_id": run_id, "objective": served["objective"],
                     **{f"metric.{k}": str(v) for k, v in _numbers(metrics).items()}}
     mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
                                tags=version_tags)

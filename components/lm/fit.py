@@ -169,7 +169,8 @@ def compiled_model(p: Params, vocab_size: int, train: np.ndarray,
     if p.train.objective == "masked":
         from components.lm.masked import compiled_masked
 
-        return compiled_masked(p, vocab_size, train, embeddings, steps)
+        return compiled_masked(p, vocab_size, train, embeddings, optimizer(p, steps),
+                               loss(p.train))
     from components.lm.carry import CarriedStateTrainer
     from components.lm.model import build_model
 

@@ -20,9 +20,10 @@ from components.lm.windows import make_streams
 # both modes (a bad max_new_tokens in a score request is still a bad request).
 MAX_NEW_TOKENS_CAP = 512
 MAX_SEED = 2**63 - 1  # MLflow's `long`
+MAX_CANDIDATES = 50
 DEFAULT_PARAMS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
-                  "seed": 0}
-MODES = ("generate", "score")
+                  "seed": 0, "candidates": 5}
+MODES = ("generate", "score", "fill")  # fill: masked LMs only (components/lm/pyfunc.py)
 
 
 class BadRequest(ValueError):
@@ -39,8 +40,10 @@ def check_params(params: dict | None) -> dict:
         raise BadRequest(f"params {unknown} are not known — use {sorted(DEFAULT_PARAMS)}")
     p = {**DEFAULT_PARAMS, **params}
     if p["mode"] not in MODES:
-        raise BadRequest(f"params.mode must be 'generate' or 'score', got {p['mode']!r}")
+        raise BadRequest(f"params.mode must be 'generate', 'score' or 'fill', "
+                         f"got {p['mode']!r}")
     _integer(p, "max_new_tokens", 1, MAX_NEW_TOKENS_CAP)
+    _integer(p, "candidates", 1, MAX_CANDIDATES)
     _integer(p, "top_k", 0, None, "(0 = no limit)")
     _integer(p, "seed", 0, MAX_SEED)
     t = p["temperature"]

@@ -226,13 +226,13 @@ class MaskedValidation(keras.callbacks.Callback):
             logs["val_loss"] = float(s["nll_at"].sum() / max(s["nll_at"].size, 1))
 
 
-def compiled_masked(p, vocab_size: int, train: np.ndarray, embeddings, steps: int):
+def compiled_masked(p, vocab_size: int, train: np.ndarray, embeddings, optimizer, loss):
     """A fresh masked LM (output bias at the log unigram frequencies of train) in its trainer,
-    compiled with the recipe's optimizer and loss (weights: only chosen positions count)."""
-    from components.lm.fit import loss, optimizer
+    compiled with the recipe's optimizer and loss (components/lm/fit.py; the sample weights
+    make only the chosen positions count)."""
     from components.lm.windows import unigram_log_probs
 
     lm = build_masked_model(p.model, vocab_size, embeddings, unigram_log_probs(train, vocab_size))
     trainer = MaskedTrainer(lm)
-    trainer.compile(optimizer=optimizer(p, steps), jit_compile=p.train.xla, loss=loss(p.train))
+    trainer.compile(optimizer=optimizer, jit_compile=p.train.xla, loss=loss)
     return trainer

@@ -1,8 +1,11 @@
 """MLflow pyfunc wrapper (models-from-code): tokenizer.json + model.keras, nothing pickled.
 
-Input: a DataFrame with a `text` column. Params: mode (generate | score), max_new_tokens,
-temperature, top_k, seed. `generate` returns the continuation of each text; `score` returns
-per-text perplexity and bits per byte (plus the summed NLL, tokens and bytes behind them).
+Input: a DataFrame with a `text` column. Params: mode (generate | score | fill),
+max_new_tokens, temperature, top_k, seed, candidates. `generate` returns the continuation of
+each text; `score` returns per-text perplexity and bits per byte (plus the summed NLL, tokens
+and bytes behind them). A masked LM (info.json `objective: masked`) answers `fill` (each text
+with its `<mask>`s filled, and per `<mask>` the `candidates` most likely tokens as JSON in
+`fills`) and `score` (masked perplexity under the fixed evaluation mask); `generate` is a 400.
 Every param is checked in both modes (`components.lm.inference.check_params`); bad requests raise
 MlflowException(INVALID_PARAMETER_VALUE): the server answers 400. The transport limits (body
 size, records, Content-Type, nesting) are `gruflow serve`'s (`components/lm/serve_guard.py`).
@@ -53,6 +56,7 @@ class GruLM(PythonModel):
             raise MlflowException("tokenizer.json does not match the vocabulary this model "
                                   "was trained with (digest mismatch) — re-register the model")
         self.seq_len = int(info["seq_len"])
+        self.objective = info.get("objective", "causal")  # versions before masked: causal
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
 
@@ -60,6 +64,9 @@ class GruLM(PythonModel):
         try:
             p = check_params(params)
             texts = check_texts(_texts(model_input))
+            check_mode(self.objective, p["mode"])
+            if self.objective == "masked":
+                return self._masked(texts, p)
         except BadRequest as exc:
             raise _bad(str(exc)) from None
         if p["mode"] == "score":
@@ -68,6 +75,30 @@ class GruLM(PythonModel):
             generate(self.model, self.tokenizer, t, p["max_new_tokens"], p["temperature"],
                      p["top_k"], p["seed"], self.seq_len)
             for t in texts]})
+
+
+    def _masked(self, texts: list[str], p: dict) -> pd.DataFrame:
+        from components.lm.masked_inference import fill, score_masked_texts
+
+        if p["mode"] == "score":
+            return pd.DataFrame(score_masked_texts(self.model, self.tokenizer, texts,
+                                                   self.seq_len))
+        rows = [fill(self.model, self.tokenizer, t, self.seq_len, p["candidates"])
+                for t in texts]
+        # fills as JSON text: one string cell per row whatever the number of <mask>s
+        return pd.DataFrame({"text": [r["text"] for r in rows],
+                             "fills": [json.dumps(r["fills"]) for r in rows]})
+
+
+def check_mode(objective: str, mode: str) -> None:
+    """A masked LM fills and scores but cannot continue text; a causal LM cannot fill."""
+    if objective == "masked" and mode == "generate":
+        raise BadRequest("this model was trained with train.objective masked: it predicts "
+                         "hidden tokens from both sides and cannot continue a text — use "
+                         "params.mode 'fill' (write <mask> where a token is missing) or 'score'")
+    if objective != "masked" and mode == "fill":
+        raise BadRequest("params.mode 'fill' needs a masked LM (train.objective masked); this "
+                         "model is causal — use 'generate' or 'score'")
 
 
 def _texts(model_input) -> list:
