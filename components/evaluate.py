@@ -126,6 +126,7 @@ def run(p: Params) -> dict:
     import keras
     from tokenizers import Tokenizer
 
+    from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
     from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
     p, _ = effective_params(p)  # the seq_len train used, tuned or not

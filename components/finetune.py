@@ -97,6 +97,7 @@ def predict(model, x: np.ndarray, classes: list[str], batch_size: int) -> list[s
 def load_lm(path: Path):
     import keras
 
+    from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
     from components.lm import model as _layers  # noqa: F401  (registers the LM's layers)
 
     return keras.saving.load_model(path, safe_mode=True)

@@ -49,6 +49,7 @@ class GruLM(PythonModel):
         import keras
         from tokenizers import Tokenizer
 
+        from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
         from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
         info = json.loads(Path(context.artifacts["info"]).read_text())
