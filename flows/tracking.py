@@ -287,7 +287,11 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
         served = serving_info(root, params)
         info.write_text(json.dumps(served))
         example = pd.DataFrame({"text": ["The return value"]})
-        signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), DEFAULT_PARAMS)
+        example_params = DEFAULT_PARAMS
+        if served["objective"] == "masked":  # fills by default; generate would be a 400
+            example = pd.DataFrame({"text": ["The return <mask>"]})
+            example_params = DEFAULT_PARAMS | {"mode": "fill"}
+        signature = infer_signature(example, pd.DataFrame({"text": [" is"]}), example_params)
         active = mlflow.active_run()
         if active is None or active.info.run_id != run_id:
             raise RuntimeError("register() must run inside the pipeline's parent run")
@@ -298,7 +302,7 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
                        "tokenizer": str(root / paths.tokenizer), "info": str(info)},
             code_paths=[str(root / "components")],
             signature=signature,
-            input_example=(example, DEFAULT_PARAMS),
+            input_example=(example, example_params),
         )
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")

@@ -62,6 +62,8 @@ class GruLM(PythonModel):
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
 
     def predict(self, context, model_input, params=None):
+        if self.objective == "masked" and not (params or {}).get("mode"):
+            params = {**(params or {}), "mode": "fill"}  # a masked LM's default
         try:
             p = check_params(params)
             texts = check_texts(_texts(model_input))
