@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from test_pipeline_e2e import gruflow, isolated_env, tiny_project
+from test_pipeline_e2e import BIN, isolated_env, tiny_project
 from tiny_labelled import rows, write_jsonl
 
 from flows.stages import STAGES
@@ -19,18 +19,20 @@ def masked_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("masked-e2e")
     project = tiny_project(base)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(objective="masked", epochs=3)
+    params["train"].update(objective="masked", epochs=2)
     params["tune"].update(n_trials=0)  # tuning a masked LM: tests/test_tune.py
     labelled = write_jsonl(base / "labelled.jsonl", rows(30))
     params["finetune"].update(source=str(labelled), epochs=3, batch_size=16, max_len=16,
-                              learning_rate=0.01, compare_scratch=True)
+                              learning_rate=0.01, compare_scratch=False)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     import subprocess
 
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
                     "masked"], cwd=project, check=True)
     env = isolated_env(base)
-    out = gruflow(project, env)
+    # a longer limit than test_pipeline_e2e's: this run trains the classifier too
+    out = subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return {"project": project, "out": out, "env": env}
 
@@ -44,7 +46,7 @@ def test_masked_pipeline_evaluates_registers_and_finetunes(masked_run):
     assert m["objective"] == "masked" and m["masked_tokens"] > 0
     assert m["masked_perplexity"] < m["masked_baseline_perplexity"]
     ft = json.loads((project / "reports/finetune.json").read_text())
-    assert set(ft["models"]) >= {"pretrained", "scratch", "majority", "tfidf_logreg"}
+    assert set(ft["models"]) >= {"pretrained", "majority", "tfidf_logreg"}
     assert ft["models"]["pretrained"]["macro_f1"] > ft["models"]["majority"]["macro_f1"]
 
     import mlflow
