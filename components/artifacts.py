@@ -1,5 +1,6 @@
-"""Atomic writes of stage outputs (write beside the target, then rename over it), and
-bounded-memory reads of the Parquet files stages hand each other.
+"""Atomic writes of stage outputs (write beside the target, then rename over it), bounded-memory
+reads of the Parquet files stages hand each other, and `.keras` files made byte-stable (train's
+model.keras, finetune's classifier.keras).
 
 A failed stage never leaves a half-written output, and the previous output stays intact.
 """
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,3 +78,39 @@ def parquet_batches(path: Path | str, columns: list[str] | None, size: int,
     with pq.ParquetFile(path, pre_buffer=False) as file:
         yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False,
                                      row_groups=None if row_groups is None else list(row_groups))
+
+
+def _renumber_shared(node, ids: dict) -> None:
+    """Replace Keras's `shared_object_id`s (memory addresses, `id(obj)`) by 1, 2, ... in order
+    of appearance; the loader only matches them with each other."""
+    if isinstance(node, dict):
+        if "shared_object_id" in node:
+            node["shared_object_id"] = ids.setdefault(node["shared_object_id"], len(ids) + 1)
+        for value in node.values():
+            _renumber_shared(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared(value, ids)
+
+
+def stable_keras_file(path: Path | str) -> None:
+    """Rewrite a `.keras` zip without what changes from run to run for the same model: Keras
+    writes `date_saved` into metadata.json, stamps the weights entry with the clock and names
+    shared objects by memory address in config.json — the same weights would get another DVC
+    hash on every run. Weights stay byte for byte; entries keep their order."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as src:
+        entries = [(info.filename, src.read(info), info.compress_type)
+                   for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for name, data, compression in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode()
+            elif name == "config.json":
+                config = json.loads(data)
+                _renumber_shared(config, {})
+                data = json.dumps(config).encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                         compress_type=compression)

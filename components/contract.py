@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..3, in this order
-PAD, UNK, BOS, EOS = range(4)
+# ids 0..4, in this order. <mask> (the masked-LM objective's hidden position) came last so
+# that the ids of the first four stayed what they were.
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", "<mask>")
+PAD, UNK, BOS, EOS, MASK = range(5)
 
 SPLITS = ("train", "val", "test")
 

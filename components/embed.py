@@ -24,7 +24,7 @@ from gensim.models.word2vec_inner import MAX_WORDS_IN_BATCH
 from tokenizers import Tokenizer
 
 from components.artifacts import atomic_dir, atomic_file, write_json
-from components.contract import EMBED_REPORT, PAD, split_file
+from components.contract import EMBED_REPORT, PAD, SPECIALS, split_file
 from components.embedding.quality import (
     TokenVectors,
     cosine_neighbours,
@@ -253,7 +253,7 @@ if __name__ == "__main__":
 def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
                       tokenizer: Tokenizer) -> list[tuple[str, float]]:
     """The k tokens nearest to `word` in any id-aligned matrix (e.g. a registered model's
-    embedding layer); the special tokens (ids 0..3) are left out."""
+    embedding layer); the special tokens (ids 0..4) are left out."""
     if k < 1:
         raise GruflowError(f"-k {k}: ask for at least one neighbour")
     texts = token_texts(tokenizer)
@@ -261,7 +261,8 @@ def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
     if token is None:
         raise GruflowError(f"'{word}' is not a single token of this model's tokenizer — try "
                            "another word")
-    names = [tokenizer.id_to_token(i) for i in range(4, matrix.shape[0])]
-    table = TokenVectors(names, np.asarray(matrix[4:], dtype=np.float32))
+    first = len(SPECIALS)
+    names = [tokenizer.id_to_token(i) for i in range(first, matrix.shape[0])]
+    table = TokenVectors(names, np.asarray(matrix[first:], dtype=np.float32))
     return [(texts[table.names[r]], sim)
             for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]

@@ -132,6 +132,7 @@ def run(p: Params) -> dict:
     import keras
     from tokenizers import Tokenizer
 
+    from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
     from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
     p, _ = effective_params(p)  # the seq_len train used, tuned or not
@@ -141,6 +142,8 @@ def run(p: Params) -> dict:
         raise GruflowError(f"{paths.model}: missing — run the train stage first")
     model = keras.saving.load_model(paths.model, safe_mode=True)
     tokenizer = Tokenizer.from_file(paths.tokenizer)
+    if check_objective(model, p.train.objective, paths.model) == "masked":
+        return run_masked(p, model, tokenizer, train, test)
     vocab_size = int(model.outputs[0].shape[-1])
     s = score_model(model, test, p.train.seq_len, p.evaluate.batch_size)
     table = pq.read_table(split_file(tokens, "test"), columns=["ids", "n_bytes"]).to_pydict()
@@ -178,9 +181,54 @@ def run(p: Params) -> dict:
     return metrics
 
 
+def check_objective(model, objective: str, path: str) -> str:
+    """train.objective, checked against the objective the saved model was trained with."""
+    from components.lm.masked import is_masked
+
+    trained = "masked" if is_masked(model) else "causal"
+    if trained != objective:
+        raise GruflowError(f"{path} was trained with objective {trained}, params.yaml says "
+                           f"train.objective {objective} — rerun the train stage")
+    return objective
+
+
+def run_masked(p: Params, model, tokenizer, train: np.ndarray, test: np.ndarray) -> dict:
+    """Evaluate a masked LM on the test split under the fixed seeded mask
+    (components/lm/masked_inference.py);
+    the same report and plot files as the causal LM's, with masked metrics."""
+    from components.lm import masked_inference as masked_eval
+
+    reports = Path(p.paths.reports)
+    vocab_size = int(model.outputs[0].shape[-1])
+    t = p.train
+    s = masked_eval.masked_metrics(model, train, test, t.seq_len, p.evaluate.batch_size,
+                                   vocab_size)
+    metrics, per_doc = s["metrics"] | {"embedding_init": p.model.embedding_init}, \
+        s["per_position"]
+    lengths = pq.read_table(split_file(p.paths.tokens, "test"), columns=["ids"]).column("ids")
+    lengths = np.array([len(d) for d in lengths.to_pylist()])
+    plots.perplexity_by_length(*masked_eval.per_document(per_doc, lengths),
+                               reports / PLOTS_DIR / "perplexity_by_length.png")
+    plots.attention_maps(masked_eval.attention_inputs(model, tokenizer, test, N_SAMPLES,
+                                                      ATTENTION_TOKENS),
+                         reports / PLOTS_DIR / "attention.png")
+    plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
+    texts = pq.read_table(split_file(p.paths.clean, "test"), columns=["text"]).column("text")
+    masked_eval.write_fill_samples(model, tokenizer, texts.to_pylist()[:N_SAMPLES], t.seq_len,
+                                   reports / SAMPLES)
+    write_json(reports / METRICS_REPORT, metrics)
+    return metrics
+
+
 @guarded
 def main() -> None:
     m = run(load_params())
+    if "masked_perplexity" in m:
+        print(f"evaluate: masked perplexity {m['masked_perplexity']:.1f}, accuracy "
+              f"{m['masked_accuracy']:.3f}, top-5 {m['masked_top5_accuracy']:.3f} on "
+              f"{m['masked_tokens']} masked test tokens (unigram "
+              f"{m['masked_baseline_perplexity']:.1f})")
+        return
     print(f"evaluate: test perplexity {m['perplexity']:.1f} per token, "
           f"{m['word_perplexity']:.1f} per word "
           f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "

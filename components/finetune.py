@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import atomic_dir, atomic_file, write_json
+from components.artifacts import atomic_dir, atomic_file, stable_keras_file, write_json
 from components.classify import data as cdata
 from components.classify import scores as cscores
 from components.contract import FINETUNE_PLOT, FINETUNE_REPORT, PLOTS_DIR, SPLITS, encode
@@ -97,6 +97,7 @@ def predict(model, x: np.ndarray, classes: list[str], batch_size: int) -> list[s
 def load_lm(path: Path):
     import keras
 
+    from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
     from components.lm import model as _layers  # noqa: F401  (registers the LM's layers)
 
     return keras.saving.load_model(path, safe_mode=True)
@@ -179,6 +180,7 @@ def run(p: Params, out_dir: Path, reports: Path) -> dict:
     chosen = out[p.finetune.encoder]
     with atomic_dir(out_dir) as tmp:
         chosen.save(tmp / MODEL_FILE)
+        stable_keras_file(tmp / MODEL_FILE)  # same weights, same bytes (DVC hash)
         (tmp / LABELS_FILE).write_text(json.dumps(
             {"classes": report["classes"], "max_len": p.finetune.max_len,
              "tokenizer_sha256": report["tokenizer_sha256"]}, indent=2) + "\n")

@@ -204,6 +204,8 @@ class ModelParams(_Section):
 
 
 class Train(_Section):
+    objective: Literal["causal", "masked"]
+    mask_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     seq_len: Annotated[int, Field(strict=True, ge=2)]
     context: Literal["carried", "window"]
     batch_size: PosInt

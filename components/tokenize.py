@@ -18,9 +18,6 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from components.artifacts import atomic_dir, atomic_file, parquet_batches, write_json
 from components.contract import (
-    BOS,
-    EOS,
-    PAD,
     SPECIALS,
     SPLITS,
     TOKENIZE_REPORT,
@@ -89,7 +86,7 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
 
 
 def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
-    """Train on the given texts; the specials are ids 0..3 (<pad> <unk> <bos> <eos>)."""
+    """Train on the given texts; the specials are ids 0..4 (<pad> <unk> <bos> <eos> <mask>)."""
     if cfg.kind == "wordpiece" and cfg.vocab_size > 2 * BYTES:
         cfg = cfg.model_copy(update={"vocab_size": cfg.vocab_size - BYTES})  # room for _complete
     tok, trainer = build_tokenizer(cfg)
@@ -111,15 +108,16 @@ def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
     if cfg.kind == "wordpiece":
         _complete_wordpiece(tok)
-    if [tok.token_to_id(t) for t in SPECIALS] != [PAD, UNK, BOS, EOS]:
-        raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids 0..3")
+    if [tok.token_to_id(t) for t in SPECIALS] != list(range(len(SPECIALS))):
+        raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids "
+                           f"0..{len(SPECIALS) - 1}")
     return tok
 
 
 def without_markers(texts: Iterator[str], marker: str) -> Iterator[str]:
     """Training text without the tokens that must stay out of the vocabulary: the unknown-word
     marker (so that encoding maps it to <unk>, as a word the vocabulary lacks) and the special
-    tokens written out (counted as words, they would displace the specials' ids 0..3)."""
+    tokens written out (counted as words, they would displace the specials' ids 0..4)."""
     drop = "|".join(re.escape(t) for t in [*SPECIALS, *([marker] if marker else [])])
     pattern = re.compile(rf"(?<!\S)(?:{drop})(?!\S)")
     for text in texts:

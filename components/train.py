@@ -16,13 +16,12 @@ import json
 import math
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from components import live_log
-from components.artifacts import atomic_file, write_json
+from components.artifacts import atomic_file, stable_keras_file, write_json
 from components.contract import (
     MODEL_SUMMARY,
     TENSORBOARD,
@@ -105,7 +104,8 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
         restored = ckpt.restore()
         trainer, state = restored if restored else (None, {})
         first = state["epoch"] + 1 if state else 0
-        train_ds, steps, streams, n_train = training_data(train, t, first, replicas)
+        train_ds, steps, streams, n_train = training_data(train, t, first, replicas,
+                                                           vocab_size)
         if trainer is None:
             trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
@@ -123,42 +123,6 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
                                f"{t.seq_len} does not fit in memory — lower one of them "
                                "(finished epochs are checkpointed)") from None
     return trainer.lm, stopper.history, n_train, hw
-
-
-def _renumber_shared(node, ids: dict) -> None:
-    """Replace Keras's `shared_object_id`s (memory addresses, `id(obj)`) by 1, 2, ... in order
-    of appearance; the loader only matches them with each other."""
-    if isinstance(node, dict):
-        if "shared_object_id" in node:
-            node["shared_object_id"] = ids.setdefault(node["shared_object_id"], len(ids) + 1)
-        for value in node.values():
-            _renumber_shared(value, ids)
-    elif isinstance(node, list):
-        for value in node:
-            _renumber_shared(value, ids)
-
-
-def stable_keras_file(path: Path | str) -> None:
-    """Rewrite a `.keras` zip without what changes from run to run for the same model: Keras
-    writes `date_saved` into metadata.json, stamps the weights entry with the clock and names
-    shared objects by memory address in config.json — the same weights would get another DVC
-    hash on every run. Weights stay byte for byte; entries keep their order."""
-    path = Path(path)
-    with zipfile.ZipFile(path) as src:
-        entries = [(info.filename, src.read(info), info.compress_type)
-                   for info in src.infolist()]
-    with zipfile.ZipFile(path, "w") as dst:
-        for name, data, compression in entries:
-            if name == "metadata.json":
-                meta = json.loads(data)
-                meta["date_saved"] = "1980-01-01@00:00:00"
-                data = json.dumps(meta).encode()
-            elif name == "config.json":
-                config = json.loads(data)
-                _renumber_shared(config, {})
-                data = json.dumps(config).encode()
-            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
-                         compress_type=compression)
 
 
 TIMED = ("tokens_per_second",)  # per-epoch speed: live in MLflow, never in a DVC output
@@ -210,6 +174,7 @@ def run(p: Params) -> dict:
         "best_val_perplexity": math.exp(history["val_loss"][best]),
         "train_tokens": n_train, "flops_per_token": fpt,
         "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
+        "objective": p.train.objective,
         "tuned": tuned, **hw,
     }
     write_json(reports / TRAIN_REPORT, summary)

@@ -150,7 +150,7 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     keras.backend.clear_session()
     seed_everything(t.seed)
     use_mixed_precision(t)
-    train_ds, steps, streams, _ = training_data(data.train, t)
+    train_ds, steps, streams, _ = training_data(data.train, t, vocab_size=data.vocab_size)
     model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps, streams)
     history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
                         callbacks=[validation(data.val, t), *callbacks], verbose=0)

@@ -28,7 +28,19 @@ CARD_FILE = "model_card.html"
 SUMMARY_MARK = "Model card:"  # the description line gruflow owns (replaced, never duplicated)
 _IMAGES = {"learning_curves": "plots/learning_curves.png", "attention": "plots/attention.png",
            "perplexity_by_length": "plots/perplexity_by_length.png"}
-_BASELINES = ("perplexity", "bigram_perplexity", "baseline_perplexity", "bits_per_byte",
+_USE = {  # intended use by objective (the version's `objective` tag; none = causal)
+    False: "A GRU + causal-attention language model trained by gruflow on the corpus named in "
+           "its lineage. Intended for scoring (perplexity, bits per byte) and short "
+           "continuations of text like its training data, and as an encoder for fine-tuned "
+           "classifiers.",
+    True: "A masked language model (bidirectional GRU + attention) trained by gruflow on the "
+          "corpus named in its lineage. Intended for filling <mask> tokens, masked-perplexity "
+          "scoring of text like its training data, and as an encoder for fine-tuned "
+          "classifiers; it cannot continue text (generate is refused).",
+}
+_BASELINES = ("masked_perplexity", "masked_baseline_perplexity", "masked_accuracy",
+              "masked_top5_accuracy", "perplexity", "bigram_perplexity", "baseline_perplexity",
+              "bits_per_byte",
               "word_perplexity", "bigram_word_perplexity", "baseline_word_perplexity",
               "token_accuracy", "top5_accuracy", "test_tokens", "test_bytes")
 
@@ -169,9 +181,7 @@ def render(data: CardData) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='verdict'>{html.escape(summary(data))}</p>",
         "<h2>Intended use and limits</h2>",
-        "<p>A GRU + causal-attention language model trained by gruflow on the corpus named in "
-        "its lineage. Intended for scoring (perplexity, bits per byte) and short continuations "
-        "of text like its training data, and as an encoder for fine-tuned classifiers. "
+        f"<p>{_USE[data.tags.get('objective', 'causal') == 'masked']} "
         "Not for factual answers: it reproduces the style and vocabulary of its corpus, "
         "including its errors and biases, and is unreliable on text in another language or "
         "domain (check <code>gruflow retrain</code>'s drift report before trusting it there). "

@@ -67,7 +67,11 @@ def _summary(result) -> None:
     m = result.metrics
     executed = ", ".join(result.executed) or "none (everything up to date)"
     print(f"gruflow: stages executed: {executed}")
-    if m:
+    if m and "masked_perplexity" in m:  # train.objective masked
+        print(f"gruflow: test masked perplexity {m['masked_perplexity']:.2f} (unigram baseline "
+              f"{m['masked_baseline_perplexity']:.2f}), accuracy {m['masked_accuracy']:.3f}, "
+              f"top-5 {m['masked_top5_accuracy']:.3f}")
+    elif m:
         per_word = (f", {m['word_perplexity']:.1f} per word" if "word_perplexity" in m
                     else "")  # metrics written before word perplexity existed lack it
         print(f"gruflow: test perplexity {m['perplexity']:.2f} per token{per_word} (unigram "
@@ -135,6 +139,10 @@ def _score(args: argparse.Namespace) -> int:
     if not text.strip():
         raise GruflowError(f"{path}: the file is empty — nothing to score")
     row = _predict(_load_model(args), pd.DataFrame({"text": [text]}), {"mode": "score"}).iloc[0]
+    if "masked_tokens" in row:  # a masked LM: perplexity over the fixed evaluation mask
+        print(f"{path}: masked perplexity {row['perplexity']:.3f} "
+              f"({int(row['masked_tokens'])} masked tokens)")
+        return 0
     print(f"{path}: perplexity {row['perplexity']:.3f}, {row['bits_per_byte']:.4f} bits/byte "
           f"({int(row['tokens'])} tokens, {int(row['bytes'])} bytes)")
     return 0

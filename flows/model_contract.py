@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from components.contract import split_file
 from components.data.clean_rules import TextRules
-from components.lm.inference import SCORE_COLUMNS, request_defaults
+from components.lm.inference import MASKED_SCORE_COLUMNS, SCORE_COLUMNS, request_defaults
 from components.params import Params
 from components.tuning.best import effective_params
 
@@ -32,7 +32,8 @@ def serving_info(root: Path, params: Params) -> dict:
     return {"seq_len": effective.train.seq_len,
             "tokenizer_sha256": file_digest(root / params.paths.tokenizer),
             "text_rules": TextRules.of(params.clean).to_dict(),
-            "generate": params.generate.model_dump()}
+            "generate": params.generate.model_dump(),
+            "objective": effective.train.objective}
 
 
 def example_text(root: Path, params: Params) -> str:
@@ -66,9 +67,14 @@ def signature(info: dict):
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     defaults = request_defaults(info["generate"])
+    columns = SCORE_COLUMNS
+    if info.get("objective") == "masked":  # fill (text + fills) and the masked score
+        defaults["mode"] = "fill"  # MLflow fills a missing mode from here: generate is a 400
+        columns = {"fills": "string", **MASKED_SCORE_COLUMNS}
     outputs = [ColSpec("string", "text", required=False),
-               *(ColSpec(kind, name, required=False) for name, kind in SCORE_COLUMNS.items())]
-    kinds = {"mode": "string", "max_new_tokens": "long", "top_k": "long", "seed": "long"}
+               *(ColSpec(kind, name, required=False) for name, kind in columns.items())]
+    kinds = {"mode": "string", "max_new_tokens": "long", "top_k": "long", "seed": "long",
+             "candidates": "long"}
     param_specs = [ParamSpec(name, kinds.get(name, "double"), value)
                    for name, value in defaults.items()]
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]),

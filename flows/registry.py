@@ -103,12 +103,51 @@ def set_champion(name: str, version: str, reason: str) -> None:
     describe_model(name)
 
 
+def objective_of(name: str, version: str) -> str:
+    """A version's `objective` tag; versions registered before the masked LM are causal."""
+    return MlflowClient().get_model_version(name, version).tags.get("objective", "causal")
+
+
+def masked_perplexity(model_uri: str, texts: list[str]) -> float:
+    """A registered masked LM's perplexity over the fixed evaluation mask of `texts`."""
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    scores = model.predict(pd.DataFrame({"text": texts}), params={"mode": "score"})
+    return math.exp(scores["nll"].sum() / max(int(scores["masked_tokens"].sum()), 1))
+
+
+def gate_masked(name: str, version: str, metrics: dict, test_file: Path,
+                min_improvement: float, champion: str | None) -> dict:
+    """The masked LM's gate: beat the unigram baseline on the same masked positions and, when
+    a masked champion exists, its masked perplexity on the current test texts by
+    min_improvement (relative). The caller has checked that the champion is masked too."""
+    beats = metrics["masked_perplexity"] < metrics["masked_baseline_perplexity"]
+    decision = {"challenger_masked_perplexity": metrics["masked_perplexity"],
+                "unigram_masked_perplexity": metrics["masked_baseline_perplexity"],
+                "beats_baseline": beats}
+    if champion is None:
+        return decision | {"promoted": beats, "reason": "first masked version, " + (
+            "beats" if beats else "does not beat") + " the unigram baseline"}
+    texts = pq.read_table(test_file, columns=["text"]).column("text").to_pylist()
+    new = masked_perplexity(f"models:/{name}/{version}", texts)
+    old = masked_perplexity(f"models:/{name}/{champion}", texts)
+    return decision | {
+        "challenger_current_masked_perplexity": new, "champion_masked_perplexity": old,
+        "promoted": better(new, old, min_improvement) and beats,
+        "reason": f"masked perplexity {new:.3f} vs champion {old:.3f} on the current test set "
+                  f"(needs {min_improvement:.1%} better), unigram baseline "
+                  + ("beaten" if beats else "not beaten")}
+
+
 def gate(name: str, version: str, metrics: dict, test_file: Path,
          min_improvement: float) -> dict:
     """Alias `version` challenger; make it champion if it beats the current champion by
     `min_improvement` (relative, charged bits per byte on the *current* test texts, see
     score_version) and beats the bigram baseline. The first version only has to beat the
-    bigram baseline."""
+    bigram baseline. Only versions of the same objective (tag `objective`) are compared: a
+    champion of the other objective is never replaced by the gate (its users call another
+    API), only by `gruflow promote`. Masked versions: gate_masked."""
     client = MlflowClient()
     try:
         old_challenger = str(client.get_model_version_by_alias(name, CHALLENGER).version)
@@ -116,6 +155,17 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
         old_challenger = None
     client.set_registered_model_alias(name, CHALLENGER, version)
     alias_history.record(name, CHALLENGER, old_challenger, version, "gate: new version", "gate")
+    champion, objective = champion_version(name), objective_of(name, version)
+    if champion is not None and objective_of(name, champion) != objective:
+        decision = {"challenger": version, "champion_before": champion, "promoted": False,
+                    "reason": f"champion {champion} is a {objective_of(name, champion)} LM, "
+                              f"this version {objective}: the gate compares only versions of "
+                              "the same objective — `gruflow promote` to switch by hand"}
+        return _record(name, version, decision, metrics)
+    if objective == "masked":
+        decision = {"challenger": version, "champion_before": champion} | gate_masked(
+            name, version, metrics, test_file, min_improvement, champion)
+        return _record(name, version, decision, metrics)
     beats_bigram = metrics["perplexity"] < metrics["bigram_perplexity"]
     decision = {"challenger": version, "champion_before": champion_version(name),
                 "challenger_perplexity": metrics["perplexity"],
@@ -138,11 +188,17 @@ def gate(name: str, version: str, metrics: dict, test_file: Path,
                   f"bytes charged {UNK_BITS_PER_BYTE:g} bits (needs {min_improvement:.1%} "
                   "better), bigram baseline " + ("beaten" if beats_bigram else "not beaten"))
     decision |= {"promoted": promote, "reason": reason}
+    return _record(name, version, decision, metrics)
+
+
+def _record(name: str, version: str, decision: dict, metrics: dict) -> dict:
+    """The gate's decision as tags on the version; the champion alias moved if promoted."""
+    client = MlflowClient()
     for key in ("promoted", "reason"):
         client.set_model_version_tag(name, version, f"gate.{key}", str(decision[key]))
-    if promote:
-        set_champion(name, version, "gate: " + reason)
-    decision["line"] = decision_line(name, version, promote, reason)
+    if decision["promoted"]:
+        set_champion(name, version, "gate: " + decision["reason"])
+    decision["line"] = decision_line(name, version, decision["promoted"], decision["reason"])
     client.update_model_version(name, version, description=_version_text(decision["line"],
                                                                           metrics))
     describe_model(name)

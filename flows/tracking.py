@@ -274,7 +274,10 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
         info = Path(tmp) / "info.json"
         contents = serving_info(root, params)
         info.write_text(json.dumps(contents))
-        example = pd.DataFrame({"text": [example_text(root, params)]})
+        text = example_text(root, params)
+        if contents["objective"] == "masked":  # a masked LM fills: its example has a <mask>
+            text = " ".join(text.split()[:-1] + ["<mask>"]) or "<mask>"
+        example = pd.DataFrame({"text": [text]})
         model_signature = signature(contents)
         defaults = {p.name: p.default for p in model_signature.params.params}
         active = mlflow.active_run()
@@ -291,7 +294,8 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
         )
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
-    version_tags = {**tags, "mlflow_run_id": run_id,
+    # `objective` (causal | masked): the gate compares only versions of the same objective
+    version_tags = {**tags, "mlflow_run_id": run_id, "objective": contents["objective"],
                     **{f"metric.{k}": str(v) for k, v in numbers(metrics).items()}}
     mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
                                tags=version_tags)

@@ -68,3 +68,30 @@ def test_classifier_saves_and_loads(tmp_path, lm):
     again = keras.saving.load_model(tmp_path / "c.keras", safe_mode=True)
     np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)), before, rtol=1e-5)
     assert before.shape == (1, 3) and before.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_masked_lms_bidirectional_encoder_transfers_and_round_trips(params, tmp_path):
+    """finetune.encoder pretrained on a masked LM (train.objective masked): the classifier's
+    GRUs are bidirectional like the LM's, its weights copied and saved."""
+    from components.lm.masked import build_masked_model
+
+    keras.utils.set_random_seed(0)
+    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 6, "gru_layers": 2,
+                                          "embedding_init": "random"})
+    mlm = build_masked_model(cfg, 40)
+    shape = lm_encoder_shape(mlm)
+    assert shape.bidirectional and (shape.units, shape.gru_layers) == (8, 2)
+    clf = build_classifier(shape, 3)
+    transfer_encoder(clf, mlm)
+    for name in ("gru_0", "gru_1"):
+        got, want = clf.get_layer(name).get_weights(), mlm.get_layer(name).get_weights()
+        assert len(got) == len(want) == 6  # forward + backward kernels and biases
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    ids = np.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]], np.int32)
+    probs = np.asarray(clf(ids))
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    clf.save(tmp_path / "clf.keras")
+    again = keras.saving.load_model(tmp_path / "clf.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again(ids)), probs, rtol=1e-5)

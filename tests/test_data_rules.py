@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import clean, ingest, tokenize
-from components.contract import BOS, EOS, PAD, SPECIALS, SPLITS, UNK, encode
+from components.contract import BOS, EOS, MASK, PAD, SPECIALS, SPLITS, UNK, encode
 from components.data import clean_rules
 from components.errors import GruflowError
 from components.params import Params, load_params
@@ -267,7 +267,10 @@ def test_every_kind_has_specials_first_and_round_trips_train_text(params, kind):
     cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 400,
                                              "min_frequency": 1})
     tok = tokenize.train_tokenizer(iter((ENGLISH + CHINESE) * 3), cfg)
-    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS]
+    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS, MASK]
+    # a <mask> written in a text is the one special token, whatever the kind (fill requests)
+    masked = tok.encode(f"{ENGLISH[0]} <mask> end", add_special_tokens=False).ids
+    assert masked.count(MASK) == 1
     for text in ENGLISH + CHINESE:
         ids = encode(tok, [text])[0]
         assert ids[0] == BOS and ids[-1] == EOS and UNK not in ids

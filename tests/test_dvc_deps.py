@@ -19,7 +19,7 @@ INFRASTRUCTURE = {"components/errors.py", "components/params.py", "components/li
 # Per stage, a module it imports only for atomic JSON writes, whose framing the outputs do not
 # depend on (the data stages do list it: its Parquet codec shapes their files).
 NOT_SHAPING = {stage: {"components/artifacts.py"}
-               for stage in ("tokenize", "embed", "tune", "train", "evaluate")}
+               for stage in ("tokenize", "embed", "tune", "evaluate")}
 
 
 def module_file(dotted: str) -> Path | None:

@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from components import evaluate
-from components.contract import BOS, EOS, PAD
+from components.contract import BOS, EOS, PAD, SPECIALS
 from components.errors import GruflowError
 from components.lm.inference import generate, score_texts, zero_states
 from components.lm.model import build_model
@@ -228,7 +228,7 @@ def test_generate_reads_blocks_with_state_carried(trained):
     tok = Tokenizer.from_file(p.paths.tokenizer)
     model = tiny_model(vocab, seed=3)
     kernel, bias = model.get_layer("logits").get_weights()
-    bias[:4] = -30.0  # no special token: the continuation runs its full length
+    bias[:len(SPECIALS)] = -30.0  # no special token: the continuation runs its full length
     model.get_layer("logits").set_weights([kernel, bias])
     prompt, n = "the parser reads", 2 * SEQ_LEN + 5
     ids = [BOS, *tok.encode(prompt, add_special_tokens=False).ids]

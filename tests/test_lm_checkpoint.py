@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.contract import BOS, EOS
+from components.contract import BOS, EOS, SPECIALS
 from components.params import load_params
 from components.tokenize import SCHEMA, train_tokenizer
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the cat sat on the mat and the dog ran to the park " * 20
 
 
-def make_project(path: Path, epochs: int) -> Path:
+def make_project(path: Path, epochs: int, objective: str = "causal") -> Path:
     """A tiny project: real tokenizer, token Parquet, params pointing at it."""
     path.mkdir(parents=True)
     p = load_params(ROOT / "params.yaml")
@@ -36,7 +36,7 @@ def make_project(path: Path, epochs: int) -> Path:
     rng = np.random.default_rng(0)
     (path / "tokens").mkdir()
     for split, n_docs in (("train", 40), ("val", 6)):
-        ids = [[BOS, *(int(i) for i in (rng.integers(4, 24, 3).repeat(4))), EOS]
+        ids = [[BOS, *(int(i) for i in (rng.integers(len(SPECIALS), 24, 3).repeat(4))), EOS]
                for _ in range(n_docs)]
         pq.write_table(pa.table({"doc_id": [str(i) for i in range(n_docs)],
                                  "ids": pa.array(ids, pa.list_(pa.int32())),
@@ -47,7 +47,7 @@ def make_project(path: Path, epochs: int) -> Path:
                         model="artifacts/model.keras", checkpoints="artifacts/checkpoints",
                         reports="reports")
     raw["model"].update(embedding_init="random", embedding_dim=8, units=24)
-    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10)
+    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10, objective=objective)
     if "tune" in raw:
         raw["tune"].update(n_trials=0, space={})
     (path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -61,14 +61,15 @@ def train(project: Path, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_killed_training_resumes_and_matches_uninterrupted(tmp_path):
-    full = make_project(tmp_path / "full", epochs=4)
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_killed_training_resumes_and_matches_uninterrupted(tmp_path, objective):
+    full = make_project(tmp_path / "full", epochs=4, objective=objective)
     proc = train(full)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-2000:]
     reference = json.loads((full / "reports/train.json").read_text())
 
-    killed = make_project(tmp_path / "killed", epochs=4)
+    killed = make_project(tmp_path / "killed", epochs=4, objective=objective)
     proc = train(killed)
     state = killed / "artifacts/checkpoints/state.json"
     deadline = time.time() + 240

@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from components import tokenize
-from components.contract import BOS, EOS, PAD, SPECIALS, SPLITS, UNK, encode
+from components.contract import BOS, EOS, MASK, PAD, SPECIALS, SPLITS, UNK, encode
 from components.errors import GruflowError
 
 
@@ -54,7 +54,7 @@ def tokenized(params, tmp_path_factory) -> dict:
 
 def test_tokenize_round_trips_and_frames_ids(tokenized):
     tok = tokenized["tok"]
-    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS] == [0, 1, 2, 3]
+    assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS, MASK] == [0, 1, 2, 3, 4]
     for name, texts in tokenized["texts"].items():
         rows = read_rows(tokenized["root"] / "tokens" / f"{name}.parquet")
         assert [r["doc_id"] for r in rows] == [f"{name}{i}" for i in range(len(texts))]

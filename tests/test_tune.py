@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -359,3 +360,24 @@ def test_trial_sample_is_whole_documents_spread_over_the_split():
     assert list(tune.sample_documents(doc_ids, sizes, 0.15, 0, 17)) == list(keep)
     assert list(tune.sample_documents(doc_ids, sizes, 0.15, 1, 17)) != list(keep)
     assert len(tune.sample_documents(doc_ids[:3], sizes[:3], 0.1, 0, 25)) == 3  # at_least
+
+
+def test_masked_objective_tunes_in_its_own_study_deterministically(tmp_path, project):
+    """train.objective masked: trials train the masked LM with the same recipe (its own study:
+    the objective is part of the digest), and a trial repeats to the bit."""
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(project / "data", root / "data")
+    shutil.copytree(project / "artifacts", root / "artifacts", ignore=shutil.ignore_patterns(
+        "tune", "best_params.json"))
+    causal = make_params(root, n_trials=2, max_epochs=1)
+    p = causal.model_copy(update={"train": causal.train.model_copy(
+        update={"objective": "masked"})})
+    data = tune.load_data(p)
+    assert tune_study.study_name(p, data.digest) != tune_study.study_name(causal, data.digest)
+    summary = tune.run(p)
+    assert summary["study"] == tune_study.study_name(p, data.digest)
+    assert summary["n_trials"]["complete"] >= 1 and math.isfinite(summary["best_value"])
+    trial = tune.trial_params(p, {})
+    assert tune.fit_trial(trial, data, []) == tune.fit_trial(trial, data, [])

@@ -7,7 +7,8 @@ Usage: `model = build_classifier(shape, n_classes)`, then `transfer_encoder(mode
       -> Dropout -> Dense(C, softmax) (B, C)
 
 The embedding and GRU layers have the names and shapes of the LM's (`embedding`, `gru_0`..),
-so a trained LM's weights are copied in by name, whichever form the LM itself takes.
+so a trained LM's weights are copied in by name, whichever form the LM itself takes; a masked
+LM's (train.objective masked) GRUs are bidirectional, and so are the classifier's then.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class EncoderShape:
     embedding_dim: int
     units: int
     gru_layers: int
+    bidirectional: bool = False  # a masked LM's encoder: each gru_i reads both ways (B, T, 2H)
 
 
 def lm_encoder_shape(lm: keras.Model) -> EncoderShape:
@@ -67,8 +69,9 @@ def lm_encoder_shape(lm: keras.Model) -> EncoderShape:
     matrix = lm.get_layer("embedding").embeddings
     grus = sorted((layer for layer in lm.layers if re.fullmatch(r"gru_\d+", layer.name)),
                   key=lambda layer: int(layer.name.split("_")[1]))
-    return EncoderShape(int(matrix.shape[0]), int(matrix.shape[1]), int(grus[0].units),
-                        len(grus))
+    both = isinstance(grus[0], layers.Bidirectional)  # train.objective masked
+    units = grus[0].forward_layer.units if both else grus[0].units
+    return EncoderShape(int(matrix.shape[0]), int(matrix.shape[1]), int(units), len(grus), both)
 
 
 def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) -> keras.Model:
@@ -76,7 +79,11 @@ def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) 
     x = layers.Embedding(shape.vocab_size, shape.embedding_dim, mask_zero=True,
                          name="embedding")(ids)  # (B, T, E), mask (B, T)
     for i in range(shape.gru_layers):
-        x = layers.GRU(shape.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
+        if shape.bidirectional:  # the masked LM's layer, weights copied as a whole
+            x = layers.Bidirectional(layers.GRU(shape.units, return_sequences=True),
+                                     name=f"gru_{i}")(x)  # (B, T, 2H)
+        else:
+            x = layers.GRU(shape.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
     pooled = AttentionPooling(shape.units, name="pooling")(x)  # (B, H)
     pooled = layers.Dropout(dropout)(pooled)
     probs = layers.Dense(n_classes, activation="softmax", dtype="float32",

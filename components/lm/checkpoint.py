@@ -39,6 +39,7 @@ class Checkpoint:
 
     def restore(self) -> tuple[keras.Model, dict] | None:
         from components.lm import carry as _trainer  # noqa: F401  (registers the trainer)
+        from components.lm import masked as _masked  # noqa: F401  (the masked LM's trainer)
         from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
         state_file = self.dir / "state.json"

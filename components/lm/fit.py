@@ -117,8 +117,15 @@ def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
     return data.prefetch(tf.data.AUTOTUNE), -(-n // batch_size), batch_size, target_count(stream)
 
 
-def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1):
-    """The train split as the `train.context` mode reads it (see the two functions above)."""
+def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1,
+                  vocab_size: int = 0):
+    """The train split as the `train.context` mode reads it (see the two functions above);
+    with `train.objective: masked`, masked windows (components/lm/masked.py; the random
+    replacements need `vocab_size`)."""
+    if t.objective == "masked":
+        from components.lm.masked import masked_dataset
+
+        return masked_dataset(stream, t, vocab_size, first_epoch)
     if t.context == "window":
         return window_dataset(stream, t.seq_len, t.batch_size, t.seed, first_epoch, t.epochs)
     return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs, replicas, t.seed,
@@ -159,6 +166,11 @@ def compiled_model(p: Params, vocab_size: int, train: np.ndarray,
     """A fresh model (output bias at the train split's log unigram frequencies) inside the
     trainer that carries its GRU state over `streams` parallel streams (or starts every batch
     cold with `train.context: window`), compiled with the recipe's optimizer and loss."""
+    if p.train.objective == "masked":
+        from components.lm.masked import compiled_masked
+
+        return compiled_masked(p, vocab_size, train, embeddings, optimizer(p, steps),
+                               loss(p.train))
     from components.lm.carry import CarriedStateTrainer
     from components.lm.model import build_model
 
@@ -170,7 +182,12 @@ def compiled_model(p: Params, vocab_size: int, train: np.ndarray,
 
 def validation(val: np.ndarray, t: Train):
     """The callback that resets the carried state each epoch and sets `val_loss` to the NLL per
-    target of the val split, read as evaluate reads test; first in every callback list."""
+    target of the val split, read as evaluate reads test; first in every callback list.
+    Masked: NLL per chosen position under the fixed evaluation mask."""
+    if t.objective == "masked":
+        from components.lm.masked import MaskedValidation
+
+        return MaskedValidation(val, t)
     from components.lm.carry import CarriedStateCallback
 
     return CarriedStateCallback(val, t.seq_len, t.batch_size)

@@ -23,10 +23,12 @@ from components.lm.windows import make_streams
 MAX_NEW_TOKENS_CAP = 512
 MAX_SEED = 2**63 - 1  # MLflow's `long`
 LEGACY_DEFAULTS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
-                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0}
-MODES = ("generate", "score")
+                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5}
+MAX_CANDIDATES = 50
+MODES = ("generate", "score", "fill")  # fill: masked LMs only (components/lm/pyfunc.py)
 SCORE_COLUMNS = {"nll": "double", "tokens": "long", "bytes": "long", "perplexity": "double",
                  "bits_per_byte": "double"}  # score mode's output, in order
+MASKED_SCORE_COLUMNS = {"nll": "double", "masked_tokens": "long", "perplexity": "double"}
 
 
 class BadRequest(ValueError):
@@ -38,7 +40,8 @@ def request_defaults(generate: dict | None) -> dict:
     `generate` section (params.yaml at registration), or LEGACY_DEFAULTS without one."""
     if generate is None:
         return dict(LEGACY_DEFAULTS)
-    return {"mode": "generate", **{k: generate[k] for k in LEGACY_DEFAULTS if k != "mode"}}
+    saved = {k: generate[k] for k in LEGACY_DEFAULTS if k in generate and k != "mode"}
+    return {**LEGACY_DEFAULTS, **saved}  # `candidates` (fill) is not a generate setting
 
 
 def check_params(params: dict | None, defaults: dict | None = None) -> dict:
@@ -52,8 +55,10 @@ def check_params(params: dict | None, defaults: dict | None = None) -> dict:
         raise BadRequest(f"params {unknown} are not known — use {sorted(defaults)}")
     p = {**defaults, **params}
     if p["mode"] not in MODES:
-        raise BadRequest(f"params.mode must be 'generate' or 'score', got {p['mode']!r}")
+        raise BadRequest(f"params.mode must be 'generate', 'score' or 'fill', "
+                         f"got {p['mode']!r}")
     _integer(p, "max_new_tokens", 1, MAX_NEW_TOKENS_CAP)
+    _integer(p, "candidates", 1, MAX_CANDIDATES)
     _integer(p, "top_k", 0, None, "(0 = no limit)")
     _integer(p, "seed", 0, MAX_SEED)
     _real(p, "temperature", 0.0, None, ">= 0 (0 = greedy)")

@@ -1,11 +1,14 @@
 """MLflow pyfunc wrapper (models-from-code): tokenizer.json + model.keras, nothing pickled.
 
-Input: a DataFrame with a `text` column. Params: mode (generate | score), max_new_tokens,
-temperature, top_k, top_p, repetition_penalty, seed; their defaults are the `generate` section
-of params.yaml when the model was registered (info.json). `generate` returns the continuation
-of each text; `score` returns per-text perplexity and bits per byte (plus the summed NLL,
-tokens and bytes behind them). Texts first go through the clean stage's text rules the model
-was trained after (info.json `text_rules`: NFKC, masks, ...), so `，` and `,` read alike.
+Input: a DataFrame with a `text` column. Params: mode (generate | score | fill), max_new_tokens,
+temperature, top_k, top_p, repetition_penalty, seed, candidates; their defaults are the
+`generate` section of params.yaml when the model was registered (info.json). `generate` returns
+the continuation of each text; `score` returns per-text perplexity and bits per byte (plus the
+summed NLL, tokens and bytes behind them). Texts first go through the clean stage's text rules
+the model was trained after (info.json `text_rules`: NFKC, masks, ...), so `，` and `,` read
+alike. A masked LM (info.json `objective: masked`) answers `fill` (each text with its `<mask>`s
+filled, and per `<mask>` the `candidates` most likely tokens as JSON in `fills`) and `score`
+(masked perplexity under the fixed evaluation mask); `generate` is a 400.
 Every param is checked in both modes (`components.lm.inference.check_params`); bad requests raise
 MlflowException(INVALID_PARAMETER_VALUE): the server answers 400. The transport limits (body
 size, records, Content-Type, nesting) are `gruflow serve`'s (`components/lm/serve_guard.py`).
@@ -73,6 +76,7 @@ class GruLM(PythonModel):
         import keras
         from tokenizers import Tokenizer
 
+        from components.lm import masked as _masked  # noqa: F401  (a masked LM's layers)
         from components.lm import model as _layers  # noqa: F401  (registers custom layers)
 
         info = json.loads(Path(context.artifacts["info"]).read_text())
@@ -83,15 +87,21 @@ class GruLM(PythonModel):
         rules = info.get("text_rules")  # absent: registered before rules were saved
         self.rules = None if rules is None else TextRules(**rules)
         self.defaults = request_defaults(info.get("generate"))
+        self.objective = info.get("objective", "causal")  # versions before masked: causal
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
 
     def predict(self, context, model_input, params=None):
+        if self.objective == "masked" and not (params or {}).get("mode"):
+            params = {**(params or {}), "mode": "fill"}  # a masked LM's default
         try:
             p = check_params(params, self.defaults)
             texts = check_texts(_texts(model_input))
             if p["mode"] == "score":
                 texts = prepare_texts(texts, self.rules)
+            check_mode(self.objective, p["mode"])
+            if self.objective == "masked":
+                return self._masked(texts, p)
         except BadRequest as exc:
             raise _bad(str(exc)) from None
         if p["mode"] == "score":
@@ -101,6 +111,29 @@ class GruLM(PythonModel):
                      p["max_new_tokens"], p["temperature"], p["top_k"], p["seed"],
                      self.seq_len, p["top_p"], p["repetition_penalty"])
             for t in texts]})
+
+    def _masked(self, texts: list[str], p: dict) -> pd.DataFrame:
+        from components.lm.masked_inference import fill, score_masked_texts
+
+        if p["mode"] == "score":
+            return pd.DataFrame(score_masked_texts(self.model, self.tokenizer, texts,
+                                                   self.seq_len))
+        rows = [fill(self.model, self.tokenizer, t, self.seq_len, p["candidates"])
+                for t in texts]
+        # fills as JSON text: one string cell per row whatever the number of <mask>s
+        return pd.DataFrame({"text": [r["text"] for r in rows],
+                             "fills": [json.dumps(r["fills"]) for r in rows]})
+
+
+def check_mode(objective: str, mode: str) -> None:
+    """A masked LM fills and scores but cannot continue text; a causal LM cannot fill."""
+    if objective == "masked" and mode == "generate":
+        raise BadRequest("this model was trained with train.objective masked: it predicts "
+                         "hidden tokens from both sides and cannot continue a text — use "
+                         "params.mode 'fill' (write <mask> where a token is missing) or 'score'")
+    if objective != "masked" and mode == "fill":
+        raise BadRequest("params.mode 'fill' needs a masked LM (train.objective masked); this "
+                         "model is causal — use 'generate' or 'score'")
 
 
 def _texts(model_input) -> list:
