@@ -210,8 +210,14 @@ def serving_info(root: Path, params: Params) -> dict:
     from components.lm.pyfunc import file_digest
 
     effective, _ = effective_params(params, root)
-    return {"seq_len": effective.train.seq_len,
+    info = {"seq_len": effective.train.seq_len,
             "tokenizer_sha256": file_digest(root / params.paths.tokenizer)}
+    metrics = root / params.paths.reports / METRICS_REPORT
+    if metrics.is_file() and (m := json.loads(metrics.read_text())).get("cache_size"):
+        # the continuous cache evaluate chose on val: `score`'s default (cache_* = -1)
+        info["cache"] = {"size": m["cache_size"], "theta": m["cache_theta"],
+                         "lambda": m["cache_lambda"]}
+    return info
 
 
 def project_tag(root: Path) -> str:
