@@ -215,12 +215,11 @@ class Train(_Section):
 
 class Cache(_Section):
     """Continuous cache pointer (Grave et al. 2017) in evaluate and `score`: size 0 = off;
-    theta and lambda are grids, the pair with the lowest val NLL is used on test."""
+    thetas and lambdas are grids, the pair with the lowest val NLL is used on test."""
 
     size: NonNegInt
-    theta: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)]
-    lambda_: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]],
-                       Field(min_length=1, alias="lambda")]
+    thetas: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)]
+    lambdas: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
 
 
 class Evaluate(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -243,3 +244,30 @@ def test_generate_reads_blocks_with_state_carried(trained):
     got = generate(model, tok, prompt, n, 0.0, 0, 0, SEQ_LEN)
     assert got == tok.decode(ids[-n:])
     assert len(ids) > 2 * SEQ_LEN  # the text spans three blocks
+
+
+def test_cache_adds_keys_and_leaves_the_static_metrics_byte_identical(trained, evaluated,
+                                                                       tmp_path):
+    """evaluate.cache on: `perplexity_cache`, `word_perplexity_cache`, `bits_per_byte_cache`,
+    the θ/λ chosen on val; every static key byte for byte what evaluate writes without it."""
+    p, _, _ = trained
+    reports = tmp_path / "reports"
+    shutil.copytree(p.paths.reports, reports)
+    cache = p.evaluate.cache.model_copy(update={"size": 200, "thetas": [0.3, 1.0],
+                                                "lambdas": [0.05, 0.2]})
+    on = with_paths(p, reports=str(reports)).model_copy(
+        update={"evaluate": p.evaluate.model_copy(update={"cache": cache})})
+    m = evaluate.run(on)
+    extra = {"perplexity_cache", "word_perplexity_cache", "bits_per_byte_cache",
+             "val_perplexity_cache", "cache_size", "cache_theta", "cache_lambda"}
+    static = {k: v for k, v in evaluated.items() if k not in extra}
+    assert json.dumps({k: m[k] for k in static}, sort_keys=True) == \
+        json.dumps(static, sort_keys=True)
+    assert set(m) - set(static) == extra
+    assert m["cache_size"] == 200 and m["cache_theta"] in (0.3, 1.0)
+    assert m["cache_lambda"] in (0.05, 0.2)
+    nll = math.log(m["perplexity_cache"]) * m["test_tokens"]  # same targets and denominators
+    assert m["bits_per_byte_cache"] == pytest.approx(nll / math.log(2) / m["test_bytes"])
+    assert m["word_perplexity_cache"] == pytest.approx(math.exp(nll / m["test_words"]))
+    saved = json.loads((reports / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(m))

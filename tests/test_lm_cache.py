@@ -99,7 +99,7 @@ def test_cache_must_help_on_repeating_text_and_theta_lambda_come_from_val(model)
     the cache strictly lower. θ and λ are the grid's best on val."""
     val, test = repeating(4, 7, 12, seed=1), repeating(4, 9, 10, seed=2)
     cache = load_params(ROOT / "params.yaml").evaluate.cache.model_copy(update={
-        "size": 100, "theta": [0.1, 1.0], "lambda_": [0.05, 0.5]})
+        "size": 100, "thetas": [0.1, 1.0], "lambdas": [0.05, 0.5]})
     m = cache_metrics(model, val, test, seq_len=8, batch_size=4, cache=cache, words=100,
                       n_bytes=1000)
     x, y, w = make_streams(test, 4, 8)

@@ -46,8 +46,11 @@ def make_project(path: Path, epochs: int) -> Path:
     raw["paths"].update(tokens="tokens", tokenizer="artifacts/tokenizer.json",
                         model="artifacts/model.keras", checkpoints="artifacts/checkpoints",
                         reports="reports")
-    raw["model"].update(embedding_init="random", embedding_dim=8, units=24)
-    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10)
+    # Every regulariser on (their random masks must resume exactly) and the state carried
+    # from window to window (truncated BPTT), whatever params.yaml's defaults become.
+    raw["model"].update(embedding_init="random", embedding_dim=8, units=24, dropout=0.1,
+                        locked_dropout=True, embedding_dropout=0.1, weight_drop=0.2)
+    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10, context="carried")
     if "tune" in raw:
         raw["tune"].update(n_trials=0, space={})
     (path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -62,6 +65,8 @@ def train(project: Path, **kw) -> subprocess.Popen:
 
 
 def test_killed_training_resumes_and_matches_uninterrupted(tmp_path):
+    """Stateful (carried) training with dropout, locked dropout, embedding dropout and weight
+    drop: killed after an epoch and restarted, it ends where an uninterrupted run ends."""
     full = make_project(tmp_path / "full", epochs=4)
     proc = train(full)
     out, _ = proc.communicate(timeout=300)

@@ -121,7 +121,7 @@ def cache_metrics(model, val: np.ndarray, test: np.ndarray, seq_len: int, batch_
     nll, feats = stream_features(model, x, y)
     theta, lam, val_nll = choose(in_stream_order(nll), in_stream_order(feats),
                                  in_stream_order(y), in_stream_order(w), cache.size,
-                                 cache.theta, cache.lambda_)
+                                 cache.thetas, cache.lambdas)
     x, y, w = make_streams(test, stream_count(test.size, seq_len, batch_size), seq_len)
     per_pos, weight = cache_nll(model, x, y, w, cache.size, theta, lam)
     total, n = float(per_pos.sum()), float(weight.sum())
