@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -309,6 +310,9 @@ def test_score_with_the_cache_adds_columns_and_keeps_the_static_ones(champion):
 
 def test_registered_info_carries_the_cache_evaluate_chose(project, tmp_path):
     params = project["params"]
+    tuned = tmp_path / params.paths.best_params  # serving_info reads the tuned seq_len
+    tuned.parent.mkdir(parents=True)
+    shutil.copy(project["root"] / params.paths.best_params, tuned)
     reports = tmp_path / params.paths.reports
     reports.mkdir(parents=True)
     (reports / "metrics.json").write_text(json.dumps(

@@ -156,5 +156,6 @@ def test_check_params_refuses_in_both_modes(params, mentions):
 
 def test_check_params_fills_defaults():
     assert check_params(None) == {"mode": "generate", "max_new_tokens": 32,
-                                  "temperature": 1.0, "top_k": 0, "seed": 0}
+                                  "temperature": 1.0, "top_k": 0, "seed": 0,
+                                  "cache_size": -1, "cache_theta": -1.0, "cache_lambda": -1.0}
     assert check_params({"temperature": 0})["temperature"] == 0.0
