@@ -89,8 +89,9 @@ def repeating(n_docs: int, period: int, reps: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(0)
-    cfg = load_params(ROOT / "params.yaml").model.model_copy(update={
-        "units": 16, "embedding_dim": 8, "gru_layers": 1, "embedding_init": "random"})
+    cfg = load_params(ROOT / "params.yaml").model.model_copy(
+        update={"units": 16, "embedding_dim": 8, "gru_layers": 1, "embedding_init": "random"}
+    )
     return build_model(cfg, V)
 
 
@@ -98,10 +99,12 @@ def test_cache_must_help_on_repeating_text_and_theta_lambda_come_from_val(model)
     """An untrained model cannot know a phrase repeats; the cache sees it: test perplexity with
     the cache strictly lower. θ and λ are the grid's best on val."""
     val, test = repeating(4, 7, 12, seed=1), repeating(4, 9, 10, seed=2)
-    cache = load_params(ROOT / "params.yaml").evaluate.cache.model_copy(update={
-        "size": 100, "thetas": [0.1, 1.0], "lambdas": [0.05, 0.5]})
-    m = cache_metrics(model, val, test, seq_len=8, batch_size=4, cache=cache, words=100,
-                      n_bytes=1000)
+    cache = load_params(ROOT / "params.yaml").evaluate.cache.model_copy(
+        update={"size": 100, "thetas": [0.1, 1.0], "lambdas": [0.05, 0.5]}
+    )
+    m = cache_metrics(
+        model, val, test, seq_len=8, batch_size=4, cache=cache, words=100, n_bytes=1000
+    )
     x, y, w = make_streams(test, 4, 8)
     static = float((stream_stats(model, x, y)[0] * w).sum())
     static_ppl = math.exp(static / w.sum())
@@ -110,8 +113,9 @@ def test_cache_must_help_on_repeating_text_and_theta_lambda_come_from_val(model)
     x, y, w = make_streams(val, 4, 8)
     nll, feats = stream_features(model, x, y)
     swap = lambda a: np.swapaxes(a, 0, 1).reshape(4, -1, *a.shape[3:])  # noqa: E731
-    theta, lam, best = choose(swap(nll), swap(feats), swap(y), swap(w), 100, [0.1, 1.0],
-                              [0.05, 0.5])
+    theta, lam, best = choose(
+        swap(nll), swap(feats), swap(y), swap(w), 100, [0.1, 1.0], [0.05, 0.5]
+    )
     assert (m["cache_theta"], m["cache_lambda"]) == (theta, lam)
     assert m["val_perplexity_cache"] == pytest.approx(math.exp(best))
     # the view's static NLL is the static path's: same model, same streams
@@ -132,7 +136,13 @@ def test_score_cache_params_checked_and_model_choice_by_default():
     assert cache_choice(check_params({"mode": "score"}), own) == (200, 0.3, 0.2)
     assert cache_choice(check_params({"cache_size": 0}), own)[0] == 0
     assert cache_choice(check_params({"cache_lambda": 0.5}), own) == (200, 0.3, 0.5)
-    for bad in ({"cache_size": -2}, {"cache_size": 10**6}, {"cache_theta": 0},
-                {"cache_lambda": 1.5}, {"cache_theta": float("nan")}, {"cache_size": True}):
+    for bad in (
+        {"cache_size": -2},
+        {"cache_size": 10**6},
+        {"cache_theta": 0},
+        {"cache_lambda": 1.5},
+        {"cache_theta": float("nan")},
+        {"cache_size": True},
+    ):
         with pytest.raises(BadRequest, match=next(iter(bad))):
             check_params(bad)

@@ -40,7 +40,8 @@ def gpu(monkeypatch):
 
 def default_model(**update):
     cfg = load_params(ROOT / "params.yaml").model.model_copy(
-        update={"embedding_init": "random", **update})
+        update={"embedding_init": "random", **update}
+    )
     return build_model(cfg, 50)
 
 
@@ -49,8 +50,11 @@ def test_decision_agrees_with_keras_own_cudnn_rule(gpu, kwargs, blocker):
     """Keras marks a GRU it will hand to cuDNN with supports_jit = False at construction (its
     cudnn_ok, GPU mocked present); recurrent_dropout and use_cudnn it checks in inner_loop."""
     layer = keras.layers.GRU(4, **kwargs)
-    keras_says = (not layer.supports_jit and not layer.cell.recurrent_dropout
-                  and layer.use_cudnn in ("auto", True))
+    keras_says = (
+        not layer.supports_jit
+        and not layer.cell.recurrent_dropout
+        and layer.use_cudnn in ("auto", True)
+    )
     blockers = cudnn_blockers(layer, "tensorflow")
     assert (blockers == []) == keras_says
     assert (blocker is None) == keras_says
@@ -60,8 +64,10 @@ def test_decision_agrees_with_keras_own_cudnn_rule(gpu, kwargs, blocker):
     assert gru_kernel(model, gpu=True, xla=False)[0] == ("cudnn" if keras_says else "generic")
 
 
-@pytest.mark.parametrize("update", [{}, {"weight_drop": 0.3, "locked_dropout": True,
-                                         "embedding_dropout": 0.1, "gru_layers": 2}])
+@pytest.mark.parametrize(
+    "update",
+    [{}, {"weight_drop": 0.3, "locked_dropout": True, "embedding_dropout": 0.1, "gru_layers": 2}],
+)
 def test_default_and_regularised_configs_are_cudnn_eligible_on_a_gpu(gpu, update):
     model = default_model(**update)
     for layer in model.layers:
@@ -75,15 +81,18 @@ def test_default_and_regularised_configs_are_cudnn_eligible_on_a_gpu(gpu, update
 
 def test_on_cpu_the_generic_loop_runs_or_xla_compiles_it():
     model = default_model()
-    assert gru_kernel(model, gpu=False, xla=False) == ("generic",
-                                                       "no GPU: Keras's generic GRU loop")
+    assert gru_kernel(model, gpu=False, xla=False) == (
+        "generic",
+        "no GPU: Keras's generic GRU loop",
+    )
     kernel, reason = gru_kernel(model, gpu=False, xla=True)
     assert kernel == "xla" and reason.startswith("no GPU")
 
 
 def test_a_blocked_layer_is_named_even_with_a_gpu():
-    model = keras.Sequential([keras.Input((3, 2)),
-                              keras.layers.GRU(4, recurrent_dropout=0.2, name="slow")])
+    model = keras.Sequential(
+        [keras.Input((3, 2)), keras.layers.GRU(4, recurrent_dropout=0.2, name="slow")]
+    )
     kernel, reason = gru_kernel(model, gpu=True, xla=False)
     assert kernel == "generic" and "slow: recurrent_dropout=0.2" in reason
     assert gru_kernel(model, gpu=True, xla=False, backend="jax")[1].count("backend jax") == 1

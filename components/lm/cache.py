@@ -59,8 +59,9 @@ def in_stream_order(a: np.ndarray) -> np.ndarray:
     return np.swapaxes(a, 0, 1).reshape(S, K * T, *a.shape[3:])
 
 
-def cache_probs(feats: np.ndarray, targets: np.ndarray, weights: np.ndarray, size: int,
-                theta: float) -> tuple[np.ndarray, np.ndarray]:
+def cache_probs(
+    feats: np.ndarray, targets: np.ndarray, weights: np.ndarray, size: int, theta: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(p_cache(targets[s, t]) (S, L), whether position t had a non-empty cache (S, L)) for
     streams of features (S, L, H), targets and weights (S, L)."""
     S, L = targets.shape
@@ -91,8 +92,9 @@ def mix(nll: np.ndarray, p_cache: np.ndarray, has: np.ndarray, lam: float) -> np
     return np.where(has, mixed, nll)
 
 
-def cache_nll(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, size: int, theta: float,
-              lam: float) -> tuple[np.ndarray, np.ndarray]:
+def cache_nll(
+    model, x: np.ndarray, y: np.ndarray, w: np.ndarray, size: int, theta: float, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(per-position NLL with the cache, weights), both (S, K*T) in stream order."""
     nll, feats = stream_features(model, x, y)
     y, w = in_stream_order(y), in_stream_order(w)
@@ -100,8 +102,15 @@ def cache_nll(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, size: int, the
     return np.where(w > 0, mix(in_stream_order(nll), p, has, lam), 0.0), w
 
 
-def choose(nll: np.ndarray, feats: np.ndarray, y: np.ndarray, w: np.ndarray, size: int,
-           thetas: list[float], lambdas: list[float]) -> tuple[float, float, float]:
+def choose(
+    nll: np.ndarray,
+    feats: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    size: int,
+    thetas: list[float],
+    lambdas: list[float],
+) -> tuple[float, float, float]:
     """(θ, λ, mean NLL) with the lowest mean NLL over the grid; ties go to the first pair."""
     best = (thetas[0], lambdas[0], math.inf)
     for theta in thetas:
@@ -113,27 +122,51 @@ def choose(nll: np.ndarray, feats: np.ndarray, y: np.ndarray, w: np.ndarray, siz
     return best
 
 
-def cache_metrics(model, val: np.ndarray, test: np.ndarray, seq_len: int, batch_size: int,
-                  cache, words: int, n_bytes: int) -> dict:
+def cache_metrics(
+    model,
+    val: np.ndarray,
+    test: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    cache,
+    words: int,
+    n_bytes: int,
+) -> dict:
     """Evaluate's `*_cache` keys: (θ, λ) chosen on val from the evaluate.cache grids, then
     test read as the static numbers read it (same streams, targets and denominators)."""
     x, y, w = make_streams(val, stream_count(val.size, seq_len, batch_size), seq_len)
     nll, feats = stream_features(model, x, y)
-    theta, lam, val_nll = choose(in_stream_order(nll), in_stream_order(feats),
-                                 in_stream_order(y), in_stream_order(w), cache.size,
-                                 cache.thetas, cache.lambdas)
+    theta, lam, val_nll = choose(
+        in_stream_order(nll),
+        in_stream_order(feats),
+        in_stream_order(y),
+        in_stream_order(w),
+        cache.size,
+        cache.thetas,
+        cache.lambdas,
+    )
     x, y, w = make_streams(test, stream_count(test.size, seq_len, batch_size), seq_len)
     per_pos, weight = cache_nll(model, x, y, w, cache.size, theta, lam)
     total, n = float(per_pos.sum()), float(weight.sum())
-    return {"perplexity_cache": math.exp(total / n),
-            "word_perplexity_cache": math.exp(total / words),
-            "bits_per_byte_cache": total / math.log(2) / n_bytes,
-            "val_perplexity_cache": math.exp(val_nll),
-            "cache_size": cache.size, "cache_theta": theta, "cache_lambda": lam}
+    return {
+        "perplexity_cache": math.exp(total / n),
+        "word_perplexity_cache": math.exp(total / words),
+        "bits_per_byte_cache": total / math.log(2) / n_bytes,
+        "val_perplexity_cache": math.exp(val_nll),
+        "cache_size": cache.size,
+        "cache_theta": theta,
+        "cache_lambda": lam,
+    }
 
 
-def score_texts_cache(model, tokenizer, texts: list[str], seq_len: int,
-                      cache: tuple[int, float, float], batch_size: int = 64) -> list[dict]:
+def score_texts_cache(
+    model,
+    tokenizer,
+    texts: list[str],
+    seq_len: int,
+    cache: tuple[int, float, float],
+    batch_size: int = 64,
+) -> list[dict]:
     """inference.score_texts' rows, plus `nll_cache`, `perplexity_cache` and
     `bits_per_byte_cache` when cache = (size, θ, λ) has size > 0. The static columns come from
     score_texts itself, so they are the same with or without the cache."""
@@ -143,11 +176,14 @@ def score_texts_cache(model, tokenizer, texts: list[str], seq_len: int,
         return rows
     ids = encode(tokenizer, texts)
     for lo in range(0, len(texts), batch_size):
-        x, y, w = text_streams(ids[lo:lo + batch_size], seq_len)  # (K, S, T)
+        x, y, w = text_streams(ids[lo : lo + batch_size], seq_len)  # (K, S, T)
         totals = cache_nll(model, x, y, w, size, theta, lam)[0].sum(axis=1)  # (S,)
-        for row, text, total in zip(rows[lo:lo + batch_size], texts[lo:lo + batch_size],
-                                    totals, strict=True):
-            row |= {"nll_cache": float(total),
-                    "perplexity_cache": math.exp(min(total / row["tokens"], 700.0)),
-                    "bits_per_byte_cache": total / math.log(2) / text_bytes(text)}
+        for row, text, total in zip(
+            rows[lo : lo + batch_size], texts[lo : lo + batch_size], totals, strict=True
+        ):
+            row |= {
+                "nll_cache": float(total),
+                "perplexity_cache": math.exp(min(total / row["tokens"], 700.0)),
+                "bits_per_byte_cache": total / math.log(2) / text_bytes(text),
+            }
     return rows

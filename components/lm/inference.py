@@ -26,7 +26,8 @@ OWN = -1
 DEFAULT_PARAMS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
                   "seed": 0, "cache_size": OWN, "cache_theta": float(OWN),
                   "cache_lambda": float(OWN)}
-MAX_CACHE_SIZE = 10_000  # states remembered per text by the continuous cache
+MAX_CACHE_SIZE = 2_000  # states remembered per text by the continuous cache: bounds the work
+# of a served score request (rows x size x H multiply-adds)
 NO_CACHE = {"size": 0, "theta": 0.3, "lambda": 0.1}  # a model evaluated without the cache
 MODES = ("generate", "score")
 

@@ -27,8 +27,10 @@ def cudnn_blockers(gru, backend: str) -> list[str]:
         (gru.use_cudnn in ("auto", True), f"use_cudnn={gru.use_cudnn!r}"),
         (not cell.recurrent_dropout, f"recurrent_dropout={cell.recurrent_dropout}"),
         (_name(cell.activation) == "tanh", f"activation {_name(cell.activation)} (not tanh)"),
-        (_name(cell.recurrent_activation) == "sigmoid",
-         f"recurrent_activation {_name(cell.recurrent_activation)} (not sigmoid)"),
+        (
+            _name(cell.recurrent_activation) == "sigmoid",
+            f"recurrent_activation {_name(cell.recurrent_activation)} (not sigmoid)",
+        ),
         (not gru.unroll, "unroll=True"),
         (bool(cell.use_bias), "use_bias=False"),
         (bool(cell.reset_after), "reset_after=False"),
