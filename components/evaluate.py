@@ -169,6 +169,12 @@ def run(p: Params) -> dict:
         "test_tokens": int(s["tokens"]), "test_words": words, "test_bytes": n_bytes,
         "embedding_init": p.model.embedding_init,
     }
+    if p.evaluate.cache.size:  # inference-time gain: extra *_cache keys, static ones untouched
+        from components.lm.cache import cache_metrics
+
+        val = read_stream(split_file(tokens, "val"))
+        metrics |= cache_metrics(model, val, test, p.train.seq_len, p.evaluate.batch_size,
+                                 p.evaluate.cache, words, n_bytes)
     lengths = np.array([len(d) for d in table["ids"]])
     plots.perplexity_by_length(*per_document(s["per_target_nll"], s["per_target_weight"],
                                              lengths),
@@ -233,6 +239,10 @@ def main() -> None:
           f"{m['word_perplexity']:.1f} per word "
           f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "
           f"{m['bits_per_byte']:.3f} bits/byte")
+    if "perplexity_cache" in m:
+        print(f"evaluate: with the continuous cache (size {m['cache_size']}, θ {m['cache_theta']}, "
+              f"λ {m['cache_lambda']}, chosen on val): perplexity {m['perplexity_cache']:.1f}, "
+              f"{m['bits_per_byte_cache']:.3f} bits/byte")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,7 @@ class ModelParams(_Section):
     dropout: Fraction
     locked_dropout: bool
     embedding_dropout: Fraction
+    weight_drop: Fraction  # DropConnect on the GRU's recurrent kernel (0 = off)
 
     @model_validator(mode="after")
     def _heads_divide_units(self) -> ModelParams:
@@ -235,8 +236,18 @@ class Generate(_Section):
     seed: NonNegInt
 
 
+class Cache(_Section):
+    """Continuous cache pointer (Grave et al. 2017) in evaluate and `score`: size 0 = off;
+    thetas and lambdas are grids, the pair with the lowest val NLL is used on test."""
+
+    size: NonNegInt
+    thetas: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)]
+    lambdas: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
+
+
 class Evaluate(_Section):
     batch_size: PosInt
+    cache: Cache
 
 
 class Registry(_Section):

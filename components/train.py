@@ -39,6 +39,7 @@ from components.lm.fit import (
     use_mixed_precision,
     validation,
 )
+from components.lm.kernels import gru_kernel
 from components.lm.windows import read_stream
 from components.params import Params, load_params
 from components.tuning.best import effective_params
@@ -177,6 +178,9 @@ def run(p: Params) -> dict:
         "objective": p.train.objective,
         "tuned": tuned, **hw,
     }
+    # Which GRU kernel ran, by Keras's own cuDNN rules on this hardware (components/lm/kernels).
+    summary["gru_kernel"], summary["gru_kernel_reason"] = gru_kernel(
+        model, gpu=hw["device"] != "CPU", xla=p.train.xla)
     write_json(reports / TRAIN_REPORT, summary)
     # Speed goes to the console and MLflow (live per epoch), not into train.json: a DVC
     # output must not depend on how busy the machine was.

@@ -8,11 +8,12 @@ Usage: `info = serving_info(root, params)`, `signature(info)`, `example_text(roo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from components.contract import split_file
+from components.contract import METRICS_REPORT, split_file
 from components.data.clean_rules import TextRules
 from components.lm.inference import MASKED_SCORE_COLUMNS, SCORE_COLUMNS, request_defaults
 from components.params import Params
@@ -29,11 +30,17 @@ def serving_info(root: Path, params: Params) -> dict:
     from components.lm.pyfunc import file_digest
 
     effective, _ = effective_params(params, root)
-    return {"seq_len": effective.train.seq_len,
+    info = {"seq_len": effective.train.seq_len,
             "tokenizer_sha256": file_digest(root / params.paths.tokenizer),
             "text_rules": TextRules.of(params.clean).to_dict(),
             "generate": params.generate.model_dump(),
             "objective": effective.train.objective}
+    metrics = root / params.paths.reports / METRICS_REPORT
+    if metrics.is_file() and (m := json.loads(metrics.read_text())).get("cache_size"):
+        # the continuous cache evaluate chose on val: `score`'s default (cache_* = -1)
+        info["cache"] = {"size": m["cache_size"], "theta": m["cache_theta"],
+                         "lambda": m["cache_lambda"]}
+    return info
 
 
 def example_text(root: Path, params: Params) -> str:
@@ -74,7 +81,7 @@ def signature(info: dict):
     outputs = [ColSpec("string", "text", required=False),
                *(ColSpec(kind, name, required=False) for name, kind in columns.items())]
     kinds = {"mode": "string", "max_new_tokens": "long", "top_k": "long", "seed": "long",
-             "candidates": "long"}
+             "candidates": "long", "cache_size": "long"}
     param_specs = [ParamSpec(name, kinds.get(name, "double"), value)
                    for name, value in defaults.items()]
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]),

@@ -253,8 +253,8 @@ def test_cache_adds_keys_and_leaves_the_static_metrics_byte_identical(trained, e
     p, _, _ = trained
     reports = tmp_path / "reports"
     shutil.copytree(p.paths.reports, reports)
-    cache = p.evaluate.cache.model_copy(update={"size": 200, "theta": [0.3, 1.0],
-                                                "lambda_": [0.05, 0.2]})
+    cache = p.evaluate.cache.model_copy(update={"size": 200, "thetas": [0.3, 1.0],
+                                                "lambdas": [0.05, 0.2]})
     on = with_paths(p, reports=str(reports)).model_copy(
         update={"evaluate": p.evaluate.model_copy(update={"cache": cache})})
     assert p.evaluate.cache.size == 0 or evaluated.get("cache_size") == p.evaluate.cache.size

@@ -46,8 +46,12 @@ def make_project(path: Path, epochs: int, objective: str = "causal") -> Path:
     raw["paths"].update(tokens="tokens", tokenizer="artifacts/tokenizer.json",
                         model="artifacts/model.keras", checkpoints="artifacts/checkpoints",
                         reports="reports")
-    raw["model"].update(embedding_init="random", embedding_dim=8, units=24)
-    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10, objective=objective)
+    # Every regulariser on (their random masks must resume exactly) and the state carried
+    # from window to window (truncated BPTT), whatever params.yaml's defaults become.
+    raw["model"].update(embedding_init="random", embedding_dim=8, units=24, dropout=0.1,
+                        locked_dropout=True, embedding_dropout=0.1, weight_drop=0.2)
+    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10, context="carried",
+                        objective=objective)
     if "tune" in raw:
         raw["tune"].update(n_trials=0, space={})
     (path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -63,6 +67,8 @@ def train(project: Path, **kw) -> subprocess.Popen:
 
 @pytest.mark.parametrize("objective", ["causal", "masked"])
 def test_killed_training_resumes_and_matches_uninterrupted(tmp_path, objective):
+    """Stateful (carried) training with dropout, locked dropout, embedding dropout and weight
+    drop: killed after an epoch and restarted, it ends where an uninterrupted run ends."""
     full = make_project(tmp_path / "full", epochs=4, objective=objective)
     proc = train(full)
     out, _ = proc.communicate(timeout=300)

@@ -16,7 +16,12 @@ import pytest  # noqa: E402
 from components.contract import PAD  # noqa: E402
 from components.lm.carry import CarriedStateTrainer  # noqa: E402
 from components.lm.inference import zero_states  # noqa: E402
-from components.lm.model import CausalAttention, attention_model, build_model  # noqa: E402
+from components.lm.model import (  # noqa: E402
+    CausalAttention,
+    WeightDropGRU,
+    attention_model,
+    build_model,
+)
 from components.params import load_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,3 +379,71 @@ def test_regularised_model_keeps_cudnn_eligible_grus_and_round_trips(tmp_path, i
     assert again.get_layer("dropout_gru_1").noise_shape == (None, 1, None)
     assert again.get_layer("embedding_dropout").rate == 0.2
     np.testing.assert_array_equal(logits_of(again, ids), logits_of(model, ids))
+
+
+# --- DropConnect on the recurrent kernel (model.weight_drop) --------------------------------
+
+
+def test_weight_drop_masks_the_recurrent_kernel_once_per_batch_in_training_only():
+    """Training: one mask over W_hh for every step of the batch (the output equals a plain GRU
+    run on W_hh ⊙ mask / (1 - p), the mask read off the gradient), a new one next batch.
+    Inference: exactly the plain GRU."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(2).normal(size=(B, T, E)).astype(np.float32)
+    layer = WeightDropGRU(H, 0.5, return_sequences=True)
+    plain = keras.layers.GRU(H, return_sequences=True)
+    layer.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), np.asarray(plain(x)))
+    kernel = layer.cell.recurrent_kernel
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        total = tf.reduce_sum(y)
+    kept = np.asarray(tape.gradient(total, kernel.value)) != 0  # (H, 3H)
+    assert 0.3 < kept.mean() < 0.7
+    rk = np.asarray(kernel)
+    plain.cell.recurrent_kernel.assign(rk * kept / 0.5)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(plain(x)), atol=1e-5)
+    assert isinstance(layer.cell.recurrent_kernel, keras.Variable)  # restored after the call
+    np.testing.assert_array_equal(np.asarray(layer.cell.recurrent_kernel), rk)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(layer(x, training=True))
+    assert (np.asarray(tape.gradient(total, kernel.value)) != 0).tolist() != kept.tolist()
+
+
+def test_weight_drop_model_keeps_cudnn_conditions_and_round_trips(tmp_path, ids):
+    from components.lm.kernels import cudnn_blockers
+
+    model = build_model(tiny_cfg(weight_drop=0.3, gru_layers=2), V)
+    for i in range(2):
+        gru = model.get_layer(f"gru_{i}")
+        assert isinstance(gru, WeightDropGRU) and gru.weight_drop == 0.3
+        assert cudnn_blockers(gru, "tensorflow") == []  # no recurrent_dropout, tanh, ...
+    model.save(tmp_path / "wd.keras")
+    again = keras.saving.load_model(tmp_path / "wd.keras", safe_mode=True)
+    assert isinstance(again.get_layer("gru_1"), WeightDropGRU)
+    assert again.get_layer("gru_1").weight_drop == 0.3
+    np.testing.assert_array_equal(logits_of(again, ids), logits_of(model, ids))
+    off = build_model(tiny_cfg(weight_drop=0.0), V)  # 0 = the plain Keras GRU, as before
+    assert type(off.get_layer("gru_0")) is keras.layers.GRU
+
+
+@pytest.mark.parametrize("update", [
+    {"embedding_dropout": 0.5}, {"dropout": 0.5}, {"dropout": 0.5, "locked_dropout": True},
+    {"weight_drop": 0.5}])
+def test_each_regulariser_acts_in_training_and_not_in_inference(update, ids):
+    """Inference: exactly the unregularised model with the same weights. Training: not."""
+    keras.utils.set_random_seed(0)
+    reg = build_model(tiny_cfg(**{"dropout": 0.0, **update}), V)
+    off = build_model(tiny_cfg(dropout=0.0), V)
+    for layer in off.layers:
+        if layer.weights:
+            layer.set_weights(reg.get_layer(layer.name).get_weights())
+    static = logits_of(off, ids)
+    np.testing.assert_array_equal(logits_of(reg, ids), static)
+    np.testing.assert_array_equal(np.asarray(off(cold(off, ids), training=True)[0]), static)
+    trained_view = np.asarray(reg(cold(reg, ids), training=True)[0])
+    assert np.abs(trained_view - static).max() > 1e-3

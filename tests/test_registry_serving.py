@@ -15,8 +15,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -286,6 +288,61 @@ def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
     assert rows["nll"].iloc[0] == pytest.approx(nll, rel=1e-4)
 
 
+REPEATED = "the parser reads the header and returns a list of names. " * 6
+CACHE = {"cache_size": 100, "cache_theta": 0.5, "cache_lambda": 0.3}
+
+
+def test_score_with_the_cache_adds_columns_and_keeps_the_static_ones(champion):
+    """The continuous cache (components/lm/cache.py) in the served pyfunc: extra `_cache`
+    columns, the static columns unchanged; on a repeated sentence it must lower the NLL.
+    Without a choice made by evaluate (no info.json cache), the default is off."""
+    frame = pd.DataFrame({"text": [REPEATED, "a socket opens"]})
+    static = champion.predict(frame, params={"mode": "score"})
+    assert "perplexity_cache" not in static.columns  # this model was evaluated without it
+    cached = champion.predict(frame, params={"mode": "score", **CACHE})
+    pd.testing.assert_frame_equal(cached[static.columns], static)  # byte for byte
+    row = cached.iloc[0]
+    assert row["nll_cache"] < row["nll"]
+    assert row["perplexity_cache"] == pytest.approx(math.exp(row["nll_cache"] / row["tokens"]))
+    assert row["bits_per_byte_cache"] == pytest.approx(
+        row["nll_cache"] / math.log(2) / row["bytes"])
+    off = champion.predict(frame, params={"mode": "score", **CACHE, "cache_size": 0})
+    assert "perplexity_cache" not in off.columns
+
+
+def test_registered_info_carries_the_cache_evaluate_chose(project, tmp_path):
+    params = project["params"]
+    tuned = tmp_path / params.paths.best_params  # serving_info reads the tuned seq_len
+    tuned.parent.mkdir(parents=True)
+    shutil.copy(project["root"] / params.paths.best_params, tuned)
+    reports = tmp_path / params.paths.reports
+    reports.mkdir(parents=True)
+    (reports / "metrics.json").write_text(json.dumps(
+        {"perplexity": 9.0, "cache_size": 300, "cache_theta": 0.3, "cache_lambda": 0.2}))
+    info = tracking.serving_info(tmp_path, params)
+    assert info["cache"] == {"size": 300, "theta": 0.3, "lambda": 0.2}
+    (reports / "metrics.json").write_text(json.dumps({"perplexity": 9.0}))
+    assert "cache" not in tracking.serving_info(tmp_path, params)
+
+
+def test_cli_score_with_the_cache_prints_both_lines(project, registered, champion, capsys,
+                                                    tmp_path):
+    sample = tmp_path / "repeated.txt"
+    sample.write_text(REPEATED)
+    rc = cli.main(["score", str(sample), "--project", str(project["root"]),
+                   "--cache-size", "100", "--cache-theta", "0.5", "--cache-lambda", "0.3"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    row = champion.predict(pd.DataFrame({"text": [REPEATED]}),
+                           params={"mode": "score", **CACHE}).iloc[0]
+    m = re.search(r"perplexity ([\d.]+), ([\d.]+) bits/byte \(", out)
+    c = re.search(r"with the continuous cache: perplexity ([\d.]+), ([\d.]+) bits/byte", out)
+    assert m and c, out
+    assert float(m[1]) == pytest.approx(row["perplexity"], abs=1e-3)
+    assert float(c[1]) == pytest.approx(row["perplexity_cache"], abs=1e-3)
+    assert float(c[2]) == pytest.approx(row["bits_per_byte_cache"], abs=1e-4)
+
+
 def test_negative_seed_is_a_clear_bad_request(champion):
     with pytest.raises(MlflowException, match="seed") as exc:
         _generate(champion, PROMPT, max_new_tokens=2, temperature=0.0, seed=-1)
@@ -366,6 +423,18 @@ def test_server_scores(server):
     assert status == 200, body
     row = body["predictions"][0]
     assert row["perplexity"] > 1 and row["bits_per_byte"] > 0
+
+
+def test_server_scores_with_the_cache(server):
+    status, body = _http(server + "/invocations", {
+        "dataframe_records": [{"text": REPEATED}], "params": {"mode": "score", **CACHE}})
+    assert status == 200, body
+    row = body["predictions"][0]
+    assert row["perplexity_cache"] < row["perplexity"]
+    status, body = _http(server + "/invocations", {
+        "dataframe_records": [{"text": REPEATED}],
+        "params": {"mode": "score", "cache_lambda": 2.0}})
+    assert status == 400 and "cache_lambda" in str(body), body
 
 
 @pytest.mark.parametrize(("records", "params", "mentions"), [

@@ -161,7 +161,8 @@ def test_check_params_fills_defaults():
     # a model registered before the generate section: the values it always served with
     assert check_params(None) == {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0,
                                   "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
-                                  "seed": 0, "candidates": 5}
+                                  "seed": 0, "candidates": 5, "cache_size": -1,
+                                  "cache_theta": -1.0, "cache_lambda": -1.0}
     assert check_params({"temperature": 0})["temperature"] == 0.0
 
 
@@ -172,7 +173,8 @@ def test_model_defaults_come_from_params_generate():
     gen = load_params().generate
     defaults = request_defaults(gen.model_dump())
     assert check_params(None, defaults) == {"mode": "generate", **gen.model_dump(),
-                                            "candidates": 5}
+                                            "candidates": 5, "cache_size": -1,
+                                            "cache_theta": -1.0, "cache_lambda": -1.0}
     assert check_params({"top_k": 3}, defaults)["top_p"] == gen.top_p
 
 
@@ -184,5 +186,6 @@ def test_request_cap_uses_the_models_default_max_new_tokens():
     with pytest.raises(BadRequest, match="max_new_tokens 32"):  # legacy default: 2 x 32 > 40
         check_request(body, limits)
     few = {"mode": "generate", "max_new_tokens": 8, "temperature": 1.0, "top_k": 0,
-           "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5}
+           "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5,
+           "cache_size": -1, "cache_theta": -1.0, "cache_lambda": -1.0}
     check_request(body, limits, few)  # 2 x 8 <= 40

@@ -98,7 +98,8 @@ def make_project(root: Path) -> tuple[Params, int]:
             "embedding_dim": EMB_DIM, "units": UNITS, "gru_layers": 1, "dropout": 0.0,
             "embedding_init": "word2vec", "embedding_trainable": True}),
         "train": base.train.model_copy(update={
-            "seq_len": SEQ_LEN, "batch_size": 16, "epochs": 2, "learning_rate": 0.02,
+            "seq_len": SEQ_LEN, "context": "carried", "batch_size": 16, "epochs": 2,
+            "learning_rate": 0.02,
             "patience": 1, "seed": 0}),
         "evaluate": base.evaluate.model_copy(update={"batch_size": 16}),
     })
@@ -146,6 +147,9 @@ def test_train_run_writes_model_summary_and_history(trained):
         assert key in saved
     assert saved["epochs_run"] == 2
     assert saved["embedding_init"] == "word2vec"
+    # which GRU kernel ran, and why (components/lm/kernels.py; tests/test_lm_kernels.py)
+    assert saved["gru_kernel"] == "generic"
+    assert saved["gru_kernel_reason"] == "no GPU: Keras's generic GRU loop"
     train_stream = read_stream(Path(p.paths.tokens) / "train.parquet")
     n_docs = DOCS["train"][0]
     assert saved["train_tokens"] == target_count(train_stream) == train_stream.size - n_docs
@@ -182,6 +186,7 @@ def test_train_best_val_loss_is_per_token_nll_of_the_val_split(trained):
 def test_train_same_seed_twice_is_deterministic(trained, tmp_path, monkeypatch):
     monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
     p, _, first = trained
+    assert p.train.context == "carried"  # the stateful trainer (truncated BPTT)
     p2, _ = make_project(tmp_path)
     second = train.run(p2)
     assert second["best_val_loss"] == first["best_val_loss"]
@@ -196,6 +201,28 @@ def test_train_same_seed_twice_is_deterministic(trained, tmp_path, monkeypatch):
     for name in ("train.json", "train_history.csv"):
         assert (Path(p.paths.reports) / name).read_bytes() == \
             (Path(p2.paths.reports) / name).read_bytes(), name
+
+
+def test_regularised_stateful_training_same_seed_twice_is_deterministic(tmp_path, monkeypatch):
+    """Carried state (truncated BPTT) with every regulariser on — dropout, locked dropout,
+    embedding dropout, weight drop: two runs give the same weights, model file and reports."""
+    monkeypatch.delenv("GRUFLOW_MLFLOW_RUN_ID", raising=False)
+    runs = []
+    for name in ("a", "b"):
+        p, _ = make_project(tmp_path / name)
+        p = with_train(p, context="carried", epochs=1)
+        p = p.model_copy(update={"model": p.model.model_copy(update={
+            "dropout": 0.2, "locked_dropout": True, "embedding_dropout": 0.1,
+            "weight_drop": 0.3})})
+        runs.append((p, train.run(p)))
+    (pa_, a), (pb, b) = runs
+    assert a["best_val_loss"] == b["best_val_loss"]
+    assert Path(pa_.paths.model).read_bytes() == Path(pb.paths.model).read_bytes()
+    for name in ("train.json", "train_history.csv"):
+        assert (Path(pa_.paths.reports) / name).read_bytes() == \
+            (Path(pb.paths.reports) / name).read_bytes(), name
+    model = keras.saving.load_model(pa_.paths.model, safe_mode=True)
+    assert model.get_layer("gru_0").weight_drop == 0.3  # the regularisers were really on
 
 
 def test_train_seq_len_longer_than_train_split_raises(trained, tmp_path):

@@ -22,12 +22,20 @@ from components.lm.windows import make_streams
 # checked in both modes (a bad max_new_tokens in a score request is still a bad request).
 MAX_NEW_TOKENS_CAP = 512
 MAX_SEED = 2**63 - 1  # MLflow's `long`
+# The continuous cache of `score` (components/lm/cache.py): -1 = the model's own value, the one
+# its evaluate stage chose on val (info.json "cache"), or off for a model evaluated without it.
+OWN = -1
 LEGACY_DEFAULTS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
-                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5}
+                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5,
+                   "cache_size": OWN, "cache_theta": float(OWN), "cache_lambda": float(OWN)}
 MAX_CANDIDATES = 50
+MAX_CACHE_SIZE = 2_000  # states remembered per text by the continuous cache: bounds the work
+# of a served score request (rows x size x H multiply-adds)
+NO_CACHE = {"size": 0, "theta": 0.3, "lambda": 0.1}  # a model evaluated without the cache
 MODES = ("generate", "score", "fill")  # fill: masked LMs only (components/lm/pyfunc.py)
 SCORE_COLUMNS = {"nll": "double", "tokens": "long", "bytes": "long", "perplexity": "double",
-                 "bits_per_byte": "double"}  # score mode's output, in order
+                 "bits_per_byte": "double", "nll_cache": "double", "perplexity_cache": "double",
+                 "bits_per_byte_cache": "double"}  # score mode's output (the cache's when on)
 MASKED_SCORE_COLUMNS = {"nll": "double", "masked_tokens": "long", "perplexity": "double"}
 
 
@@ -61,6 +69,9 @@ def check_params(params: dict | None, defaults: dict | None = None) -> dict:
     _integer(p, "candidates", 1, MAX_CANDIDATES)
     _integer(p, "top_k", 0, None, "(0 = no limit)")
     _integer(p, "seed", 0, MAX_SEED)
+    _integer(p, "cache_size", OWN, MAX_CACHE_SIZE, "(0 = no cache, -1 = the model's own)")
+    _number(p, "cache_theta", lambda v: v > 0, "> 0")
+    _number(p, "cache_lambda", lambda v: 0 <= v <= 1, "in 0..1")
     _real(p, "temperature", 0.0, None, ">= 0 (0 = greedy)")
     _real(p, "top_p", 0.0, 1.0, "in (0, 1] (1 = off)", open_low=True)
     _real(p, "repetition_penalty", 1.0, None, ">= 1 (1 = off)")
@@ -86,6 +97,25 @@ def _integer(p: dict, name: str, low: int, high: int | None, note: str = "") -> 
     bounds = f"in {low}..{high}" if high is not None else f">= {low}"
     raise BadRequest(f"params.{name} must be an integer {bounds}{' ' + note if note else ''}, "
                      f"got {value!r}")
+
+
+def _number(p: dict, name: str, ok, bounds: str) -> None:
+    """A finite real number meeting `ok`, or -1 (the model's own value)."""
+    v = p[name]
+    if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not (
+            v == OWN or ok(v)):
+        raise BadRequest(f"params.{name} must be a number {bounds} (or -1 = the model's own), "
+                         f"got {v!r}")
+    p[name] = float(v)
+
+
+def cache_choice(p: dict, own: dict | None) -> tuple[int, float, float]:
+    """(size, θ, λ) of a checked request: its values, -1 replaced by the model's `own` (what
+    evaluate chose on val) or, without one, by NO_CACHE."""
+    own = own or NO_CACHE
+    pick = [own[key] if p[f"cache_{key}"] == OWN else p[f"cache_{key}"]
+            for key in ("size", "theta", "lambda")]
+    return int(pick[0]), float(pick[1]), float(pick[2])
 
 
 def check_texts(texts: list) -> list[str]:
@@ -189,24 +219,30 @@ def stream_stats(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     return nll, rank
 
 
+def text_streams(ids: list[list[int]], seq_len: int) -> tuple[np.ndarray, ...]:
+    """(inputs, targets, weights), each (K, S, T): text s is stream s, read in K windows of
+    seq_len; shorter texts are right-padded (padding is never a target)."""
+    parts = [make_streams(np.array(t, np.int32), 1, seq_len) for t in ids]
+    K = max(len(p[0]) for p in parts)
+    return tuple(np.concatenate([np.pad(p[i], ((0, K - len(p[i])), (0, 0), (0, 0)))
+                                 for p in parts], axis=1) for i in range(3))  # (K, S, T)
+
+
 def score_texts(model, tokenizer, texts: list[str], seq_len: int,
                 batch_size: int = 64) -> list[dict[str, float]]:
     """Per text: summed NLL (nats), targets, UTF-8 bytes (+1 for <eos>), perplexity, bits/byte.
 
     Each text is one stream (state carried across its windows); up to batch_size texts are
-    read side by side, the shorter ones padded (padding is never a target).
+    read side by side (text_streams).
     """
     ids = encode(tokenizer, texts)
     nll = np.zeros(len(texts))
     counts = np.zeros(len(texts))
     for lo in range(0, len(texts), batch_size):
-        parts = [make_streams(np.array(t, np.int32), 1, seq_len) for t in ids[lo:lo + batch_size]]
-        K = max(len(p[0]) for p in parts)
-        x, y, w = (np.concatenate([np.pad(p[i], ((0, K - len(p[i])), (0, 0), (0, 0)))
-                                   for p in parts], axis=1) for i in range(3))  # (K, S, T)
+        x, y, w = text_streams(ids[lo:lo + batch_size], seq_len)  # (K, S, T)
         per_pos = stream_stats(model, x, y)[0] * w
-        nll[lo:lo + len(parts)] = per_pos.sum(axis=(0, 2))
-        counts[lo:lo + len(parts)] = w.sum(axis=(0, 2))
+        nll[lo:lo + x.shape[1]] = per_pos.sum(axis=(0, 2))
+        counts[lo:lo + x.shape[1]] = w.sum(axis=(0, 2))
     rows = []
     for text, total, n in zip(texts, nll, counts, strict=True):
         n_bytes = text_bytes(text)

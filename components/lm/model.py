@@ -77,6 +77,42 @@ class CausalAttention(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="gruflow")
+class WeightDropGRU(layers.GRU):
+    """A Keras GRU with DropConnect on its recurrent kernel (AWD-LSTM's weight drop).
+
+    In training, each call (one batch) draws one mask over the (H, 3H) recurrent kernel and
+    runs the unchanged GRU with W_hh ⊙ mask / (1 - p) for every time step; in inference the
+    kernel is used as is. The mask is applied to the weight *before* Keras's own `inner_loop`,
+    which hands the kernel to the fused cuDNN op on a GPU (or to the generic loop), so the
+    layer keeps every cuDNN condition (no recurrent_dropout, default activations, reset_after).
+    """
+
+    def __init__(self, units: int, weight_drop: float = 0.0, seed: int | None = None,
+                 **kwargs):
+        super().__init__(units, **kwargs)
+        self.weight_drop, self.seed = weight_drop, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)  # checkpointed with the model
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not (training and self.weight_drop):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        cell = self.cell
+        kernel = cell.recurrent_kernel  # the variable (H, 3H)
+        dropped = keras.random.dropout(ops.convert_to_tensor(kernel), self.weight_drop,
+                                       seed=self.seed_generator)  # one mask for the batch
+        # The cell and the cuDNN call both read cell.recurrent_kernel: point it at the masked
+        # tensor for this call only (object.__setattr__: no variable tracking), then restore.
+        object.__setattr__(cell, "recurrent_kernel", ops.cast(dropped, self.compute_dtype))
+        try:
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        finally:
+            object.__setattr__(cell, "recurrent_kernel", kernel)
+
+    def get_config(self):
+        return {**super().get_config(), "weight_drop": self.weight_drop, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="gruflow")
 class TiedEmbedding(layers.Layer):
     """One (V, E) matrix used twice: ids -> vectors, and vectors -> logits (x Eᵀ + b)."""
 
@@ -155,9 +191,12 @@ def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None
     x = dropout("dropout_embedding")(x)
     h_T = []
     for i in range(cfg.gru_layers):
-        # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU.
-        x, h = layers.GRU(cfg.units, return_sequences=True, return_state=True,
-                          name=f"gru_{i}")(x, initial_state=h0[i])  # (B, T, H), (B, H)
+        # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU
+        # (with weight_drop, the same GRU on a masked recurrent kernel; plain GRU when 0).
+        gru = (WeightDropGRU(cfg.units, cfg.weight_drop, return_sequences=True,
+                             return_state=True, name=f"gru_{i}") if cfg.weight_drop else
+               layers.GRU(cfg.units, return_sequences=True, return_state=True, name=f"gru_{i}"))
+        x, h = gru(x, initial_state=h0[i])  # (B, T, H), (B, H)
         h_T.append(layers.Activation("linear", dtype="float32", name=f"final_state_{i}")(h))
         x = dropout(f"dropout_gru_{i}")(x)
     context = CausalAttention(cfg.attention_heads, cfg.attention_window,

@@ -1,14 +1,16 @@
 """MLflow pyfunc wrapper (models-from-code): tokenizer.json + model.keras, nothing pickled.
 
 Input: a DataFrame with a `text` column. Params: mode (generate | score | fill), max_new_tokens,
-temperature, top_k, top_p, repetition_penalty, seed, candidates; their defaults are the
-`generate` section of params.yaml when the model was registered (info.json). `generate` returns
-the continuation of each text; `score` returns per-text perplexity and bits per byte (plus the
-summed NLL, tokens and bytes behind them). Texts first go through the clean stage's text rules
-the model was trained after (info.json `text_rules`: NFKC, masks, ...), so `，` and `,` read
-alike. A masked LM (info.json `objective: masked`) answers `fill` (each text with its `<mask>`s
-filled, and per `<mask>` the `candidates` most likely tokens as JSON in `fills`) and `score`
-(masked perplexity under the fixed evaluation mask); `generate` is a 400.
+temperature, top_k, top_p, repetition_penalty, seed, candidates,
+cache_size/cache_theta/cache_lambda; their defaults are the `generate` section of params.yaml
+when the model was registered (info.json). `generate` returns the continuation of each text;
+`score` returns per-text perplexity and bits per byte (plus the summed NLL, tokens and bytes
+behind them) and, when the continuous cache is on (by default the size, θ and λ the evaluate
+stage chose on val, from info.json), the same with a `_cache` suffix. Texts first go through the
+clean stage's text rules the model was trained after (info.json `text_rules`: NFKC, masks, ...),
+so `，` and `,` read alike. A masked LM (info.json `objective: masked`) answers `fill` (each text
+with its `<mask>`s filled, and per `<mask>` the `candidates` most likely tokens as JSON in
+`fills`) and `score` (masked perplexity under the fixed evaluation mask); `generate` is a 400.
 Every param is checked in both modes (`components.lm.inference.check_params`); bad requests raise
 MlflowException(INVALID_PARAMETER_VALUE): the server answers 400. The transport limits (body
 size, records, Content-Type, nesting) are `gruflow serve`'s (`components/lm/serve_guard.py`).
@@ -27,14 +29,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from components.data.clean_rules import TextRules, clean_texts
+from components.lm.cache import score_texts_cache
 from components.lm.inference import (
     MAX_NEW_TOKENS_CAP,
     BadRequest,
+    cache_choice,
     check_params,
     check_texts,
     generate,
     request_defaults,
-    score_texts,
 )
 
 __all__ = ["GruLM", "MAX_NEW_TOKENS_CAP", "file_digest", "prepare_prompt", "prepare_texts"]
@@ -88,6 +91,7 @@ class GruLM(PythonModel):
         self.rules = None if rules is None else TextRules(**rules)
         self.defaults = request_defaults(info.get("generate"))
         self.objective = info.get("objective", "causal")  # versions before masked: causal
+        self.cache = info.get("cache")  # evaluate's (size, θ, λ); absent: no cache by default
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
 
@@ -105,7 +109,8 @@ class GruLM(PythonModel):
         except BadRequest as exc:
             raise _bad(str(exc)) from None
         if p["mode"] == "score":
-            return pd.DataFrame(score_texts(self.model, self.tokenizer, texts, self.seq_len))
+            return pd.DataFrame(score_texts_cache(self.model, self.tokenizer, texts,
+                                                  self.seq_len, cache_choice(p, self.cache)))
         return pd.DataFrame({"text": [
             generate(self.model, self.tokenizer, prepare_prompt(t, self.rules),
                      p["max_new_tokens"], p["temperature"], p["top_k"], p["seed"],
