@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from components import verbosity
 from components.errors import GruflowError
 from flows.secrets import redact
 
@@ -75,8 +76,10 @@ def prepare(root: Path, prefect_logging: bool = True) -> Path:
     `prefect_logging=False` for commands that hand over to the `prefect` CLI (deploy, worker):
     their processes keep Prefect's own logging."""
     os.environ.setdefault(STARTUP_ENV, STARTUP_SECONDS)
+    verbosity.quiet_environment(os.environ)  # before TensorFlow/Prefect load; stages inherit it
+    verbosity.quiet_libraries()
     # dvc push after the flow runs as a task outside any flow run: nothing to send to the API
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # even verbose
     if prefect_logging:
         os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
     log_file = log_file_for(root)
@@ -112,7 +115,11 @@ def _write_traceback(log_file: Path, exc: BaseException) -> None:
 def run(func: Callable, args, root: Path) -> int:
     """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
     saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
+                                            verbosity.VERBOSE_ENV, *verbosity.QUIET_ENV,
+                                            *verbosity.OFFLINE_ENV,
                                             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    if getattr(args, "verbose", False):
+        os.environ[verbosity.VERBOSE_ENV] = "1"  # stage commands inherit it
     log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
     try:
         return func(args)

@@ -1,0 +1,98 @@
+"""Quiet by default: the libraries' known-harmless console noise off, `GRUFLOW_VERBOSE=1` (or
+`gruflow --verbose`) brings it back.
+
+Usage: `quiet_environment(os.environ)` before TensorFlow/Prefect load (the CLI does it, and stage
+commands inherit the environment), `quiet_libraries()` in each process (the CLI, and every
+stage's guarded `main()`). Only messages known to be harmless are hidden; real warnings and
+errors still show, and everything goes to the run's log file as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import MutableMapping
+
+VERBOSE_ENV = "GRUFLOW_VERBOSE"
+
+# Environment defaults (a value the user set wins). TF_CPP_MIN_LOG_LEVEL=3 also hides the C++
+# "failed call to cuInit" ERROR line TensorFlow prints on every machine without a GPU.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+# Set even when verbose: the Prefect server's anonymous usage heartbeat (at start and every 10
+# minutes) is one ERROR line each time offline, and a pipeline has no business calling out.
+OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+# Python warnings known to be harmless here (regex on the start of the message; MLflow colours
+# its messages, hence the optional ANSI code).
+HARMLESS_WARNINGS = (
+    r"`shuffle=True` was passed, but will be ignored",  # our tf.data pipelines shuffle themselves
+    r"(\x1b\[\d+m)?Add type hints to the `predict` method",  # pyfunc checks its own input
+    r"Logger '.*' attempted to send logs to the API without a flow run id",
+)
+# Loggers whose WARNING records are known noise; raised to ERROR unless verbose.
+NOISY_LOGGERS = (
+    "tensorflow",  # "N out of the last M calls ... triggered tf.function retracing"
+    "absl",
+    "mlflow.utils.environment",  # "uv export failed": MLflow falls back to its own inference
+    "mlflow.utils.uv_utils",
+)
+
+# What a quiet console must not show (tests/test_verbosity.py greps for these).
+NOISE_PATTERNS = (
+    r"cuInit", r"oneDNN custom operations", r"This TensorFlow binary is optimized",
+    r"shuffle=True` was passed", r"triggered tf\.function retracing", r"Add type hints",
+    r"uv export failed", r"without a flow run id", r"Failed to send telemetry",
+)
+
+
+def is_verbose(environ: MutableMapping[str, str] | None = None) -> bool:
+    value = (os.environ if environ is None else environ).get(VERBOSE_ENV, "")
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def quiet_environment(environ: MutableMapping[str, str]) -> None:
+    """Set the quiet defaults in `environ` (values already set are kept)."""
+    for key, value in ({} if is_verbose(environ) else QUIET_ENV).items() | OFFLINE_ENV.items():
+        environ.setdefault(key, value)
+
+
+def quiet_libraries() -> None:
+    """Hide the known-harmless warnings and log records in this process (unless verbose)."""
+    if is_verbose():
+        return
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.ERROR:
+            logger.setLevel(logging.ERROR)
+
+
+def import_quietly(name: str):
+    """Import `name` (keras, tensorflow) with the native stderr (fd 2) sent to the run's log
+    file ($GRUFLOW_LOG_FILE, else nowhere): TensorFlow's C++ start-up lines (oneDNN, "Could not
+    find cuda drivers", cuInit) are logged before absl is initialised, where no environment
+    variable silences them. Verbose, or already imported: a plain import."""
+    if is_verbose() or name in sys.modules:
+        return importlib.import_module(name)
+    sink_path = os.environ.get("GRUFLOW_LOG_FILE") or os.devnull
+    if sink_path != os.devnull:
+        os.makedirs(os.path.dirname(sink_path) or ".", exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(sink_path, "a") as sink:
+            os.dup2(sink.fileno(), 2)
+        return importlib.import_module(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def noise_in(text: str) -> list[str]:
+    """The NOISE_PATTERNS found in `text` (console output of a command)."""
+    return [p for p in NOISE_PATTERNS if re.search(p, text)]
