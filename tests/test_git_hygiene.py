@@ -5,6 +5,7 @@ nothing git tracks is in an ignored path, and every cached DVC output is already
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,26 @@ def test_no_tracked_file_is_in_an_ignored_path():
         ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=ROOT,
         capture_output=True, text=True, check=True).stdout.split()
     assert tracked_but_ignored == []
+
+
+IMAGES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
+
+
+def test_every_dvc_plot_is_an_image():
+    """DVC renders data plots (csv/json) with Vega scripts from a CDN: blank offline. Images
+    are embedded as files, so `dvc plots show` works without a network."""
+    plots = [next(iter(p)) if isinstance(p, dict) else p
+             for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+             for p in stage.get("plots", [])]
+    assert plots and [p for p in plots if not p.lower().endswith(IMAGES)] == []
+
+
+def test_dvc_plots_page_loads_nothing_from_the_network(tmp_path):
+    if not (ROOT / "reports" / "plots" / "learning_curves.png").is_file():
+        pytest.skip("no evaluate plots in this checkout")
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show",
+                          "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "index.html").read_text()
+    assert "<img" in page and "<script src=" not in page and "cdn." not in page
