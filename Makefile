@@ -13,6 +13,7 @@ $(UV):
 	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
+	@echo "gruflow: building $(VENV) from uv.lock — the first time takes minutes (download, install, then bytecode compilation, which prints only when done)"
 	$(UV) sync --frozen
 	@touch $@
 
