@@ -21,7 +21,9 @@ VERBOSE_ENV = "GRUFLOW_VERBOSE"
 
 # Environment defaults (a value the user set wins). TF_CPP_MIN_LOG_LEVEL=3 also hides the C++
 # "failed call to cuInit" ERROR line TensorFlow prints on every machine without a GPU.
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3",
+             # MLflow's tqdm bars for artifact downloads of a few small local files
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # Set even when verbose: the Prefect server's anonymous usage heartbeat (at start and every 10
 # minutes) is one ERROR line each time offline, and a pipeline has no business calling out.
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -46,6 +48,7 @@ NOISE_PATTERNS = (
     r"cuInit", r"oneDNN custom operations", r"This TensorFlow binary is optimized",
     r"shuffle=True` was passed", r"triggered tf\.function retracing", r"Add type hints",
     r"uv export failed", r"without a flow run id", r"Failed to send telemetry",
+    r"Downloading artifacts", r"Still processing items",
 )
 
 
@@ -66,10 +69,16 @@ def quiet_libraries() -> None:
         return
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    # MLflow shows its type-hint warning under its own `simplefilter("once")` (a filter put in
+    # front of ours): the last step, showing a warning, drops the harmless ones too.
+    if not getattr(warnings.showwarning, "gruflow_quiet", False):
+        warnings.showwarning = _drop_harmless(warnings.showwarning)
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level < logging.ERROR:
             logger.setLevel(logging.ERROR)
+    # "Validating input example against model signature": MLflow's INFO, once per registration
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
 
 
 def import_quietly(name: str):
@@ -91,6 +100,15 @@ def import_quietly(name: str):
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _drop_harmless(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(re.match(p, str(message), re.IGNORECASE) for p in HARMLESS_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.gruflow_quiet = True
+    return showwarning
 
 
 def noise_in(text: str) -> list[str]:

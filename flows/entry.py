@@ -59,6 +59,8 @@ class ConsoleFilter(logging.Filter):
         message = record.getMessage()
         if message.startswith("Stopping temporary server"):
             return False  # said at exit, after the error line: the failure must end with it
+        if message.startswith("Still processing items"):
+            return False  # Prefect's events worker draining its queue at exit: nothing to do
         return not (message.startswith("Finished in state") and "Completed" not in message)
 
 

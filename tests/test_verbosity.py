@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A stage-like process: the guarded main() quiets the libraries, the model module
 # imports Keras the way the stages do, then Keras fits a tf.data
-# dataset with shuffle=True (Keras warns) and MLflow's uv export logs its fallback warning.
+# dataset with shuffle=True (Keras warns), MLflow checks the pyfunc class and its uv export logs
+# its fallback warning.
 SCRIPT = """
 import logging
 from components.errors import guarded
@@ -22,6 +23,7 @@ from components.errors import guarded
 @guarded
 def main():
     import components.lm.model  # noqa: F401  (how every stage first imports Keras)
+    import components.lm.pyfunc  # noqa: F401  (MLflow warns "Add type hints" under "once")
     import keras
     import numpy as np
     import tensorflow as tf
@@ -59,12 +61,14 @@ def test_stage_process_is_quiet_by_default():
 def test_stage_process_is_verbose_on_request():
     loud = _run({verbosity.VERBOSE_ENV: "1"})
     assert "shuffle=True` was passed" in loud and "uv export failed" in loud, loud[-2000:]
+    assert "Add type hints" in loud
 
 
 def test_quiet_environment_keeps_user_values_and_always_disables_telemetry():
     env = {"TF_CPP_MIN_LOG_LEVEL": "1"}
     verbosity.quiet_environment(env)
-    assert env == {"TF_CPP_MIN_LOG_LEVEL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    assert env == {"TF_CPP_MIN_LOG_LEVEL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env = {verbosity.VERBOSE_ENV: "1"}
     verbosity.quiet_environment(env)
     assert "TF_CPP_MIN_LOG_LEVEL" not in env and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
