@@ -3,13 +3,17 @@
 
 Usage: `quiet_environment(os.environ)` before TensorFlow/Prefect load (the CLI does it, and stage
 commands inherit the environment), `quiet_libraries()` in each process (the CLI, and every
-stage's guarded `main()`). Only messages known to be harmless are hidden; real warnings and
-errors still show, and everything goes to the run's log file as before.
+stage's guarded `main()`); `quiet_tensorflow_import()` runs when `components` is imported.
+Only messages known to be harmless are hidden; real warnings and errors still show, and
+everything goes to the run's log file as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import re
@@ -81,13 +85,10 @@ def quiet_libraries() -> None:
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
 
 
-def import_quietly(name: str):
-    """Import `name` (keras, tensorflow) with the native stderr (fd 2) sent to the run's log
-    file ($GRUFLOW_LOG_FILE, else nowhere): TensorFlow's C++ start-up lines (oneDNN, "Could not
-    find cuda drivers", cuInit) are logged before absl is initialised, where no environment
-    variable silences them. Verbose, or already imported: a plain import."""
-    if is_verbose() or name in sys.modules:
-        return importlib.import_module(name)
+@contextlib.contextmanager
+def native_stderr_to_log():
+    """Send fd 2 (what C++ code writes) to the run's log file ($GRUFLOW_LOG_FILE, else
+    nowhere) for the block; Python's sys.stderr is flushed first and restored after."""
     sink_path = os.environ.get("GRUFLOW_LOG_FILE") or os.devnull
     if sink_path != os.devnull:
         os.makedirs(os.path.dirname(sink_path) or ".", exist_ok=True)
@@ -96,10 +97,52 @@ def import_quietly(name: str):
     try:
         with open(sink_path, "a") as sink:
             os.dup2(sink.fileno(), 2)
-        return importlib.import_module(name)
+        yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs the wrapped loader's exec_module with the native stderr in the log file."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with native_stderr_to_log():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name):  # resource readers and the rest: the real loader's
+        return getattr(self.loader, name)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as usual, once, and loads it through _QuietLoader: TensorFlow's C++
+    start-up lines (oneDNN, "Could not find cuda drivers", cuInit) are logged before absl is
+    initialised, where TF_CPP_MIN_LOG_LEVEL does not reach them."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Install the finder (unless verbose, or TensorFlow is already imported). It imports
+    nothing itself: a process that never needs TensorFlow never loads it."""
+    if is_verbose() or "tensorflow" in sys.modules:
+        return
+    if not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 def _drop_harmless(show):
