@@ -81,8 +81,10 @@ def quiet_libraries() -> None:
         logger = logging.getLogger(name)
         if logger.level < logging.ERROR:
             logger.setLevel(logging.ERROR)
-    # "Validating input example against model signature": MLflow's INFO, once per registration
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+    # MLflow's INFO lines: "Validating input example against model signature" per registration,
+    # "Creating initial MLflow database tables..." on a new store
+    for name in ("mlflow.pyfunc", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -61,7 +61,35 @@ class ConsoleFilter(logging.Filter):
             return False  # said at exit, after the error line: the failure must end with it
         if message.startswith("Still processing items"):
             return False  # Prefect's events worker draining its queue at exit: nothing to do
+        if not verbosity.is_verbose() and _routine(record, message):
+            return False
         return not (message.startswith("Finished in state") and "Completed" not in message)
+
+
+def _routine(record: logging.LogRecord, message: str) -> bool:
+    """Lines a run prints per stage that say nothing DVC's "Running stage" and the stage's own
+    summary line do not (kept in the log file; shown with --verbose)."""
+    if getattr(record, "task_run_id", None) and message == "Finished in state Completed()":
+        return True
+    return message.startswith("stage ") and message.endswith((": starting", ": done"))
+
+
+class DvcConsoleFilter(logging.Filter):
+    """DVC's per-stage bookkeeping lines, repeated for every stage of a run: the command echo
+    (`> python -m components.x`, dvc.yaml says it) and "Updating lock file"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("> ") or message.startswith("Updating lock file"))
+
+
+def quiet_dvc_console() -> None:
+    """DvcConsoleFilter on DVC's console handlers (unless verbose; once)."""
+    if verbosity.is_verbose():
+        return
+    for handler in logging.getLogger("dvc").handlers:
+        if not any(isinstance(f, DvcConsoleFilter) for f in handler.filters):
+            handler.addFilter(DvcConsoleFilter())
 
 
 def log_file_for(root: Path) -> Path:
