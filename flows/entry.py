@@ -76,11 +76,11 @@ def _routine(record: logging.LogRecord, message: str) -> bool:
 
 class DvcConsoleFilter(logging.Filter):
     """DVC's per-stage bookkeeping lines, repeated for every stage of a run: the command echo
-    (`> python -m components.x`, dvc.yaml says it) and "Updating lock file"."""
+    (`> python -m components.x`, dvc.yaml says it) and "Updating/Generating lock file"."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("> ") or message.startswith("Updating lock file"))
+        return not message.startswith(("> ", "Updating lock file", "Generating lock file"))
 
 
 def quiet_dvc_console() -> None:

@@ -42,16 +42,19 @@ class ProgressLines(keras.callbacks.Callback):
                  stream: TextIO | None = None) -> None:
         super().__init__()
         self.label, self.interval, self.clock, self.stream = label, interval, clock, stream
-        self.epoch, self.epoch_start, self.last = 0, 0.0, 0.0
+        self.epoch, self.first_done, self.last = 0, 0.0, 0.0
 
     def on_train_begin(self, logs=None):
         self.last = self.clock()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.epoch_start = epoch, self.clock()
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         now = self.clock()
+        if batch == 0:
+            # the pace is measured from here: the first batch also traces and compiles
+            self.first_done = now
         if now - self.last < self.interval:
             return
         self.last = now
@@ -59,8 +62,8 @@ class ProgressLines(keras.callbacks.Callback):
         done = batch + 1
         where = f"batch {done}/{steps}" if steps else f"batch {done}"
         eta = ""
-        if steps:
-            left = (now - self.epoch_start) / done * (steps - done)
+        if steps and done > 1:
+            left = (now - self.first_done) / (done - 1) * (steps - done)
             eta = f", epoch ETA {clock_text(left)}"
         loss = (logs or {}).get("loss")
         loss_text = f", loss {float(loss):.4f}" if loss is not None else ""
