@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 from gensim.models import KeyedVectors, Word2Vec
+from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import MAX_WORDS_IN_BATCH
 from tokenizers import Tokenizer
 
@@ -93,8 +94,26 @@ def fit_word2vec(sentences: list[list[str]], cfg: Embed) -> KeyedVectors:
     if len(w2v.wv) == 0:
         raise GruflowError("embed: no token reached embed.min_count — lower it or add text")
     w2v.train(sentences, total_examples=w2v.corpus_count, total_words=w2v.corpus_total_words,
-              epochs=w2v.epochs)
+              epochs=w2v.epochs, callbacks=[EpochLines(w2v.epochs)])
     return w2v.wv
+
+
+class EpochLines(CallbackAny2Vec):
+    """A console line per Word2Vec epoch with the time left at the pace so far (gensim's own
+    progress is DEBUG/INFO logging, off by default). Console only: the vectors do not change."""
+
+    def __init__(self, epochs: int, clock=time.monotonic) -> None:
+        self.epochs, self.clock, self.done, self.start = epochs, clock, 0, 0.0
+
+    def on_train_begin(self, model) -> None:
+        self.start = self.clock()
+
+    def on_epoch_end(self, model) -> None:
+        self.done += 1
+        elapsed = self.clock() - self.start
+        left = elapsed / self.done * (self.epochs - self.done)
+        print(f"embed: epoch {self.done}/{self.epochs} ({elapsed:.0f} s, ~{left:.0f} s left)",
+              flush=True)
 
 
 def align(wv: KeyedVectors, vocab_size: int, seed: int) -> np.ndarray:

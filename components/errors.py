@@ -36,6 +36,9 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from components.verbosity import quiet_libraries
+
+        quiet_libraries()  # known-harmless library warnings off unless GRUFLOW_VERBOSE
         try:
             return fn(*args, **kwargs)
         except GruflowError as exc:

@@ -90,6 +90,7 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     import tensorflow as tf
 
     from components.lm.checkpoint import Checkpoint, ResumableEarlyStopping
+    from components.lm.progress import fit_progress
 
     t, hw = p.train, devices()
     # Fresh layer-name counters: the saved config (and its DVC hash) must not depend on what
@@ -115,10 +116,11 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
         shutil.rmtree(board, ignore_errors=True)  # a fresh run's logs, not a pile of old ones
     callbacks = [validation(val, t), epoch_logger(n_train), stopper,
                  keras.callbacks.TensorBoard(str(board))]
+    verbose, progress = fit_progress("train", verbose_off_tty=2)  # bar, or a line per 30 s
     if first < t.epochs and not state.get("stopped"):
         try:
             trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False, verbose=2)
+                        callbacks=[*callbacks, *progress], shuffle=False, verbose=verbose)
         except tf.errors.ResourceExhaustedError:
             raise GruflowError(f"a batch of train.batch_size {t.batch_size} x train.seq_len "
                                f"{t.seq_len} does not fit in memory — lower one of them "

@@ -146,14 +146,18 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     validation loss."""
     import keras
 
+    from components.lm.progress import fit_progress
+
     t = p.train
     keras.backend.clear_session()
     seed_everything(t.seed)
     use_mixed_precision(t)
     train_ds, steps, streams, _ = training_data(data.train, t, vocab_size=data.vocab_size)
     model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps, streams)
+    verbose, progress = fit_progress("tune trial")  # bar, or a line per 30 s
     history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
-                        callbacks=[validation(data.val, t), *callbacks], verbose=0)
+                        callbacks=[validation(data.val, t), *callbacks, *progress],
+                        verbose=verbose)
     return float(np.min(history.history["val_loss"]))
 
 

@@ -12,7 +12,7 @@ def classify_command(sub, common) -> None:
     """`gruflow classify "text" [--model URI]`: label and class probabilities."""
     c = sub.add_parser("classify", parents=[common],
                        help="label a text with the champion classifier")
-    c.add_argument("text")
+    c.add_argument("text", help="the text to label")
     c.add_argument("--model", help="model URI (default: models:/<finetune.model_name>@champion)")
     c.set_defaults(func=_classify)
 

@@ -214,7 +214,11 @@ def _tune_worker(args: argparse.Namespace) -> int:
 def project_option() -> argparse.ArgumentParser:
     """The `--project` option every project command shares (argparse parent parser)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--project", default=".", help="project root (default: current folder)")
+    parent.add_argument("--project", default=".", help="project root")
+    parent.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' console messages gruflow hides by default "
+                             "(TensorFlow banner, known-harmless warnings); also "
+                             "GRUFLOW_VERBOSE=1")
     return parent
 
 
@@ -230,7 +234,7 @@ GENERATE_FLAGS = {"max_new_tokens": (int, "tokens to add at most"),
 def _model_commands(sub, common: argparse.ArgumentParser) -> None:
     gen = sub.add_parser("generate", parents=[common],
                          help="continue a prompt with the champion model")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="the text to continue")
     for name, (kind, what) in GENERATE_FLAGS.items():
         gen.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                          help=f"{what} (default: the model's, i.e. params.yaml generate.{name} "
@@ -238,7 +242,7 @@ def _model_commands(sub, common: argparse.ArgumentParser) -> None:
     gen.set_defaults(func=_generate)
     score = sub.add_parser("score", parents=[common],
                            help="perplexity and bits/byte of a text file")
-    score.add_argument("file")
+    score.add_argument("file", help="a UTF-8 text file")
     own = " (-1 = the model's own: chosen on val by evaluate, or off)"
     score.add_argument("--cache-size", type=int, default=-1,
                        help="continuous cache: hidden states remembered, 0 = off" + own)
@@ -250,7 +254,7 @@ def _model_commands(sub, common: argparse.ArgumentParser) -> None:
                                        "@champion)")
     promote = sub.add_parser("promote", parents=[common],
                              help="make a registered version the champion")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=int, help="registered model version number")
     promote.set_defaults(func=_promote)
     rollback = sub.add_parser("rollback", parents=[common],
                               help="give the champion alias back to the previous champion")
@@ -259,7 +263,8 @@ def _model_commands(sub, common: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gruflow", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = project_option()
     run = sub.add_parser("run", parents=[common],
                          help="run the pipeline (DVC stages via Prefect, MLflow tracking)")
@@ -286,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="nearest tokens to a word by cosine similarity of the "
                                   "current word vectors")
     similar.add_argument("token", help="a word that is one token, e.g. function")
-    similar.add_argument("-k", type=int, default=10, help="neighbours to print (default 10)")
+    similar.add_argument("-k", type=int, default=10, help="neighbours to print")
     similar.add_argument("--model", help="read the vectors of a registered model's embedding "
                                          "layer, e.g. models:/gruflow-lm@champion")
     similar.set_defaults(func=_similar)
@@ -296,7 +301,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--storage", help="study database URL (default: $GRUFLOW_OPTUNA_STORAGE, "
                                           "then tune.storage)")
     worker.set_defaults(func=_tune_worker)
+    _describe(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gruflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _describe(sub) -> None:
+    """Every subcommand's --help: its one-line help as description, and flag defaults shown
+    (set here, after the modules that add commands, so each of them stays plain argparse)."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, p in sub.choices.items():
+        p.description = p.description or helps.get(name)
+        p.formatter_class = _DefaultsFormatter
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults only: not `None` (the help says what happens) nor a flag's `False`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,7 +115,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                        help="create the work pool if missing and deploy prefect.yaml")
     d.set_defaults(func=_deploy)
     w = sub.add_parser("worker", help="start a Prefect worker on a work pool")
-    w.add_argument("--pool", default="gpu")
+    w.add_argument("--pool", default="gpu", help="the work pool to take flow runs from")
     w.set_defaults(func=_worker)
     from flows.serve import add_command as add_serve  # `gruflow serve`: model server
 

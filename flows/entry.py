@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from components import verbosity
 from components.errors import GruflowError
 from flows import interrupt
 from flows.rollback import NOT_RESTORED
@@ -60,7 +61,37 @@ class ConsoleFilter(logging.Filter):
         message = record.getMessage()
         if message.startswith("Stopping temporary server"):
             return False  # said at exit, after the error line: the failure must end with it
+        if message.startswith("Still processing items"):
+            return False  # Prefect's events worker draining its queue at exit: nothing to do
+        if not verbosity.is_verbose() and _routine(record, message):
+            return False
         return not (message.startswith("Finished in state") and "Completed" not in message)
+
+
+def _routine(record: logging.LogRecord, message: str) -> bool:
+    """Lines a run prints per stage that say nothing DVC's "Running stage" and the stage's own
+    summary line do not (kept in the log file; shown with --verbose)."""
+    if getattr(record, "task_run_id", None) and message == "Finished in state Completed()":
+        return True
+    return message.startswith("stage ") and message.endswith((": starting", ": done"))
+
+
+class DvcConsoleFilter(logging.Filter):
+    """DVC's per-stage bookkeeping lines, repeated for every stage of a run: the command echo
+    (`> python -m components.x`, dvc.yaml says it) and "Updating/Generating lock file"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("> ", "Updating lock file", "Generating lock file"))
+
+
+def quiet_dvc_console() -> None:
+    """DvcConsoleFilter on DVC's console handlers (unless verbose; once)."""
+    if verbosity.is_verbose():
+        return
+    for handler in logging.getLogger("dvc").handlers:
+        if not any(isinstance(f, DvcConsoleFilter) for f in handler.filters):
+            handler.addFilter(DvcConsoleFilter())
 
 
 def log_file_for(root: Path) -> Path:
@@ -77,8 +108,10 @@ def prepare(root: Path, prefect_logging: bool = True) -> Path:
     `prefect_logging=False` for commands that hand over to the `prefect` CLI (deploy, worker):
     their processes keep Prefect's own logging."""
     os.environ.setdefault(STARTUP_ENV, STARTUP_SECONDS)
+    verbosity.quiet_environment(os.environ)  # before TensorFlow/Prefect load; stages inherit it
+    verbosity.quiet_libraries()
     # dvc push after the flow runs as a task outside any flow run: nothing to send to the API
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # even verbose
     if prefect_logging:
         os.environ.setdefault(LOGGING_ENV, str(Path(__file__).with_name("logging.yml")))
     log_file = log_file_for(root)
@@ -137,7 +170,11 @@ def _write_traceback(log_file: Path, exc: BaseException) -> None:
 def run(func: Callable, args, root: Path) -> int:
     """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
     saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
+                                            verbosity.VERBOSE_ENV, *verbosity.QUIET_ENV,
+                                            *verbosity.OFFLINE_ENV,
                                             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    if getattr(args, "verbose", False):
+        os.environ[verbosity.VERBOSE_ENV] = "1"  # stage commands inherit it
     log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
     try:
         with interrupt.handled():

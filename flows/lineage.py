@@ -128,7 +128,7 @@ def add_commands(sub, common) -> None:
     lineage = sub.add_parser("lineage", parents=[common],
                              help="where a registered version came from: commit, params diff, "
                                   "data hashes, metrics, gate, reproduce verdict, alias history")
-    lineage.add_argument("version", type=int)
+    lineage.add_argument("version", type=int, help="registered model version number")
     lineage.set_defaults(func=_lineage)
     history = sub.add_parser("history", parents=[common],
                              help="who was champion when: every alias change, "

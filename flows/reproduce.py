@@ -204,6 +204,6 @@ def add_commands(sub, common) -> None:
                        help="rebuild a registered version from its commit in a temporary "
                             "worktree and compare every output hash and metric with what was "
                             "recorded")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=int, help="registered model version number")
     p.add_argument("--name", help="registered model (default: registry.model_name)")
     p.set_defaults(func=_reproduce)

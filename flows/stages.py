@@ -43,6 +43,9 @@ def stage_timeout(stage: str, seconds: float) -> StageTimeout:
 def stage_env() -> None:
     """Make `python` in dvc.yaml commands resolve to this interpreter's environment."""
     logging.getLogger("dvc").propagate = False  # DVC prints its own lines; no echo via Prefect
+    from flows.entry import quiet_dvc_console
+
+    quiet_dvc_console()  # no command echo or "Updating lock file" per stage (unless verbose)
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if not path.startswith(bin_dir + os.pathsep):

@@ -14,8 +14,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Imports whose code does not shape any stage's outputs: error types, the params model (values
-# are tracked through `params:`) and live MLflow logging (it writes nothing a stage outputs).
-INFRASTRUCTURE = {"components/errors.py", "components/params.py", "components/live_log.py"}
+# are tracked through `params:`), live MLflow logging (it writes nothing a stage outputs) and the
+# console: quiet library logging and fit progress lines.
+INFRASTRUCTURE = {"components/errors.py", "components/params.py", "components/live_log.py",
+                  "components/verbosity.py", "components/lm/progress.py"}
 # Per stage, a module it imports only for atomic JSON writes, whose framing the outputs do not
 # depend on (the data stages do list it: its Parquet codec shapes their files).
 NOT_SHAPING = {stage: {"components/artifacts.py"}

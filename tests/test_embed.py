@@ -78,6 +78,18 @@ def test_trained_rows_equal_the_bare_gensim_call(params, algorithm):
     assert (np.linalg.norm(matrix[24:], axis=1) > 0).all()  # unseen ids: random, not zeros
 
 
+def test_training_prints_a_line_per_epoch(params, capsys):
+    """Embed is not silent: one console line per Word2Vec epoch with the time left (the
+    vectors stay the bare call's: test_trained_rows_equal_the_bare_gensim_call)."""
+    cfg = small(params)
+    embed.train_vectors(cluster_sentences(40), VOCAB, cfg)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("embed: epoch")]
+    assert [line.split()[2] for line in lines] == [f"{e}/{cfg.epochs}" for e in
+                                                   range(1, cfg.epochs + 1)]
+    assert lines[-1].endswith("~0 s left)")
+
+
 @pytest.fixture(scope="module", params=["skipgram", "cbow"])
 def cluster_vectors(request, params) -> np.ndarray:
     return embed.train_vectors(cluster_sentences(), VOCAB, small(params, algorithm=request.param))

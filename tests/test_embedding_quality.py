@@ -137,3 +137,34 @@ def test_probe_neighbours_list_unknown_words():
     assert unknown == ["rare", "nope"]
     assert [n["token"] for n in found["a"]] == [" b", " c"]  # c, d, e tie at 0: lowest row
     assert found["a"][0]["similarity"] == pytest.approx(0.7071, abs=1e-4)
+
+
+def _gensim(vectors: np.ndarray):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vectors.shape[1], dtype=np.float32)
+    kv.add_vectors([f"t{i}" for i in range(len(vectors))], vectors)
+    return kv
+
+
+def test_neighbours_and_analogies_agree_with_gensim():
+    """The NumPy versions kept for speed give gensim's KeyedVectors answers."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(60, 12)).astype(np.float32)
+    kv = _gensim(vectors)
+    for token in (0, 17, 59):
+        ours = cosine_neighbours(vectors, token, k=10)
+        theirs = kv.most_similar(f"t{token}", topn=10)
+        assert [f"t{i}" for i, _ in ours] == [key for key, _ in theirs]
+        assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=1e-5)
+    table = TokenVectors([f"Ġt{i}" for i in range(60)], vectors)
+    vocab = {name: i for i, name in enumerate(table.names)}
+    questions = [tuple(f"t{i}" for i in rng.choice(60, 4, replace=False)) for _ in range(40)]
+    expected = [kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0] == d
+                for a, b, c, d in questions]
+    # make half the questions right by gensim's own answer, so accuracy is not trivially 0
+    questions = [(a, b, c, kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0])
+                 if n % 2 else (a, b, c, d) for n, (a, b, c, d) in enumerate(questions)]
+    expected = [True if n % 2 else hit for n, hit in enumerate(expected)]
+    result = quality.analogy_accuracy(table, vocab, questions)
+    assert result["accuracy"] == pytest.approx(sum(expected) / len(expected))

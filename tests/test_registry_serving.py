@@ -596,3 +596,24 @@ def test_cli_similar_reads_a_registered_models_embedding(project, first_version,
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert len(out) == 3 and all(re.match(r"\s*-?\d\.\d{4}  \"", line) for line in out), out
+
+
+# --- serving container ---------------------------------------------------------------------
+
+def test_champion_docker_build_context_is_generated(project, first_version, tmp_path):
+    """The README's container path without Docker: the same model URI and env manager as
+    `mlflow models build-docker` in README.md, through `generate-dockerfile` (what build-docker
+    writes before it calls `docker build`)."""
+    out = tmp_path / "docker"
+    done = subprocess.run([str(VENV_BIN / "mlflow"), "models", "generate-dockerfile",
+                           "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+                           "-d", str(out)], cwd=project["root"], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "model_dir" in dockerfile and "ENTRYPOINT" in dockerfile
+    model_dir = out / "model_dir"
+    assert (model_dir / "MLmodel").is_file()
+    assert (model_dir / "code" / "components" / "lm" / "pyfunc.py").is_file() or \
+        any(model_dir.rglob("pyfunc.py")), "the model's code must travel into the image"
+    assert "tensorflow" in (model_dir / "requirements.txt").read_text()

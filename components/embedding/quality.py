@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from components.errors import GruflowError
 from components.params import Embed
@@ -61,7 +62,12 @@ def word_row(table: TokenVectors, vocab: Mapping[str, str], word: str) -> int | 
 
 
 def cosine_neighbours(matrix: np.ndarray, token: int, k: int) -> list[tuple[int, float]]:
-    """Top-k rows by sim(w1, w2) = v1·v2 / (|v1||v2|), excluding the row itself."""
+    """Top-k rows by sim(w1, w2) = v1·v2 / (|v1||v2|), excluding the row itself.
+
+    gensim's KeyedVectors.most_similar ranks the same way (tests/test_embedding_quality.py
+    compares them); kept because it takes any matrix as is — the LM's embedding layer, whose
+    all-zero <pad> row makes gensim's normalisation divide by zero — without a copy into a
+    KeyedVectors object per query."""
     norms = np.linalg.norm(matrix, axis=1) + 1e-12
     sims = matrix @ matrix[token] / (norms * norms[token])
     sims[token] = -np.inf
@@ -69,26 +75,13 @@ def cosine_neighbours(matrix: np.ndarray, token: int, k: int) -> list[tuple[int,
     return [(int(i), float(sims[i])) for i in top]
 
 
-def ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of their ranks."""
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    out = np.empty(len(x))
-    out[order] = np.repeat(mean_rank, ends - starts)
-    return out
-
-
 def spearman(x, y) -> float | None:
-    """Spearman's rho (Pearson correlation of tie-averaged ranks); None when undefined."""
+    """Spearman's rho (scipy.stats.spearmanr: tie-averaged ranks); None when undefined (fewer
+    than two pairs, or a constant side)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2:
-        return None
-    rx, ry = ranks(x) - (len(x) + 1) / 2.0, ranks(y) - (len(y) + 1) / 2.0
-    denom = np.sqrt((rx @ rx) * (ry @ ry))
-    return None if denom == 0 else float(rx @ ry / denom)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None  # scipy would warn and return NaN
+    return float(spearmanr(x, y).statistic)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -141,7 +134,11 @@ def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, str],
 
 def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, str],
                      questions: list[tuple[str, str, str, str]]) -> dict:
-    """3CosAdd: d = argmax cos(v, b - a + c) over all tokens but a, b, c."""
+    """3CosAdd: d = argmax cos(v, b - a + c) over all tokens but a, b, c.
+
+    The answers of gensim's KeyedVectors.most_similar(positive=[b, c], negative=[a], topn=1)
+    (tests/test_embedding_quality.py compares them), but 256 questions per matrix product
+    instead of one Python call per question."""
     unit = table.vectors / (np.linalg.norm(table.vectors, axis=1, keepdims=True) + 1e-12)
     rows = [[word_row(table, vocab, w) for w in q] for q in questions]
     known = np.array([r for r in rows if None not in r], dtype=np.int64).reshape(-1, 4)  # (Q, 4)

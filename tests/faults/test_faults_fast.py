@@ -72,14 +72,29 @@ def test_explain_maps_exceptions_to_exit_codes():
 @pytest.mark.parametrize("message, shown", [
     ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
     ("Finished in state Failed('stage ingest failed')", False),
-    ("Finished in state Completed()", True),
-    ("stage ingest: starting", True),
+    ("Finished in state Completed()", True),  # the flow's own end
+    ("stage ingest: up to date, skipped", True),
+    ("stage ingest: starting", False),  # quiet by default: DVC's "Running stage" says it
+    ("stage ingest: done", False),
 ])
 def test_console_filter_keeps_the_error_line_last(message, shown):
     from flows.entry import ConsoleFilter
 
     record = logging.LogRecord("prefect", logging.INFO, __file__, 1, message, None, None)
     assert ConsoleFilter().filter(record) is shown
+
+
+def test_console_filter_shows_routine_lines_when_verbose(monkeypatch):
+    from flows.entry import ConsoleFilter, DvcConsoleFilter
+
+    task = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1,
+                             "Finished in state Completed()", None, None)
+    task.task_run_id = "abc"
+    dvc_echo = logging.LogRecord("dvc.stage.run", logging.INFO, __file__, 1, "> %s",
+                                 ("python -m components.clean",), None)
+    assert not ConsoleFilter().filter(task) and not DvcConsoleFilter().filter(dvc_echo)
+    monkeypatch.setenv("GRUFLOW_VERBOSE", "1")
+    assert ConsoleFilter().filter(task)
 
 
 def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
