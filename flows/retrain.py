@@ -23,7 +23,7 @@ from prefect.tasks import exponential_backoff
 
 from components.errors import GruflowError
 from components.params import Params, load_params
-from flows import tracking
+from flows import resources, tracking
 from flows.placement import push_after_run
 from flows.project_lock import project_lock
 from flows.secrets import redact, redacted_errors
@@ -108,8 +108,8 @@ def record_skip(root: Path, params: Params, version: str, reason: str) -> str:
     create_markdown_artifact(
         f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
         f"| model | {params.registry.model_name} version {version} |\n"
-        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n",
-        key="gruflow-retrain", description="retrain decision")
+        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n"
+        + resources.markdown(root, None), key="gruflow-retrain", description="retrain decision")
     return run.info.run_id
 
 
@@ -163,7 +163,8 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
                                model_version=out.model_version)
         mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
         result.pushed = push_after_run(root, result.model_version)
-        create_markdown_artifact(_report(params, result, reason, tracking_uri),
+        create_markdown_artifact(_report(params, result, reason, tracking_uri)
+                                 + resources.markdown(root, ["ingest", *result.executed]),
                                  key="gruflow-retrain", description="retrain decision")
     result.seconds = time.perf_counter() - start
     return result
