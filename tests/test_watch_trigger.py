@@ -114,6 +114,7 @@ def test_burst_of_files_starts_exactly_one_retrain(server):  # noqa: F811
     assert watch_log.count("gruflow.data.changed:") == 2, watch_log
     assert "3 new or changed" in watch_log and "2 new or changed" in watch_log, watch_log
     assert len(runs) == 1, runs
+    assert runs[0]["created_by"]["type"] == "AUTOMATION"  # the deployment trigger, not cron
     assert runs[0]["state_type"] == "COMPLETED", (base / "worker.log").read_text()[-4000:]
     state = json.loads((project / ".gruflow" / "watch.json").read_text())
     assert len(state) == 6  # the watcher's saved snapshot: the original file and five new
