@@ -44,6 +44,9 @@ def _retrain(args: argparse.Namespace) -> int:
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, "
               f"{r.seconds:.1f} s)")
+        from flows.resources import saved_line
+
+        print(f"gruflow: {saved_line(root)} (reports/resources.json)")
         return 0
     print(f"gruflow: retrained — {r.reason}; stages executed: "
           f"{', '.join(r.executed) or 'none'}")

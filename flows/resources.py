@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components.artifacts import write_json
+from components.errors import GruflowError
 from components.params import load_params
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,10 @@ def measure(root: Path, stage: str) -> Iterator[StageCost]:
         cost.gpu_s, cost.gpu_peak_mb = round(sampler.gpu_s, 1), round(sampler.gpu_peak_mb, 1)
     cost.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     if cost.ran:
-        record(root, cost)
+        try:
+            record(root, cost)
+        except (OSError, GruflowError) as exc:  # a report: never fail a finished stage for it
+            log.warning("could not record the resources of stage %s: %s", stage, exc)
 
 
 def report_path(root: Path) -> Path:
@@ -225,6 +229,17 @@ def summary_line(root: Path, executed: list[str]) -> str:
     return (f"gruflow: resources: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} CPU s, peak RSS "
             f"{t['peak_rss_mb']:.0f} MiB{gpu} over {len(ran)} stage(s) "
             "(reports/resources.json)")
+
+
+def saved_line(root: Path) -> str:
+    """For a skipped retrain: the last measured cost of every stage but ingest (which a
+    retrain always runs)."""
+    stages = {s: e for s, e in read(root).get("stages", {}).items() if s != "ingest"}
+    if not stages:
+        return "no stage cost recorded yet"
+    t = total(stages)
+    return (f"saved about {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU s: the last measured "
+            f"cost of {len(stages)} stage(s)")
 
 
 def markdown(root: Path, executed: list[str] | None) -> str:

@@ -76,6 +76,8 @@ def test_skip_markdown_shows_what_a_full_run_costs_without_ingest(project):
     skip = resources.markdown(project, None)
     assert "What this skip saved" in skip and "| ingest |" not in skip
     assert f"| total | {t.wall_s:g} | {t.cpu_s:g} |" in skip
+    assert f"{t.cpu_s:.0f} CPU s: the last measured cost of 1 stage(s)" in \
+        resources.saved_line(project)
     ran = resources.markdown(project, ["ingest", "train"])
     assert "Resources of this run" in ran and "| ingest |" in ran
 
@@ -121,3 +123,10 @@ def test_resources_report_is_not_a_dvc_output():
     assert "resources.json" not in (ROOT / "dvc.yaml").read_text()
     ignored = subprocess.run(["git", "check-ignore", "-q", "reports/resources.json"], cwd=ROOT)
     assert ignored.returncode == 0
+
+
+def test_unwritable_report_does_not_fail_the_stage(project, caplog):
+    (project / "reports").write_text("a file where the reports folder should be")
+    cost = _stage(project, "train")  # no exception: the stage's work is done and kept
+    assert cost.cpu_s > 0
+    assert "could not record the resources of stage train" in caplog.text
