@@ -186,7 +186,11 @@ def _watch(args: argparse.Namespace) -> int:
         raise GruflowError("gruflow watch sends events to a Prefect server: set "
                            "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
                            "`prefect server start`)")
-    sent = watch(root, once=args.once)
+    try:
+        sent = watch(root, once=args.once)
+    except KeyboardInterrupt:  # the normal way to stop a watcher; unsent changes stay pending
+        print("gruflow watch: stopped (changes not yet sent are reported at the next start)")
+        return 0
     print(f"gruflow watch: {sent} event(s) sent")
     return 0
 
