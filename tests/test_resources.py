@@ -130,3 +130,24 @@ def test_unwritable_report_does_not_fail_the_stage(project, caplog):
     cost = _stage(project, "train")  # no exception: the stage's work is done and kept
     assert cost.cpu_s > 0
     assert "could not record the resources of stage train" in caplog.text
+
+
+def test_failed_run_rolls_back_the_costs_of_its_earlier_stages(project):
+    """A run that fails after a stage succeeded restores that stage's outputs (flows/rollback):
+    its cost entry goes too, so the project is left exactly as it was."""
+    from flows.rollback import keep_outputs
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project,
+                   check=True)
+    _stage(project, "clean")
+    before = (project / "reports" / "resources.json").read_bytes()
+    with pytest.raises(RuntimeError, match="later stage"):
+        with keep_outputs(project):
+            _stage(project, "train")
+            raise RuntimeError("a later stage failed")
+    assert (project / "reports" / "resources.json").read_bytes() == before
+    (project / "reports" / "resources.json").unlink()
+    with pytest.raises(RuntimeError), keep_outputs(project):
+        _stage(project, "train")
+        raise RuntimeError("a later stage failed")
+    assert not (project / "reports" / "resources.json").exists()
