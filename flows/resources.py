@@ -1,6 +1,8 @@
-"""What each stage run cost: wall seconds, CPU seconds (the stage command and its children, plus
-DVC's own work in the calling thread), peak RSS of the stage's process tree and, where an NVIDIA
-GPU is visible, GPU seconds and peak GPU memory of that tree (sampled with `nvidia-smi`).
+"""What each stage run cost: wall seconds, CPU seconds (the stage command and its children, as
+the command reports them at its end through components.errors.guarded, plus DVC's own work in
+the calling thread), peak RSS (the larger of the command's own high-water mark and the sampled
+sum over the stage's process tree) and, where an NVIDIA GPU is visible, GPU seconds and peak
+GPU memory of that tree (sampled with `nvidia-smi`).
 
 Usage: `with resources.measure(root, stage) as cost: ran = <run the stage>; cost.ran = ran` —
 flows/stages.reproduce does it for every stage. Each executed stage's entry is written to
@@ -15,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import resource
 import shutil
 import subprocess
@@ -26,13 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components.artifacts import write_json
-from components.errors import GruflowError
+from components.errors import STAGE_COST_ENV, GruflowError
 from components.params import load_params
 
 log = logging.getLogger(__name__)
 
 REPORT = "resources.json"  # in paths.reports
 SAMPLE_SECONDS = 0.5  # process-tree RSS sampling period (psutil; ~1 ms per sample)
+FIRST_SAMPLE_SECONDS = 0.05  # ... during a stage's first 2 s
 GPU_SAMPLE_SECONDS = 2.0  # nvidia-smi takes ~50-100 ms, so it is polled less often
 NUMBERS = ("wall_s", "cpu_s", "peak_rss_mb", "gpu_s", "gpu_peak_mb")
 
@@ -49,11 +53,10 @@ class StageCost:
     ran: bool = False  # set by the caller: DVC executed the stage's command
 
 
-def _cpu() -> float:
-    """CPU seconds of this thread (DVC hashing, status) plus all waited-for children."""
+def _thread_cpu() -> float:
+    """CPU seconds of this thread: DVC's own work for the stage (status, hashing)."""
     me = resource.getrusage(resource.RUSAGE_THREAD)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime
 
 
 def gpu_memory_by_pid() -> dict[int, float] | None:
@@ -118,8 +121,10 @@ class _Sampler(threading.Thread):
             self.gpu_peak_mb = max(self.gpu_peak_mb, mine)
 
     def run(self) -> None:
-        last_gpu = time.monotonic()
-        while not self._stop_event.wait(SAMPLE_SECONDS):
+        start = last_gpu = time.monotonic()
+        # fast at first, so a command of well under a second is still seen
+        while not self._stop_event.wait(
+                FIRST_SAMPLE_SECONDS if time.monotonic() - start < 2 else SAMPLE_SECONDS):
             procs = self._tree()
             self._sample_rss(procs)
             now = time.monotonic()
@@ -132,25 +137,44 @@ class _Sampler(threading.Thread):
         self.join(timeout=15)
 
 
+def _own_report(path: Path) -> dict:
+    """What the stage command wrote about itself (components.errors, at a successful end)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 @contextlib.contextmanager
 def measure(root: Path, stage: str) -> Iterator[StageCost]:
     """Measure the block; when the caller sets `cost.ran` and the block succeeds, the entry
     is recorded (reports/resources.json, MLflow metrics on the active run's parent)."""
     cost = StageCost(stage)
     sampler = _Sampler()
+    own = root / ".gruflow" / f"cost-{stage}-{os.getpid()}.json"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.unlink(missing_ok=True)
+    os.environ[STAGE_COST_ENV] = str(own)
     sampler.start()
-    wall, cpu = time.perf_counter(), _cpu()
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    wall, me = time.perf_counter(), _thread_cpu()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         yield cost
     finally:
         sampler.stop()
+        os.environ.pop(STAGE_COST_ENV, None)
+        report = _own_report(own)
+        own.unlink(missing_ok=True)
     cost.wall_s = round(time.perf_counter() - wall, 3)
-    cost.cpu_s = round(_cpu() - cpu, 3)
-    # the sampler can miss a command shorter than its period; the waited-for children's
-    # high-water mark (Linux: KiB) covers it when this stage's command raised it
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    rss = max(sampler.peak_rss, after * 1024 if after > maxrss else 0)
+    # The stage's own numbers when it reported them. RUSAGE_CHILDREN of this process is only a
+    # fallback (a stage command that is no gruflow main): it also counts any stray child that
+    # another thread's Popen left and this stage's start reaped; its ru_maxrss is the largest
+    # child ever reaped (it charged 988 MiB to the ~90 MiB finetune-off stage).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = report.get("cpu_s", after.ru_utime + after.ru_stime - kids.ru_utime
+                           - kids.ru_stime)
+    cost.cpu_s = round(child_cpu + _thread_cpu() - me, 3)
+    rss = max(sampler.peak_rss, report.get("max_rss_kib", 0) * 1024)
     cost.peak_rss_mb = round(rss / 2**20, 1)
     if sampler.gpu:
         cost.gpu_s, cost.gpu_peak_mb = round(sampler.gpu_s, 1), round(sampler.gpu_peak_mb, 1)

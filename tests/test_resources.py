@@ -43,6 +43,21 @@ def test_measure_records_a_child_process_cost(project):
     assert report["total"]["cpu_s"] == cost.cpu_s
 
 
+def test_a_gruflow_stage_reports_its_own_cost(project):
+    """A stage main wrapped by components.errors.guarded writes its own CPU and peak RSS, so
+    the 300 MiB peak of a child this process reaped earlier is not charged to the stage."""
+    stray = subprocess.Popen([sys.executable, "-c", BURN.replace("80 *", "300 *")])
+    stray.wait()  # reaped here, before measuring: RUSAGE_CHILDREN holds its 300 MiB peak
+    main = ("from components.errors import guarded\n"
+            f"exec({BURN!r})\n" "guarded(lambda: None)()\n")
+    with resources.measure(project, "train") as cost:
+        subprocess.run([sys.executable, "-c", main], check=True, cwd=ROOT)
+        cost.ran = True
+    assert 0.6 <= cost.cpu_s < 3
+    assert 80 <= cost.peak_rss_mb < 250  # its own peak, not the earlier 300 MiB child's
+    assert not list((project / ".gruflow").glob("cost-*"))  # the hand-over file is gone
+
+
 def test_stage_that_did_not_run_is_not_recorded(project):
     _stage(project, "train", ran=False)
     assert not (project / "reports" / "resources.json").exists()
