@@ -186,14 +186,20 @@ def measure(root: Path, stage: str) -> Iterator[StageCost]:
             log.warning("could not record the resources of stage %s: %s", stage, exc)
 
 
-def report_path(root: Path) -> Path:
-    return root / load_params(root / "params.yaml").paths.reports / REPORT
+def report_path(root: Path) -> Path | None:
+    """paths.reports/resources.json; None in a DVC project without gruflow's params.yaml
+    (stages.reproduce also runs there): no place is declared, so nothing is recorded."""
+    try:
+        return root / load_params(root / "params.yaml").paths.reports / REPORT
+    except GruflowError:
+        return None
 
 
 def read(root: Path) -> dict:
     """reports/resources.json ({} when absent or unreadable: it is only a report)."""
+    path = report_path(root)
     try:
-        return json.loads(report_path(root).read_text())
+        return json.loads(path.read_text()) if path else {}
     except (OSError, ValueError):
         return {}
 
@@ -201,11 +207,14 @@ def read(root: Path) -> dict:
 def record(root: Path, cost: StageCost) -> None:
     """The stage's latest cost into reports/resources.json (other stages keep their last
     entry, so the file always holds what a full run costs) and into MLflow."""
+    path = report_path(root)
+    if path is None:
+        return
     report = read(root)
     entry = {k: v for k, v in asdict(cost).items() if k not in ("stage", "ran")}
     report.setdefault("stages", {})[cost.stage] = entry
     report["total"] = total(report["stages"])
-    write_json(report_path(root), report)
+    write_json(path, report)
     _log_mlflow(cost)
 
 

@@ -42,7 +42,7 @@ def _run_reports(root: Path) -> list[tuple[str, bool]]:
     from flows.resources import report_path
 
     path = report_path(root)
-    return [(str(path.relative_to(root)), False)] if path.is_relative_to(root) else []
+    return [(str(path.relative_to(root)), False)] if path and path.is_relative_to(root) else []
 
 
 def _copy(src: Path, dst: Path) -> None:
