@@ -17,7 +17,7 @@ T = TypeVar("T")
 # the terminal gets no traceback and no second line. Unset (plain `dvc repro`): the usual
 # stderr behaviour.
 STAGE_ERROR_ENV = "GRUFLOW_STAGE_ERROR"
-# Set by the flow too: a stage that finished writes its own CPU seconds and peak RSS there
+# Set by the flow too: a stage that finished writes its own CPU seconds there
 # (flows/resources.py; only this process knows them exactly). Never a DVC output.
 STAGE_COST_ENV = "GRUFLOW_STAGE_COST"
 
@@ -42,9 +42,8 @@ def _report_cost() -> None:
 
     me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
                                                     resource.RUSAGE_CHILDREN))
-    with open(path, "w", encoding="utf-8") as f:  # ru_maxrss: KiB on Linux
-        json.dump({"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-                   "max_rss_kib": max(me.ru_maxrss, kids.ru_maxrss)}, f)
+    with open(path, "w", encoding="utf-8") as f:  # (no ru_maxrss: it counts the parent's)
+        json.dump({"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}, f)
 
 
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:

@@ -1,8 +1,7 @@
 """What each stage run cost: wall seconds, CPU seconds (the stage command and its children, as
 the command reports them at its end through components.errors.guarded, plus DVC's own work in
-the calling thread), peak RSS (the larger of the command's own high-water mark and the sampled
-sum over the stage's process tree) and, where an NVIDIA GPU is visible, GPU seconds and peak
-GPU memory of that tree (sampled with `nvidia-smi`).
+the calling thread), peak RSS (the sampled sum over the stage's process tree) and, where an
+NVIDIA GPU is visible, GPU seconds and peak GPU memory of that tree (sampled with `nvidia-smi`).
 
 Usage: `with resources.measure(root, stage) as cost: ran = <run the stage>; cost.ran = ran` —
 flows/stages.reproduce does it for every stage. Each executed stage's entry is written to
@@ -166,16 +165,17 @@ def measure(root: Path, stage: str) -> Iterator[StageCost]:
         report = _own_report(own)
         own.unlink(missing_ok=True)
     cost.wall_s = round(time.perf_counter() - wall, 3)
-    # The stage's own numbers when it reported them. RUSAGE_CHILDREN of this process is only a
+    # The stage's own CPU when it reported it. RUSAGE_CHILDREN of this process is only a
     # fallback (a stage command that is no gruflow main): it also counts any stray child that
-    # another thread's Popen left and this stage's start reaped; its ru_maxrss is the largest
-    # child ever reaped (it charged 988 MiB to the ~90 MiB finetune-off stage).
+    # another thread's Popen left and this stage's start reaped.
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     child_cpu = report.get("cpu_s", after.ru_utime + after.ru_stime - kids.ru_utime
                            - kids.ru_stime)
     cost.cpu_s = round(child_cpu + _thread_cpu() - me, 3)
-    rss = max(sampler.peak_rss, report.get("max_rss_kib", 0) * 1024)
-    cost.peak_rss_mb = round(rss / 2**20, 1)
+    # RSS only sampled: a command's ru_maxrss starts at the RSS of the process it was forked
+    # from (Linux keeps it across exec), so every stage looked as large as the flow (measured:
+    # 989 MiB for the ~90 MiB finetune-off stage)
+    cost.peak_rss_mb = round(sampler.peak_rss / 2**20, 1)
     if sampler.gpu:
         cost.gpu_s, cost.gpu_peak_mb = round(sampler.gpu_s, 1), round(sampler.gpu_peak_mb, 1)
     cost.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -44,8 +44,9 @@ def test_measure_records_a_child_process_cost(project):
 
 
 def test_a_gruflow_stage_reports_its_own_cost(project):
-    """A stage main wrapped by components.errors.guarded writes its own CPU and peak RSS, so
-    the 300 MiB peak of a child this process reaped earlier is not charged to the stage."""
+    """A stage main wrapped by components.errors.guarded writes its own CPU; neither the
+    300 MiB peak of a child this process reaped earlier nor this (large) test process's own
+    RSS, which a forked command's ru_maxrss starts from, is charged to the stage."""
     stray = subprocess.Popen([sys.executable, "-c", BURN.replace("80 *", "300 *")])
     stray.wait()  # reaped here, before measuring: RUSAGE_CHILDREN holds its 300 MiB peak
     main = ("from components.errors import guarded\n"
