@@ -17,6 +17,9 @@ T = TypeVar("T")
 # the terminal gets no traceback and no second line. Unset (plain `dvc repro`): the usual
 # stderr behaviour.
 STAGE_ERROR_ENV = "GRUFLOW_STAGE_ERROR"
+# Set by the flow too: a stage that finished writes its own CPU seconds there
+# (flows/resources.py; only this process knows them exactly). Never a DVC output.
+STAGE_COST_ENV = "GRUFLOW_STAGE_COST"
 
 
 class GruflowError(Exception):
@@ -31,6 +34,18 @@ def _hand_over(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+def _report_cost() -> None:
+    path = os.environ.get(STAGE_COST_ENV)
+    if not path:
+        return
+    import resource
+
+    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                    resource.RUSAGE_CHILDREN))
+    with open(path, "w", encoding="utf-8") as f:  # (no ru_maxrss: it counts the parent's)
+        json.dump({"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}, f)
+
+
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap a `main()`: user mistakes print one line on stderr and exit 2, no traceback."""
 
@@ -40,7 +55,9 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
 
         quiet_libraries()  # known-harmless library warnings off unless GRUFLOW_VERBOSE
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _report_cost()
+            return result
         except GruflowError as exc:
             if os.environ.get(STAGE_ERROR_ENV):
                 _hand_over(str(exc), 2)

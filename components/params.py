@@ -294,6 +294,8 @@ class Orchestration(_Section):
     schedule: str = Field(default="0 3 * * *", min_length=1)
     timezone: str = Field(default="UTC", min_length=1)
     stage_timeout: PosInt = 21600
+    watch_interval: PosInt = 5     # `gruflow watch`: seconds between polls of the folder source
+    debounce: NonNegInt = 600      # gruflow-retrain trigger: at most one run per this many seconds
 
     @model_validator(mode="after")
     def _one_pool(self) -> Orchestration:

@@ -38,6 +38,9 @@ def _run(args: argparse.Namespace) -> int:
         with own_server():  # Prefect's temporary server, out of reach of the terminal's Ctrl-C
             result = pipeline(project=str(root), force=args.force)
             _summary(result)
+            from flows.resources import summary_line
+
+            print(summary_line(root, result.executed))
             if not args.no_push:
                 from flows.placement import push_after_run
 

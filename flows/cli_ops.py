@@ -56,6 +56,9 @@ def _retrain(args: argparse.Namespace) -> int:
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, "
               f"{r.seconds:.1f} s)")
+        from flows.resources import saved_line
+
+        print(f"gruflow: {saved_line(root)} (reports/resources.json)")
         return 0
     print(f"gruflow: retrained — {r.reason}; stages executed: "
           f"{', '.join(r.executed) or 'none'}")
@@ -65,8 +68,18 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch_trigger_env(params) -> dict[str, str]:
+    """The gruflow-retrain trigger's event resource and debounce (ISO 8601: Prefect's
+    `within` reads no bare number from a templated string)."""
+    from flows.watch import resource_id
+
+    return {"GRUFLOW_PROJECT_RESOURCE": resource_id(params.registry.model_name),
+            "GRUFLOW_DEBOUNCE": f"PT{params.orchestration.debounce}S"}
+
+
 def env_for_deploy(root: Path) -> dict[str, str]:
-    o = load_params(root / "params.yaml").orchestration
+    params = load_params(root / "params.yaml")
+    o = params.orchestration
     git_url = os.environ.get("GRUFLOW_GIT_URL") or \
         git_output(root, "remote", "get-url", "origin")
     if not git_url:
@@ -74,6 +87,7 @@ def env_for_deploy(root: Path) -> dict[str, str]:
                            "(or set GRUFLOW_GIT_URL) and push your commit")
     return {**os.environ, "GRUFLOW_SCHEDULE": o.schedule, "GRUFLOW_TIMEZONE": o.timezone,
             "GRUFLOW_POOL": o.pool, "GRUFLOW_GIT_URL": git_url,
+            **watch_trigger_env(params),
             "GRUFLOW_GIT_BRANCH": os.environ.get("GRUFLOW_GIT_BRANCH")
             or git_output(root, "rev-parse", "--abbrev-ref", "HEAD") or "main"}
 
@@ -92,7 +106,8 @@ def _deploy(args: argparse.Namespace) -> int:
         _prefect("gcl", "create", "gruflow-retrain", "--limit", "1", env=env)
     _prefect("--no-prompt", "deploy", "--all", env=env, cwd=root)
     print(f"gruflow: deployed gruflow-retrain (cron '{env['GRUFLOW_SCHEDULE']}' "
-          f"{env['GRUFLOW_TIMEZONE']}) and gruflow-stage (pool {pool}) from "
+          f"{env['GRUFLOW_TIMEZONE']}, trigger gruflow.data.changed debounce "
+          f"{env['GRUFLOW_DEBOUNCE']}) and gruflow-stage (pool {pool}) from "
           f"{env['GRUFLOW_GIT_URL']}@{env['GRUFLOW_GIT_BRANCH']}")
     return 0
 
@@ -117,6 +132,9 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     w = sub.add_parser("worker", help="start a Prefect worker on a work pool")
     w.add_argument("--pool", default="gpu", help="the work pool to take flow runs from")
     w.set_defaults(func=_worker)
+    from flows.watch import add_command as add_watch  # `gruflow watch`: data-arrival events
+
+    add_watch(sub, common)
     from flows.serve import add_command as add_serve  # `gruflow serve`: model server
 
     add_serve(sub, common)

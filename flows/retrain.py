@@ -24,7 +24,7 @@ from prefect.tasks import exponential_backoff
 from components.drift import Decision, decide
 from components.errors import GruflowError
 from components.params import Params, load_params
-from flows import tracking
+from flows import resources, tracking
 from flows.placement import push_after_run
 from flows.project_lock import project_lock
 from flows.secrets import redact, redacted_errors
@@ -136,6 +136,7 @@ def record_skip(root: Path, params: Params, version: str, reason: str,
             f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n")
     if drifted is not None:
         text += "\n" + _drift_record(run.info.run_id, params, drifted)
+    text += resources.markdown(root, None)
     create_markdown_artifact(text, key="gruflow-retrain", description="retrain decision")
     return run.info.run_id
 
@@ -210,7 +211,8 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
         section = _drift_record(out.parent_run_id, params, drifted)
         result.pushed = push_after_run(root, result.model_version)
         create_markdown_artifact(_report(params, result, reason, tracking_uri) + "\n\n" +
-                                 section, key="gruflow-retrain", description="retrain decision")
+                                 section + resources.markdown(root, ["ingest", *result.executed]),
+                                 key="gruflow-retrain", description="retrain decision")
     result.seconds = time.perf_counter() - start
     return result
 

@@ -37,6 +37,15 @@ def _outs(root: Path, stages: list[str] | None) -> list[tuple[str, bool]]:
         return [(o.def_path, bool(o.use_cache)) for s in found for o in s.outs]
 
 
+def _run_reports(root: Path) -> list[tuple[str, bool]]:
+    """Files a run writes beside the DVC outs (no stage declares them): the stage costs of a
+    rolled-back run must not describe outputs that are gone."""
+    from flows.resources import report_path
+
+    path = report_path(root)
+    return [(str(path.relative_to(root)), False)] if path and path.is_relative_to(root) else []
+
+
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
@@ -79,8 +88,9 @@ def _refused(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
-    """Restore the outputs of `stages` (None: all stages and dvc.lock) if the block fails."""
-    outs = _outs(root, stages)
+    """Restore the outputs of `stages` (None: all stages, dvc.lock and the run's cost report)
+    if the block fails."""
+    outs = _outs(root, stages) + (_run_reports(root) if stages is None else [])
     state = root / ".gruflow"
     state.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="snapshot.", dir=state) as tmp:

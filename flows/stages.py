@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from components.errors import STAGE_ERROR_ENV, GruflowError
+from flows import resources
 from flows.interrupt import Interrupted
 from flows.rollback import keep_outputs
 
@@ -150,9 +151,10 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
         error_file = Path(tmp) / "error.json"
         os.environ[STAGE_ERROR_ENV] = str(error_file)
         try:
-            with Repo(str(root)) as repo:
+            with Repo(str(root)) as repo, resources.measure(root, stage) as cost:
                 ran = repo.reproduce(targets=[target(root, stage)], single_item=True,
                                      force=force)
+                cost.ran = bool(ran)  # an executed stage's cost goes to reports/resources.json
         except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
             _stop_new_processes(before)
             if expired.is_set():

@@ -72,6 +72,8 @@ def test_default_params_load():
          "clean.drift.script_mix"),
         ({"orchestration__placement": {"train": "gpu-big"}},
          "placement.train: 'gpu-big' is not the stage pool 'gpu'"),
+        ({"orchestration__watch_interval": 0}, "orchestration.watch_interval"),
+        ({"orchestration__debounce": -1}, "orchestration.debounce"),
         ({"model__attention_heads": 3}, "attention_heads (3) must divide units (128)"),
         ({"embed__algorithm": "glove"}, "'embed.algorithm'"),
         ({"embed__subsample": -0.1}, "'embed.subsample'"),

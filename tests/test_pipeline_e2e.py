@@ -263,3 +263,25 @@ def test_noop_run_loads_no_prefect_server_pipeline_or_tensorflow(pipeline_run):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "0 light", out.stdout
     assert "stages executed: none, up to date" in out.stdout
+
+
+def test_every_executed_stage_has_its_cost(pipeline_run, mlflow_client):
+    """reports/resources.json: each stage the first run executed has positive wall/CPU/RSS
+    (GPU numbers null here: no GPU), logged on the parent MLflow run, summed in the run's
+    summary line; the file stays out of dvc.lock; the rerun says no stage ran."""
+    project = pipeline_run["project"]
+    report = json.loads((project / "reports/resources.json").read_text())
+    for stage in STAGES:
+        entry = report["stages"][stage]
+        assert entry["wall_s"] > 0 and entry["cpu_s"] > 0 and entry["peak_rss_mb"] > 0, stage
+    assert report["stages"]["train"]["peak_rss_mb"] > 100  # TensorFlow alone is larger
+    assert "resources.json" not in (project / "dvc.lock").read_text()
+    exp = mlflow_client.get_experiment_by_name("gruflow")
+    [first, _] = [r for r in mlflow_client.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time ASC"])
+        if "mlflow.parentRunId" not in r.data.tags]
+    for stage in STAGES:
+        assert first.data.metrics[f"resources.{stage}.cpu_s"] == report["stages"][stage]["cpu_s"]
+    cpu = sum(report["stages"][s]["cpu_s"] for s in STAGES)
+    line = next(x for x in pipeline_run["first"].stdout.splitlines() if "resources:" in x)
+    assert f"{cpu:.1f} CPU s" in line and f"over {len(STAGES)} stage(s)" in line, line

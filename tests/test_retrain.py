@@ -63,6 +63,7 @@ def test_second_retrain_is_skipped_without_running_a_stage(retrains):
     out = retrains["second"].stdout
     assert "gruflow: retrain skipped" in out, out
     assert "nothing changed" in out
+    assert "gruflow: saved about" in out and "CPU s: the last measured cost of 7 stage(s)" in out
     assert "Running stage 'clean'" not in out + retrains["second"].stderr
     assert (retrains["project"] / "dvc.lock").read_text() == retrains["lock"]
     # how fast a skip is: bench/noop.py (no timed assertion in tests: machines are busy)
