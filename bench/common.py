@@ -32,8 +32,12 @@ FLOORS: dict[str, tuple[str, float]] = {
 
 
 def spread(samples: list[float]) -> dict[str, float]:
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples),
-            "runs": len(samples)}
+    return {
+        "min": min(samples),
+        "median": statistics.median(samples),
+        "max": max(samples),
+        "runs": len(samples),
+    }
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -42,15 +46,21 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def throughput_row(name: str, work: float, ours: list[float], bare: list[float],
-                   unit: str) -> dict:
+def throughput_row(name: str, work: float, ours: list[float], bare: list[float], unit: str) -> dict:
     """A higher-is-better row from the seconds of each run: the best run of each side counts
     (as timeit: the least disturbed by other load); the spread is in the same unit."""
     value, raw = work / min(ours), work / min(bare)
-    return {"name": name, "value": round(value, 3), "raw_value": round(raw, 3), "unit": unit,
-            "ratio": round(value / raw, 4),
-            "spread": {"value": spread([work / s for s in ours]),
-                       "raw_value": spread([work / s for s in bare])}}
+    return {
+        "name": name,
+        "value": round(value, 3),
+        "raw_value": round(raw, 3),
+        "unit": unit,
+        "ratio": round(value / raw, 4),
+        "spread": {
+            "value": spread([work / s for s in ours]),
+            "raw_value": spread([work / s for s in bare]),
+        },
+    }
 
 
 def peak_rss_kib() -> int:
@@ -75,15 +85,20 @@ def failures(rows: list[dict]) -> list[str]:
         op, bound = FLOORS[row["name"]]
         ok = row["ratio"] >= bound if op == ">=" else row["ratio"] <= bound
         if not ok:
-            out.append(f"{row['name']}: ratio {row['ratio']} misses the floor {op} {bound} "
-                       f"({row['value']} vs bare {row['raw_value']} {row['unit']})")
+            out.append(
+                f"{row['name']}: ratio {row['ratio']} misses the floor {op} {bound} "
+                f"({row['value']} vs bare {row['raw_value']} {row['unit']})"
+            )
     return out
 
 
 def main() -> None:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/bench")
-    rows = [row for path in sorted(folder.glob("*.json"))
-            for row in json.loads(path.read_text(encoding="utf-8"))]
+    rows = [
+        row
+        for path in sorted(folder.glob("*.json"))
+        for row in json.loads(path.read_text(encoding="utf-8"))
+    ]
     missing = sorted(set(FLOORS) - {row["name"] for row in rows})
     bad = failures(rows) + [f"{name}: no row in {folder}" for name in missing]
     for line in bad:

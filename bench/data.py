@@ -55,16 +55,23 @@ def write_corpus(path: Path, megabytes: float) -> dict:
     with path.open("w", encoding="utf-8") as f:
         while size < target:
             rng = random.Random(copy)
-            renamed = {w: f"{w}{copy}" for w in rng.sample(words, int(RENAMED * len(words)))
-                       } if copy else {}
+            renamed = (
+                {w: f"{w}{copy}" for w in rng.sample(words, int(RENAMED * len(words)))}
+                if copy
+                else {}
+            )
             seen.update(renamed.values())
             for i, text in enumerate(docs):
                 words_in = [renamed.get(w, w) for w in text.split(" ")]
                 if copy:  # shuffled: a copy is new text, not a near-duplicate of the original
                     rng.shuffle(words_in)
                 text = " ".join(words_in)
-                line = json.dumps({"text": f"[{copy}] {text}", "id": f"{copy}-{i}"},
-                                  ensure_ascii=False) + "\n"
+                line = (
+                    json.dumps(
+                        {"text": f"[{copy}] {text}", "id": f"{copy}-{i}"}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
                 f.write(line)
                 size += len(line.encode("utf-8"))
                 if size >= target:
@@ -75,8 +82,9 @@ def write_corpus(path: Path, megabytes: float) -> dict:
 
 def run_child(args: list[str]) -> dict:
     """One measurement in a fresh process; its last stdout line is its JSON result."""
-    out = subprocess.run([PYTHON, "-m", "bench.data", *args], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [PYTHON, "-m", "bench.data", *args], capture_output=True, text=True, check=False
+    )
     if out.returncode:
         raise SystemExit(f"bench data: {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,8 +103,15 @@ def stage_child(stage: str, work: Path) -> dict:
     elif stage == "clean":
         from components import clean
 
-        clean.run(p.clean, p.split, work / "raw", work / "clean", work / "clean.json",
-                  work / "data_profile.json", ["bench"])
+        clean.run(
+            p.clean,
+            p.split,
+            work / "raw",
+            work / "clean",
+            work / "clean.json",
+            work / "data_profile.json",
+            ["bench"],
+        )
     else:
         from components import tokenize
 
@@ -110,8 +125,13 @@ def stage_child(stage: str, work: Path) -> dict:
             return ids
 
         tokenize.encode_ids = timed_encode
-        tokenize.run(p.tokenize, work / "clean", work / "tokenizer.json", work / "tokens",
-                     work / "tokenize.json")
+        tokenize.run(
+            p.tokenize,
+            work / "clean",
+            work / "tokenizer.json",
+            work / "tokens",
+            work / "tokenize.json",
+        )
         extra["encode_seconds"] = sum(encode_seconds)
     return {"seconds": time.perf_counter() - t0, **extra}
 
@@ -126,10 +146,18 @@ def bare_clean_batch(text, p):
     from components.data import clean_rules as r
     from components.data.near_dup import signatures
 
-    patterns = [(r.HTML_DROP, ""), (r.HTML_BLOCK, "\n"), (r.HTML_INLINE, ""),
-                (r.LINE_END, "\n"), (r.CONTROL, ""), (r.ZERO_WIDTH, ""),
-                (r.BLANKS, " "), (r.BLANKS_AT_BREAK, "\n"), (r"\n{3,}", "\n\n"),
-                *((pattern, f"<{name}>") for name, pattern in r.PII)]
+    patterns = [
+        (r.HTML_DROP, ""),
+        (r.HTML_BLOCK, "\n"),
+        (r.HTML_INLINE, ""),
+        (r.LINE_END, "\n"),
+        (r.CONTROL, ""),
+        (r.ZERO_WIDTH, ""),
+        (r.BLANKS, " "),
+        (r.BLANKS_AT_BREAK, "\n"),
+        (r"\n{3,}", "\n\n"),
+        *((pattern, f"<{name}>") for name, pattern in r.PII),
+    ]
     for pattern, replacement in patterns[:6]:
         text = pc.replace_substring_regex(text, pattern, replacement)
     text = pc.utf8_normalize(text, "NFKC")
@@ -154,10 +182,17 @@ def bare_clean(work: Path) -> dict:
 
     p = load_params()
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(clean.worker_count()) as pool, \
-            pq.ParquetWriter(work / "bare_clean.parquet", pq.read_schema(
-                work / "raw" / "corpus.parquet").empty_table().select(["doc_id", "text"]).schema,
-                compression=TEXT_CODEC) as writer:
+    with (
+        ThreadPoolExecutor(clean.worker_count()) as pool,
+        pq.ParquetWriter(
+            work / "bare_clean.parquet",
+            pq.read_schema(work / "raw" / "corpus.parquet")
+            .empty_table()
+            .select(["doc_id", "text"])
+            .schema,
+            compression=TEXT_CODEC,
+        ) as writer,
+    ):
         pending: deque = deque()
         for path in sorted((work / "raw").glob("*.parquet")):
             for batch in pq.ParquetFile(path).iter_batches(clean.BATCH_DOCS, columns=["text"]):
@@ -178,29 +213,41 @@ def bare_tokenize(work: Path) -> dict:
 
     p = load_params()
     t0 = time.perf_counter()
-    texts = {s: pq.read_table(work / "clean" / f"{s}.parquet", columns=["text"])
-             .column("text").to_pylist() for s in ("train", "val", "test")}
+    texts = {
+        s: pq.read_table(work / "clean" / f"{s}.parquet", columns=["text"])
+        .column("text")
+        .to_pylist()
+        for s in ("train", "val", "test")
+    }
     tok, trainer = tokenize.build_tokenizer(p.tokenize)
     tok.train_from_iterator(texts["train"], trainer=trainer)
     encode = 0.0
     (work / "bare_tokens").mkdir(exist_ok=True)
     for split, split_texts in texts.items():
         schema = pa.schema([("ids", pa.list_(pa.int32()))])
-        with pq.ParquetWriter(work / "bare_tokens" / f"{split}.parquet", schema,
-                              compression="zstd") as writer:
+        with pq.ParquetWriter(
+            work / "bare_tokens" / f"{split}.parquet", schema, compression="zstd"
+        ) as writer:
             for i in range(0, len(split_texts), tokenize.BATCH_DOCS):
                 t = time.perf_counter()
-                encs = tok.encode_batch_fast(split_texts[i:i + tokenize.BATCH_DOCS],
-                                             add_special_tokens=False)
+                encs = tok.encode_batch_fast(
+                    split_texts[i : i + tokenize.BATCH_DOCS], add_special_tokens=False
+                )
                 encode += time.perf_counter() - t
-                writer.write_table(pa.table([pa.array([e.ids for e in encs],
-                                                      pa.list_(pa.int32()))], schema=schema))
+                writer.write_table(
+                    pa.table([pa.array([e.ids for e in encs], pa.list_(pa.int32()))], schema=schema)
+                )
     return {"seconds": time.perf_counter() - t0, "encode_seconds": encode}
 
 
 def child_main(kind: str, stage: str, work: Path) -> None:
-    result = (stage_child(stage, work) if kind == "stage"
-              else bare_clean(work) if stage == "clean" else bare_tokenize(work))
+    result = (
+        stage_child(stage, work)
+        if kind == "stage"
+        else bare_clean(work)
+        if stage == "clean"
+        else bare_tokenize(work)
+    )
     print(json.dumps({**result, "peak_rss_kib": peak_rss_kib()}))
 
 
@@ -209,15 +256,19 @@ def measure(work: Path, megabytes: float, repeat: int, bare: bool) -> dict:
     side when `bare`): every run's result, per side and stage."""
     work.mkdir(parents=True, exist_ok=True)
     corpus = write_corpus(work / "corpus.jsonl", megabytes)
-    runs: dict = {"stage": {"ingest": [run_child(["--child", "stage", "ingest", str(work)])]},
-                  "bare": {}}
+    runs: dict = {
+        "stage": {"ingest": [run_child(["--child", "stage", "ingest", str(work)])]},
+        "bare": {},
+    }
     for stage in ("clean", "tokenize"):
         for _ in range(repeat):
             runs["stage"].setdefault(stage, []).append(
-                run_child(["--child", "stage", stage, str(work)]))
+                run_child(["--child", "stage", stage, str(work)])
+            )
             if bare:
                 runs["bare"].setdefault(stage, []).append(
-                    run_child(["--child", "bare", stage, str(work)]))
+                    run_child(["--child", "bare", stage, str(work)])
+                )
     peak = max(r["peak_rss_kib"] for stage_runs in runs["stage"].values() for r in stage_runs)
     return {**corpus, "runs": runs, "peak_rss_kib": peak}
 
@@ -232,20 +283,35 @@ def rows_of(large: dict, small: dict, work: Path) -> list[dict]:
 
     rows = [
         throughput_row("clean", text_mb, secs(st["clean"]), secs(bare["clean"]), "Mchar/s"),
-        throughput_row("tokenize", tok_mb, secs(st["tokenize"]), secs(bare["tokenize"]),
-                       "Mchar/s"),
-        throughput_row("tokenize_encode", tok_mb, secs(st["tokenize"], "encode_seconds"),
-                       secs(bare["tokenize"], "encode_seconds"), "Mchar/s"),
+        throughput_row("tokenize", tok_mb, secs(st["tokenize"]), secs(bare["tokenize"]), "Mchar/s"),
+        throughput_row(
+            "tokenize_encode",
+            tok_mb,
+            secs(st["tokenize"], "encode_seconds"),
+            secs(bare["tokenize"], "encode_seconds"),
+            "Mchar/s",
+        ),
     ]
-    mib = {size: {s: [r["peak_rss_kib"] / 1024 for r in runs] for s, runs in
-                  run["runs"]["stage"].items()} for size, run in (("1x", small), ("10x", large))}
-    rows.append({"name": "peak_rss_10x", "value": round(large["peak_rss_kib"] / 1024, 1),
-                 "raw_value": round(small["peak_rss_kib"] / 1024, 1), "unit": "MiB",
-                 "ratio": round(large["peak_rss_kib"] / small["peak_rss_kib"], 4),
-                 "spread": {f"{size}_{s}": spread(v) for size, d in mib.items()
-                            for s, v in d.items()},
-                 "corpus": {size: {"bytes": run["bytes"], "distinct_words": run["distinct_words"]}
-                            for size, run in (("1x", small), ("10x", large))}})
+    mib = {
+        size: {
+            s: [r["peak_rss_kib"] / 1024 for r in runs] for s, runs in run["runs"]["stage"].items()
+        }
+        for size, run in (("1x", small), ("10x", large))
+    }
+    rows.append(
+        {
+            "name": "peak_rss_10x",
+            "value": round(large["peak_rss_kib"] / 1024, 1),
+            "raw_value": round(small["peak_rss_kib"] / 1024, 1),
+            "unit": "MiB",
+            "ratio": round(large["peak_rss_kib"] / small["peak_rss_kib"], 4),
+            "spread": {f"{size}_{s}": spread(v) for size, d in mib.items() for s, v in d.items()},
+            "corpus": {
+                size: {"bytes": run["bytes"], "distinct_words": run["distinct_words"]}
+                for size, run in (("1x", small), ("10x", large))
+            },
+        }
+    )
     return rows
 
 
@@ -266,8 +332,10 @@ def main() -> None:
     out = Path(p.paths.reports) / "bench" / "data.json"
     write_json(out, rows)
     for r in rows:
-        print(f"bench data: {r['name']}: {r['value']} vs {r['raw_value']} {r['unit']} "
-              f"(ratio {r['ratio']})")
+        print(
+            f"bench data: {r['name']}: {r['value']} vs {r['raw_value']} {r['unit']} "
+            f"(ratio {r['ratio']})"
+        )
     for line in failures(rows):
         print(f"bench data: FAIL {line}")
     print(f"-> {out}")

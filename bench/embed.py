@@ -38,8 +38,9 @@ def synthetic_corpus(path: Path, vocab_size: int, seed: int = 0) -> None:
     ids = 4 + rng.choice(vocab_size - 4, size=SYNTHETIC_TOKENS, p=probs / probs.sum())
     cuts = np.cumsum(rng.integers(20, 400, size=SYNTHETIC_TOKENS // 20))
     docs = np.split(ids.astype(np.int32), cuts[cuts < SYNTHETIC_TOKENS])
-    pq.write_table(pa.table({"ids": pa.array([d.tolist() for d in docs],
-                                             pa.list_(pa.int32()))}), path)
+    pq.write_table(
+        pa.table({"ids": pa.array([d.tolist() for d in docs], pa.list_(pa.int32()))}), path
+    )
 
 
 def seconds(fn) -> float:
@@ -52,8 +53,11 @@ def bare_sentences(train: Path) -> list[list[str]]:
     """The token Parquet read with bare pyarrow, cut where gensim would (as the stage does, so
     both sides train on the same words)."""
     rows = pq.read_table(train, columns=["ids"]).column("ids").to_pylist()
-    return [[str(i) for i in ids[s:s + MAX_WORDS_IN_BATCH]]
-            for ids in rows for s in range(0, len(ids), MAX_WORDS_IN_BATCH)]
+    return [
+        [str(i) for i in ids[s : s + MAX_WORDS_IN_BATCH]]
+        for ids in rows
+        for s in range(0, len(ids), MAX_WORDS_IN_BATCH)
+    ]
 
 
 def measure(train: Path, vocab_size: int, cfg: Embed, out: Path) -> dict:
@@ -61,16 +65,14 @@ def measure(train: Path, vocab_size: int, cfg: Embed, out: Path) -> dict:
     settings = word2vec_settings(cfg)
 
     def ours() -> None:
-        np.save(out / "ours.npy", train_vectors(read_sentences(train, vocab_size), vocab_size,
-                                                cfg))
+        np.save(out / "ours.npy", train_vectors(read_sentences(train, vocab_size), vocab_size, cfg))
 
     def bare() -> None:
         np.save(out / "bare.npy", Word2Vec(bare_sentences(train), **settings).wv.vectors)
 
     times: dict[str, list[float]] = {"ours": [], "bare": []}
     for i in range(REPEATS):  # interleaved, alternating who goes first: load hits both alike
-        order = (("ours", ours), ("bare", bare)) if i % 2 == 0 else (("bare", bare),
-                                                                      ("ours", ours))
+        order = (("ours", ours), ("bare", bare)) if i % 2 == 0 else (("bare", bare), ("ours", ours))
         for name, fn in order:
             times[name].append(seconds(fn))
     return throughput_row("embed", words, times["ours"], times["bare"], "words/s")
@@ -90,8 +92,10 @@ def main() -> None:
         row = measure(corpus, vocab_size, p.embed, Path(tmp))
     out = Path(p.paths.reports) / "bench" / "embed.json"
     write_json(out, [row])
-    print(f"bench embed: {row['value']:.0f} words/s vs bare gensim {row['raw_value']:.0f} "
-          f"(ratio {row['ratio']:.3f}) -> {out}")
+    print(
+        f"bench embed: {row['value']:.0f} words/s vs bare gensim {row['raw_value']:.0f} "
+        f"(ratio {row['ratio']:.3f}) -> {out}"
+    )
     for line in failures([row]):
         print(f"bench embed: FAIL {line}")
 

@@ -40,26 +40,38 @@ def _run(cmd: list[str], expect: str) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0 or expect not in out.stdout + out.stderr:
-        raise NotNoop(f"{' '.join(cmd[-3:])} did not end with '{expect}' (exit "
-                      f"{out.returncode}) — run `make run` first so that nothing is left to "
-                      f"do:\n{(out.stdout + out.stderr)[-2000:]}")
+        raise NotNoop(
+            f"{' '.join(cmd[-3:])} did not end with '{expect}' (exit "
+            f"{out.returncode}) — run `make run` first so that nothing is left to "
+            f"do:\n{(out.stdout + out.stderr)[-2000:]}"
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
 
 def row(name: str, ours: list[tuple[float, float]], bare: list[tuple[float, float]]) -> dict:
     best, raw = min(ours), min(bare)
-    return {"name": name, "value": round(best[0], 3), "raw_value": round(raw[0], 3),
-            "unit": "s", "ratio": round(best[0] / raw[0], 4),
-            "cpu_s": round(best[1], 3), "raw_cpu_s": round(raw[1], 3),
-            "spread": {"value": spread([w for w, _ in ours]),
-                       "raw_value": spread([w for w, _ in bare])}}
+    return {
+        "name": name,
+        "value": round(best[0], 3),
+        "raw_value": round(raw[0], 3),
+        "unit": "s",
+        "ratio": round(best[0] / raw[0], 4),
+        "cpu_s": round(best[1], 3),
+        "raw_cpu_s": round(raw[1], 3),
+        "spread": {
+            "value": spread([w for w, _ in ours]),
+            "raw_value": spread([w for w, _ in bare]),
+        },
+    }
 
 
 def measure(repeat: int) -> list[dict]:
     dvc_status = ([str(BIN / "dvc"), "status"], "up to date")
-    commands = {"noop_run": ([str(BIN / "gruflow"), "run", "--no-push"], "up to date"),
-                "noop_retrain": ([str(BIN / "gruflow"), "retrain"], "retrain skipped")}
+    commands = {
+        "noop_run": ([str(BIN / "gruflow"), "run", "--no-push"], "up to date"),
+        "noop_retrain": ([str(BIN / "gruflow"), "retrain"], "retrain skipped"),
+    }
     rows = []
     for name, ours_cmd in commands.items():
         times: dict[str, list[tuple[float, float]]] = {"ours": [], "bare": []}
@@ -84,9 +96,11 @@ def main() -> None:
     out = Path(p.paths.reports) / "bench" / "noop.json"
     write_json(out, rows)
     for r in rows:
-        print(f"bench noop: {r['name']} {r['value']:.1f} s ({r['cpu_s']:.1f} CPU s) vs dvc "
-              f"status {r['raw_value']:.1f} s ({r['raw_cpu_s']:.1f} CPU s), ratio "
-              f"{r['ratio']:.2f}, on {os.cpu_count()} cores -> {out}")
+        print(
+            f"bench noop: {r['name']} {r['value']:.1f} s ({r['cpu_s']:.1f} CPU s) vs dvc "
+            f"status {r['raw_value']:.1f} s ({r['raw_cpu_s']:.1f} CPU s), ratio "
+            f"{r['ratio']:.2f}, on {os.cpu_count()} cores -> {out}"
+        )
 
 
 if __name__ == "__main__":

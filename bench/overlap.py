@@ -21,8 +21,11 @@ from components.data.near_dup import shingles
 
 def overlap(clean_dir: Path, threshold: float, ngram: int) -> dict:
     def texts(split: str) -> list[str]:
-        return pq.read_table(clean_dir / f"{split}.parquet", columns=["text"]).column(
-            "text").to_pylist()
+        return (
+            pq.read_table(clean_dir / f"{split}.parquet", columns=["text"])
+            .column("text")
+            .to_pylist()
+        )
 
     train, test = texts("train"), texts("test")
     sets = [shingles(t, ngram) for t in train]
@@ -41,8 +44,12 @@ def overlap(clean_dir: Path, threshold: float, ngram: int) -> dict:
         best = max((c / (len(s) + len(sets[i]) - c) for i, c in shared.items()), default=0.0)
         exact += text in exact_train
         near += best >= threshold
-    return {"test_documents": len(test), "train_documents": len(train), "exact": exact,
-            "near": near}
+    return {
+        "test_documents": len(test),
+        "train_documents": len(train),
+        "exact": exact,
+        "near": near,
+    }
 
 
 def main() -> None:
@@ -52,9 +59,11 @@ def main() -> None:
     parser.add_argument("--ngram", type=int, default=5)
     args = parser.parse_args()
     r = overlap(args.clean_dir, args.threshold, args.ngram)
-    print(f"bench overlap: {r['near']} of {r['test_documents']} test documents have a train "
-          f"document with Jaccard >= {args.threshold} ({r['exact']} exact copies); "
-          f"{r['train_documents']} train documents")
+    print(
+        f"bench overlap: {r['near']} of {r['test_documents']} test documents have a train "
+        f"document with Jaccard >= {args.threshold} ({r['exact']} exact copies); "
+        f"{r['train_documents']} train documents"
+    )
 
 
 if __name__ == "__main__":

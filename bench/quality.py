@@ -43,16 +43,23 @@ QUICK_TOKENS, QUICK_EPOCHS = 150_000, 2
 
 # name -> (dotted param, value for the variant given the default's value, what it measures)
 ABLATIONS = {  # the ones that decide a default first: the bench keeps rows it finished
-    "ablation_tie_embeddings": ("model.tie_embeddings", lambda v: not v,
-                                "tie_embeddings toggled"),
-    "ablation_context_window": ("train.context", lambda v: "window" if v == "carried"
-                                else "carried", "the other train.context"),
-    "ablation_attention_off": ("model.attention_window", lambda v: 1,
-                               "attention_window 1: each position attends only to itself"),
-    "ablation_locked_dropout": ("model.locked_dropout", lambda v: not v,
-                                "locked_dropout toggled"),
-    "ablation_embedding_dropout": ("model.embedding_dropout", lambda v: 0.0 if v else 0.1,
-                                   "embedding_dropout 0 <-> 0.1"),
+    "ablation_tie_embeddings": ("model.tie_embeddings", lambda v: not v, "tie_embeddings toggled"),
+    "ablation_context_window": (
+        "train.context",
+        lambda v: "window" if v == "carried" else "carried",
+        "the other train.context",
+    ),
+    "ablation_attention_off": (
+        "model.attention_window",
+        lambda v: 1,
+        "attention_window 1: each position attends only to itself",
+    ),
+    "ablation_locked_dropout": ("model.locked_dropout", lambda v: not v, "locked_dropout toggled"),
+    "ablation_embedding_dropout": (
+        "model.embedding_dropout",
+        lambda v: 0.0 if v else 0.1,
+        "embedding_dropout 0 <-> 0.1",
+    ),
 }
 
 
@@ -91,12 +98,15 @@ def train_reference(p: Params, vocab: int, units: int, train: np.ndarray, epochs
     keras.backend.clear_session()
     seed_everything(p.train.seed)
     fit_model, scorer = reference_models(vocab, p.model.embedding_dim, units)
-    fit_model.compile(optimizer=keras.optimizers.Adam(), loss=keras.losses.
-                      SparseCategoricalCrossentropy(from_logits=True))
+    fit_model.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x, y, w = make_windows(train, p.train.seq_len)  # (N, T) each, pads and <bos> weight 0
     cpu = time.process_time()
-    fit_model.fit(x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=epochs,
-                  shuffle=True, verbose=0)
+    fit_model.fit(
+        x, y, sample_weight=w, batch_size=p.train.batch_size, epochs=epochs, shuffle=True, verbose=0
+    )
     return scorer, time.process_time() - cpu
 
 
@@ -115,8 +125,12 @@ def train_gruflow(p: Params, vocab: int, train: np.ndarray, val: np.ndarray, epo
 
 def test_bits_per_byte(model, p: Params, test: np.ndarray, n_bytes: int) -> float:
     """The evaluate stage's number: summed NLL of the real test targets, state carried."""
-    s = score_stream(model, test, p.train.seq_len,
-                     stream_count(test.size, p.train.seq_len, p.evaluate.batch_size))
+    s = score_stream(
+        model,
+        test,
+        p.train.seq_len,
+        stream_count(test.size, p.train.seq_len, p.evaluate.batch_size),
+    )
     return s["nll"] / math.log(2) / n_bytes
 
 
@@ -136,8 +150,9 @@ def gruflow_row(p, vocab, data, epochs) -> tuple[float, float, int]:
     return test_bits_per_byte(model, p, data["test"], data["bytes"]), cpu, model.count_params()
 
 
-def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool,
-            out: Path | None = None) -> list[dict]:
+def measure(
+    p: Params, vocab: int, data: dict, epochs: int, ablations: bool, out: Path | None = None
+) -> list[dict]:
     """The rows; each is written to `out` as soon as it is measured (the ablations take long,
     an interrupted run keeps what it finished)."""
     ours, our_cpu, n_params = gruflow_row(p, vocab, data, epochs)
@@ -145,28 +160,49 @@ def measure(p: Params, vocab: int, data: dict, epochs: int, ablations: bool,
     ref_model, ref_cpu = train_reference(p, vocab, units, data["train"], epochs)
     ref = test_bits_per_byte(ref_model, p, data["test"], data["bytes"])
     budget = {"train_tokens": int(data["train"].size), "epochs": epochs}
-    rows = [{"name": "quality", "value": round(ours, 4), "raw_value": round(ref, 4),
-             "unit": "test bits/byte", "ratio": round(ours / ref, 4),
-             "parameters": {"gruflow": n_params, "reference": ref_model.count_params()},
-             "reference_units": units,
-             "cpu_seconds": {"gruflow": round(our_cpu, 1), "reference": round(ref_cpu, 1)},
-             **budget}]
+    rows = [
+        {
+            "name": "quality",
+            "value": round(ours, 4),
+            "raw_value": round(ref, 4),
+            "unit": "test bits/byte",
+            "ratio": round(ours / ref, 4),
+            "parameters": {"gruflow": n_params, "reference": ref_model.count_params()},
+            "reference_units": units,
+            "cpu_seconds": {"gruflow": round(our_cpu, 1), "reference": round(ref_cpu, 1)},
+            **budget,
+        }
+    ]
     if out:
         write_json(out, rows)
-    print(f"bench quality: gruflow {ours:.4f} vs reference {ref:.4f} bits/byte "
-          f"(ratio {ours / ref:.3f}; CPU s {our_cpu:.0f} vs {ref_cpu:.0f})", flush=True)
+    print(
+        f"bench quality: gruflow {ours:.4f} vs reference {ref:.4f} bits/byte "
+        f"(ratio {ours / ref:.3f}; CPU s {our_cpu:.0f} vs {ref_cpu:.0f})",
+        flush=True,
+    )
     for name, (dotted, change, what) in ABLATIONS.items() if ablations else ():
         section, field = dotted.split(".")
         value = change(getattr(getattr(p, section), field))
         bpb, cpu, _ = gruflow_row(with_value(p, dotted, value), vocab, data, epochs)
-        rows.append({"name": name, "value": round(bpb, 4), "raw_value": round(ours, 4),
-                     "unit": "test bits/byte", "ratio": round(bpb / ours, 4),
-                     "setting": f"{dotted}: {value!r}", "measures": what,
-                     "cpu_seconds": round(cpu, 1), **budget})
+        rows.append(
+            {
+                "name": name,
+                "value": round(bpb, 4),
+                "raw_value": round(ours, 4),
+                "unit": "test bits/byte",
+                "ratio": round(bpb / ours, 4),
+                "setting": f"{dotted}: {value!r}",
+                "measures": what,
+                "cpu_seconds": round(cpu, 1),
+                **budget,
+            }
+        )
         if out:
             write_json(out, rows)
-        print(f"bench quality: {dotted}={value!r} {bpb:.4f} bits/byte "
-              f"({bpb / ours:.3f} x default)", flush=True)
+        print(
+            f"bench quality: {dotted}={value!r} {bpb:.4f} bits/byte ({bpb / ours:.3f} x default)",
+            flush=True,
+        )
     return rows
 
 
@@ -179,18 +215,23 @@ def read_data(p: Params, train_tokens: int) -> dict:
     path = split_file(tokens, "train")
     total = read_stream(path).size
     fraction = min(train_tokens / total, 1.0) if train_tokens else 1.0
-    return {"train": read_sample(path, fraction, p.tune.seed, p.train.seq_len + 1),
-            "val": read_stream(split_file(tokens, "val")),
-            "test": read_stream(split_file(tokens, "test")), "bytes": test_byte_count(tokens)}
+    return {
+        "train": read_sample(path, fraction, p.tune.seed, p.train.seq_len + 1),
+        "val": read_stream(split_file(tokens, "val")),
+        "test": read_stream(split_file(tokens, "test")),
+        "bytes": test_byte_count(tokens),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     from tokenizers import Tokenizer
 
-    ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split(
-        "\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help=f"--train-tokens {QUICK_TOKENS} --epochs {QUICK_EPOCHS}")
+    ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"--train-tokens {QUICK_TOKENS} --epochs {QUICK_EPOCHS}",
+    )
     ap.add_argument("--train-tokens", type=int, default=0, help="0 = the whole train split")
     ap.add_argument("--epochs", type=int, default=0, help="0 = train.epochs")
     ap.add_argument("--no-ablations", action="store_true")
@@ -202,8 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     tokens = QUICK_TOKENS if args.quick else args.train_tokens
     epochs = QUICK_EPOCHS if args.quick else (args.epochs or p.train.epochs)
     vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
-    measure(p, vocab, read_data(p, tokens), epochs, not args.no_ablations,
-            Path(p.paths.reports) / "bench" / "quality.json")
+    measure(
+        p,
+        vocab,
+        read_data(p, tokens),
+        epochs,
+        not args.no_ablations,
+        Path(p.paths.reports) / "bench" / "quality.json",
+    )
 
 
 if __name__ == "__main__":

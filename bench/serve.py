@@ -28,13 +28,21 @@ from components.contract import BOS, EOS, SPECIALS
 from components.params import Params, load_params
 
 NEW_TOKENS, WARMUP = 32, 3
-GENERATE = {"mode": "generate", "max_new_tokens": NEW_TOKENS, "temperature": 0.0, "top_k": 0,
-            "top_p": 1.0, "repetition_penalty": 1.0,  # plain greedy, as raw_generate
-            "seed": 0}
+GENERATE = {
+    "mode": "generate",
+    "max_new_tokens": NEW_TOKENS,
+    "temperature": 0.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,  # plain greedy, as raw_generate
+    "seed": 0,
+}
 PROMPTS = ["The return value of", "This module provides", "If the argument is", "Return a new"]
-TINY_TEXT = ["The return value of the function is a list of names.",
-             "This module provides a way to read the header of a file.",
-             "If the argument is omitted, the current value is returned."] * 8
+TINY_TEXT = [
+    "The return value of the function is a list of names.",
+    "This module provides a way to read the header of a file.",
+    "If the argument is omitted, the current value is returned.",
+] * 8
 
 
 def raw_generate(model, tokenizer, prompt: str, seq_len: int) -> tuple[str, int]:
@@ -71,18 +79,25 @@ def temp_registered_model(tmp: Path, params: Params) -> str:
     from flows import tracking
 
     (tmp / "components").symlink_to(Path("components").resolve())
-    tok = train_tokenizer(iter(TINY_TEXT), params.tokenize.model_copy(
-        update={"vocab_size": 400, "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter(TINY_TEXT), params.tokenize.model_copy(update={"vocab_size": 400, "min_frequency": 1})
+    )
     tok.save(str(tmp / "tokenizer.json"))
     keras.utils.set_random_seed(0)
-    model = build_model(params.model.model_copy(update={"embedding_init": "random"}),
-                        tok.get_vocab_size())
+    model = build_model(
+        params.model.model_copy(update={"embedding_init": "random"}), tok.get_vocab_size()
+    )
     kernel, bias = model.get_layer("logits").get_weights()
     bias[: len(SPECIALS)] = -30.0
     model.get_layer("logits").set_weights([kernel, bias])
     model.save(tmp / "model.keras")
-    params = params.model_copy(update={"paths": params.paths.model_copy(update={
-        "model": str(tmp / "model.keras"), "tokenizer": str(tmp / "tokenizer.json")})})
+    params = params.model_copy(
+        update={
+            "paths": params.paths.model_copy(
+                update={"model": str(tmp / "model.keras"), "tokenizer": str(tmp / "tokenizer.json")}
+            )
+        }
+    )
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     tracking.configure(tmp, params.mlflow.experiment)
     with mlflow.start_run() as run:
@@ -120,8 +135,9 @@ def measure(uri: str, reps: int, profile: bool) -> tuple[list[dict], str]:
     frame = pd.DataFrame({"text": [prompt]})
     served = pyfunc.predict(frame, params=GENERATE)["text"].iloc[0]
     if served != runs[prompt][0]:
-        raise SystemExit(f"bench.serve: pyfunc and bare model disagree: {served!r} != "
-                         f"{runs[prompt][0]!r}")
+        raise SystemExit(
+            f"bench.serve: pyfunc and bare model disagree: {served!r} != {runs[prompt][0]!r}"
+        )
 
     def through_pyfunc():
         return pyfunc.predict(frame, params=GENERATE)
@@ -133,8 +149,9 @@ def measure(uri: str, reps: int, profile: bool) -> tuple[list[dict], str]:
         through_pyfunc(), through_keras()
     ours, raw = [], []
     for i in range(reps):  # interleaved, alternating who goes first: load hits both alike
-        first, second = (through_pyfunc, through_keras) if i % 2 == 0 else \
-            (through_keras, through_pyfunc)
+        first, second = (
+            (through_pyfunc, through_keras) if i % 2 == 0 else (through_keras, through_pyfunc)
+        )
         a, b = timed(first), timed(second)
         ours.append(a if i % 2 == 0 else b)
         raw.append(b if i % 2 == 0 else a)
@@ -145,10 +162,16 @@ def measure(uri: str, reps: int, profile: bool) -> tuple[list[dict], str]:
     rows = []
     for q in (50, 95):
         value, raw_value = float(np.percentile(ours, q)), float(np.percentile(raw, q))
-        rows.append({"name": f"generate_latency_p{q}", "value": round(value, 3),
-                     "raw_value": round(raw_value, 3), "unit": "ms",
-                     "ratio": round(value / raw_value, 4),
-                     "spread": {"value": spread(ours), "raw_value": spread(raw)}})
+        rows.append(
+            {
+                "name": f"generate_latency_p{q}",
+                "value": round(value, 3),
+                "raw_value": round(raw_value, 3),
+                "unit": "ms",
+                "ratio": round(value / raw_value, 4),
+                "spread": {"value": spread(ours), "raw_value": spread(raw)},
+            }
+        )
     return rows, prompt
 
 
@@ -169,8 +192,10 @@ def main() -> None:
     for r in rows:
         ceiling = FLOORS[r["name"]][1]
         flag = "ok" if r["ratio"] <= ceiling else f"FAIL: above the {ceiling} ceiling"
-        print(f"  {r['name']}: pyfunc {r['value']:.2f} ms, bare Keras {r['raw_value']:.2f} ms, "
-              f"ratio {r['ratio']:.3f} ({flag})")
+        print(
+            f"  {r['name']}: pyfunc {r['value']:.2f} ms, bare Keras {r['raw_value']:.2f} ms, "
+            f"ratio {r['ratio']:.3f} ({flag})"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--train-tokens", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=0)
-    ap.add_argument("--base", action="append", default=[],
-                    help="section.field=value applied before the sweep (repeatable)")
+    ap.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        help="section.field=value applied before the sweep (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=Path("reports/sweep.json"))
     ap.add_argument("values", nargs="+", help="section.field=v1,v2,...")
     args = ap.parse_args(argv)
@@ -47,12 +51,19 @@ def main(argv: list[str] | None = None) -> None:
             value = yaml.safe_load(text)
             with_overrides(p, {dotted: value}, "bench.sweep")  # a valid model/train value
             bpb, cpu, n = gruflow_row(with_value(p, dotted, value), vocab, data, epochs)
-            rows.append({"base": args.base, "param": dotted, "value": value,
-                         "test_bits_per_byte": round(bpb, 4), "cpu_seconds": round(cpu, 1),
-                         "parameters": n, "train_tokens": int(data["train"].size),
-                         "epochs": epochs})
-            print(f"sweep: {dotted}={value!r}: {bpb:.4f} bits/byte ({cpu:.0f} CPU s)",
-                  flush=True)
+            rows.append(
+                {
+                    "base": args.base,
+                    "param": dotted,
+                    "value": value,
+                    "test_bits_per_byte": round(bpb, 4),
+                    "cpu_seconds": round(cpu, 1),
+                    "parameters": n,
+                    "train_tokens": int(data["train"].size),
+                    "epochs": epochs,
+                }
+            )
+            print(f"sweep: {dotted}={value!r}: {bpb:.4f} bits/byte ({cpu:.0f} CPU s)", flush=True)
             write_json(args.out, rows)  # kept if interrupted
 
 

@@ -31,8 +31,12 @@ def stage_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = p.paths.model_copy(update={"checkpoints": f"{tmp}/ckpt", "reports": tmp})
-        q = p.model_copy(update={"paths": paths, "train": p.train.model_copy(
-            update={"epochs": 2, "patience": 5})})
+        q = p.model_copy(
+            update={
+                "paths": paths,
+                "train": p.train.model_copy(update={"epochs": 2, "patience": 5}),
+            }
+        )
         _, history, _, _ = fit(q, vocab, train, val, None, "bench")
     return history["tokens_per_second"][-1]
 
@@ -56,8 +60,16 @@ def raw_tokens_per_second(p, vocab: int, train: np.ndarray, val: np.ndarray) -> 
             times.append(time.perf_counter() - self.t0)
 
     # validated each epoch by the stage's own callback (val read as evaluate reads test)
-    model.fit(x, y, sample_weight=w, batch_size=streams, epochs=2, shuffle=False,
-              callbacks=[validation(val, p.train), Timer()], verbose=0)
+    model.fit(
+        x,
+        y,
+        sample_weight=w,
+        batch_size=streams,
+        epochs=2,
+        shuffle=False,
+        callbacks=[validation(val, p.train), Timer()],
+        verbose=0,
+    )
     return float(w.sum()) / times[-1]
 
 
@@ -72,19 +84,37 @@ def main() -> None:
     val = read_stream(tokens / "val.parquet")[: BENCH_TOKENS // 10]
     value = stage_tokens_per_second(p, vocab, train, val)
     raw = raw_tokens_per_second(p, vocab, train, val)
-    fpt = flops_per_token(vocab, p.model.embedding_dim, p.model.units, p.model.gru_layers,
-                          p.train.seq_len)
+    fpt = flops_per_token(
+        vocab, p.model.embedding_dim, p.model.units, p.model.gru_layers, p.train.seq_len
+    )
     rows = [
-        {"name": "train", "value": value, "raw_value": raw, "unit": "tokens/s",
-         "ratio": value / raw},
-        {"name": "flops_per_token", "value": fpt, "raw_value": fpt, "unit": "FLOP (forward)",
-         "ratio": 1.0},
-        {"name": "achieved_flops", "value": 3 * fpt * value, "raw_value": 3 * fpt * raw,
-         "unit": "FLOP/s", "ratio": value / raw},
+        {
+            "name": "train",
+            "value": value,
+            "raw_value": raw,
+            "unit": "tokens/s",
+            "ratio": value / raw,
+        },
+        {
+            "name": "flops_per_token",
+            "value": fpt,
+            "raw_value": fpt,
+            "unit": "FLOP (forward)",
+            "ratio": 1.0,
+        },
+        {
+            "name": "achieved_flops",
+            "value": 3 * fpt * value,
+            "raw_value": 3 * fpt * raw,
+            "unit": "FLOP/s",
+            "ratio": value / raw,
+        },
     ]
     write_json(Path(p.paths.reports) / "bench" / "train.json", rows)
-    print(f"bench train: stage {value:.0f} tokens/s vs bare model.fit {raw:.0f} tokens/s "
-          f"(ratio {value / raw:.2f}); {3 * fpt * value / 1e9:.2f} GFLOP/s achieved")
+    print(
+        f"bench train: stage {value:.0f} tokens/s vs bare model.fit {raw:.0f} tokens/s "
+        f"(ratio {value / raw:.2f}); {3 * fpt * value / 1e9:.2f} GFLOP/s achieved"
+    )
 
 
 if __name__ == "__main__":

@@ -65,19 +65,26 @@ def write_json(target: Path | str, payload: Any, *, text: bool = False) -> None:
     """Indented, sorted UTF-8 JSON; with `text`, non-ASCII text stays text ("是", not
     "\\u662f") for people reading a report of words in any language."""
     with atomic_file(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=not text)
-                       + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=not text) + "\n",
+            encoding="utf-8",
+        )
 
 
-def parquet_batches(path: Path | str, columns: list[str] | None, size: int,
-                    row_groups: Iterable[int] | None = None) -> Iterator[pa.RecordBatch]:
+def parquet_batches(
+    path: Path | str, columns: list[str] | None, size: int, row_groups: Iterable[int] | None = None
+) -> Iterator[pa.RecordBatch]:
     """A Parquet file's columns (None: all) of all or the given row groups, one row group at a
     time in batches of at most `size` rows. pre_buffer must be off: pyarrow's default caches
     every row group read until the file is closed, so memory would grow with the file (as it
     does with a pyarrow Dataset scan)."""
     with pq.ParquetFile(path, pre_buffer=False) as file:
-        yield from file.iter_batches(batch_size=size, columns=columns, use_threads=False,
-                                     row_groups=None if row_groups is None else list(row_groups))
+        yield from file.iter_batches(
+            batch_size=size,
+            columns=columns,
+            use_threads=False,
+            row_groups=None if row_groups is None else list(row_groups),
+        )
 
 
 def _renumber_shared(node, ids: dict) -> None:
@@ -100,8 +107,7 @@ def stable_keras_file(path: Path | str) -> None:
     hash on every run. Weights stay byte for byte; entries keep their order."""
     path = Path(path)
     with zipfile.ZipFile(path) as src:
-        entries = [(info.filename, src.read(info), info.compress_type)
-                   for info in src.infolist()]
+        entries = [(info.filename, src.read(info), info.compress_type) for info in src.infolist()]
     with zipfile.ZipFile(path, "w") as dst:
         for name, data, compression in entries:
             if name == "metadata.json":
@@ -112,5 +118,8 @@ def stable_keras_file(path: Path | str) -> None:
                 config = json.loads(data)
                 _renumber_shared(config, {})
                 data = json.dumps(config).encode()
-            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
-                         compress_type=compression)
+            dst.writestr(
+                zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)),
+                data,
+                compress_type=compression,
+            )

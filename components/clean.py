@@ -47,29 +47,43 @@ from components.params import Clean, Split, load_params
 
 BATCH_DOCS = 4096
 # unique text needs no dictionary, and min/max statistics of text would only grow the footer
-WRITE_OPTIONS = {"compression": TEXT_CODEC,
-                 "use_dictionary": ["source", "split"], "write_statistics": ["source", "split"]}
-SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()),
-                    ("source", pa.string()), ("split", pa.string())])
+WRITE_OPTIONS = {
+    "compression": TEXT_CODEC,
+    "use_dictionary": ["source", "split"],
+    "write_statistics": ["source", "split"],
+}
+SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
+)
 NO_SAMPLE = Sample(np.zeros(len(CLASSES), np.int64), {})
 
 
-REASONS = ("dropped_too_short", "dropped_too_few_words", "dropped_script",
-           "dropped_duplicates", "dropped_near_duplicates")
+REASONS = (
+    "dropped_too_short",
+    "dropped_too_few_words",
+    "dropped_script",
+    "dropped_duplicates",
+    "dropped_near_duplicates",
+)
 
 
 @dataclass
 class Prepared:
     """One batch after the per-row rules and filters (computed in a worker thread)."""
 
-    table: pa.Table        # doc_id, text, source of the documents that passed the filters
-    codes: np.ndarray      # split code (index into BY_CODE): the source's own, else hashed
-    given: np.ndarray      # True where the source gave the split
-    lengths: np.ndarray    # characters per document
-    words: np.ndarray      # words per document
-    hashes: np.ndarray     # content hashes as uint64, for the exact-duplicate memory
+    table: pa.Table  # doc_id, text, source of the documents that passed the filters
+    codes: np.ndarray  # split code (index into BY_CODE): the source's own, else hashed
+    given: np.ndarray  # True where the source gave the split
+    lengths: np.ndarray  # characters per document
+    words: np.ndarray  # words per document
+    hashes: np.ndarray  # content hashes as uint64, for the exact-duplicate memory
     sigs: tuple[np.ndarray, np.ndarray] | None  # MinHash signatures and LSH band keys
-    sample: Sample         # the batch's profile sample: word counts, script mix
+    sample: Sample  # the batch's profile sample: word counts, script mix
     counts: dict[str, int]
     drops: dict[str, np.ndarray]  # reason -> documents dropped per split code
 
@@ -83,12 +97,16 @@ def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
     counts.update(rule_counts)
     text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     ids, hashes, hashed = content_ids(text, split)  # every row: a dropped one's split is counted
-    given = (batch.column("split") if "split" in batch.schema.names
-             else pa.nulls(len(text), pa.string()))
+    given = (
+        batch.column("split") if "split" in batch.schema.names else pa.nulls(len(text), pa.string())
+    )
     own = pc.fill_null(pc.greater(pc.utf8_length(given), 0), False)
     names = pc.if_else(own, given, hashed)  # the source's own split wins
-    codes = pc.index_in(names, value_set=pa.array(BY_CODE)).to_numpy(
-        zero_copy_only=False).astype(np.int8)
+    codes = (
+        pc.index_in(names, value_set=pa.array(BY_CODE))
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int8)
+    )
     drops = {}
     rows = np.flatnonzero(pc.utf8_length(text).to_numpy(zero_copy_only=False) >= cfg.min_chars)
     drops["dropped_too_short"] = _per_split(codes, len(text), rows)
@@ -102,12 +120,24 @@ def prepare(batch: pa.RecordBatch, cfg: Clean, split: Split) -> Prepared:
         drops["dropped_script"] = _per_split(codes[rows], len(rows), np.flatnonzero(wanted))
         rows, words = rows[wanted], words[wanted]
     kept = text.take(rows)
-    table = pa.table([ids.take(rows), kept, batch.column("source").take(rows)],
-                     names=["doc_id", "text", "source"])
+    table = pa.table(
+        [ids.take(rows), kept, batch.column("source").take(rows)],
+        names=["doc_id", "text", "source"],
+    )
     lengths = pc.utf8_length(kept).to_numpy(zero_copy_only=False)
     sigs = signatures(kept, cfg.near_dup_ngram) if cfg.near_dup else None
-    return Prepared(table, codes[rows], own.to_numpy(zero_copy_only=False)[rows], lengths,
-                    words, hashes[rows], sigs, sample(kept, lengths), counts, drops)
+    return Prepared(
+        table,
+        codes[rows],
+        own.to_numpy(zero_copy_only=False)[rows],
+        lengths,
+        words,
+        hashes[rows],
+        sigs,
+        sample(kept, lengths),
+        counts,
+        drops,
+    )
 
 
 def _per_split(codes: np.ndarray, n: int, kept_rows: np.ndarray) -> np.ndarray:
@@ -122,11 +152,13 @@ class Stream:
     its row in a temp Parquet file and a few numbers in memory (~26 B, + 100 B with near_dup)."""
 
     def __init__(self, path: Path, near: NearIndex | None) -> None:
-        self.writer = pq.ParquetWriter(path, pa.schema(SCHEMA.field(i) for i in range(3)),
-                                       compression=TEXT_CODEC)
+        self.writer = pq.ParquetWriter(
+            path, pa.schema(SCHEMA.field(i) for i in range(3)), compression=TEXT_CODEC
+        )
         self.near = near
-        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                                   ("hashes", "codes", "given", "lengths", "words")}
+        self.parts: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("hashes", "codes", "given", "lengths", "words")
+        }
 
     def add(self, prep: Prepared, keep: np.ndarray) -> None:
         self.writer.write_table(prep.table.filter(pa.array(keep)))
@@ -140,8 +172,14 @@ class Stream:
         return {k: np.concatenate(v) if v else np.empty(0) for k, v in self.parts.items()}
 
 
-def select(prep: Prepared, cfg: Clean, seen: ExactHashes, counts: dict,
-           split_counts: np.ndarray, profiler: Profiler) -> np.ndarray:
+def select(
+    prep: Prepared,
+    cfg: Clean,
+    seen: ExactHashes,
+    counts: dict,
+    split_counts: np.ndarray,
+    profiler: Profiler,
+) -> np.ndarray:
     """Exact de-duplication against earlier documents (stream order; a copy is identical, so
     which one is kept does not matter). Only hashed documents and a given train split are
     de-duplicated: a source's val/test document is never dropped."""
@@ -159,7 +197,8 @@ def select(prep: Prepared, cfg: Clean, seen: ExactHashes, counts: dict,
         keep[rows[dup]] = False
         seen.add(prep.hashes[rows[~dup]])
         split_counts[:, REASONS.index("dropped_duplicates")] += np.bincount(
-            prep.codes[rows[dup]], minlength=len(BY_CODE))
+            prep.codes[rows[dup]], minlength=len(BY_CODE)
+        )
     profiler.add(prep.lengths[:0], prep.words[:0], prep.sample)  # lengths come in pass two
     return keep
 
@@ -169,8 +208,9 @@ def worker_count() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def prepared_batches(batches: Iterator[pa.RecordBatch], cfg: Clean,
-                     split: Split) -> Iterator[Prepared]:
+def prepared_batches(
+    batches: Iterator[pa.RecordBatch], cfg: Clean, split: Split
+) -> Iterator[Prepared]:
     """`prepare` on every core, results in input order, at most 2 batches per core in flight
     (bounded memory)."""
     workers = worker_count()
@@ -192,8 +232,15 @@ def snapshot_batches(files: list[Path], size: int) -> Iterator[pa.RecordBatch]:
         yield from parquet_batches(path, columns, size)
 
 
-def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
-        profile_path: Path | None = None, source: list[str] | None = None) -> dict:
+def run(
+    cfg: Clean,
+    split: Split,
+    raw_dir: Path,
+    out_dir: Path,
+    report: Path,
+    profile_path: Path | None = None,
+    source: list[str] | None = None,
+) -> dict:
     """Clean the snapshot in record batches. Pass one applies the rules, filters and exact
     de-duplication and parks the survivors in a temp file; once every document is known, the
     near-duplicate clusters decide splits and near drops, and pass two writes the splits. With
@@ -202,9 +249,18 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     files = sorted(raw_dir.glob("*.parquet"))
     if not files:
         raise GruflowError(f"{raw_dir}: no Parquet snapshot — run the ingest stage first")
-    counts = dict.fromkeys(["documents_in", "characters_in", "html_tags_removed",
-                            "html_entities_unescaped", "control_chars_removed",
-                            "zero_width_removed", *(f"masked_{name}" for name, _ in PII)], 0)
+    counts = dict.fromkeys(
+        [
+            "documents_in",
+            "characters_in",
+            "html_tags_removed",
+            "html_entities_unescaped",
+            "control_chars_removed",
+            "zero_width_removed",
+            *(f"masked_{name}" for name, _ in PII),
+        ],
+        0,
+    )
     split_counts = np.zeros((len(BY_CODE), len(REASONS)), np.int64)
     seen, profiler = ExactHashes(), Profiler()
     with atomic_dir(out_dir) as tmp:
@@ -215,13 +271,24 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
                 stream.add(prep, select(prep, cfg, seen, counts, split_counts, profiler))
         finally:
             docs = stream.arrays()
-        pairs, similar = (stream.near.pairs() if stream.near is not None
-                          else (np.empty((0, 2), np.int64), np.empty(0)))
+        pairs, similar = (
+            stream.near.pairs()
+            if stream.near is not None
+            else (np.empty((0, 2), np.int64), np.empty(0))
+        )
         close = similar >= cfg.near_dup_threshold
-        decision = decide(docs["hashes"], docs["codes"], docs["given"], pairs, close, cfg.dedup,
-                          split.group_near_duplicates)
+        decision = decide(
+            docs["hashes"],
+            docs["codes"],
+            docs["given"],
+            pairs,
+            close,
+            cfg.dedup,
+            split.group_near_duplicates,
+        )
         split_counts[:, REASONS.index("dropped_near_duplicates")] = np.bincount(
-            decision.codes[~decision.keep], minlength=len(BY_CODE))
+            decision.codes[~decision.keep], minlength=len(BY_CODE)
+        )
         per_split = write_splits(tmp, pending, decision, docs, profiler)
         pending.unlink()
         for i, reason in enumerate(REASONS):
@@ -229,19 +296,29 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
         counts["documents_out"] = sum(per_split.values())
         counts["characters_out"] = profiler.characters
         _validate(counts, per_split, cfg.min_documents)
-        leak = overlap(docs["hashes"], decision.codes, decision.keep,
-                       pairs[close] if cfg.near_dup else None)
+        leak = overlap(
+            docs["hashes"], decision.codes, decision.keep, pairs[close] if cfg.near_dup else None
+        )
         leak |= {"enforced": not docs["given"].any(), "max_fraction": split.max_test_train_overlap}
         gate_overlap(leak)
         profile = profiler.finish(source or [], per_split)
         if profile_path is not None:
-            profile["drift"] = check_drift(_previous(profile_path), profile, cfg.drift,
-                                           profile_path)
-    by_split = {name: {"kept": per_split[name],
-                       **{r: int(split_counts[code, i]) for i, r in enumerate(REASONS)}}
-                for code, name in enumerate(BY_CODE)}
-    summary = {**counts, "split_documents": per_split, "split_counts": by_split,
-               "test_train_overlap": leak}
+            profile["drift"] = check_drift(
+                _previous(profile_path), profile, cfg.drift, profile_path
+            )
+    by_split = {
+        name: {
+            "kept": per_split[name],
+            **{r: int(split_counts[code, i]) for i, r in enumerate(REASONS)},
+        }
+        for code, name in enumerate(BY_CODE)
+    }
+    summary = {
+        **counts,
+        "split_documents": per_split,
+        "split_counts": by_split,
+        "test_train_overlap": leak,
+    }
     write_json(report, summary)
     if profile_path is not None:
         write_json(profile_path, profile)
@@ -250,8 +327,9 @@ def run(cfg: Clean, split: Split, raw_dir: Path, out_dir: Path, report: Path,
     return summary
 
 
-def write_splits(tmp: Path, pending: Path, decision: Decision, docs: dict[str, np.ndarray],
-                 profiler: Profiler) -> dict[str, int]:
+def write_splits(
+    tmp: Path, pending: Path, decision: Decision, docs: dict[str, np.ndarray], profiler: Profiler
+) -> dict[str, int]:
     """Pass two: the parked documents to their final split files, in stream order."""
     per_split = dict.fromkeys(SPLITS, 0)
     writers = {s: pq.ParquetWriter(split_file(tmp, s), SCHEMA, **WRITE_OPTIONS) for s in SPLITS}
@@ -260,14 +338,18 @@ def write_splits(tmp: Path, pending: Path, decision: Decision, docs: dict[str, n
         for batch in parquet_batches(pending, None, BATCH_DOCS):
             end = start + batch.num_rows
             keep, codes = decision.keep[start:end], decision.codes[start:end]
-            profiler.add(docs["lengths"][start:end][keep], docs["words"][start:end][keep],
-                         NO_SAMPLE)
+            profiler.add(
+                docs["lengths"][start:end][keep], docs["words"][start:end][keep], NO_SAMPLE
+            )
             for code, name in enumerate(BY_CODE):
                 rows = np.flatnonzero(keep & (codes == code))
                 if len(rows):
                     part = batch.take(rows)
-                    writers[name].write_table(pa.table(
-                        [*part.columns, pa.repeat(pa.scalar(name), len(rows))], schema=SCHEMA))
+                    writers[name].write_table(
+                        pa.table(
+                            [*part.columns, pa.repeat(pa.scalar(name), len(rows))], schema=SCHEMA
+                        )
+                    )
                     per_split[name] += len(rows)
             start = end
     finally:
@@ -284,8 +366,10 @@ def _previous(path: Path) -> dict | None:
 
 
 def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: int) -> None:
-    why = (f"{counts['dropped_too_short']} too short, {counts['dropped_too_few_words']} with too "
-           f"few words, {counts['dropped_duplicates']} duplicates")
+    why = (
+        f"{counts['dropped_too_short']} too short, {counts['dropped_too_few_words']} with too "
+        f"few words, {counts['dropped_duplicates']} duplicates"
+    )
     if counts["documents_out"] == 0:
         raise GruflowError(
             f"clean: all {counts['documents_in']} documents were dropped ({why})"
@@ -310,10 +394,19 @@ def _validate(counts: dict[str, int], per_split: dict[str, int], min_documents: 
 def main() -> None:
     p = load_params()
     reports = Path(p.paths.reports)
-    s = run(p.clean, p.split, Path(p.paths.raw), Path(p.paths.clean), reports / CLEAN_REPORT,
-            reports / PROFILE_REPORT, p.data.sources)
-    print(f"clean: {s['documents_out']}/{s['documents_in']} documents kept "
-          f"(train/val/test {'/'.join(str(v) for v in s['split_documents'].values())})")
+    s = run(
+        p.clean,
+        p.split,
+        Path(p.paths.raw),
+        Path(p.paths.clean),
+        reports / CLEAN_REPORT,
+        reports / PROFILE_REPORT,
+        p.data.sources,
+    )
+    print(
+        f"clean: {s['documents_out']}/{s['documents_in']} documents kept "
+        f"(train/val/test {'/'.join(str(v) for v in s['split_documents'].values())})"
+    )
 
 
 if __name__ == "__main__":

@@ -68,19 +68,30 @@ def read_sentences(path: Path, vocab_size: int) -> list[list[str]]:
         for batch in ds.dataset(path).to_batches(columns=["ids"], use_threads=False):
             for ids in batch.column("ids").to_pylist():
                 for start in range(0, len(ids), MAX_WORDS_IN_BATCH):
-                    sentences.append([names[i] for i in ids[start:start + MAX_WORDS_IN_BATCH]])
+                    sentences.append([names[i] for i in ids[start : start + MAX_WORDS_IN_BATCH]])
     except IndexError:
-        raise GruflowError(f"{path}: token ids beyond the tokenizer's {vocab_size} — the tokens "
-                           "are stale; rerun the tokenize stage") from None
+        raise GruflowError(
+            f"{path}: token ids beyond the tokenizer's {vocab_size} — the tokens "
+            "are stale; rerun the tokenize stage"
+        ) from None
     return sentences
 
 
 def word2vec_settings(cfg: Embed) -> dict:
     """gensim Word2Vec keyword arguments for `cfg` (negative sampling, no hierarchical softmax)."""
-    return {"vector_size": cfg.dim, "window": cfg.window, "negative": cfg.negatives, "hs": 0,
-            "sg": 1 if cfg.algorithm == "skipgram" else 0, "sample": cfg.subsample,
-            "min_count": cfg.min_count, "epochs": cfg.epochs, "seed": cfg.seed,
-            "workers": cfg.workers, "hashfxn": stable_hash}
+    return {
+        "vector_size": cfg.dim,
+        "window": cfg.window,
+        "negative": cfg.negatives,
+        "hs": 0,
+        "sg": 1 if cfg.algorithm == "skipgram" else 0,
+        "sample": cfg.subsample,
+        "min_count": cfg.min_count,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "workers": cfg.workers,
+        "hashfxn": stable_hash,
+    }
 
 
 def fit_word2vec(sentences: list[list[str]], cfg: Embed) -> KeyedVectors:
@@ -88,13 +99,20 @@ def fit_word2vec(sentences: list[list[str]], cfg: Embed) -> KeyedVectors:
     w2v = Word2Vec(**word2vec_settings(cfg))
     w2v.build_vocab(sentences)
     if w2v.corpus_total_words < cfg.window + 1:
-        raise GruflowError(f"embed: the train split has {w2v.corpus_total_words} tokens, fewer "
-                           f"than embed.window + 1 ({cfg.window + 1}) — lower embed.window "
-                           "or add text")
+        raise GruflowError(
+            f"embed: the train split has {w2v.corpus_total_words} tokens, fewer "
+            f"than embed.window + 1 ({cfg.window + 1}) — lower embed.window "
+            "or add text"
+        )
     if len(w2v.wv) == 0:
         raise GruflowError("embed: no token reached embed.min_count — lower it or add text")
-    w2v.train(sentences, total_examples=w2v.corpus_count, total_words=w2v.corpus_total_words,
-              epochs=w2v.epochs, callbacks=[EpochLines(w2v.epochs)])
+    w2v.train(
+        sentences,
+        total_examples=w2v.corpus_count,
+        total_words=w2v.corpus_total_words,
+        epochs=w2v.epochs,
+        callbacks=[EpochLines(w2v.epochs)],
+    )
     return w2v.wv
 
 
@@ -112,8 +130,10 @@ class EpochLines(CallbackAny2Vec):
         self.done += 1
         elapsed = self.clock() - self.start
         left = elapsed / self.done * (self.epochs - self.done)
-        print(f"embed: epoch {self.done}/{self.epochs} ({elapsed:.0f} s, ~{left:.0f} s left)",
-              flush=True)
+        print(
+            f"embed: epoch {self.done}/{self.epochs} ({elapsed:.0f} s, ~{left:.0f} s left)",
+            flush=True,
+        )
 
 
 def align(wv: KeyedVectors, vocab_size: int, seed: int) -> np.ndarray:
@@ -148,8 +168,7 @@ def w2v_keys(texts: dict[str, str]) -> dict[str, str]:
 
 def escape(text: str) -> str:
     """One TSV cell: backslash, tab, newline and carriage return written as escapes."""
-    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def w2v_key(token: str) -> str:
@@ -169,15 +188,19 @@ def write_word2vec(path: Path, table: TokenVectors, keys: dict[str, str]) -> Non
             f.write(f"{keys[name]} {' '.join(map(str, row))}\n")  # str(float32): exact
 
 
-def write_projector(folder: Path, table: TokenVectors, texts: dict[str, str],
-                    ids: list[int], counts: list[int]) -> None:
+def write_projector(
+    folder: Path, table: TokenVectors, texts: dict[str, str], ids: list[int], counts: list[int]
+) -> None:
     """TensorBoard Embedding Projector files: vectors.tsv and metadata.tsv (with a header)."""
     with atomic_dir(folder) as tmp:
         np.savetxt(tmp / "vectors.tsv", table.vectors, fmt="%.6g", delimiter="\t")
-        rows = [f"{escape(texts[n])}\t{i}\t{c}" for n, i, c in zip(table.names, ids, counts,
-                                                                    strict=True)]
-        (tmp / "metadata.tsv").write_text("token\tid\tcount\n" + "\n".join(rows) + "\n",
-                                          encoding="utf-8")
+        rows = [
+            f"{escape(texts[n])}\t{i}\t{c}"
+            for n, i, c in zip(table.names, ids, counts, strict=True)
+        ]
+        (tmp / "metadata.tsv").write_text(
+            "token\tid\tcount\n" + "\n".join(rows) + "\n", encoding="utf-8"
+        )
 
 
 def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
@@ -193,8 +216,15 @@ def export(wv: KeyedVectors, exports: Exports, cfg: Embed) -> dict:
     return report
 
 
-def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, *,
-        exports: Exports | None = None) -> dict:
+def run(
+    cfg: Embed,
+    tokens_dir: Path,
+    vocab_size: int,
+    out: Path,
+    report: Path,
+    *,
+    exports: Exports | None = None,
+) -> dict:
     """Train, save the aligned matrix and the report; with `exports`, also export and evaluate."""
     train = split_file(tokens_dir, "train")
     if not train.is_file():
@@ -205,10 +235,15 @@ def run(cfg: Embed, tokens_dir: Path, vocab_size: int, out: Path, report: Path, 
     seconds = time.perf_counter() - t0
     matrix = align(wv, vocab_size, cfg.seed)
     words = sum(len(s) for s in sentences)
-    summary = {"algorithm": cfg.algorithm, "vocab_size": vocab_size, "dim": cfg.dim,
-               "train_tokens": words, "trained_tokens": len(wv),
-               "coverage": round(len(wv) / vocab_size, 4),
-               "mean_norm": float(np.linalg.norm(matrix, axis=1).mean())}
+    summary = {
+        "algorithm": cfg.algorithm,
+        "vocab_size": vocab_size,
+        "dim": cfg.dim,
+        "train_tokens": words,
+        "trained_tokens": len(wv),
+        "coverage": round(len(wv) / vocab_size, 4),
+        "mean_norm": float(np.linalg.norm(matrix, axis=1).mean()),
+    }
     if exports is not None:
         summary |= export(wv, exports, cfg)
     with atomic_file(out) as tmp:
@@ -227,8 +262,7 @@ def similar(word: str, k: int, params: Params, root: Path = Path(".")) -> list[t
     tok_path, w2v_path = root / paths.tokenizer, root / paths.word2vec
     for path in (tok_path, w2v_path):
         if not path.is_file():
-            raise GruflowError(f"{path}: missing — run `gruflow run` (or `dvc repro embed`) "
-                               "first")
+            raise GruflowError(f"{path}: missing — run `gruflow run` (or `dvc repro embed`) first")
     tokenizer = Tokenizer.from_file(str(tok_path))
     texts = token_texts(tokenizer)
     kv = KeyedVectors.load_word2vec_format(str(w2v_path))
@@ -236,13 +270,19 @@ def similar(word: str, k: int, params: Params, root: Path = Path(".")) -> list[t
     table = TokenVectors([tokens.get(key, key) for key in kv.index_to_key], kv.vectors)
     token = word_token(word, token_lookup(texts, texts))
     if token is None:
-        raise GruflowError(f"'{word}' is not a single token of {paths.tokenizer} — try another "
-                           f"word, or a token listed in {paths.projector}/metadata.tsv")
+        raise GruflowError(
+            f"'{word}' is not a single token of {paths.tokenizer} — try another "
+            f"word, or a token listed in {paths.projector}/metadata.tsv"
+        )
     if token not in table.index:
-        raise GruflowError(f"'{word}' (token {token!r}) has no trained vector: it occurs fewer "
-                           "than embed.min_count times in the train split — try another word")
-    return [(texts.get(table.names[r], table.names[r]), sim)
-            for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]
+        raise GruflowError(
+            f"'{word}' (token {token!r}) has no trained vector: it occurs fewer "
+            "than embed.min_count times in the train split — try another word"
+        )
+    return [
+        (texts.get(table.names[r], table.names[r]), sim)
+        for r, sim in cosine_neighbours(table.vectors, table.index[token], k)
+    ]
 
 
 @guarded
@@ -252,25 +292,37 @@ def main() -> None:
         raise GruflowError(f"{p.paths.tokenizer}: missing — run the tokenize stage first")
     tokenizer = Tokenizer.from_file(p.paths.tokenizer)
     exports = Exports(tokenizer, Path(p.paths.word2vec), Path(p.paths.projector))
-    s = run(p.embed, Path(p.paths.tokens), tokenizer.get_vocab_size(), Path(p.paths.embeddings),
-            Path(p.paths.reports) / EMBED_REPORT, exports=exports)
+    s = run(
+        p.embed,
+        Path(p.paths.tokens),
+        tokenizer.get_vocab_size(),
+        Path(p.paths.embeddings),
+        Path(p.paths.reports) / EMBED_REPORT,
+        exports=exports,
+    )
     pairs = s["word_pairs"]
     rho = pairs["spearman"]
-    said = (f"word pairs skipped ({pairs['reason']})" if not pairs["used"] else
-            f"word-pair Spearman {'n/a' if rho is None else f'{rho:.3f}'} ({pairs['oov']} of "
-            f"{pairs['pairs']} pairs out of vocabulary)")
-    print(f"embed: {s['algorithm']} {s['vocab_size']} x {s['dim']} vectors "
-          f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); {said}; "
-          f"probes ({s['probes']['source']}, {s['main_script']}): "
-          f"{' '.join(s['probes']['words']) or 'none'}")
+    said = (
+        f"word pairs skipped ({pairs['reason']})"
+        if not pairs["used"]
+        else f"word-pair Spearman {'n/a' if rho is None else f'{rho:.3f}'} ({pairs['oov']} of "
+        f"{pairs['pairs']} pairs out of vocabulary)"
+    )
+    print(
+        f"embed: {s['algorithm']} {s['vocab_size']} x {s['dim']} vectors "
+        f"({s['trained_tokens']} trained, {s['words_per_second']:.0f} words/s); {said}; "
+        f"probes ({s['probes']['source']}, {s['main_script']}): "
+        f"{' '.join(s['probes']['words']) or 'none'}"
+    )
 
 
 if __name__ == "__main__":
     main()
 
 
-def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
-                      tokenizer: Tokenizer) -> list[tuple[str, float]]:
+def similar_in_matrix(
+    word: str, k: int, matrix: np.ndarray, tokenizer: Tokenizer
+) -> list[tuple[str, float]]:
     """The k tokens nearest to `word` in any id-aligned matrix (e.g. a registered model's
     embedding layer); the special tokens (ids 0..4) are left out."""
     if k < 1:
@@ -278,10 +330,13 @@ def similar_in_matrix(word: str, k: int, matrix: np.ndarray,
     texts = token_texts(tokenizer)
     token = word_token(word, token_lookup(texts, texts))
     if token is None:
-        raise GruflowError(f"'{word}' is not a single token of this model's tokenizer — try "
-                           "another word")
+        raise GruflowError(
+            f"'{word}' is not a single token of this model's tokenizer — try another word"
+        )
     first = len(SPECIALS)
     names = [tokenizer.id_to_token(i) for i in range(first, matrix.shape[0])]
     table = TokenVectors(names, np.asarray(matrix[first:], dtype=np.float32))
-    return [(texts[table.names[r]], sim)
-            for r, sim in cosine_neighbours(table.vectors, table.index[token], k)]
+    return [
+        (texts[table.names[r]], sim)
+        for r, sim in cosine_neighbours(table.vectors, table.index[token], k)
+    ]

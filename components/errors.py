@@ -29,8 +29,15 @@ class GruflowError(Exception):
 def _hand_over(message: str, code: int) -> None:
     """Report a failure to the flow that runs this stage (see STAGE_ERROR_ENV)."""
     with open(os.environ[STAGE_ERROR_ENV], "w", encoding="utf-8") as f:
-        json.dump({"code": code, "message": message, "command": " ".join(sys.argv),
-                   "traceback": traceback.format_exc()}, f)
+        json.dump(
+            {
+                "code": code,
+                "message": message,
+                "command": " ".join(sys.argv),
+                "traceback": traceback.format_exc(),
+            },
+            f,
+        )
     raise SystemExit(code)
 
 
@@ -40,8 +47,7 @@ def _report_cost() -> None:
         return
     import resource
 
-    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                    resource.RUSAGE_CHILDREN))
+    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     with open(path, "w", encoding="utf-8") as f:  # (no ru_maxrss: it counts the parent's)
         json.dump({"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}, f)
 

@@ -68,14 +68,20 @@ def score_model(model, test: np.ndarray, seq_len: int, batch_size: int) -> dict:
         if inside.sum():
             by_position[f"{lo}-{hi - 1}"] = float((s["nll_at"] * inside).sum() / inside.sum())
         lo = hi
-    return {"nll": s["nll"], "tokens": n,
-            "top1": float(((rank < 1) * w).sum() / n), "top5": float(((rank < 5) * w).sum() / n),
-            "per_target_nll": s["nll_at"], "per_target_weight": w,
-            "loss_by_position": by_position}
+    return {
+        "nll": s["nll"],
+        "tokens": n,
+        "top1": float(((rank < 1) * w).sum() / n),
+        "top5": float(((rank < 5) * w).sum() / n),
+        "per_target_nll": s["nll_at"],
+        "per_target_weight": w,
+        "loss_by_position": by_position,
+    }
 
 
-def per_document(per_target: np.ndarray, weight: np.ndarray,
-                 doc_lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+def per_document(
+    per_target: np.ndarray, weight: np.ndarray, doc_lengths: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Perplexity of each document from the NLL of the targets that fall inside it."""
     owner = np.repeat(np.arange(len(doc_lengths)), doc_lengths)[1:]  # doc of each target
     nll = np.bincount(owner, weights=per_target * weight, minlength=len(doc_lengths))
@@ -88,8 +94,10 @@ def baseline_nll(train: np.ndarray, test: np.ndarray, vocab_size: int) -> dict[s
     """Summed NLL of the unigram and the bigram baseline over the model's targets."""
     w = target_weights(test[1:]).astype(np.float64)
     uni = unigram_log_probs(train, vocab_size).astype(np.float64)
-    return {"unigram": float(-(uni[test[1:]] * w).sum()),
-            "bigram": float(-(bigram_log_probs(train, test, vocab_size) * w).sum())}
+    return {
+        "unigram": float(-(uni[test[1:]] * w).sum()),
+        "bigram": float(-(bigram_log_probs(train, test, vocab_size) * w).sum()),
+    }
 
 
 def count_words(texts: list[str]) -> int:
@@ -98,18 +106,34 @@ def count_words(texts: list[str]) -> int:
     return sum(len(t.split()) for t in texts) + len(texts)
 
 
-def write_samples(model, tokenizer, texts: list[str], seq_len: int, gen: Generate,
-                  out: Path) -> None:
+def write_samples(
+    model, tokenizer, texts: list[str], seq_len: int, gen: Generate, out: Path
+) -> None:
     """Seeded continuations of the opening words of the first test documents, sampled with
     the generation defaults (params.yaml `generate`) that serving uses too."""
-    lines = ["# Samples", "", f"Seeded (seed {gen.seed}, temperature {gen.temperature}, top-k "
-             f"{gen.top_k}, top-p {gen.top_p}, repetition penalty {gen.repetition_penalty}) "
-             "continuations of the opening words of test documents.", ""]
+    lines = [
+        "# Samples",
+        "",
+        f"Seeded (seed {gen.seed}, temperature {gen.temperature}, top-k "
+        f"{gen.top_k}, top-p {gen.top_p}, repetition penalty {gen.repetition_penalty}) "
+        "continuations of the opening words of test documents.",
+        "",
+    ]
     for text in texts[:N_SAMPLES]:
         # text without blanks (Chinese, Japanese) has no words to count: its first characters
         prompt = " ".join(text.split()[:PROMPT_WORDS])[:PROMPT_CHARS] or text[:PROMPT_CHARS]
-        cont = generate(model, tokenizer, prompt, SAMPLE_TOKENS, gen.temperature, gen.top_k,
-                        gen.seed, seq_len, gen.top_p, gen.repetition_penalty)
+        cont = generate(
+            model,
+            tokenizer,
+            prompt,
+            SAMPLE_TOKENS,
+            gen.temperature,
+            gen.top_k,
+            gen.seed,
+            seq_len,
+            gen.top_p,
+            gen.repetition_penalty,
+        )
         lines += [f"**{prompt}** {cont}".replace("\n", " "), ""]
     with atomic_file(out) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
@@ -151,36 +175,51 @@ def run(p: Params) -> dict:
     texts = pq.read_table(split_file(paths.clean, "test"), columns=["text"]).column("text")
     texts = texts.to_pylist()
     if len(texts) != len(table["ids"]):
-        raise GruflowError(f"{split_file(paths.clean, 'test')} has {len(texts)} documents, "
-                           f"{split_file(tokens, 'test')} {len(table['ids'])} — rerun the "
-                           "tokenize stage")
+        raise GruflowError(
+            f"{split_file(paths.clean, 'test')} has {len(texts)} documents, "
+            f"{split_file(tokens, 'test')} {len(table['ids'])} — rerun the "
+            "tokenize stage"
+        )
     words = count_words(texts)
     base = baseline_nll(train, test, vocab_size)
     metrics = {
         "perplexity": math.exp(s["nll"] / s["tokens"]),
         "word_perplexity": math.exp(s["nll"] / words),
         "bits_per_byte": s["nll"] / math.log(2) / n_bytes,
-        "token_accuracy": s["top1"], "top5_accuracy": s["top5"],
+        "token_accuracy": s["top1"],
+        "top5_accuracy": s["top5"],
         "baseline_perplexity": math.exp(base["unigram"] / s["tokens"]),
         "bigram_perplexity": math.exp(base["bigram"] / s["tokens"]),
         "baseline_word_perplexity": math.exp(base["unigram"] / words),
         "bigram_word_perplexity": math.exp(base["bigram"] / words),
         "loss_by_position": s["loss_by_position"],
-        "test_tokens": int(s["tokens"]), "test_words": words, "test_bytes": n_bytes,
+        "test_tokens": int(s["tokens"]),
+        "test_words": words,
+        "test_bytes": n_bytes,
         "embedding_init": p.model.embedding_init,
     }
     if p.evaluate.cache.size:  # inference-time gain: extra *_cache keys, static ones untouched
         from components.lm.cache import cache_metrics
 
         val = read_stream(split_file(tokens, "val"))
-        metrics |= cache_metrics(model, val, test, p.train.seq_len, p.evaluate.batch_size,
-                                 p.evaluate.cache, words, n_bytes)
+        metrics |= cache_metrics(
+            model,
+            val,
+            test,
+            p.train.seq_len,
+            p.evaluate.batch_size,
+            p.evaluate.cache,
+            words,
+            n_bytes,
+        )
     lengths = np.array([len(d) for d in table["ids"]])
-    plots.perplexity_by_length(*per_document(s["per_target_nll"], s["per_target_weight"],
-                                             lengths),
-                               reports / PLOTS_DIR / "perplexity_by_length.png")
-    plots.attention_maps(attention_inputs(model, tokenizer, table["ids"]),
-                         reports / PLOTS_DIR / "attention.png")
+    plots.perplexity_by_length(
+        *per_document(s["per_target_nll"], s["per_target_weight"], lengths),
+        reports / PLOTS_DIR / "perplexity_by_length.png",
+    )
+    plots.attention_maps(
+        attention_inputs(model, tokenizer, table["ids"]), reports / PLOTS_DIR / "attention.png"
+    )
     plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
     write_samples(model, tokenizer, texts, p.train.seq_len, p.generate, reports / SAMPLES)
     write_json(reports / METRICS_REPORT, metrics)
@@ -193,8 +232,10 @@ def check_objective(model, objective: str, path: str) -> str:
 
     trained = "masked" if is_masked(model) else "causal"
     if trained != objective:
-        raise GruflowError(f"{path} was trained with objective {trained}, params.yaml says "
-                           f"train.objective {objective} — rerun the train stage")
+        raise GruflowError(
+            f"{path} was trained with objective {trained}, params.yaml says "
+            f"train.objective {objective} — rerun the train stage"
+        )
     return objective
 
 
@@ -207,21 +248,23 @@ def run_masked(p: Params, model, tokenizer, train: np.ndarray, test: np.ndarray)
     reports = Path(p.paths.reports)
     vocab_size = int(model.outputs[0].shape[-1])
     t = p.train
-    s = masked_eval.masked_metrics(model, train, test, t.seq_len, p.evaluate.batch_size,
-                                   vocab_size)
-    metrics, per_doc = s["metrics"] | {"embedding_init": p.model.embedding_init}, \
-        s["per_position"]
+    s = masked_eval.masked_metrics(model, train, test, t.seq_len, p.evaluate.batch_size, vocab_size)
+    metrics, per_doc = s["metrics"] | {"embedding_init": p.model.embedding_init}, s["per_position"]
     lengths = pq.read_table(split_file(p.paths.tokens, "test"), columns=["ids"]).column("ids")
     lengths = np.array([len(d) for d in lengths.to_pylist()])
-    plots.perplexity_by_length(*masked_eval.per_document(per_doc, lengths),
-                               reports / PLOTS_DIR / "perplexity_by_length.png")
-    plots.attention_maps(masked_eval.attention_inputs(model, tokenizer, test, N_SAMPLES,
-                                                      ATTENTION_TOKENS),
-                         reports / PLOTS_DIR / "attention.png")
+    plots.perplexity_by_length(
+        *masked_eval.per_document(per_doc, lengths),
+        reports / PLOTS_DIR / "perplexity_by_length.png",
+    )
+    plots.attention_maps(
+        masked_eval.attention_inputs(model, tokenizer, test, N_SAMPLES, ATTENTION_TOKENS),
+        reports / PLOTS_DIR / "attention.png",
+    )
     plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
     texts = pq.read_table(split_file(p.paths.clean, "test"), columns=["text"]).column("text")
-    masked_eval.write_fill_samples(model, tokenizer, texts.to_pylist()[:N_SAMPLES], t.seq_len,
-                                   reports / SAMPLES)
+    masked_eval.write_fill_samples(
+        model, tokenizer, texts.to_pylist()[:N_SAMPLES], t.seq_len, reports / SAMPLES
+    )
     write_json(reports / METRICS_REPORT, metrics)
     return metrics
 
@@ -230,19 +273,25 @@ def run_masked(p: Params, model, tokenizer, train: np.ndarray, test: np.ndarray)
 def main() -> None:
     m = run(load_params())
     if "masked_perplexity" in m:
-        print(f"evaluate: masked perplexity {m['masked_perplexity']:.1f}, accuracy "
-              f"{m['masked_accuracy']:.3f}, top-5 {m['masked_top5_accuracy']:.3f} on "
-              f"{m['masked_tokens']} masked test tokens (unigram "
-              f"{m['masked_baseline_perplexity']:.1f})")
+        print(
+            f"evaluate: masked perplexity {m['masked_perplexity']:.1f}, accuracy "
+            f"{m['masked_accuracy']:.3f}, top-5 {m['masked_top5_accuracy']:.3f} on "
+            f"{m['masked_tokens']} masked test tokens (unigram "
+            f"{m['masked_baseline_perplexity']:.1f})"
+        )
         return
-    print(f"evaluate: test perplexity {m['perplexity']:.1f} per token, "
-          f"{m['word_perplexity']:.1f} per word "
-          f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "
-          f"{m['bits_per_byte']:.3f} bits/byte")
+    print(
+        f"evaluate: test perplexity {m['perplexity']:.1f} per token, "
+        f"{m['word_perplexity']:.1f} per word "
+        f"(unigram {m['baseline_perplexity']:.1f}, bigram {m['bigram_perplexity']:.1f}), "
+        f"{m['bits_per_byte']:.3f} bits/byte"
+    )
     if "perplexity_cache" in m:
-        print(f"evaluate: with the continuous cache (size {m['cache_size']}, θ {m['cache_theta']}, "
-              f"λ {m['cache_lambda']}, chosen on val): perplexity {m['perplexity_cache']:.1f}, "
-              f"{m['bits_per_byte_cache']:.3f} bits/byte")
+        print(
+            f"evaluate: with the continuous cache (size {m['cache_size']}, θ {m['cache_theta']}, "
+            f"λ {m['cache_lambda']}, chosen on val): perplexity {m['perplexity_cache']:.1f}, "
+            f"{m['bits_per_byte_cache']:.3f} bits/byte"
+        )
 
 
 if __name__ == "__main__":

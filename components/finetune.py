@@ -27,8 +27,12 @@ from components.contract import FINETUNE_PLOT, FINETUNE_REPORT, PLOTS_DIR, SPLIT
 from components.errors import GruflowError, guarded
 from components.params import Finetune, Params, load_params
 
-MODEL_FILE, LABELS_FILE, TEST_FILE, OFF_FILE = ("classifier.keras", "labels.json",
-                                                "test.parquet", "off.json")
+MODEL_FILE, LABELS_FILE, TEST_FILE, OFF_FILE = (
+    "classifier.keras",
+    "labels.json",
+    "test.parquet",
+    "off.json",
+)
 
 
 def encode_split(tok, texts: list[str], max_len: int) -> tuple[np.ndarray, int]:
@@ -39,7 +43,7 @@ def encode_split(tok, texts: list[str], max_len: int) -> tuple[np.ndarray, int]:
     out = np.zeros((len(ids), width), np.int32)
     for i, x in enumerate(ids):
         x = x[:max_len]
-        out[i, :len(x)] = x
+        out[i, : len(x)] = x
     return out, cut
 
 
@@ -72,10 +76,21 @@ def fit_classifier(kind: str, lm, encoded: dict, n_classes: int, cfg: Finetune):
     weights = class_weights(y, n_classes)
 
     def fit(epochs: int, callbacks=()):
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
-                      loss="sparse_categorical_crossentropy")
-        h = model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, validation_data=val,
-                      class_weight=weights, shuffle=True, verbose=0, callbacks=list(callbacks))
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
+            loss="sparse_categorical_crossentropy",
+        )
+        h = model.fit(
+            x,
+            y,
+            batch_size=cfg.batch_size,
+            epochs=epochs,
+            validation_data=val,
+            class_weight=weights,
+            shuffle=True,
+            verbose=0,
+            callbacks=list(callbacks),
+        )
         return len(h.history["loss"])
 
     run = 0
@@ -107,13 +122,17 @@ def _read_inputs(p: Params) -> tuple[dict, dict, list[str]]:
     dropped: Counter[str] = Counter()
     docs = cdata.labelled_documents(p.finetune, dropped)
     if not docs:
-        raise GruflowError(f"finetune.source '{p.finetune.source}': no labelled rows — check "
-                           "finetune.text_column and finetune.label_column")
+        raise GruflowError(
+            f"finetune.source '{p.finetune.source}': no labelled rows — check "
+            "finetune.text_column and finetune.label_column"
+        )
     splits, counts = cdata.prepare(docs, p.clean, p.finetune, dropped)
     classes = cdata.check_labels({s: splits[s]["label"] for s in SPLITS}, p.finetune)
-    info = {"dropped": dict(sorted(dropped.items())), "clean": counts,
-            "label_counts": {s: dict(sorted(Counter(splits[s]["label"]).items()))
-                             for s in SPLITS}}
+    info = {
+        "dropped": dict(sorted(dropped.items())),
+        "clean": counts,
+        "label_counts": {s: dict(sorted(Counter(splits[s]["label"]).items())) for s in SPLITS},
+    }
     return splits, info, classes
 
 
@@ -131,8 +150,11 @@ def finetune(p: Params) -> tuple[dict, dict]:
         encoded[s] = (x, np.array([index[y] for y in splits[s]["label"]], np.int32))
         truncated += cut
     lm = load_lm(Path(p.paths.model))
-    kinds = ["pretrained", "scratch"] if cfg.encoder == "pretrained" and cfg.compare_scratch \
+    kinds = (
+        ["pretrained", "scratch"]
+        if cfg.encoder == "pretrained" and cfg.compare_scratch
         else [cfg.encoder]
+    )
     y_test, models, results, epochs = splits["test"]["label"], {}, {}, {}
     for kind in kinds:
         models[kind], epochs[kind] = fit_classifier(kind, lm, encoded, len(classes), cfg)
@@ -140,24 +162,43 @@ def finetune(p: Params) -> tuple[dict, dict]:
         results[kind] = cscores.scores(y_test, pred, classes, per_class=True)
         results[kind]["confusion"] = cscores.confusion(y_test, pred, classes).tolist()
     results["majority"] = cscores.scores(
-        y_test, cscores.majority(splits["train"]["label"], len(y_test)), classes)
+        y_test, cscores.majority(splits["train"]["label"], len(y_test)), classes
+    )
     results["tfidf_logreg"] = cscores.scores(
-        y_test, cscores.tfidf_logreg(splits["train"], splits["test"]["text"], cfg.seed), classes)
-    report = {"enabled": True, "source": cfg.source, "classifier": cfg.encoder,
-              "classes": classes, "truncated_texts": truncated, "epochs_run": epochs,
-              "lm_model_md5": hashlib.md5(Path(p.paths.model).read_bytes()).hexdigest(),
-              "tokenizer_sha256": hashlib.sha256(Path(p.paths.tokenizer).read_bytes())
-              .hexdigest(), **info, "models": results}
+        y_test, cscores.tfidf_logreg(splits["train"], splits["test"]["text"], cfg.seed), classes
+    )
+    report = {
+        "enabled": True,
+        "source": cfg.source,
+        "classifier": cfg.encoder,
+        "classes": classes,
+        "truncated_texts": truncated,
+        "epochs_run": epochs,
+        "lm_model_md5": hashlib.md5(Path(p.paths.model).read_bytes()).hexdigest(),
+        "tokenizer_sha256": hashlib.sha256(Path(p.paths.tokenizer).read_bytes()).hexdigest(),
+        **info,
+        "models": results,
+    }
     return report, {"test": splits["test"], **models}
 
 
 def blank_png(path: Path) -> None:
     """A 1x1 white PNG: the off stage's placeholder for the confusion plot DVC tracks."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + \
-            struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) \
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff")) + chunk(b"IEND", b"")
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff"))
+        + chunk(b"IEND", b"")
+    )
     with atomic_file(path) as tmp:
         tmp.write_bytes(png)
 
@@ -181,13 +222,25 @@ def run(p: Params, out_dir: Path, reports: Path) -> dict:
     with atomic_dir(out_dir) as tmp:
         chosen.save(tmp / MODEL_FILE)
         stable_keras_file(tmp / MODEL_FILE)  # same weights, same bytes (DVC hash)
-        (tmp / LABELS_FILE).write_text(json.dumps(
-            {"classes": report["classes"], "max_len": p.finetune.max_len,
-             "tokenizer_sha256": report["tokenizer_sha256"]}, indent=2) + "\n")
+        (tmp / LABELS_FILE).write_text(
+            json.dumps(
+                {
+                    "classes": report["classes"],
+                    "max_len": p.finetune.max_len,
+                    "tokenizer_sha256": report["tokenizer_sha256"],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         pq.write_table(pa.table(out["test"]), tmp / TEST_FILE)
     m = report["models"][p.finetune.encoder]
-    cscores.confusion_plot(np.array(m["confusion"]), report["classes"],
-                           f"finetune ({p.finetune.encoder}): macro-F1 {m['macro_f1']:.3f}", plot)
+    cscores.confusion_plot(
+        np.array(m["confusion"]),
+        report["classes"],
+        f"finetune ({p.finetune.encoder}): macro-F1 {m['macro_f1']:.3f}",
+        plot,
+    )
     write_json(reports / FINETUNE_REPORT, report)
     return report
 

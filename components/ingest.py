@@ -23,8 +23,15 @@ from components.params import Data, load_params
 log = logging.getLogger(__name__)
 
 # `split` is the source's own split (null = none given), `meta` its other columns as JSON.
-SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-                    ("split", pa.string()), ("meta", pa.string())])
+SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
 # A batch (one Parquet row group) ends at BATCH_DOCS documents or BATCH_CHARS characters, so
 # memory stays bounded however many documents stream through, and however long they are.
 BATCH_DOCS = 4096
@@ -36,8 +43,9 @@ def doc_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def to_batches(docs: Iterable[Document], size: int = BATCH_DOCS,
-               max_chars: int = BATCH_CHARS) -> Iterator[pa.RecordBatch]:
+def to_batches(
+    docs: Iterable[Document], size: int = BATCH_DOCS, max_chars: int = BATCH_CHARS
+) -> Iterator[pa.RecordBatch]:
     chunk: list[Document] = []
     chars = 0
     for doc in docs:
@@ -70,8 +78,12 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
     docs: Iterable[Document] = documents(cfg, files, dropped, skipped)
     if cfg.max_docs:
         docs = islice(docs, cfg.max_docs)
-    counts = {"documents": 0, "characters": 0, "documents_with_bad_bytes": 0,
-              "documents_with_source_split": 0}
+    counts = {
+        "documents": 0,
+        "characters": 0,
+        "documents_with_bad_bytes": 0,
+        "documents_with_source_split": 0,
+    }
 
     def counted(items: Iterable[Document]) -> Iterator[Document]:
         for d in items:
@@ -86,47 +98,60 @@ def run(cfg: Data, out_dir: Path, report: Path) -> dict:
         # footer would keep up to 8 KiB of them for every row group until the file is closed;
         # no dictionary for unique values either (building one and falling back costs reads
         # and writes)
-        with pq.ParquetWriter(tmp / "corpus.parquet", SCHEMA, compression=TEXT_CODEC,
-                              use_dictionary=["source", "split"],
-                              write_statistics=["doc_id", "source", "split"]) as writer:
+        with pq.ParquetWriter(
+            tmp / "corpus.parquet",
+            SCHEMA,
+            compression=TEXT_CODEC,
+            use_dictionary=["source", "split"],
+            write_statistics=["doc_id", "source", "split"],
+        ) as writer:
             for batch in to_batches(counted(docs), BATCH_DOCS, BATCH_CHARS):
                 writer.write_batch(batch)
         # files fully read, by outcome; a file cut short by data.max_docs is not counted
-        counts |= {"files_read": files.total(), "empty_files": files["empty"],
-                   "skipped_binary_files": files["binary"],
-                   "dropped": dict(sorted(dropped.items())),
-                   "skipped_files": dict(sorted(skipped.items()))}
+        counts |= {
+            "files_read": files.total(),
+            "empty_files": files["empty"],
+            "skipped_binary_files": files["binary"],
+            "dropped": dict(sorted(dropped.items())),
+            "skipped_files": dict(sorted(skipped.items())),
+        }
         if counts["documents"] == 0:
             raise GruflowError(
                 f"data.source: '{cfg.source}' yielded no documents ({counts['files_read']} files:"
                 f" {counts['empty_files']} empty, {counts['skipped_binary_files']} skipped as "
                 f"binary; {dropped.total()} rows without a string text, "
                 f"{skipped.total()} files of other types) — point data.source at text, or check "
-                "data.unit/data.text_column")
+                "data.unit/data.text_column"
+            )
     summary = {"source": cfg.source, **counts}
     write_json(report, summary)
     _warn_losses(cfg, dropped, skipped, counts["documents_with_bad_bytes"])
     return summary
 
 
-def _warn_losses(cfg: Data, dropped: Counter[str], skipped: Counter[str],
-                 bad_bytes: int = 0) -> None:
+def _warn_losses(
+    cfg: Data, dropped: Counter[str], skipped: Counter[str], bad_bytes: int = 0
+) -> None:
     """One line for everything the source held that did not become a document, or not as
     written (a Latin-1 file reads as UTF-8 with every accented letter turned into U+FFFD)."""
     parts = []
     if dropped:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
-        parts.append(f"dropped {dropped.total()} rows without a string '{cfg.text_column}' "
-                     f"({why})")
+        parts.append(f"dropped {dropped.total()} rows without a string '{cfg.text_column}' ({why})")
     if skipped:
         what = ", ".join(f"{n} {suffix}" for suffix, n in sorted(skipped.items()))
         parts.append(f"skipped {skipped.total()} files of other types ({what})")
     if bad_bytes:
-        parts.append(f"{bad_bytes} documents had bytes that are not UTF-8, replaced by U+FFFD "
-                     "(convert the source to UTF-8)")
+        parts.append(
+            f"{bad_bytes} documents had bytes that are not UTF-8, replaced by U+FFFD "
+            "(convert the source to UTF-8)"
+        )
     if parts:
-        log.warning("ingest: %s — counted in ingest.json (dropped, skipped_files, "
-                    "documents_with_bad_bytes)", "; ".join(parts))
+        log.warning(
+            "ingest: %s — counted in ingest.json (dropped, skipped_files, "
+            "documents_with_bad_bytes)",
+            "; ".join(parts),
+        )
 
 
 @guarded

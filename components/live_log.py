@@ -44,8 +44,10 @@ class ChildRun:
 
         self.client = _client()
         experiment = self.client.get_run(self.parent).info.experiment_id
-        run = self.client.create_run(experiment, tags={
-            "mlflow.parentRunId": self.parent, "mlflow.runName": name, **(tags or {})})
+        run = self.client.create_run(
+            experiment,
+            tags={"mlflow.parentRunId": self.parent, "mlflow.runName": name, **(tags or {})},
+        )
         self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 

@@ -55,8 +55,10 @@ class Paths(_Section):
         # DVC tracks outputs only inside the repository (outside, `dvc status` fails with
         # "unexpected error"), and a failed stage restores only what is in the project.
         # Absolute paths are checked against the project in load_params (it knows the root).
-        if not value.strip() or (not PurePosixPath(value).is_absolute() and
-                                 posixpath.normpath(value).split("/")[0] in ("..", ".")):
+        if not value.strip() or (
+            not PurePosixPath(value).is_absolute()
+            and posixpath.normpath(value).split("/")[0] in ("..", ".")
+        ):
             raise ValueError("must be a path inside the project, e.g. data/raw")
         return value
 
@@ -67,8 +69,10 @@ def _check_inside(params: Params, root: Path, file: Path) -> None:
     for key, value in params.paths.model_dump().items():
         full = os.path.normpath(os.path.join(base, value))
         if os.path.commonpath([base, full]) != base or full == base:
-            raise GruflowError(f"{file}: 'paths.{key}': must be a path inside the project "
-                               f"{base}, e.g. data/raw (got {value!r})")
+            raise GruflowError(
+                f"{file}: 'paths.{key}': must be a path inside the project "
+                f"{base}, e.g. data/raw (got {value!r})"
+            )
 
 
 SourceName = Annotated[str, Field(strict=True, min_length=1)]
@@ -86,16 +90,29 @@ class Data(_Section):
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
-SCRIPTS = ("Latin", "Greek", "Cyrillic", "Armenian", "Hebrew", "Arabic", "Devanagari", "Indic",
-           "Thai", "Georgian", "Hangul", "Kana", "Han")  # letter scripts clean.scripts may name
+SCRIPTS = (
+    "Latin",
+    "Greek",
+    "Cyrillic",
+    "Armenian",
+    "Hebrew",
+    "Arabic",
+    "Devanagari",
+    "Indic",
+    "Thai",
+    "Georgian",
+    "Hangul",
+    "Kana",
+    "Han",
+)  # letter scripts clean.scripts may name
 
 
 class Drift(_Section):
     """Gate against the previous run's data profile (same data.source); 0 turns a check off."""
 
-    mean_chars: Annotated[float, Field(ge=0.0)]   # relative change of mean characters/document
-    script_mix: Annotated[float, Field(ge=0.0, le=1.0)]   # total-variation distance
-    top_tokens: Annotated[float, Field(ge=0.0, le=1.0)]   # 1 - Jaccard of the top-50 words
+    mean_chars: Annotated[float, Field(ge=0.0)]  # relative change of mean characters/document
+    script_mix: Annotated[float, Field(ge=0.0, le=1.0)]  # total-variation distance
+    top_tokens: Annotated[float, Field(ge=0.0, le=1.0)]  # 1 - Jaccard of the top-50 words
 
 
 class Clean(_Section):
@@ -141,8 +158,10 @@ class Tokenize(_Section):
         if self.pre_tokenizer == "whitespace" and self.kind != "word":
             raise ValueError("pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'")
         if self.unk_marker and self.pre_tokenizer != "whitespace":
-            raise ValueError("unk_marker is matched against whole whitespace-separated tokens: "
-                             "it needs pre_tokenizer 'whitespace' (or set it to \"\")")
+            raise ValueError(
+                "unk_marker is matched against whole whitespace-separated tokens: "
+                "it needs pre_tokenizer 'whitespace' (or set it to \"\")"
+            )
         if any(c.isspace() for c in self.unk_marker):
             raise ValueError(f"unk_marker {self.unk_marker!r} must not contain blanks")
         return self
@@ -167,8 +186,9 @@ class Embed(_Section):
     @classmethod
     def _auto_or_words(cls, value: object) -> object:
         if isinstance(value, str) and value != "auto":
-            raise ValueError(f"use auto (the corpus's most frequent words) or a list of words, "
-                             f"e.g. [{value}]")
+            raise ValueError(
+                f"use auto (the corpus's most frequent words) or a list of words, e.g. [{value}]"
+            )
         return value
 
     @model_validator(mode="after")
@@ -177,8 +197,10 @@ class Embed(_Section):
         # (its docs: fully reproducible runs need workers=1), so the vectors would change run
         # to run and DVC could not vouch for them.
         if self.workers != 1:
-            raise ValueError(f"workers: {self.workers} gensim threads make the vectors depend "
-                             "on thread scheduling — use 1 (the only reproducible value)")
+            raise ValueError(
+                f"workers: {self.workers} gensim threads make the vectors depend "
+                "on thread scheduling — use 1 (the only reproducible value)"
+            )
         return self
 
 
@@ -199,8 +221,9 @@ class ModelParams(_Section):
     @model_validator(mode="after")
     def _heads_divide_units(self) -> ModelParams:
         if self.units % self.attention_heads:
-            raise ValueError(f"attention_heads ({self.attention_heads}) must divide units "
-                             f"({self.units})")
+            raise ValueError(
+                f"attention_heads ({self.attention_heads}) must divide units ({self.units})"
+            )
         return self
 
 
@@ -229,8 +252,8 @@ class Generate(_Section):
     so `gruflow generate`, the served model and a request without params all use them."""
 
     max_new_tokens: Annotated[int, Field(strict=True, ge=1, le=512)]
-    temperature: Annotated[float, Field(ge=0.0)]   # 0 = greedy
-    top_k: NonNegInt                               # 0 = no limit
+    temperature: Annotated[float, Field(ge=0.0)]  # 0 = greedy
+    top_k: NonNegInt  # 0 = no limit
     top_p: Annotated[float, Field(gt=0.0, le=1.0)]  # nucleus; 1 = off
     repetition_penalty: Annotated[float, Field(ge=1.0)]  # 1 = off
     seed: NonNegInt
@@ -258,7 +281,7 @@ class Registry(_Section):
 class RetrainDrift(_Section):
     """on_drift: retrain when a measured drift crosses its threshold (0 turns a check off)."""
 
-    bpb_ratio: Annotated[float, Field(ge=0.0)]     # new documents' bits/byte over the test's
+    bpb_ratio: Annotated[float, Field(ge=0.0)]  # new documents' bits/byte over the test's
     fallback_rate: Annotated[float, Field(ge=0.0, le=1.0)]  # <unk>/byte-fallback share, rise
     js_divergence: Annotated[float, Field(ge=0.0, le=1.0)]  # bits, new vs old train tokens
 
@@ -268,7 +291,7 @@ class Retrain(_Section):
 
     policy: Literal["always", "on_change", "on_drift"]
     max_age_days: Annotated[float, Field(ge=0.0)]  # on_drift: retrain an older champion; 0 = off
-    max_bytes: PosInt                              # text scored per side (new / old)
+    max_bytes: PosInt  # text scored per side (new / old)
     drift: RetrainDrift
 
 
@@ -288,23 +311,26 @@ class Orchestration(_Section):
     default DVC remote, and the schedule `gruflow deploy` gives the retraining deployment."""
 
     dvc_remote: str = Field(strict=True)
-    placement: dict[Literal["ingest", "clean", "tokenize", "embed", "tune", "train",
-                            "evaluate"], str] = {}
+    placement: dict[
+        Literal["ingest", "clean", "tokenize", "embed", "tune", "train", "evaluate"], str
+    ] = {}
     pool: str = Field(default="gpu", min_length=1)
     schedule: str = Field(default="0 3 * * *", min_length=1)
     timezone: str = Field(default="UTC", min_length=1)
     stage_timeout: PosInt = 21600
-    watch_interval: PosInt = 5     # `gruflow watch`: seconds between polls of the folder source
-    debounce: NonNegInt = 600      # gruflow-retrain trigger: at most one run per this many seconds
+    watch_interval: PosInt = 5  # `gruflow watch`: seconds between polls of the folder source
+    debounce: NonNegInt = 600  # gruflow-retrain trigger: at most one run per this many seconds
 
     @model_validator(mode="after")
     def _one_pool(self) -> Orchestration:
         # the gruflow-stage deployment lives on one work pool: a stage cannot name another
         for stage, pool in self.placement.items():
             if pool not in ("", "local", self.pool):
-                raise ValueError(f"placement.{stage}: '{pool}' is not the stage pool "
-                                 f"'{self.pool}' (orchestration.pool) — placed stages all run "
-                                 "there; use that name, or 'local'")
+                raise ValueError(
+                    f"placement.{stage}: '{pool}' is not the stage pool "
+                    f"'{self.pool}' (orchestration.pool) — placed stages all run "
+                    "there; use that name, or 'local'"
+                )
         return self
 
 
@@ -324,14 +350,16 @@ class SpaceSpec(_Section):
     def _well_formed(self) -> SpaceSpec:
         if self.type == "categorical":
             if not self.choices or (self.low, self.high, self.step) != (None, None, None):
-                raise ValueError("categorical needs a non-empty 'choices' list and no "
-                                 "low/high/step")
+                raise ValueError(
+                    "categorical needs a non-empty 'choices' list and no low/high/step"
+                )
             return self
         if self.choices is not None or self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs 'low' and 'high' (and no 'choices')")
         if not self.low < self.high:
-            raise ValueError(f"empty or inverted range: low ({self.low}) must be below high "
-                             f"({self.high})")
+            raise ValueError(
+                f"empty or inverted range: low ({self.low}) must be below high ({self.high})"
+            )
         if self.type == "int" and not all(float(v).is_integer() for v in self.bounds()):
             raise ValueError("int needs whole-number low/high/step")
         if self.type == "logfloat" and (self.low <= 0 or self.step is not None):
@@ -384,10 +412,12 @@ class Tune(_Section):
         # Parallel trials see each other's results in an order set by process scheduling, so
         # the study (and the model trained from it) would differ run to run.
         if self.n_workers > 1 and not self.accept_nonreproducible:
-            raise ValueError(f"n_workers: {self.n_workers} parallel workers make the study "
-                             "depend on process scheduling — use 1, or set "
-                             "tune.accept_nonreproducible: true (outputs are then tagged "
-                             "reproducible: false)")
+            raise ValueError(
+                f"n_workers: {self.n_workers} parallel workers make the study "
+                "depend on process scheduling — use 1, or set "
+                "tune.accept_nonreproducible: true (outputs are then tagged "
+                "reproducible: false)"
+            )
         return self
 
 
@@ -396,21 +426,21 @@ class Serve(_Section):
 
     host: str = Field(min_length=1)
     port: Annotated[int, Field(strict=True, gt=0, lt=65536)]
-    max_request_bytes: PosInt      # larger request bodies: 413
-    max_records: PosInt            # more records in one request: 400
-    max_generated_tokens: PosInt   # records x max_new_tokens in one generate request: 400
-    max_concurrent: PosInt         # requests predicting at once; the others wait their turn
-    timeout: PosInt                # seconds one admitted request may take (then 504)
+    max_request_bytes: PosInt  # larger request bodies: 413
+    max_records: PosInt  # more records in one request: 400
+    max_generated_tokens: PosInt  # records x max_new_tokens in one generate request: 400
+    max_concurrent: PosInt  # requests predicting at once; the others wait their turn
+    timeout: PosInt  # seconds one admitted request may take (then 504)
 
 
 class Finetune(_Section):
     """The classification stage: a labelled source and the classifier fine-tuned on the LM."""
 
-    source: str = Field(strict=True)   # "" = off | "builtin" | a file or folder path
+    source: str = Field(strict=True)  # "" = off | "builtin" | a file or folder path
     text_column: str = Field(min_length=1)
     label_column: str = Field(min_length=1)
     encoder: Literal["pretrained", "scratch"]
-    compare_scratch: bool            # with encoder pretrained, also train scratch (comparison)
+    compare_scratch: bool  # with encoder pretrained, also train scratch (comparison)
     freeze_epochs: NonNegInt
     epochs: PosInt
     patience: NonNegInt
@@ -421,15 +451,16 @@ class Finetune(_Section):
     test_fraction: SplitFraction
     seed: NonNegInt
     model_name: str = Field(min_length=1)
-    min_improvement: Fraction         # challenger macro-F1 must beat the champion's by this
+    min_improvement: Fraction  # challenger macro-F1 must beat the champion's by this
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> Finetune:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1 (train needs data)")
         if self.freeze_epochs > self.epochs:
-            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) cannot exceed epochs "
-                             f"({self.epochs})")
+            raise ValueError(
+                f"freeze_epochs ({self.freeze_epochs}) cannot exceed epochs ({self.epochs})"
+            )
         return self
 
 
@@ -484,8 +515,10 @@ def _check_space_entry(p: Params, name: str, spec: SpaceSpec) -> None:
     key = f"'tune.space.{name}'"
     section, _, field = name.partition(".")
     if section not in TUNABLE_SECTIONS or field not in type(getattr(p, section)).model_fields:
-        raise ValueError(f"{key}: unknown parameter — name a field of the "
-                         f"{' or '.join(TUNABLE_SECTIONS)} section, e.g. train.learning_rate")
+        raise ValueError(
+            f"{key}: unknown parameter — name a field of the "
+            f"{' or '.join(TUNABLE_SECTIONS)} section, e.g. train.learning_rate"
+        )
     current = getattr(p, section)
     for value in spec.candidates():
         try:
@@ -495,8 +528,10 @@ def _check_space_entry(p: Params, name: str, spec: SpaceSpec) -> None:
             raise ValueError(f"{key}: {value!r} is not a valid {name} ({msg})") from None
     default = getattr(current, field)
     if p.tune.n_trials and not spec.contains(default):
-        raise ValueError(f"{key}: the {name} value {default!r} lies outside the space — widen "
-                         "the space (the params.yaml values are the study's first trial)")
+        raise ValueError(
+            f"{key}: the {name} value {default!r} lies outside the space — widen "
+            "the space (the params.yaml values are the study's first trial)"
+        )
 
 
 def with_overrides(p: Params, values: dict[str, object], source: str) -> Params:
@@ -505,8 +540,10 @@ def with_overrides(p: Params, values: dict[str, object], source: str) -> Params:
     for name, value in values.items():
         section, _, field = name.partition(".")
         if section not in TUNABLE_SECTIONS or field not in raw[section]:
-            raise GruflowError(f"{source}: unknown parameter '{name}' — only "
-                               f"{'/'.join(TUNABLE_SECTIONS)} fields can be overridden")
+            raise GruflowError(
+                f"{source}: unknown parameter '{name}' — only "
+                f"{'/'.join(TUNABLE_SECTIONS)} fields can be overridden"
+            )
         raw[section][field] = value
     return parse_params(raw, source)
 
@@ -543,14 +580,16 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise GruflowError(f"{path}: not UTF-8 text (byte {exc.start}) — save it as UTF-8 "
-                           "YAML") from None
+        raise GruflowError(
+            f"{path}: not UTF-8 text (byte {exc.start}) — save it as UTF-8 YAML"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise GruflowError(f"{path}: not valid YAML{where} ({problem}) — fix the syntax "
-                           "there") from None
+        raise GruflowError(
+            f"{path}: not valid YAML{where} ({problem}) — fix the syntax there"
+        ) from None
     params = parse_params(raw, path)
     _check_inside(params, path.parent, path)
     return params

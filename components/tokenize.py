@@ -28,8 +28,9 @@ from components.contract import (
 from components.errors import GruflowError, guarded
 from components.params import Tokenize, load_params
 
-SCHEMA = pa.schema([("doc_id", pa.string()), ("ids", pa.list_(pa.int32())),
-                    ("n_bytes", pa.int64())])
+SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("ids", pa.list_(pa.int32())), ("n_bytes", pa.int64())]
+)
 BATCH_DOCS = 2048
 # Scripts written without spaces: each character is its own pre-token, so a Chinese paragraph
 # is not one giant "word" (bounded training memory, and merges stay meaningful).
@@ -41,21 +42,33 @@ BYTES = 256  # size of the byte-level alphabet
 
 
 def _byte_level() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(CJK, behavior="isolated"),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(CJK, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
 
 
 def _wordpiece(vocab: dict[str, int] | None = None) -> models.WordPiece:
-    return models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix=CONTINUATION,
-                            max_input_chars_per_word=10_000)
+    return models.WordPiece(
+        vocab,
+        unk_token="<unk>",
+        continuing_subword_prefix=CONTINUATION,
+        max_input_chars_per_word=10_000,
+    )
 
 
 def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
     """An untrained tokenizer of `cfg.kind` and its trainer. Subword kinds work on bytes, so
     any text encodes without <unk> and decodes back exactly; word and char kinds map unseen
     words or characters to <unk>."""
-    common = {"vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
-              "special_tokens": list(SPECIALS), "show_progress": False}
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "min_frequency": cfg.min_frequency,
+        "special_tokens": list(SPECIALS),
+        "show_progress": False,
+    }
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if cfg.kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -66,8 +79,9 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
         trainer = trainers.UnigramTrainer(unk_token="<unk>", initial_alphabet=alphabet, **common)
     elif cfg.kind == "wordpiece":
         tok = Tokenizer(_wordpiece())
-        trainer = trainers.WordPieceTrainer(initial_alphabet=alphabet,
-                                            continuing_subword_prefix=CONTINUATION, **common)
+        trainer = trainers.WordPieceTrainer(
+            initial_alphabet=alphabet, continuing_subword_prefix=CONTINUATION, **common
+        )
     elif cfg.kind == "word":
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         trainer = trainers.WordLevelTrainer(**common)
@@ -80,8 +94,11 @@ def build_tokenizer(cfg: Tokenize) -> tuple[Tokenizer, trainers.Trainer]:
         tok.decoder = decoders.Fuse()
         return tok, trainers.WordLevelTrainer(**common)
     tok.pre_tokenizer = _byte_level()
-    tok.decoder = (decoders.Sequence([decoders.Replace(CONTINUATION, ""), decoders.ByteLevel()])
-                   if cfg.kind == "wordpiece" else decoders.ByteLevel())
+    tok.decoder = (
+        decoders.Sequence([decoders.Replace(CONTINUATION, ""), decoders.ByteLevel()])
+        if cfg.kind == "wordpiece"
+        else decoders.ByteLevel()
+    )
     return tok, trainer
 
 
@@ -109,8 +126,9 @@ def train_tokenizer(texts: Iterator[str], cfg: Tokenize) -> Tokenizer:
     if cfg.kind == "wordpiece":
         _complete_wordpiece(tok)
     if [tok.token_to_id(t) for t in SPECIALS] != list(range(len(SPECIALS))):
-        raise GruflowError(f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids "
-                           f"0..{len(SPECIALS) - 1}")
+        raise GruflowError(
+            f"tokenize: {cfg.kind} tokenizer did not place {SPECIALS} at ids 0..{len(SPECIALS) - 1}"
+        )
     return tok
 
 
@@ -128,8 +146,11 @@ def _complete_wordpiece(tok: Tokenizer) -> None:
     """Give every byte a word-inner piece, so byte-level WordPiece spells any word (e.g.
     Chinese unseen in train) from bytes instead of mapping the whole word to <unk>."""
     vocab = tok.get_vocab()
-    missing = [CONTINUATION + c for c in pre_tokenizers.ByteLevel.alphabet()
-               if CONTINUATION + c not in vocab]
+    missing = [
+        CONTINUATION + c
+        for c in pre_tokenizers.ByteLevel.alphabet()
+        if CONTINUATION + c not in vocab
+    ]
     if missing:
         vocab.update({piece: len(vocab) + i for i, piece in enumerate(sorted(missing))})
         tok.model = _wordpiece(vocab)
@@ -141,11 +162,11 @@ def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator
     on every run) until `max_bytes`. `seen` counts what was used."""
     meta = pq.read_metadata(path)
     column = meta.schema.names.index("text")
-    size = sum(meta.row_group(i).column(column).total_uncompressed_size
-               for i in range(meta.num_row_groups))
+    size = sum(
+        meta.row_group(i).column(column).total_uncompressed_size for i in range(meta.num_row_groups)
+    )
     stride = max(1, -(-size // max_bytes)) if max_bytes else 1
-    for batch in parquet_batches(path, ["text"], BATCH_DOCS,
-                                 range(0, meta.num_row_groups, stride)):
+    for batch in parquet_batches(path, ["text"], BATCH_DOCS, range(0, meta.num_row_groups, stride)):
         if max_bytes and seen["bytes"] >= max_bytes:
             return
         text = batch.column("text")
@@ -154,21 +175,20 @@ def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator
         yield from text.to_pylist()
 
 
-def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
-        report: Path) -> dict:
+def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path, report: Path) -> dict:
     train_file = split_file(clean_dir, "train")
     if not train_file.is_file():
         raise GruflowError(f"{train_file}: missing — run the clean stage first")
     seen = {"documents": 0, "bytes": 0}
     tok = train_tokenizer(training_texts(train_file, cfg.train_max_bytes, seen), cfg)
-    summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {},
-                     "trained_on": seen}
+    summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {}, "trained_on": seen}
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0
             with pq.ParquetWriter(split_file(tmp, split), SCHEMA, compression="zstd") as writer:
-                for batch in parquet_batches(split_file(clean_dir, split), ["doc_id", "text"],
-                                             BATCH_DOCS):
+                for batch in parquet_batches(
+                    split_file(clean_dir, split), ["doc_id", "text"], BATCH_DOCS
+                ):
                     text = batch.column("text")
                     ids = encode_ids(tok, text.to_pylist())
                     flat = ids.values.to_numpy()
@@ -176,10 +196,14 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
                     n_tokens += len(flat)
                     n_unk += int((flat == UNK).sum())
                     n_bytes = pc.cast(pc.binary_length(text), pa.int64())
-                    writer.write_table(pa.table([batch.column("doc_id"), ids, n_bytes],
-                                                schema=SCHEMA))
-            summary["splits"][split] = {"documents": n_docs, "tokens": n_tokens,
-                                        "unk_rate": n_unk / max(n_tokens, 1)}
+                    writer.write_table(
+                        pa.table([batch.column("doc_id"), ids, n_bytes], schema=SCHEMA)
+                    )
+            summary["splits"][split] = {
+                "documents": n_docs,
+                "tokens": n_tokens,
+                "unk_rate": n_unk / max(n_tokens, 1),
+            }
         with atomic_file(tokenizer_path) as tmp_tok:
             tok.save(str(tmp_tok))
     write_json(report, summary)
@@ -189,8 +213,13 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path,
 @guarded
 def main() -> None:
     p = load_params()
-    s = run(p.tokenize, Path(p.paths.clean), Path(p.paths.tokenizer), Path(p.paths.tokens),
-            Path(p.paths.reports) / TOKENIZE_REPORT)
+    s = run(
+        p.tokenize,
+        Path(p.paths.clean),
+        Path(p.paths.tokenizer),
+        Path(p.paths.tokens),
+        Path(p.paths.reports) / TOKENIZE_REPORT,
+    )
     counts = ", ".join(f"{k} {v['tokens']}" for k, v in s["splits"].items())
     print(f"tokenize: vocabulary {s['vocab_size']}; tokens {counts}")
 

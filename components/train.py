@@ -60,8 +60,10 @@ def devices() -> dict:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return {"device": f"{len(gpus)} GPU" if gpus else "CPU",
-            "strategy": "MirroredStrategy" if len(gpus) > 1 else "default"}
+    return {
+        "device": f"{len(gpus)} GPU" if gpus else "CPU",
+        "strategy": "MirroredStrategy" if len(gpus) > 1 else "default",
+    }
 
 
 def epoch_logger(tokens_per_epoch: int):
@@ -76,15 +78,22 @@ def epoch_logger(tokens_per_epoch: int):
             logs = logs if logs is not None else {}
             logs["val_perplexity"] = math.exp(min(logs.get("val_loss", 50.0), 50.0))
             logs["tokens_per_second"] = tokens_per_epoch / (time.perf_counter() - self.t0)
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-                self.model.optimizer.learning_rate))
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
             live_log.metrics(logs, step=epoch)
 
     return _Logger()
 
 
-def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
-        embeddings: np.ndarray | None, digest: str):
+def fit(
+    p: Params,
+    vocab_size: int,
+    train: np.ndarray,
+    val: np.ndarray,
+    embeddings: np.ndarray | None,
+    digest: str,
+):
     """Build (or resume) and fit the model; returns (model, history, train tokens, hardware)."""
     import keras
     import tensorflow as tf
@@ -98,33 +107,48 @@ def fit(p: Params, vocab_size: int, train: np.ndarray, val: np.ndarray,
     keras.backend.clear_session()
     seed_everything(t.seed)
     use_mixed_precision(t, on_gpu=hw["device"] != "CPU")
-    strategy = (tf.distribute.MirroredStrategy() if hw["strategy"] == "MirroredStrategy"
-                else tf.distribute.get_strategy())
+    strategy = (
+        tf.distribute.MirroredStrategy()
+        if hw["strategy"] == "MirroredStrategy"
+        else tf.distribute.get_strategy()
+    )
     ckpt = Checkpoint(Path(p.paths.checkpoints), digest)
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         restored = ckpt.restore()
         trainer, state = restored if restored else (None, {})
         first = state["epoch"] + 1 if state else 0
-        train_ds, steps, streams, n_train = training_data(train, t, first, replicas,
-                                                           vocab_size)
+        train_ds, steps, streams, n_train = training_data(train, t, first, replicas, vocab_size)
         if trainer is None:
             trainer = compiled_model(p, vocab_size, train, embeddings, steps, streams, replicas)
     stopper = ResumableEarlyStopping(ckpt, t.patience, state)
     board = Path(p.paths.reports) / TENSORBOARD  # not a DVC out: events carry wall times
     if first == 0:
         shutil.rmtree(board, ignore_errors=True)  # a fresh run's logs, not a pile of old ones
-    callbacks = [validation(val, t), epoch_logger(n_train), stopper,
-                 keras.callbacks.TensorBoard(str(board))]
+    callbacks = [
+        validation(val, t),
+        epoch_logger(n_train),
+        stopper,
+        keras.callbacks.TensorBoard(str(board)),
+    ]
     verbose, progress = fit_progress("train", verbose_off_tty=2)  # bar, or a line per 30 s
     if first < t.epochs and not state.get("stopped"):
         try:
-            trainer.fit(train_ds, epochs=t.epochs, initial_epoch=first, steps_per_epoch=steps,
-                        callbacks=[*callbacks, *progress], shuffle=False, verbose=verbose)
+            trainer.fit(
+                train_ds,
+                epochs=t.epochs,
+                initial_epoch=first,
+                steps_per_epoch=steps,
+                callbacks=[*callbacks, *progress],
+                shuffle=False,
+                verbose=verbose,
+            )
         except tf.errors.ResourceExhaustedError:
-            raise GruflowError(f"a batch of train.batch_size {t.batch_size} x train.seq_len "
-                               f"{t.seq_len} does not fit in memory — lower one of them "
-                               "(finished epochs are checkpointed)") from None
+            raise GruflowError(
+                f"a batch of train.batch_size {t.batch_size} x train.seq_len "
+                f"{t.seq_len} does not fit in memory — lower one of them "
+                "(finished epochs are checkpointed)"
+            ) from None
     return trainer.lm, stopper.history, n_train, hw
 
 
@@ -151,13 +175,16 @@ def run(p: Params) -> dict:
     tokens = Path(paths.tokens)
     train, val = read_stream(split_file(tokens, "train")), read_stream(split_file(tokens, "val"))
     if train.size <= p.train.seq_len:
-        raise GruflowError(f"train.seq_len ({p.train.seq_len}) is longer than the whole train "
-                           f"split ({train.size} tokens) — lower it or add text")
+        raise GruflowError(
+            f"train.seq_len ({p.train.seq_len}) is longer than the whole train "
+            f"split ({train.size} tokens) — lower it or add text"
+        )
     embeddings = load_embeddings(p, vocab_size)
     reports = Path(paths.reports)
     t0 = time.perf_counter()
-    model, history, n_train, hw = fit(p, vocab_size, train, val, embeddings,
-                                      resume_digest(p, vocab_size, tokens))
+    model, history, n_train, hw = fit(
+        p, vocab_size, train, val, embeddings, resume_digest(p, vocab_size, tokens)
+    )
     seconds = time.perf_counter() - t0
     with atomic_file(paths.model) as tmp:
         model.save(tmp)
@@ -169,25 +196,34 @@ def run(p: Params) -> dict:
         tmp_summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     best = int(np.argmin(history["val_loss"]))
     tps = float(np.median(history["tokens_per_second"]))
-    fpt = flops_per_token(vocab_size, p.model.embedding_dim, p.model.units,
-                          p.model.gru_layers, p.train.seq_len)
+    fpt = flops_per_token(
+        vocab_size, p.model.embedding_dim, p.model.units, p.model.gru_layers, p.train.seq_len
+    )
     summary = {
-        "epochs_run": len(history["val_loss"]), "best_epoch": best + 1,
+        "epochs_run": len(history["val_loss"]),
+        "best_epoch": best + 1,
         "best_val_loss": history["val_loss"][best],
         "best_val_perplexity": math.exp(history["val_loss"][best]),
-        "train_tokens": n_train, "flops_per_token": fpt,
-        "parameters": int(model.count_params()), "embedding_init": p.model.embedding_init,
+        "train_tokens": n_train,
+        "flops_per_token": fpt,
+        "parameters": int(model.count_params()),
+        "embedding_init": p.model.embedding_init,
         "objective": p.train.objective,
-        "tuned": tuned, **hw,
+        "tuned": tuned,
+        **hw,
     }
     # Which GRU kernel ran, by Keras's own cuDNN rules on this hardware (components/lm/kernels).
     summary["gru_kernel"], summary["gru_kernel_reason"] = gru_kernel(
-        model, gpu=hw["device"] != "CPU", xla=p.train.xla)
+        model, gpu=hw["device"] != "CPU", xla=p.train.xla
+    )
     write_json(reports / TRAIN_REPORT, summary)
     # Speed goes to the console and MLflow (live per epoch), not into train.json: a DVC
     # output must not depend on how busy the machine was.
-    summary = summary | {"seconds": round(seconds, 1), "tokens_per_second": round(tps, 1),
-                         "achieved_flops_per_second": round(3 * fpt * tps)}
+    summary = summary | {
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(tps, 1),
+        "achieved_flops_per_second": round(3 * fpt * tps),
+    }
     from components.lm.checkpoint import Checkpoint
 
     Checkpoint(Path(paths.checkpoints), "").clear()  # finished: the next run starts afresh
@@ -197,9 +233,11 @@ def run(p: Params) -> dict:
 @guarded
 def main() -> None:
     s = run(load_params())
-    print(f"train: {s['epochs_run']} epochs on {s['device']}, best val perplexity "
-          f"{s['best_val_perplexity']:.1f} (epoch {s['best_epoch']}), "
-          f"{s['tokens_per_second']:.0f} tokens/s")
+    print(
+        f"train: {s['epochs_run']} epochs on {s['device']}, best val perplexity "
+        f"{s['best_val_perplexity']:.1f} (epoch {s['best_epoch']}), "
+        f"{s['tokens_per_second']:.0f} tokens/s"
+    )
 
 
 if __name__ == "__main__":

@@ -62,14 +62,16 @@ class TrialData:
     digest: str  # of the files the objective reads
 
 
-def sample_documents(doc_ids: list[str], sizes: np.ndarray, fraction: float, seed: int,
-                     at_least: int) -> np.ndarray:
+def sample_documents(
+    doc_ids: list[str], sizes: np.ndarray, fraction: float, seed: int, at_least: int
+) -> np.ndarray:
     """Indices (in file order) of whole documents holding about `fraction` of the tokens:
     documents ranked by a SHA-256 of (seed, doc_id), taken until the share is reached. The
     sample spreads over the whole split (not its first slice, which on the built-in corpus is
     one source only) and is the same on every machine."""
-    rank = np.argsort([hashlib.sha256(f"{seed}:{d}".encode()).digest() for d in doc_ids],
-                      kind="stable")
+    rank = np.argsort(
+        [hashlib.sha256(f"{seed}:{d}".encode()).digest() for d in doc_ids], kind="stable"
+    )
     need = max(int(sizes.sum() * fraction), at_least)
     taken = int(np.searchsorted(np.cumsum(sizes[rank]), need)) + 1
     return np.sort(rank[:taken])
@@ -96,8 +98,9 @@ def load_data(p: Params) -> TrialData:
 
     tokens = Path(p.paths.tokens)
     vocab_size = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
-    train = read_sample(split_file(tokens, "train"), p.tune.data_fraction, p.tune.seed,
-                        p.train.seq_len + 1)
+    train = read_sample(
+        split_file(tokens, "train"), p.tune.data_fraction, p.tune.seed, p.train.seq_len + 1
+    )
     val = read_stream(split_file(tokens, "val"))
     files = [split_file(tokens, "train"), split_file(tokens, "val")]
     embeddings = load_embeddings(p, vocab_size)
@@ -114,8 +117,9 @@ def suggest(trial: optuna.Trial, name: str, spec: SpaceSpec):
         return trial.suggest_categorical(name, spec.choices)
     if spec.type == "int":
         return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1))
-    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step,
-                               log=spec.type == "logfloat")
+    return trial.suggest_float(
+        name, float(spec.low), float(spec.high), step=spec.step, log=spec.type == "logfloat"
+    )
 
 
 def trial_params(p: Params, values: dict) -> Params:
@@ -155,9 +159,14 @@ def fit_trial(p: Params, data: TrialData, callbacks: list) -> float:
     train_ds, steps, streams, _ = training_data(data.train, t, vocab_size=data.vocab_size)
     model = compiled_model(p, data.vocab_size, data.train, data.embeddings, steps, streams)
     verbose, progress = fit_progress("tune trial")  # bar, or a line per 30 s
-    history = model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
-                        callbacks=[validation(data.val, t), *callbacks, *progress],
-                        verbose=verbose)
+    history = model.fit(
+        train_ds,
+        epochs=t.epochs,
+        steps_per_epoch=steps,
+        shuffle=False,
+        callbacks=[validation(data.val, t), *callbacks, *progress],
+        verbose=verbose,
+    )
     return float(np.min(history.history["val_loss"]))
 
 
@@ -167,8 +176,9 @@ def objective(p: Params, data: TrialData) -> Callable[[optuna.Trial], float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tracked = tune_report.TrialRun(trial.number, values)
         try:
-            loss = fit_trial(trial_params(p, values), data,
-                             [pruning_callback(trial, tracked.log_epoch)])
+            loss = fit_trial(
+                trial_params(p, values), data, [pruning_callback(trial, tracked.log_epoch)]
+            )
         except optuna.TrialPruned:
             tracked.end("PRUNED")
             raise
@@ -194,8 +204,14 @@ def optimize(study: optuna.Study, p: Params, data: TrialData, deadline: float | 
     remaining = n_trials - finished(study)
     timeout = None if deadline is None else deadline - time.time()
     if remaining > 0 and (timeout is None or timeout > 0):
-        study.optimize(objective(p, data), n_trials=remaining, timeout=timeout,
-                       catch=(Exception,), callbacks=[stop_at_budget], gc_after_trial=True)
+        study.optimize(
+            objective(p, data),
+            n_trials=remaining,
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=[stop_at_budget],
+            gc_after_trial=True,
+        )
     return len(ran)
 
 
@@ -206,7 +222,8 @@ def share_cores(n_workers: int) -> None:
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(
-                max(1, (os.cpu_count() or 1) // n_workers))
+                max(1, (os.cpu_count() or 1) // n_workers)
+            )
         except RuntimeError:  # TensorFlow already initialised in this process: keep its pool
             pass
 
@@ -221,8 +238,9 @@ def join(p: Params, worker: int, deadline: float | None) -> int:
 
 def work(p: Params) -> int:
     """`gruflow tune-worker`: join from anywhere for up to tune.timeout seconds."""
-    return join(p, worker=os.getpid(), deadline=time.time() + p.tune.timeout
-                if p.tune.timeout else None)
+    return join(
+        p, worker=os.getpid(), deadline=time.time() + p.tune.timeout if p.tune.timeout else None
+    )
 
 
 def check_budget(study: optuna.Study, p: Params) -> None:
@@ -230,10 +248,12 @@ def check_budget(study: optuna.Study, p: Params) -> None:
     (trials stay in the journal, so a rerun continues) unless the user accepted that."""
     done, t = finished(study), p.tune
     if done < t.n_trials and not t.accept_nonreproducible:
-        raise GruflowError(f"tune: tune.timeout ({t.timeout} s) stopped the study after {done} "
-                           f"of {t.n_trials} trials — raise tune.timeout (0 = no limit) or "
-                           "lower tune.n_trials; a rerun continues the study "
-                           "(or set tune.accept_nonreproducible: true to train on it as is)")
+        raise GruflowError(
+            f"tune: tune.timeout ({t.timeout} s) stopped the study after {done} "
+            f"of {t.n_trials} trials — raise tune.timeout (0 = no limit) or "
+            "lower tune.n_trials; a rerun continues the study "
+            "(or set tune.accept_nonreproducible: true to train on it as is)"
+        )
 
 
 def run(p: Params) -> dict:
@@ -251,8 +271,9 @@ def run(p: Params) -> dict:
         deadline = t0 + p.tune.timeout if p.tune.timeout else None
         share_cores(p.tune.n_workers)
         ctx = multiprocessing.get_context("spawn")
-        workers = [ctx.Process(target=join, args=(p, i, deadline))
-                   for i in range(1, p.tune.n_workers)]
+        workers = [
+            ctx.Process(target=join, args=(p, i, deadline)) for i in range(1, p.tune.n_workers)
+        ]
         for w in workers:
             w.start()
         optimize(study, p, data, deadline)
@@ -277,14 +298,20 @@ def main() -> None:
     if not s["enabled"]:
         print("tune: disabled (tune.n_trials is 0) — train uses params.yaml as is")
         return
-    best, defaults = (f"{v:.4f}" if v is not None else "n/a"
-                      for v in (s["best_value"], s["defaults_val_loss"]))
-    print(f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
-          f"({time.time() - t0:.0f} s this run); best val loss {best}, params.yaml values "
-          f"{defaults}")
+    best, defaults = (
+        f"{v:.4f}" if v is not None else "n/a" for v in (s["best_value"], s["defaults_val_loss"])
+    )
+    print(
+        f"tune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
+        f"({time.time() - t0:.0f} s this run); best val loss {best}, params.yaml values "
+        f"{defaults}"
+    )
     if not s["reproducible"]:
-        print(f"tune: NOT reproducible ({'; '.join(s['nonreproducible_reasons'])}) — "
-              "accepted by tune.accept_nonreproducible", file=sys.stderr)
+        print(
+            f"tune: NOT reproducible ({'; '.join(s['nonreproducible_reasons'])}) — "
+            "accepted by tune.accept_nonreproducible",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

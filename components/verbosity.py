@@ -25,9 +25,11 @@ VERBOSE_ENV = "GRUFLOW_VERBOSE"
 
 # Environment defaults (a value the user set wins). TF_CPP_MIN_LOG_LEVEL=3 also hides the C++
 # "failed call to cuInit" ERROR line TensorFlow prints on every machine without a GPU.
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3",
-             # MLflow's tqdm bars for artifact downloads of a few small local files
-             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    # MLflow's tqdm bars for artifact downloads of a few small local files
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 # Set even when verbose: the Prefect server's anonymous usage heartbeat (at start and every 10
 # minutes) is one ERROR line each time offline, and a pipeline has no business calling out.
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -49,10 +51,17 @@ NOISY_LOGGERS = (
 
 # What a quiet console must not show (tests/test_verbosity.py greps for these).
 NOISE_PATTERNS = (
-    r"cuInit", r"oneDNN custom operations", r"This TensorFlow binary is optimized",
-    r"shuffle=True` was passed", r"triggered tf\.function retracing", r"Add type hints",
-    r"uv export failed", r"without a flow run id", r"Failed to send telemetry",
-    r"Downloading artifacts", r"Still processing items",
+    r"cuInit",
+    r"oneDNN custom operations",
+    r"This TensorFlow binary is optimized",
+    r"shuffle=True` was passed",
+    r"triggered tf\.function retracing",
+    r"Add type hints",
+    r"uv export failed",
+    r"without a flow run id",
+    r"Failed to send telemetry",
+    r"Downloading artifacts",
+    r"Still processing items",
 )
 
 

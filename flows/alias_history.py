@@ -33,9 +33,15 @@ def record(name: str, alias: str, old: str | None, new: str, reason: str, kind: 
     """Append one alias change to the model's history; returns the event."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    event = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "alias": alias,
-             "old": old, "new": str(new), "kind": kind, "reason": reason,
-             "by": getpass.getuser()}
+    event = {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "alias": alias,
+        "old": old,
+        "new": str(new),
+        "kind": kind,
+        "reason": reason,
+        "by": getpass.getuser(),
+    }
     n = len(events(name)) + 1
     MlflowClient().set_registered_model_tag(name, f"{PREFIX}{n:06d}", json.dumps(event))
     return event
@@ -87,9 +93,14 @@ def render(name: str, history: list[dict]) -> str:
     lines = [f"{name}: champion periods", f"{'version':>8}  {'from':25}  {'until':25}  how"]
     for version, start, until, how in champion_periods(history):
         lines.append(f"{version:>8}  {start:25}  {until or '(now)':25}  {how}")
-    lines += ["", f"{name}: alias changes",
-              f"{'time':25}  {'alias':10}  {'old':>5} -> {'new':<5}  {'kind':8}  reason"]
+    lines += [
+        "",
+        f"{name}: alias changes",
+        f"{'time':25}  {'alias':10}  {'old':>5} -> {'new':<5}  {'kind':8}  reason",
+    ]
     for e in history:
-        lines.append(f"{e['time']:25}  {e['alias']:10}  {e['old'] or '-':>5} -> {e['new']:<5}  "
-                     f"{e['kind']:8}  {e['reason']} ({e['by']})")
+        lines.append(
+            f"{e['time']:25}  {e['alias']:10}  {e['old'] or '-':>5} -> {e['new']:<5}  "
+            f"{e['kind']:8}  {e['reason']} ({e['by']})"
+        )
     return "\n".join(lines)

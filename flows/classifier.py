@@ -50,8 +50,9 @@ def macro_f1(model, test: pd.DataFrame, classes: list[str]) -> float:
     return scores(test["label"].tolist(), pred, classes)["macro_f1"]
 
 
-def gate(name: str, version: str, report: dict, test_file: Path, min_improvement: float,
-         load=None) -> dict:
+def gate(
+    name: str, version: str, report: dict, test_file: Path, min_improvement: float, load=None
+) -> dict:
     """Alias `version` challenger; champion if its macro-F1 on the *current* test split beats
     the champion's (re-scored there too) by min_improvement; a first version must beat the
     majority baseline."""
@@ -62,18 +63,26 @@ def gate(name: str, version: str, report: dict, test_file: Path, min_improvement
     classes = report["classes"]
     new = macro_f1(load(version), test, classes)
     before = registry.champion_version(name)
-    decision = {"challenger": version, "champion_before": before, "challenger_macro_f1": new,
-                "majority_macro_f1": report["models"]["majority"]["macro_f1"]}
+    decision = {
+        "challenger": version,
+        "champion_before": before,
+        "challenger_macro_f1": new,
+        "majority_macro_f1": report["models"]["majority"]["macro_f1"],
+    }
     if before is None:
         promote = new > decision["majority_macro_f1"]
-        reason = f"first version, macro-F1 {new:.4f} vs majority baseline " \
-                 f"{decision['majority_macro_f1']:.4f}"
+        reason = (
+            f"first version, macro-F1 {new:.4f} vs majority baseline "
+            f"{decision['majority_macro_f1']:.4f}"
+        )
     else:
         old = macro_f1(load(before), test, classes)
         decision["champion_macro_f1"] = old
         promote = new > old + min_improvement
-        reason = (f"macro-F1 {new:.4f} vs champion {old:.4f} on the current test split "
-                  f"(needs +{min_improvement:.4f})")
+        reason = (
+            f"macro-F1 {new:.4f} vs champion {old:.4f} on the current test split "
+            f"(needs +{min_improvement:.4f})"
+        )
     decision |= {"promoted": promote, "reason": reason}
     for key in ("promoted", "reason"):
         client.set_model_version_tag(name, version, f"gate.{key}", str(decision[key]))
@@ -90,19 +99,27 @@ def register(root: Path, params: Params, tags: dict[str, str], report: dict) -> 
     info = mlflow.pyfunc.log_model(
         name="classifier",
         python_model=str(root / "components" / "classify" / "pyfunc.py"),
-        artifacts={"model": str(folder / ARTIFACTS["model"]),
-                   "tokenizer": str(root / params.paths.tokenizer),
-                   "info": str(folder / ARTIFACTS["info"])},
+        artifacts={
+            "model": str(folder / ARTIFACTS["model"]),
+            "tokenizer": str(root / params.paths.tokenizer),
+            "info": str(folder / ARTIFACTS["info"]),
+        },
         code_paths=[str(root / "components")],
-        registered_model_name=params.finetune.model_name)
+        registered_model_name=params.finetune.model_name,
+    )
     version = str(info.registered_model_version)
     lm_md5 = report["lm_model_md5"]
     lm_version = tracking.registered_version(params.registry.model_name, lm_md5) or "unregistered"
     client = MlflowClient()
-    all_tags = {**tags, "lm.model_name": params.registry.model_name, "lm.version": lm_version,
-                "lm.model_md5": lm_md5, "encoder": report["classifier"],
-                "metric.accuracy": str(chosen["accuracy"]),
-                "metric.macro_f1": str(chosen["macro_f1"])}
+    all_tags = {
+        **tags,
+        "lm.model_name": params.registry.model_name,
+        "lm.version": lm_version,
+        "lm.model_md5": lm_md5,
+        "encoder": report["classifier"],
+        "metric.accuracy": str(chosen["accuracy"]),
+        "metric.macro_f1": str(chosen["macro_f1"]),
+    }
     for key, value in all_tags.items():
         client.set_model_version_tag(params.finetune.model_name, version, key, value)
     return version
@@ -130,11 +147,20 @@ def finetune_and_register(root: Path, params: Params, force: bool = False) -> st
     if version is None:
         version = register(root, params, {**tags, "model_md5": md5}, report)
     if not registry.is_gated(name, version):
-        decision = gate(name, version, report, root / params.paths.classifier / "test.parquet",
-                        params.finetune.min_improvement)
-        get_run_logger().info("classifier %s version %s: %s (%s)", name, version,
-                              "champion" if decision["promoted"] else "challenger",
-                              decision["reason"])
+        decision = gate(
+            name,
+            version,
+            report,
+            root / params.paths.classifier / "test.parquet",
+            params.finetune.min_improvement,
+        )
+        get_run_logger().info(
+            "classifier %s version %s: %s (%s)",
+            name,
+            version,
+            "champion" if decision["promoted"] else "challenger",
+            decision["reason"],
+        )
     return version
 
 
@@ -150,11 +176,15 @@ def load_classifier(uri: str):
     local = _download(uri)
     if any(p.suffix.lower() in PICKLE_SUFFIXES for p in local.rglob("*")):
         raise GruflowError(f"model '{uri}' holds pickled files — not a gruflow classifier")
-    found = {name: next(iter(local.rglob(f)), None) for name, f in
-             {**ARTIFACTS, "tokenizer": "tokenizer.json"}.items()}
+    found = {
+        name: next(iter(local.rglob(f)), None)
+        for name, f in {**ARTIFACTS, "tokenizer": "tokenizer.json"}.items()
+    }
     if None in found.values():
-        raise GruflowError(f"model '{uri}' is not a gruflow classifier (needs "
-                           f"{sorted(ARTIFACTS.values())} and tokenizer.json)")
+        raise GruflowError(
+            f"model '{uri}' is not a gruflow classifier (needs "
+            f"{sorted(ARTIFACTS.values())} and tokenizer.json)"
+        )
     model = GruClassifier()
     try:
         model.load_context(PythonModelContext({k: str(v) for k, v in found.items()}, {}))

@@ -10,8 +10,9 @@ from components.errors import GruflowError
 
 def classify_command(sub, common) -> None:
     """`gruflow classify "text" [--model URI]`: label and class probabilities."""
-    c = sub.add_parser("classify", parents=[common],
-                       help="label a text with the champion classifier")
+    c = sub.add_parser(
+        "classify", parents=[common], help="label a text with the champion classifier"
+    )
     c.add_argument("text", help="the text to label")
     c.add_argument("--model", help="model URI (default: models:/<finetune.model_name>@champion)")
     c.set_defaults(func=_classify)
@@ -33,7 +34,8 @@ def _classify(args) -> int:
         row = model.predict(pd.DataFrame({"text": [args.text]})).iloc[0]
     except mlflow.exceptions.MlflowException as exc:
         raise GruflowError(exc.message.splitlines()[-1]) from None
-    probs = ", ".join(f"{k.removeprefix('prob_')} {v:.3f}" for k, v in row.items()
-                      if k.startswith("prob_"))
+    probs = ", ".join(
+        f"{k.removeprefix('prob_')} {v:.3f}" for k, v in row.items() if k.startswith("prob_")
+    )
     print(f"{row['label']}\t({probs})")
     return 0

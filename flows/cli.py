@@ -44,8 +44,10 @@ def _run(args: argparse.Namespace) -> int:
             if not args.no_push:
                 from flows.placement import push_after_run
 
-                print(f"gruflow: pushed {push_after_run(root, result.model_version)} file(s) "
-                      "to the DVC remote")
+                print(
+                    f"gruflow: pushed {push_after_run(root, result.model_version)} file(s) "
+                    "to the DVC remote"
+                )
     return 0
 
 
@@ -61,8 +63,9 @@ def _up_to_date(root: Path, args: argparse.Namespace) -> bool:
     if not args.no_push:
         from flows.placement import push_after_run
 
-        print(f"gruflow: pushed {push_after_run(root, None, in_flow=False)} file(s) to the "
-              "DVC remote")
+        print(
+            f"gruflow: pushed {push_after_run(root, None, in_flow=False)} file(s) to the DVC remote"
+        )
     return True
 
 
@@ -71,20 +74,27 @@ def _summary(result) -> None:
     executed = ", ".join(result.executed) or "none (everything up to date)"
     print(f"gruflow: stages executed: {executed}")
     if m and "masked_perplexity" in m:  # train.objective masked
-        print(f"gruflow: test masked perplexity {m['masked_perplexity']:.2f} (unigram baseline "
-              f"{m['masked_baseline_perplexity']:.2f}), accuracy {m['masked_accuracy']:.3f}, "
-              f"top-5 {m['masked_top5_accuracy']:.3f}")
+        print(
+            f"gruflow: test masked perplexity {m['masked_perplexity']:.2f} (unigram baseline "
+            f"{m['masked_baseline_perplexity']:.2f}), accuracy {m['masked_accuracy']:.3f}, "
+            f"top-5 {m['masked_top5_accuracy']:.3f}"
+        )
     elif m:
-        per_word = (f", {m['word_perplexity']:.1f} per word" if "word_perplexity" in m
-                    else "")  # metrics written before word perplexity existed lack it
-        print(f"gruflow: test perplexity {m['perplexity']:.2f} per token{per_word} (unigram "
-              f"baseline {m['baseline_perplexity']:.2f}, bigram {m['bigram_perplexity']:.2f}), "
-              f"{m['bits_per_byte']:.3f} bits/byte")
+        per_word = (
+            f", {m['word_perplexity']:.1f} per word" if "word_perplexity" in m else ""
+        )  # metrics written before word perplexity existed lack it
+        print(
+            f"gruflow: test perplexity {m['perplexity']:.2f} per token{per_word} (unigram "
+            f"baseline {m['baseline_perplexity']:.2f}, bigram {m['bigram_perplexity']:.2f}), "
+            f"{m['bits_per_byte']:.3f} bits/byte"
+        )
     if result.decision:  # the gate's decision and why, or the current model's standing
         print(f"gruflow: {result.decision}")
     uri = redact(result.tracking_uri)
-    print(f"gruflow: MLflow run {result.parent_run_id} in {uri} "
-          f"(browse: mlflow ui --backend-store-uri {uri})")
+    print(
+        f"gruflow: MLflow run {result.parent_run_id} in {uri} "
+        f"(browse: mlflow ui --backend-store-uri {uri})"
+    )
 
 
 def _registry(args: argparse.Namespace) -> tuple[Path, str]:
@@ -125,8 +135,10 @@ def _generate(args: argparse.Namespace) -> int:
     model = _load_model(args)
     # flags left out are not sent: the model answers with its own defaults (params.yaml
     # `generate` when it was registered), the same ones the served model uses
-    params = {"mode": "generate", **{name: getattr(args, name) for name in GENERATE_FLAGS
-                                     if getattr(args, name) is not None}}
+    params = {
+        "mode": "generate",
+        **{name: getattr(args, name) for name in GENERATE_FLAGS if getattr(args, name) is not None},
+    }
     out = _predict(model, pd.DataFrame({"text": [args.prompt]}), params)
     print(args.prompt + out["text"][0])
     return 0
@@ -141,18 +153,28 @@ def _score(args: argparse.Namespace) -> int:
     text = path.read_bytes().decode("utf-8", errors="replace")
     if not text.strip():
         raise GruflowError(f"{path}: the file is empty — nothing to score")
-    params = {"mode": "score", "cache_size": args.cache_size, "cache_theta": args.cache_theta,
-              "cache_lambda": args.cache_lambda}
+    params = {
+        "mode": "score",
+        "cache_size": args.cache_size,
+        "cache_theta": args.cache_theta,
+        "cache_lambda": args.cache_lambda,
+    }
     row = _predict(_load_model(args), pd.DataFrame({"text": [text]}), params).iloc[0]
     if "masked_tokens" in row:  # a masked LM: perplexity over the fixed evaluation mask
-        print(f"{path}: masked perplexity {row['perplexity']:.3f} "
-              f"({int(row['masked_tokens'])} masked tokens)")
+        print(
+            f"{path}: masked perplexity {row['perplexity']:.3f} "
+            f"({int(row['masked_tokens'])} masked tokens)"
+        )
         return 0
-    print(f"{path}: perplexity {row['perplexity']:.3f}, {row['bits_per_byte']:.4f} bits/byte "
-          f"({int(row['tokens'])} tokens, {int(row['bytes'])} bytes)")
+    print(
+        f"{path}: perplexity {row['perplexity']:.3f}, {row['bits_per_byte']:.4f} bits/byte "
+        f"({int(row['tokens'])} tokens, {int(row['bytes'])} bytes)"
+    )
     if "perplexity_cache" in row:  # an inference-time gain, shown beside the static numbers
-        print(f"{path}: with the continuous cache: perplexity {row['perplexity_cache']:.3f}, "
-              f"{row['bits_per_byte_cache']:.4f} bits/byte")
+        print(
+            f"{path}: with the continuous cache: perplexity {row['perplexity_cache']:.3f}, "
+            f"{row['bits_per_byte_cache']:.4f} bits/byte"
+        )
     return 0
 
 
@@ -206,8 +228,10 @@ def _tune_worker(args: argparse.Namespace) -> int:
     if args.storage:
         os.environ[tune_study.STORAGE_ENV] = args.storage
     if not tune_study.storage_url(params):
-        raise GruflowError("tune-worker joins a study in a shared database: pass --storage URL, "
-                           f"set {tune_study.STORAGE_ENV} or tune.storage (e.g. postgresql://...)")
+        raise GruflowError(
+            "tune-worker joins a study in a shared database: pass --storage URL, "
+            f"set {tune_study.STORAGE_ENV} or tune.storage (e.g. postgresql://...)"
+        )
     os.chdir(root)  # params paths are relative to the project root
     n = tune.work(params)
     print(f"gruflow: tune-worker finished {n} trial(s) of the study")
@@ -218,49 +242,70 @@ def project_option() -> argparse.ArgumentParser:
     """The `--project` option every project command shares (argparse parent parser)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--project", default=".", help="project root")
-    parent.add_argument("-v", "--verbose", action="store_true",
-                        help="show the libraries' console messages gruflow hides by default "
-                             "(TensorFlow banner, known-harmless warnings); also "
-                             "GRUFLOW_VERBOSE=1")
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the libraries' console messages gruflow hides by default "
+        "(TensorFlow banner, known-harmless warnings); also "
+        "GRUFLOW_VERBOSE=1",
+    )
     return parent
 
 
-GENERATE_FLAGS = {"max_new_tokens": (int, "tokens to add at most"),
-                  "temperature": (float, "0 = greedy"),
-                  "top_k": (int, "sample among the k likeliest tokens; 0 = no limit"),
-                  "top_p": (float, "nucleus: the fewest tokens holding this probability; 1 = off"),
-                  "repetition_penalty": (float, "each recent occurrence of a token divides its "
-                                                "probability by this; 1 = off"),
-                  "seed": (int, "random seed of the sampling")}
+GENERATE_FLAGS = {
+    "max_new_tokens": (int, "tokens to add at most"),
+    "temperature": (float, "0 = greedy"),
+    "top_k": (int, "sample among the k likeliest tokens; 0 = no limit"),
+    "top_p": (float, "nucleus: the fewest tokens holding this probability; 1 = off"),
+    "repetition_penalty": (
+        float,
+        "each recent occurrence of a token divides its probability by this; 1 = off",
+    ),
+    "seed": (int, "random seed of the sampling"),
+}
 
 
 def _model_commands(sub, common: argparse.ArgumentParser) -> None:
-    gen = sub.add_parser("generate", parents=[common],
-                         help="continue a prompt with the champion model")
+    gen = sub.add_parser(
+        "generate", parents=[common], help="continue a prompt with the champion model"
+    )
     gen.add_argument("prompt", help="the text to continue")
     for name, (kind, what) in GENERATE_FLAGS.items():
-        gen.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                         help=f"{what} (default: the model's, i.e. params.yaml generate.{name} "
-                              "when it was registered)")
+        gen.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"{what} (default: the model's, i.e. params.yaml generate.{name} "
+            "when it was registered)",
+        )
     gen.set_defaults(func=_generate)
-    score = sub.add_parser("score", parents=[common],
-                           help="perplexity and bits/byte of a text file")
+    score = sub.add_parser(
+        "score", parents=[common], help="perplexity and bits/byte of a text file"
+    )
     score.add_argument("file", help="a UTF-8 text file")
     own = " (-1 = the model's own: chosen on val by evaluate, or off)"
-    score.add_argument("--cache-size", type=int, default=-1,
-                       help="continuous cache: hidden states remembered, 0 = off" + own)
+    score.add_argument(
+        "--cache-size",
+        type=int,
+        default=-1,
+        help="continuous cache: hidden states remembered, 0 = off" + own,
+    )
     score.add_argument("--cache-theta", type=float, default=-1.0, help="cache θ" + own)
     score.add_argument("--cache-lambda", type=float, default=-1.0, help="cache λ" + own)
     score.set_defaults(func=_score)
     for p in (gen, score):
-        p.add_argument("--model", help="model URI (default: models:/<registry.model_name>"
-                                       "@champion)")
-    promote = sub.add_parser("promote", parents=[common],
-                             help="make a registered version the champion")
+        p.add_argument(
+            "--model", help="model URI (default: models:/<registry.model_name>@champion)"
+        )
+    promote = sub.add_parser(
+        "promote", parents=[common], help="make a registered version the champion"
+    )
     promote.add_argument("version", type=int, help="registered model version number")
     promote.set_defaults(func=_promote)
-    rollback = sub.add_parser("rollback", parents=[common],
-                              help="give the champion alias back to the previous champion")
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="give the champion alias back to the previous champion"
+    )
     rollback.set_defaults(func=_rollback)
 
 
@@ -269,12 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = project_option()
-    run = sub.add_parser("run", parents=[common],
-                         help="run the pipeline (DVC stages via Prefect, MLflow tracking)")
+    run = sub.add_parser(
+        "run", parents=[common], help="run the pipeline (DVC stages via Prefect, MLflow tracking)"
+    )
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.add_argument("--no-push", action="store_true", help="do not dvc push after the run")
-    run.add_argument("--no-wait", action="store_true",
-                     help="fail at once when another run holds the project lock")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail at once when another run holds the project lock",
+    )
     run.set_defaults(func=_run)
     from flows.cli_ops import add_commands  # retrain, deploy, worker
 
@@ -290,19 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.classify_cli import classify_command
 
     classify_command(sub, common)
-    similar = sub.add_parser("similar", parents=[common],
-                             help="nearest tokens to a word by cosine similarity of the "
-                                  "current word vectors")
+    similar = sub.add_parser(
+        "similar",
+        parents=[common],
+        help="nearest tokens to a word by cosine similarity of the current word vectors",
+    )
     similar.add_argument("token", help="a word that is one token, e.g. function")
     similar.add_argument("-k", type=int, default=10, help="neighbours to print")
-    similar.add_argument("--model", help="read the vectors of a registered model's embedding "
-                                         "layer, e.g. models:/gruflow-lm@champion")
+    similar.add_argument(
+        "--model",
+        help="read the vectors of a registered model's embedding "
+        "layer, e.g. models:/gruflow-lm@champion",
+    )
     similar.set_defaults(func=_similar)
-    worker = sub.add_parser("tune-worker", parents=[common],
-                            help="join the tune stage's Optuna study (in a shared database) "
-                                 "and run trials until its budget is spent")
-    worker.add_argument("--storage", help="study database URL (default: $GRUFLOW_OPTUNA_STORAGE, "
-                                          "then tune.storage)")
+    worker = sub.add_parser(
+        "tune-worker",
+        parents=[common],
+        help="join the tune stage's Optuna study (in a shared database) "
+        "and run trials until its budget is spent",
+    )
+    worker.add_argument(
+        "--storage", help="study database URL (default: $GRUFLOW_OPTUNA_STORAGE, then tune.storage)"
+    )
     worker.set_defaults(func=_tune_worker)
     _describe(sub)
     return parser

@@ -127,12 +127,16 @@ def explain(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OneLineError):
         return 1, str(exc)
     if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in text:
-        return 1, (f"Prefect's temporary server did not start within {os.environ.get(STARTUP_ENV)}"
-                   f" s (busy machine?) — raise {STARTUP_ENV}, or run `prefect server start` "
-                   "once and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        return 1, (
+            f"Prefect's temporary server did not start within {os.environ.get(STARTUP_ENV)}"
+            f" s (busy machine?) — raise {STARTUP_ENV}, or run `prefect server start` "
+            "once and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     if type(exc).__name__ == "LockError" and type(exc).__module__.startswith("dvc"):
-        return 1, (f"DVC's repository lock is taken ({text}) — another dvc command runs in "
-                   "this project: wait for it to finish, then run again")
+        return 1, (
+            f"DVC's repository lock is taken ({text}) — another dvc command runs in "
+            "this project: wait for it to finish, then run again"
+        )
     first = text[:300] + ("…" if len(text) > 300 else "")
     return 1, f"{type(exc).__name__}: {first}"
 
@@ -155,8 +159,10 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     see flows.rollback) the outputs as they were before the run."""
     how = exc.args[0] if isinstance(exc, interrupt.Interrupted) else "SIGINT"
     if NOT_RESTORED in getattr(exc, "__notes__", []):
-        return (f"interrupted ({how}): stopped, but the previous outputs could not be restored"
-                " — run `dvc checkout`")
+        return (
+            f"interrupted ({how}): stopped, but the previous outputs could not be restored"
+            " — run `dvc checkout`"
+        )
     return f"interrupted ({how}): stopped, previous outputs restored"
 
 
@@ -169,10 +175,18 @@ def _write_traceback(log_file: Path, exc: BaseException) -> None:
 
 def run(func: Callable, args, root: Path) -> int:
     """Run a command; any failure becomes one line on stderr (traceback in the log file)."""
-    saved = {k: os.environ.get(k) for k in (STARTUP_ENV, LOGGING_ENV, LOG_FILE_ENV,
-                                            verbosity.VERBOSE_ENV, *verbosity.QUIET_ENV,
-                                            *verbosity.OFFLINE_ENV,
-                                            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            STARTUP_ENV,
+            LOGGING_ENV,
+            LOG_FILE_ENV,
+            verbosity.VERBOSE_ENV,
+            *verbosity.QUIET_ENV,
+            *verbosity.OFFLINE_ENV,
+            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
+        )
+    }
     if getattr(args, "verbose", False):
         os.environ[verbosity.VERBOSE_ENV] = "1"  # stage commands inherit it
     log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))

@@ -82,14 +82,33 @@ def _server_class():
 
             # the command and environment of SubprocessASGIServer._run_uvicorn_command
             return subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1",
-                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(prefect.__module_path__.parent),
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                env={
+                    **os.environ,
+                    "PREFECT_UI_ENABLED": "0",
+                    "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1",
+                    **get_current_settings().to_environment_variables(exclude_unset=True),
+                },
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
 
     return OwnSessionServer
 
@@ -125,6 +144,10 @@ def end_killed(run_id: str) -> list[str]:
         if client.get_run(current).info.status != "FINISHED":
             client.set_terminated(current, status="KILLED")
             ended.append(current)
-        todo += [r.info.run_id for r in client.search_runs(
-            [experiment], f"tags.mlflow.parentRunId = '{current}'", max_results=1000)]
+        todo += [
+            r.info.run_id
+            for r in client.search_runs(
+                [experiment], f"tags.mlflow.parentRunId = '{current}'", max_results=1000
+            )
+        ]
     return ended

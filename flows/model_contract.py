@@ -30,16 +30,21 @@ def serving_info(root: Path, params: Params) -> dict:
     from components.lm.pyfunc import file_digest
 
     effective, _ = effective_params(params, root)
-    info = {"seq_len": effective.train.seq_len,
-            "tokenizer_sha256": file_digest(root / params.paths.tokenizer),
-            "text_rules": TextRules.of(params.clean).to_dict(),
-            "generate": params.generate.model_dump(),
-            "objective": effective.train.objective}
+    info = {
+        "seq_len": effective.train.seq_len,
+        "tokenizer_sha256": file_digest(root / params.paths.tokenizer),
+        "text_rules": TextRules.of(params.clean).to_dict(),
+        "generate": params.generate.model_dump(),
+        "objective": effective.train.objective,
+    }
     metrics = root / params.paths.reports / METRICS_REPORT
     if metrics.is_file() and (m := json.loads(metrics.read_text())).get("cache_size"):
         # the continuous cache evaluate chose on val: `score`'s default (cache_* = -1)
-        info["cache"] = {"size": m["cache_size"], "theta": m["cache_theta"],
-                         "lambda": m["cache_lambda"]}
+        info["cache"] = {
+            "size": m["cache_size"],
+            "theta": m["cache_theta"],
+            "lambda": m["cache_lambda"],
+        }
     return info
 
 
@@ -78,11 +83,23 @@ def signature(info: dict):
     if info.get("objective") == "masked":  # fill (text + fills) and the masked score
         defaults["mode"] = "fill"  # MLflow fills a missing mode from here: generate is a 400
         columns = {"fills": "string", **MASKED_SCORE_COLUMNS}
-    outputs = [ColSpec("string", "text", required=False),
-               *(ColSpec(kind, name, required=False) for name, kind in columns.items())]
-    kinds = {"mode": "string", "max_new_tokens": "long", "top_k": "long", "seed": "long",
-             "candidates": "long", "cache_size": "long"}
-    param_specs = [ParamSpec(name, kinds.get(name, "double"), value)
-                   for name, value in defaults.items()]
-    return ModelSignature(inputs=Schema([ColSpec("string", "text")]),
-                          outputs=Schema(outputs), params=ParamSchema(param_specs))
+    outputs = [
+        ColSpec("string", "text", required=False),
+        *(ColSpec(kind, name, required=False) for name, kind in columns.items()),
+    ]
+    kinds = {
+        "mode": "string",
+        "max_new_tokens": "long",
+        "top_k": "long",
+        "seed": "long",
+        "candidates": "long",
+        "cache_size": "long",
+    }
+    param_specs = [
+        ParamSpec(name, kinds.get(name, "double"), value) for name, value in defaults.items()
+    ]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema(outputs),
+        params=ParamSchema(param_specs),
+    )

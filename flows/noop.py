@@ -22,8 +22,15 @@ log = logging.getLogger(__name__)
 def lock_md5(root: Path, path: str) -> str:
     """The DVC hash dvc.lock records for output `path` ('' when it has none)."""
     stages = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
-    return next((o.get("md5", "") for s in stages.values() for o in s.get("outs", [])
-                 if o.get("path") == path), "")
+    return next(
+        (
+            o.get("md5", "")
+            for s in stages.values()
+            for o in s.get("outs", [])
+            if o.get("path") == path
+        ),
+        "",
+    )
 
 
 def _dvc_clean(root: Path) -> bool:
@@ -47,7 +54,8 @@ def _first_run(root: Path) -> bool:
 
     uri = store_uri(root)
     return not (root / "dvc.lock").is_file() or (
-        uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file())
+        uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+    )
 
 
 def nothing_to_do(root: Path, params: Params) -> str | None:
@@ -61,13 +69,18 @@ def nothing_to_do(root: Path, params: Params) -> str | None:
     version = _gated_version(name, lock_md5(root, params.paths.model))
     if version is None:
         return None
-    if params.finetune.source and _gated_version(
-            params.finetune.model_name, lock_md5(root, params.paths.classifier)) is None:
+    if (
+        params.finetune.source
+        and _gated_version(params.finetune.model_name, lock_md5(root, params.paths.classifier))
+        is None
+    ):
         return None
     champion = registry.champion_version(name)
     other = "" if champion in (version, None) else f"; the champion is version {champion}"
-    return (f"stages executed: none, up to date (dvc status is clean); "
-            f"{registry.current_decision(name, version)}{other}")
+    return (
+        f"stages executed: none, up to date (dvc status is clean); "
+        f"{registry.current_decision(name, version)}{other}"
+    )
 
 
 def retrain_skipped(root: Path, params: Params) -> str | None:
@@ -91,11 +104,25 @@ def retrain_skipped(root: Path, params: Params) -> str | None:
     version = tracking.registered_version(name, lock_md5(root, params.paths.model))
     reason = f"nothing changed: data, params and code match {name} version {version}"
     tags = tracking.lineage_tags(root, params, None)
-    with mlflow.start_run(run_name="retrain-skipped", tags={
-            **tags, "retrain": "skipped", "retrain_reason": reason, "model_version": version,
-            "executed_stages": "none", "gruflow.project": tracking.project_tag(root)}) as run:
+    with mlflow.start_run(
+        run_name="retrain-skipped",
+        tags={
+            **tags,
+            "retrain": "skipped",
+            "retrain_reason": reason,
+            "model_version": version,
+            "executed_stages": "none",
+            "gruflow.project": tracking.project_tag(root),
+        },
+    ) as run:
         pass
     champion = registry.champion_version(name)
-    return (f"{reason}, " + ("the champion" if champion == version else
-                             f"the challenger (champion: {champion or 'none'})")
-            + f" (MLflow run {run.info.run_id})")
+    return (
+        f"{reason}, "
+        + (
+            "the champion"
+            if champion == version
+            else f"the challenger (champion: {champion or 'none'})"
+        )
+        + f" (MLflow run {run.info.run_id})"
+    )

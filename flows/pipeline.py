@@ -97,9 +97,11 @@ def step(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dic
             return placed_stage(root, params, stage, force)
         if stage in TRACKED:
             return tracked_stage.with_options(name=stage, timeout_seconds=limit)(
-                root, params, stage, force)
+                root, params, stage, force
+            )
         return run_stage.with_options(name=stage, timeout_seconds=limit)(
-            root, stage, force, limit), {}
+            root, stage, force, limit
+        ), {}
     except StageTimeout:
         raise
     except TaskRunTimeoutError as exc:  # Prefect's timer fired before the stage's watchdog
@@ -108,8 +110,9 @@ def step(root: Path, params: Params, stage: str, force: bool) -> tuple[bool, dic
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10])
 @redacted_errors
-def register_and_gate(root: Path, params: Params, parent_run_id: str,
-                      metrics: dict) -> tuple[str | None, str]:
+def register_and_gate(
+    root: Path, params: Params, parent_run_id: str, metrics: dict
+) -> tuple[str | None, str]:
     """Register the current model unless the registry already holds this exact file (its
     `model_md5` tag), then gate it. Idempotent, so a retry after a partial failure, or a rerun
     after a kill, finishes the job without a second version. Returns (the new version or None,
@@ -121,19 +124,27 @@ def register_and_gate(root: Path, params: Params, parent_run_id: str,
     version = tracking.registered_version(name, model_md5) if model_md5 else None
     new = version is None
     if new:
-        version = tracking.log_and_register_model(root, params, parent_run_id,
-                                                  {**tags, "model_md5": model_md5}, metrics)
+        version = tracking.log_and_register_model(
+            root, params, parent_run_id, {**tags, "model_md5": model_md5}, metrics
+        )
     if registry.is_gated(name, version):
-        get_run_logger().info("model already registered and gated as %s version %s",
-                              name, version)
+        get_run_logger().info("model already registered and gated as %s version %s", name, version)
         return (version if new else None), registry.current_decision(name, version)
-    decision = registry.gate(name, version, metrics, root / params.paths.clean / "test.parquet",
-                             params.registry.min_improvement)
+    decision = registry.gate(
+        name,
+        version,
+        metrics,
+        root / params.paths.clean / "test.parquet",
+        params.registry.min_improvement,
+    )
     card.log_data_profile(parent_run_id, root / params.paths.reports)
     card_path, _ = card.write_card(name, version, None, root / params.paths.reports)
     get_run_logger().info("model card: %s", card_path.relative_to(root))
-    create_markdown_artifact(registry.gate_markdown(name, decision, parent_run_id),
-                             key="gruflow-gate", description="champion/challenger decision")
+    create_markdown_artifact(
+        registry.gate_markdown(name, decision, parent_run_id),
+        key="gruflow-gate",
+        description="champion/challenger decision",
+    )
     get_run_logger().info("%s: %s", name, decision["line"])
     return version, decision["line"]
 
@@ -167,11 +178,16 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
 
 def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> None:
     """The stages, registration and finetune hook inside the parent MLflow run."""
-    with mlflow.start_run(run_name="pipeline",
-                          tags={"gruflow.project": tracking.project_tag(root)}) as parent:
+    with mlflow.start_run(
+        run_name="pipeline", tags={"gruflow.project": tracking.project_tag(root)}
+    ) as parent:
         result.parent_run_id = parent.info.run_id
-        mlflow.log_params({"data.source": redact(str(params.data.source)),
-                           "registry.model_name": params.registry.model_name})
+        mlflow.log_params(
+            {
+                "data.source": redact(str(params.data.source)),
+                "registry.model_name": params.registry.model_name,
+            }
+        )
         with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
             for stage in STAGES:
                 ran, logged = step(root, params, stage, force)
@@ -180,14 +196,20 @@ def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> Non
                 if ran:
                     result.executed.append(stage)
         result.model_version, result.decision = register_and_gate(
-            root, params, parent.info.run_id, result.metrics)
+            root, params, parent.info.run_id, result.metrics
+        )
         # the parent run carries the outcome, so MLflow's runs table compares pipelines
-        mlflow.log_metrics(tracking.numbers(result.metrics
-                                            or tracking.read_metrics(root / params.paths.reports)))
+        mlflow.log_metrics(
+            tracking.numbers(result.metrics or tracking.read_metrics(root / params.paths.reports))
+        )
         mlflow.set_tags({"gate.decision": result.decision[:5000]})
         classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
-        mlflow.set_tags({**tracking.lineage_tags(root, params, str(flow_run.id or "")),
-                         "executed_stages": ",".join(result.executed) or "none"})
+        mlflow.set_tags(
+            {
+                **tracking.lineage_tags(root, params, str(flow_run.id or "")),
+                "executed_stages": ",".join(result.executed) or "none",
+            }
+        )
 
 
 if __name__ == "__main__":

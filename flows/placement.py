@@ -83,7 +83,7 @@ def dvc_push(root: Path, targets: list[str] | None = None) -> int:
     name, override = ensure_remote(root, params)
     log = get_run_logger() if TaskRunContext.get() else logging.getLogger(__name__)
     if name is None:
-        log.warning("no DVC remote configured (orchestration.dvc_remote is \"\"); nothing pushed")
+        log.warning('no DVC remote configured (orchestration.dvc_remote is ""); nothing pushed')
         return 0
     with Repo(str(root), config=override) as repo:
         n = repo.push(targets=_targets(root, targets))
@@ -98,11 +98,16 @@ def push_after_run(root: Path, version: str | None, in_flow: bool = True) -> int
     try:
         return dvc_push(root) if in_flow else dvc_push.fn(root)
     except Exception as exc:
-        model = f"model version {version} is registered" if version else \
-            "the run finished (no new model version)"
-        raise OneLineError(f"{model}, but `dvc push` failed ({type(exc).__name__}: "
-                           f"{redact(str(exc)).splitlines()[0] if str(exc) else ''}) — fix "
-                           "the DVC remote (orchestration.dvc_remote) and run `dvc push`") from exc
+        model = (
+            f"model version {version} is registered"
+            if version
+            else "the run finished (no new model version)"
+        )
+        raise OneLineError(
+            f"{model}, but `dvc push` failed ({type(exc).__name__}: "
+            f"{redact(str(exc)).splitlines()[0] if str(exc) else ''}) — fix "
+            "the DVC remote (orchestration.dvc_remote) and run `dvc push`"
+        ) from exc
 
 
 @task(name="dvc-pull", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
@@ -143,8 +148,9 @@ def _pack_uncached(root: Path, stage: str) -> str:
     from flows.stages import target
 
     with Repo(str(root)) as repo:
-        paths = [o.def_path for o in repo.stage.collect(target(root, stage))[0].outs
-                 if not o.use_cache]
+        paths = [
+            o.def_path for o in repo.stage.collect(target(root, stage))[0].outs if not o.use_cache
+        ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for rel in paths:
@@ -165,24 +171,32 @@ def _unpack_uncached(root: Path, blob: str) -> None:
 
 def _merge_lock_entry(root: Path, stage: str, entry: dict) -> None:
     path = root / "dvc.lock"
-    lock = (yaml.safe_load(path.read_text()) if path.is_file() else None) or \
-        {"schema": "2.0", "stages": {}}
+    lock = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {
+        "schema": "2.0",
+        "stages": {},
+    }
     lock.setdefault("stages", {})[stage] = entry
     tmp = path.with_suffix(".lock.tmp")
     tmp.write_text(yaml.safe_dump(lock, sort_keys=False))
     tmp.replace(path)
 
 
-def stage_parameters(root: Path, params: Params, stage: str, commit: str, force: bool,
-                     mlflow_run_id: str) -> dict:
+def stage_parameters(
+    root: Path, params: Params, stage: str, commit: str, force: bool, mlflow_run_id: str
+) -> dict:
     """The placed stage's flow-run parameters. Prefect shows them in its UI and keeps them in
     its database, so URLs go redacted (`user:***@host`): the worker takes the credentials from
     its own environment (`worker_remote`), never from Prefect."""
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "") if mlflow_run_id else ""
-    return {"stage": stage, "commit": commit, "force": force,
-            "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else "",
-            "remote": redact(remote_url(root, params)), "mlflow_run_id": mlflow_run_id,
-            "tracking_uri": redact(tracking_uri)}
+    return {
+        "stage": stage,
+        "commit": commit,
+        "force": force,
+        "lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else "",
+        "remote": redact(remote_url(root, params)),
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": redact(tracking_uri),
+    }
 
 
 def worker_remote(remote: str, env_name: str = "GRUFLOW_DVC_REMOTE") -> str:
@@ -193,14 +207,17 @@ def worker_remote(remote: str, env_name: str = "GRUFLOW_DVC_REMOTE") -> str:
         return remote
     own = os.environ.get(env_name, "")
     if not own or redact(own) != remote:
-        raise GruflowError(f"the DVC remote {remote} needs credentials, which are not passed "
-                           f"through Prefect: set {env_name} to its full URL in the worker's "
-                           "environment")
+        raise GruflowError(
+            f"the DVC remote {remote} needs credentials, which are not passed "
+            f"through Prefect: set {env_name} to its full URL in the worker's "
+            "environment"
+        )
     return own
 
 
-def run_placed(root: Path, params: Params, stage: str, force: bool = False,
-               mlflow_run_id: str = "") -> bool:
+def run_placed(
+    root: Path, params: Params, stage: str, force: bool = False, mlflow_run_id: str = ""
+) -> bool:
     """Run `stage` as the gruflow-stage deployment on its pool; bring its outputs back.
     Called inside the pipeline flow, so the deployment's run is a subflow of it. With
     `mlflow_run_id` (the stage's nested run) the worker's stage command logs live to it."""
@@ -215,20 +232,32 @@ def run_placed(root: Path, params: Params, stage: str, force: bool = False,
     log.info("stage %s: placed on work pool %s (commit %s)", stage, pool, commit[:12])
     limit = params.orchestration.stage_timeout
     parameters = stage_parameters(root, params, stage, commit, force, mlflow_run_id)
-    run = run_deployment(STAGE_DEPLOYMENT, parameters=parameters, timeout=limit,
-                         poll_interval=2, job_variables={})
+    run = run_deployment(
+        STAGE_DEPLOYMENT, parameters=parameters, timeout=limit, poll_interval=2, job_variables={}
+    )
     if run.state is None or not run.state.is_final():
-        raise GruflowError(f"placed stage {stage} (flow run {run.id}) did not finish within "
-                           f"orchestration.stage_timeout ({limit} s) — raise "
-                           "orchestration.stage_timeout in params.yaml if it needs longer")
+        raise GruflowError(
+            f"placed stage {stage} (flow run {run.id}) did not finish within "
+            f"orchestration.stage_timeout ({limit} s) — raise "
+            "orchestration.stage_timeout in params.yaml if it needs longer"
+        )
     if not run.state.is_completed():
-        raise GruflowError(f"placed stage {stage} (flow run {run.id}) ended {run.state.name}: "
-                           f"{run.state.message or ''}")
+        raise GruflowError(
+            f"placed stage {stage} (flow run {run.id}) ended {run.state.name}: "
+            f"{run.state.message or ''}"
+        )
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-    payload = next((json.loads(a.data.split("```json\n", 1)[1].split("\n```", 1)[0])
-                    for a in arts if a.key == LOCK_ARTIFACT), None)
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    payload = next(
+        (
+            json.loads(a.data.split("```json\n", 1)[1].split("\n```", 1)[0])
+            for a in arts
+            if a.key == LOCK_ARTIFACT
+        ),
+        None,
+    )
     if payload is None:
         raise GruflowError(f"placed stage {stage}: flow run {run.id} published no lock entry")
     _merge_lock_entry(root, stage, payload["entry"])
@@ -240,24 +269,37 @@ def run_placed(root: Path, params: Params, stage: str, force: bool = False,
 def _log_to(tracking_uri: str, run_id: str) -> bool:
     """Whether this worker reaches the parent's MLflow store and its run (a local sqlite store
     of another machine is not here: then the parent alone logs the stage's outputs)."""
-    if tracking_uri.startswith("sqlite:///") and \
-            not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    if (
+        tracking_uri.startswith("sqlite:///")
+        and not Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    ):
         return False
     from mlflow.tracking import MlflowClient
 
     try:
         MlflowClient(tracking_uri).get_run(run_id)
     except Exception as exc:  # unreachable server, unknown run: the stage runs untracked
-        get_run_logger().warning("MLflow run %s in %s not reachable (%s): the stage will not "
-                                 "log live", run_id, tracking_uri, exc)
+        get_run_logger().warning(
+            "MLflow run %s in %s not reachable (%s): the stage will not log live",
+            run_id,
+            tracking_uri,
+            exc,
+        )
         return False
     return True
 
 
 @flow(name="gruflow-stage", log_prints=True)
-def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = "",
-               remote: str = "", project: str = ".", mlflow_run_id: str = "",
-               tracking_uri: str = "") -> bool:
+def stage_flow(
+    stage: str,
+    commit: str = "",
+    force: bool = False,
+    lock: str = "",
+    remote: str = "",
+    project: str = ".",
+    mlflow_run_id: str = "",
+    tracking_uri: str = "",
+) -> bool:
     """Worker side of a placed stage: the pull steps cloned the branch; check out the parent's
     `commit`, take its `dvc.lock` (what the upstream stages produced) and its DVC `remote`;
     the stage logs live to the parent's nested MLflow run `mlflow_run_id` when given."""
@@ -274,9 +316,8 @@ def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = ""
         os.environ["GRUFLOW_DVC_REMOTE"] = worker_remote(remote)
     tracking_uri = worker_remote(tracking_uri, "MLFLOW_TRACKING_URI") if tracking_uri else ""
     if mlflow_run_id and tracking_uri and _log_to(tracking_uri, mlflow_run_id):
-        os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri,
-                       LIVE_RUN_ENV: mlflow_run_id}
-    upstream = list(STAGES[:STAGES.index(stage)])
+        os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri, LIVE_RUN_ENV: mlflow_run_id}
+    upstream = list(STAGES[: STAGES.index(stage)])
     if upstream:
         dvc_pull(root, upstream)
     limit = load_params(root / "params.yaml").orchestration.stage_timeout
@@ -287,7 +328,9 @@ def stage_flow(stage: str, commit: str = "", force: bool = False, lock: str = ""
         f"# stage {stage}\nran: {ran}, commit {commit}\n\n```json\n"
         f"{json.dumps({'ran': ran, 'entry': entry, 'uncached': _pack_uncached(root, stage)})}"
         "\n```\n",
-        key=LOCK_ARTIFACT, description=f"dvc.lock entry of stage {stage}")
+        key=LOCK_ARTIFACT,
+        description=f"dvc.lock entry of stage {stage}",
+    )
     return ran
 
 

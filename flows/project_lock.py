@@ -54,10 +54,15 @@ def project_lock(root: Path, wait: bool = True, command: str = "gruflow") -> Ite
         lock.acquire(timeout=0)
     except Timeout:
         if not wait:
-            raise GruflowError(f"{root} is in use by {holder(root)} — wait for it to finish, "
-                               "or run without --no-wait to queue behind it") from None
-        print(f"gruflow: waiting for {holder(root)} to finish (project lock "
-              f"{path}) …", file=sys.stderr, flush=True)
+            raise GruflowError(
+                f"{root} is in use by {holder(root)} — wait for it to finish, "
+                "or run without --no-wait to queue behind it"
+            ) from None
+        print(
+            f"gruflow: waiting for {holder(root)} to finish (project lock {path}) …",
+            file=sys.stderr,
+            flush=True,
+        )
         lock.acquire()
     since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     note.write_text(f"pid {os.getpid()} ({command}, since {since})\n")
@@ -84,6 +89,9 @@ def sweep_temp(root: Path, outs: list[str]) -> list[Path]:
                 tmp.unlink(missing_ok=True)
             removed.append(tmp)
     if removed:
-        log.warning("removed %d temp file(s) a killed run left: %s", len(removed),
-                    ", ".join(str(p.relative_to(root)) for p in removed))
+        log.warning(
+            "removed %d temp file(s) a killed run left: %s",
+            len(removed),
+            ", ".join(str(p.relative_to(root)) for p in removed),
+        )
     return removed

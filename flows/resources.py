@@ -64,9 +64,12 @@ def gpu_memory_by_pid() -> dict[int, float] | None:
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return parse_compute_apps(out.stdout) if out.returncode == 0 else None
@@ -78,8 +81,9 @@ def parse_compute_apps(text: str) -> dict[int, float]:
     for line in text.splitlines():
         pid, _, mem = (part.strip() for part in line.partition(","))
         if pid.isdigit():
-            usage[int(pid)] = usage.get(int(pid), 0.0) + (float(mem) if mem.replace(
-                ".", "", 1).isdigit() else 0.0)
+            usage[int(pid)] = usage.get(int(pid), 0.0) + (
+                float(mem) if mem.replace(".", "", 1).isdigit() else 0.0
+            )
     return usage
 
 
@@ -123,7 +127,8 @@ class _Sampler(threading.Thread):
         start = last_gpu = time.monotonic()
         # fast at first, so a command of well under a second is still seen
         while not self._stop_event.wait(
-                FIRST_SAMPLE_SECONDS if time.monotonic() - start < 2 else SAMPLE_SECONDS):
+            FIRST_SAMPLE_SECONDS if time.monotonic() - start < 2 else SAMPLE_SECONDS
+        ):
             procs = self._tree()
             self._sample_rss(procs)
             now = time.monotonic()
@@ -169,8 +174,7 @@ def measure(root: Path, stage: str) -> Iterator[StageCost]:
     # fallback (a stage command that is no gruflow main): it also counts any stray child that
     # another thread's Popen left and this stage's start reaped.
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu = report.get("cpu_s", after.ru_utime + after.ru_stime - kids.ru_utime
-                           - kids.ru_stime)
+    child_cpu = report.get("cpu_s", after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime)
     cost.cpu_s = round(child_cpu + _thread_cpu() - me, 3)
     # RSS only sampled: a command's ru_maxrss starts at the RSS of the process it was forked
     # from (Linux keeps it across exec), so every stage looked as large as the flow (measured:
@@ -241,11 +245,18 @@ def _log_mlflow(cost: StageCost) -> None:
     if run is None:
         return
     run_id = run.data.tags.get("mlflow.parentRunId") or run.info.run_id
-    metrics = {f"resources.{cost.stage}.{k}": float(getattr(cost, k)) for k in NUMBERS
-               if getattr(cost, k) is not None}
+    metrics = {
+        f"resources.{cost.stage}.{k}": float(getattr(cost, k))
+        for k in NUMBERS
+        if getattr(cost, k) is not None
+    }
     try:
-        mlflow.MlflowClient().log_batch(run_id, metrics=[
-            mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+        mlflow.MlflowClient().log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()
+            ],
+        )
     except mlflow.exceptions.MlflowException as exc:  # a report: never fail the stage for it
         log.warning("could not log resources of stage %s to MLflow: %s", cost.stage, exc)
 
@@ -257,11 +268,16 @@ def summary_line(root: Path, executed: list[str]) -> str:
     if not ran:
         return "gruflow: resources: no stage ran (reports/resources.json keeps the last costs)"
     t = total(ran)
-    gpu = (f", GPU {t['gpu_s']:.0f} s, peak GPU memory {t['gpu_peak_mb']:.0f} MiB"
-           if t["gpu_s"] is not None else "")
-    return (f"gruflow: resources: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} CPU s, peak RSS "
-            f"{t['peak_rss_mb']:.0f} MiB{gpu} over {len(ran)} stage(s) "
-            "(reports/resources.json)")
+    gpu = (
+        f", GPU {t['gpu_s']:.0f} s, peak GPU memory {t['gpu_peak_mb']:.0f} MiB"
+        if t["gpu_s"] is not None
+        else ""
+    )
+    return (
+        f"gruflow: resources: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} CPU s, peak RSS "
+        f"{t['peak_rss_mb']:.0f} MiB{gpu} over {len(ran)} stage(s) "
+        "(reports/resources.json)"
+    )
 
 
 def saved_line(root: Path) -> str:
@@ -271,8 +287,10 @@ def saved_line(root: Path) -> str:
     if not stages:
         return "no stage cost recorded yet"
     t = total(stages)
-    return (f"saved about {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU s: the last measured "
-            f"cost of {len(stages)} stage(s)")
+    return (
+        f"saved about {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU s: the last measured "
+        f"cost of {len(stages)} stage(s)"
+    )
 
 
 def markdown(root: Path, executed: list[str] | None) -> str:
@@ -280,14 +298,23 @@ def markdown(root: Path, executed: list[str] | None) -> str:
     retrain (None), the last measured cost of every stage but ingest (a retrain always runs
     ingest to refresh the snapshot) — what the skip saved."""
     stages = read(root).get("stages", {})
-    rows = {s: e for s, e in stages.items()
-            if (s in executed if executed is not None else s != "ingest")}
+    rows = {
+        s: e
+        for s, e in stages.items()
+        if (s in executed if executed is not None else s != "ingest")
+    }
     if not rows:
         return "\nResources: nothing recorded yet (reports/resources.json).\n"
-    title = ("What this skip saved (each stage's last measured run)" if executed is None
-             else "Resources of this run")
-    lines = [f"\n## {title}\n", "| stage | wall s | CPU s | peak RSS MiB | GPU s | GPU MiB |",
-             "|---|---|---|---|---|---|"]
+    title = (
+        "What this skip saved (each stage's last measured run)"
+        if executed is None
+        else "Resources of this run"
+    )
+    lines = [
+        f"\n## {title}\n",
+        "| stage | wall s | CPU s | peak RSS MiB | GPU s | GPU MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, e in [*rows.items(), ("total", total(rows))]:
         cells = [("-" if e.get(k) is None else f"{e[k]:g}") for k in NUMBERS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

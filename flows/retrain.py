@@ -66,8 +66,9 @@ def exclusive(root: Path, wait: bool = True) -> Iterator[None]:
                 with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=10):
                     yield
             except TimeoutError:
-                raise GruflowError("another retrain holds the Prefect concurrency limit "
-                                   f"'{CONCURRENCY_LIMIT}'") from None
+                raise GruflowError(
+                    f"another retrain holds the Prefect concurrency limit '{CONCURRENCY_LIMIT}'"
+                ) from None
         else:
             yield
 
@@ -100,10 +101,12 @@ def what_changed(root: Path, params: Params) -> tuple[bool, str | None, str]:
         return False, None, "the current model is not in the registry yet"
     if not registry.is_gated(name, version):
         return False, version, f"version {version} was registered but never gated"
-    role = "champion" if registry.champion_version(name) == version else \
-        "challenger (not promoted)"
-    return True, version, (f"nothing changed: data, params and code match {name} "
-                              f"version {version}, the {role}")
+    role = "champion" if registry.champion_version(name) == version else "challenger (not promoted)"
+    return (
+        True,
+        version,
+        (f"nothing changed: data, params and code match {name} version {version}, the {role}"),
+    )
 
 
 @task(name="measure-drift")
@@ -123,17 +126,27 @@ def measure_drift(root: Path, params: Params, why_changed: str) -> Drifted:
 
 @task(name="record-skip", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 @redacted_errors
-def record_skip(root: Path, params: Params, version: str, reason: str,
-                drifted: Drifted | None = None) -> str:
+def record_skip(
+    root: Path, params: Params, version: str, reason: str, drifted: Drifted | None = None
+) -> str:
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
-    with mlflow.start_run(run_name="retrain-skipped",
-                          tags={**tags, "retrain": "skipped", "retrain_reason": reason,
-                                "retrain.policy": params.retrain.policy,
-                                "model_version": version, "executed_stages": "none"}) as run:
+    with mlflow.start_run(
+        run_name="retrain-skipped",
+        tags={
+            **tags,
+            "retrain": "skipped",
+            "retrain_reason": reason,
+            "retrain.policy": params.retrain.policy,
+            "model_version": version,
+            "executed_stages": "none",
+        },
+    ) as run:
         pass
-    text = (f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
-            f"| model | {params.registry.model_name} version {version} |\n"
-            f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n")
+    text = (
+        f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
+        f"| model | {params.registry.model_name} version {version} |\n"
+        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n"
+    )
     if drifted is not None:
         text += "\n" + _drift_record(run.info.run_id, params, drifted)
     text += resources.markdown(root, None)
@@ -154,19 +167,29 @@ def _report(params: Params, result: RetrainResult, reason: str, tracking_uri: st
     from mlflow.tracking import MlflowClient
 
     name = params.registry.model_name
-    lines = ["# gruflow retrain: trained\n", f"Why: {reason}.\n",
-             f"Stages executed: {', '.join(result.executed) or 'none'}\n",
-             f"MLflow parent run `{result.run_id}` in `{redact(tracking_uri)}`\n"]
+    lines = [
+        "# gruflow retrain: trained\n",
+        f"Why: {reason}.\n",
+        f"Stages executed: {', '.join(result.executed) or 'none'}\n",
+        f"MLflow parent run `{result.run_id}` in `{redact(tracking_uri)}`\n",
+    ]
     m = result.metrics
     if m:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in m.items()
-                  if isinstance(v, int | float) and not isinstance(v, bool)]
+        lines += [
+            f"| {k} | {v:.4f} |"
+            for k, v in m.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         lines.append("")
     if result.model_version:
         tags = MlflowClient().get_model_version(name, result.model_version).tags
-        lines += [f"## Gate: {name} version {result.model_version} (models:/{name}/"
-                  f"{result.model_version})\n", "| | |", "|---|---|"]
+        lines += [
+            f"## Gate: {name} version {result.model_version} (models:/{name}/"
+            f"{result.model_version})\n",
+            "| | |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in sorted(tags.items()) if k.startswith("gate.")]
     else:
         lines.append("No new model version (the registry already holds this model).")
@@ -190,29 +213,50 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
         if unchanged and not (force or always):
             run_id = record_skip(root, params, version, reason)
             log.info("retrain skipped: %s", reason)
-            return RetrainResult(skipped=True, reason=reason, run_id=run_id,
-                                 model_version=version, seconds=time.perf_counter() - start)
+            return RetrainResult(
+                skipped=True,
+                reason=reason,
+                run_id=run_id,
+                model_version=version,
+                seconds=time.perf_counter() - start,
+            )
         drifted = measure_drift(root, params, reason)
         reason = drifted.decision.reason
         if not (force or drifted.decision.retrain):
             champion = str(drifted.report.get("champion") or version)
             run_id = record_skip(root, params, champion, reason, drifted)
             log.info("retrain skipped: %s", reason)
-            return RetrainResult(skipped=True, reason=reason, run_id=run_id,
-                                 model_version=champion, seconds=time.perf_counter() - start)
+            return RetrainResult(
+                skipped=True,
+                reason=reason,
+                run_id=run_id,
+                model_version=champion,
+                seconds=time.perf_counter() - start,
+            )
         log.info("retraining: %s", "forced" if force else reason)
         from flows.pipeline import pipeline  # only now: the pipeline path may load TensorFlow
 
         out = pipeline(project=str(root), force=force or always)
-        result = RetrainResult(skipped=False, reason=reason, executed=out.executed,
-                               metrics=out.metrics, run_id=out.parent_run_id,
-                               model_version=out.model_version, decision=out.decision)
+        result = RetrainResult(
+            skipped=False,
+            reason=reason,
+            executed=out.executed,
+            metrics=out.metrics,
+            run_id=out.parent_run_id,
+            model_version=out.model_version,
+            decision=out.decision,
+        )
         mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
         section = _drift_record(out.parent_run_id, params, drifted)
         result.pushed = push_after_run(root, result.model_version)
-        create_markdown_artifact(_report(params, result, reason, tracking_uri) + "\n\n" +
-                                 section + resources.markdown(root, ["ingest", *result.executed]),
-                                 key="gruflow-retrain", description="retrain decision")
+        create_markdown_artifact(
+            _report(params, result, reason, tracking_uri)
+            + "\n\n"
+            + section
+            + resources.markdown(root, ["ingest", *result.executed]),
+            key="gruflow-retrain",
+            description="retrain decision",
+        )
     result.seconds = time.perf_counter() - start
     return result
 

@@ -58,8 +58,13 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _restore(root: Path, stages: list[str] | None, outs: list[tuple[str, bool]],
-             existed: set[str], store: Path) -> None:
+def _restore(
+    root: Path,
+    stages: list[str] | None,
+    outs: list[tuple[str, bool]],
+    existed: set[str],
+    store: Path,
+) -> None:
     from dvc.repo import Repo
 
     if stages is None:  # a whole run: the lock file too (stages that succeeded rewrote it)
@@ -109,7 +114,9 @@ def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
                     _restore(root, stages, outs, existed, store)
                     log.info("failed: outputs of %s restored", ", ".join(stages or ["all"]))
                 except Exception:
-                    log.exception("the previous outputs could not be restored: run "
-                                  "`dvc checkout` (reports without a DVC cache are lost)")
+                    log.exception(
+                        "the previous outputs could not be restored: run "
+                        "`dvc checkout` (reports without a DVC cache are lost)"
+                    )
                     exc.add_note(NOT_RESTORED)  # the CLI's one line must not claim otherwise
             raise

@@ -12,8 +12,10 @@ import re
 
 # scheme://user:password@host -> the password is everything between the first ':' of the
 # userinfo and the last '@' before the host (passwords may contain '@' and ':').
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):"
-                       r"(?P<password>[^/\s]*)@(?=[^@/\s]*(?:[/\s'\"]|$))")
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):"
+    r"(?P<password>[^/\s]*)@(?=[^@/\s]*(?:[/\s'\"]|$))"
+)
 
 
 def redact(text: str) -> str:

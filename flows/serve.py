@@ -34,8 +34,10 @@ PICKLE_SUFFIXES = {".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill", ".pt",
 
 
 def _refuse(uri: str, why: str) -> GruflowError:
-    return GruflowError(f"model '{uri}' is not a gruflow model ({why}) — pass a model "
-                        "registered by `gruflow run` (models:/<name>@champion or its folder)")
+    return GruflowError(
+        f"model '{uri}' is not a gruflow model ({why}) — pass a model "
+        "registered by `gruflow run` (models:/<name>@champion or its folder)"
+    )
 
 
 def check_own_model(local: Path, uri: str) -> dict[str, str]:
@@ -55,16 +57,23 @@ def check_own_model(local: Path, uri: str) -> dict[str, str]:
     code = Path(str(pf.get("model_code_path", ""))).name
     if pf.get("loader_module") != CODE_LOADER or code != CODE_FILE or "python_model" in pf:
         what = pf.get("python_model") or code or "none"
-        raise _refuse(uri, f"python_model is {what!r} (loader {pf.get('loader_module')!r}), "
-                           f"not models-from-code {CODE_FILE}")
-    pickles = sorted(str(p.relative_to(local)) for p in local.rglob("*")
-                     if p.suffix.lower() in PICKLE_SUFFIXES)
+        raise _refuse(
+            uri,
+            f"python_model is {what!r} (loader {pf.get('loader_module')!r}), "
+            f"not models-from-code {CODE_FILE}",
+        )
+    pickles = sorted(
+        str(p.relative_to(local)) for p in local.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
+    )
     if pickles:
         raise _refuse(uri, f"holds pickled files {pickles[:3]}")
     artifacts = pf.get("artifacts") or {}
     if not isinstance(artifacts, dict) or set(artifacts) != set(EXPECTED_ARTIFACTS):
-        raise _refuse(uri, f"artifacts {sorted(artifacts) if isinstance(artifacts, dict) else []}"
-                           f", expected {sorted(EXPECTED_ARTIFACTS)}")
+        raise _refuse(
+            uri,
+            f"artifacts {sorted(artifacts) if isinstance(artifacts, dict) else []}"
+            f", expected {sorted(EXPECTED_ARTIFACTS)}",
+        )
     paths = {}
     for name, suffix in EXPECTED_ARTIFACTS.items():
         entry = artifacts[name]
@@ -83,8 +92,9 @@ def _download(uri: str) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except (mlflow.exceptions.MlflowException, OSError) as exc:
         first = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]
-        raise GruflowError(f"cannot load model '{uri}' ({first}) — run `gruflow run` first or "
-                           "pass --model URI") from None
+        raise GruflowError(
+            f"cannot load model '{uri}' ({first}) — run `gruflow run` first or pass --model URI"
+        ) from None
 
 
 def load_model(uri: str):
@@ -111,10 +121,12 @@ def load_model(uri: str):
         meta = Model.load(str(local / "MLmodel"))
     except (MlflowException, ValueError, OSError, KeyError) as exc:
         first = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]
-        raise GruflowError(f"cannot load model '{uri}' ({first}) — re-register it with "
-                           "`gruflow run`") from None
-    return PyFuncModel(model_meta=meta,
-                       model_impl=_PythonModelPyfuncWrapper(lm, context, meta.signature))
+        raise GruflowError(
+            f"cannot load model '{uri}' ({first}) — re-register it with `gruflow run`"
+        ) from None
+    return PyFuncModel(
+        model_meta=meta, model_impl=_PythonModelPyfuncWrapper(lm, context, meta.signature)
+    )
 
 
 def build_app(model, limits: Serve):
@@ -148,16 +160,19 @@ def _serve(args: argparse.Namespace) -> int:
     limits = params.serve
     host, port = args.host or limits.host, args.port or limits.port
     app = build_app(load_model(uri), limits)
-    print(f"gruflow: serving '{uri}' on http://{host}:{port}/invocations (Ctrl-C stops)",
-          flush=True)
+    print(
+        f"gruflow: serving '{uri}' on http://{host}:{port}/invocations (Ctrl-C stops)", flush=True
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
 
 
 def add_command(sub, common) -> None:
-    s = sub.add_parser("serve", parents=[common],
-                       help="serve a model over HTTP (MLflow scoring protocol) with gruflow's "
-                            "request limits")
+    s = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve a model over HTTP (MLflow scoring protocol) with gruflow's request limits",
+    )
     s.add_argument("--model", help="model URI (default: models:/<registry.model_name>@champion)")
     s.add_argument("--host", help="default: serve.host in params.yaml")
     s.add_argument("--port", type=int, help="default: serve.port in params.yaml")

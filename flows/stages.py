@@ -36,9 +36,11 @@ class StageTimeout(GruflowError, TimeoutError):
 
 
 def stage_timeout(stage: str, seconds: float) -> StageTimeout:
-    return StageTimeout(f"stage {stage} did not finish within {TIMEOUT_PARAM} ({seconds:g} s) "
-                        f"and was stopped — raise {TIMEOUT_PARAM} in params.yaml if it needs "
-                        "longer")
+    return StageTimeout(
+        f"stage {stage} did not finish within {TIMEOUT_PARAM} ({seconds:g} s) "
+        f"and was stopped — raise {TIMEOUT_PARAM} in params.yaml if it needs "
+        "longer"
+    )
 
 
 def stage_env() -> None:
@@ -108,8 +110,12 @@ def _stage_error(stage: str, error_file: Path) -> Exception | None:
     except (OSError, ValueError):
         return None
     # to the log file only (the console filter drops errors; the redact filter cleans it)
-    log.error("stage %s: command %s failed:\n%s", stage, report.get("command", ""),
-              report.get("traceback", ""))
+    log.error(
+        "stage %s: command %s failed:\n%s",
+        stage,
+        report.get("command", ""),
+        report.get("traceback", ""),
+    )
     kind = StageFailed if report.get("code") == 2 else StageCrashed
     return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
 
@@ -146,21 +152,23 @@ def reproduce(root: Path, stage: str, force: bool = False, timeout: float | None
         watchdog.start()
     state = root / ".gruflow"
     state.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"error-{stage}.", dir=state) as tmp, \
-            keep_outputs(root, [stage]):
+    with (
+        tempfile.TemporaryDirectory(prefix=f"error-{stage}.", dir=state) as tmp,
+        keep_outputs(root, [stage]),
+    ):
         error_file = Path(tmp) / "error.json"
         os.environ[STAGE_ERROR_ENV] = str(error_file)
         try:
             with Repo(str(root)) as repo, resources.measure(root, stage) as cost:
-                ran = repo.reproduce(targets=[target(root, stage)], single_item=True,
-                                     force=force)
+                ran = repo.reproduce(targets=[target(root, stage)], single_item=True, force=force)
                 cost.ran = bool(ran)  # an executed stage's cost goes to reports/resources.json
         except BaseException as exc:  # also Prefect's timeout (an alarm) and Ctrl-C
             _stop_new_processes(before)
             if expired.is_set():
                 raise stage_timeout(stage, timeout) from exc
-            signalled = isinstance(exc, KeyboardInterrupt) or \
-                type(exc).__name__ == "TerminationSignal"  # Prefect's SIGTERM handler
+            signalled = (
+                isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+            )  # Prefect's SIGTERM handler
             if signalled or _stopped_by_sigint(exc):
                 from flows.project_lock import sweep_temp
 

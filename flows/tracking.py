@@ -48,9 +48,11 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise GruflowError(f"MLflow tracking store {redact(uri)} is unreachable ({exc}) — start "
-                           "the server or fix MLFLOW_TRACKING_URI (unset: the project's "
-                           "mlflow.db)") from None
+        raise GruflowError(
+            f"MLflow tracking store {redact(uri)} is unreachable ({exc}) — start "
+            "the server or fix MLFLOW_TRACKING_URI (unset: the project's "
+            "mlflow.db)"
+        ) from None
 
 
 def require_store(root: Path) -> None:
@@ -58,9 +60,11 @@ def require_store(root: Path) -> None:
     sqlite file would create it (and its tables) in the project, even for a failing command."""
     uri = store_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise GruflowError(f"{redact(uri)}: no MLflow store yet, so no registered model — run "
-                           "`gruflow run` first, or set MLFLOW_TRACKING_URI to your tracking "
-                           "server")
+        raise GruflowError(
+            f"{redact(uri)}: no MLflow store yet, so no registered model — run "
+            "`gruflow run` first, or set MLFLOW_TRACKING_URI to your tracking "
+            "server"
+        )
 
 
 def configure(root: Path, experiment: str) -> str:
@@ -75,8 +79,11 @@ def configure(root: Path, experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # stage subprocesses log to the same store
     if mlflow.get_experiment_by_name(experiment) is None:
-        location = None if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http") else \
-            (root / "mlartifacts").resolve().as_uri()
+        location = (
+            None
+            if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
+            else (root / "mlartifacts").resolve().as_uri()
+        )
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return uri
@@ -91,8 +98,9 @@ def _dirty(root: Path, outputs: set[str]) -> bool:
     (dvc.lock and the stage outputs committed to git, e.g. reports/*.json): the code and
     params.yaml that made the model are the commit's exactly when this is False."""
     for path in git_output(root, "diff", "--name-only", "HEAD").splitlines():
-        if path != "dvc.lock" and not any(path == o or path.startswith(o.rstrip("/") + "/")
-                                          for o in outputs):
+        if path != "dvc.lock" and not any(
+            path == o or path.startswith(o.rstrip("/") + "/") for o in outputs
+        ):
             return True
     return False
 
@@ -110,8 +118,9 @@ def _reproducible(root: Path, params: Params) -> str:
 def _train_device(root: Path, params: Params) -> str:
     """Where train ran (reports/train.json): reproduce allows a metric tolerance on a GPU."""
     try:
-        return str(json.loads((root / params.paths.reports / "train.json").read_text())
-                   .get("device", ""))
+        return str(
+            json.loads((root / params.paths.reports / "train.json").read_text()).get("device", "")
+        )
     except (OSError, ValueError):
         return ""
 
@@ -141,8 +150,9 @@ def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[st
 
 
 def numbers(d: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def log_train(run_id: str, params: Params, reports: Path) -> None:
@@ -216,8 +226,9 @@ def close_interrupted_runs(root: Path, experiment: str) -> list[str]:
     the project lock: then no live process of this project owns a run."""
     client = MlflowClient()
     exp = mlflow.get_experiment_by_name(experiment)
-    running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
-                                 max_results=1000)
+    running = client.search_runs(
+        [exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+    )
     mine, verdict = project_tag(root), {}
 
     def ours(run) -> bool:
@@ -225,7 +236,8 @@ def close_interrupted_runs(root: Path, experiment: str) -> list[str]:
         if run_id not in verdict:
             parent = run.data.tags.get("mlflow.parentRunId")
             verdict[run_id] = run.data.tags.get("gruflow.project") == mine or (
-                bool(parent) and ours(client.get_run(parent)))
+                bool(parent) and ours(client.get_run(parent))
+            )
         return verdict[run_id]
 
     closed = [r.info.run_id for r in running if ours(r)]
@@ -247,21 +259,26 @@ def drop_orphan_versions(root: Path, name: str) -> list[str]:
         if mv.tags.get("model_md5") or mv.aliases:
             continue
         try:
-            owner = client.get_run(mv.run_id).data.tags.get("gruflow.project") if mv.run_id \
-                else None
+            owner = (
+                client.get_run(mv.run_id).data.tags.get("gruflow.project") if mv.run_id else None
+            )
         except mlflow.exceptions.MlflowException:
             owner = None
         if owner == mine:
             client.delete_model_version(name, mv.version)
             dropped.append(str(mv.version))
     if dropped:
-        log.warning("deleted %s version(s) %s: registration was interrupted before its tags",
-                    name, ", ".join(dropped))
+        log.warning(
+            "deleted %s version(s) %s: registration was interrupted before its tags",
+            name,
+            ", ".join(dropped),
+        )
     return dropped
 
 
-def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[str, str],
-                           metrics: dict) -> str:
+def log_and_register_model(
+    root: Path, params: Params, run_id: str, tags: dict[str, str], metrics: dict
+) -> str:
     """Log the pyfunc (tokenizer + Keras model) in `run_id` and register it as a new version
     of registry.model_name, created together with its tags (model_md5, lineage, metrics) in
     one registry call: a kill at any moment leaves either no version or a complete one."""
@@ -286,8 +303,11 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
         model_info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(root / "components" / "lm" / "pyfunc.py"),
-            artifacts={"model": str(root / paths.model),
-                       "tokenizer": str(root / paths.tokenizer), "info": str(info)},
+            artifacts={
+                "model": str(root / paths.model),
+                "tokenizer": str(root / paths.tokenizer),
+                "info": str(info),
+            },
             code_paths=[str(root / "components")],
             signature=model_signature,
             input_example=(example, defaults),
@@ -295,10 +315,13 @@ def log_and_register_model(root: Path, params: Params, run_id: str, tags: dict[s
     if (root / "dvc.lock").is_file():  # what reproduce pulls inputs by, even if uncommitted
         mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
     # `objective` (causal | masked): the gate compares only versions of the same objective
-    version_tags = {**tags, "mlflow_run_id": run_id, "objective": contents["objective"],
-                    **{f"metric.{k}": str(v) for k, v in numbers(metrics).items()}}
-    mv = mlflow.register_model(model_info.model_uri, params.registry.model_name,
-                               tags=version_tags)
+    version_tags = {
+        **tags,
+        "mlflow_run_id": run_id,
+        "objective": contents["objective"],
+        **{f"metric.{k}": str(v) for k, v in numbers(metrics).items()},
+    }
+    mv = mlflow.register_model(model_info.model_uri, params.registry.model_name, tags=version_tags)
     return str(mv.version)
 
 

@@ -41,9 +41,11 @@ def watched_paths(data: Data, root: Path) -> list[Path]:
     """The file/folder sources of data.source (builtin and hf: sources cannot be watched)."""
     paths = [root / s for s in data.sources if s != "builtin" and not s.startswith(HF_PREFIX)]
     if not paths:
-        raise GruflowError(f"data.source {data.source!r} has no file or folder to watch — "
-                           "point data.source at a folder (e.g. data/incoming) to use "
-                           "`gruflow watch`")
+        raise GruflowError(
+            f"data.source {data.source!r} has no file or folder to watch — "
+            "point data.source at a folder (e.g. data/incoming) to use "
+            "`gruflow watch`"
+        )
     return paths
 
 
@@ -90,9 +92,13 @@ class Pending:
 
 def payload(root: Path, pending: Pending) -> dict:
     changed, removed = sorted(pending.changed), sorted(pending.removed)
-    return {"project": str(root), "changed": changed[:MAX_NAMES],
-            "removed": removed[:MAX_NAMES], "changed_total": len(changed),
-            "removed_total": len(removed)}
+    return {
+        "project": str(root),
+        "changed": changed[:MAX_NAMES],
+        "removed": removed[:MAX_NAMES],
+        "changed_total": len(changed),
+        "removed_total": len(removed),
+    }
 
 
 def server_down() -> str | None:
@@ -113,19 +119,28 @@ def emit(root: Path, model_name: str, pending: Pending) -> bool:
 
     reason = server_down()
     if reason:
-        log.warning("gruflow watch: Prefect server unreachable (%s); retrying at the next "
-                    "poll", reason)
+        log.warning(
+            "gruflow watch: Prefect server unreachable (%s); retrying at the next poll", reason
+        )
         return False
     body = payload(root, pending)
-    event = emit_event(event=EVENT, payload=body,
-                       resource={"prefect.resource.id": resource_id(model_name),
-                                 "prefect.resource.name": model_name,
-                                 "gruflow.project": str(root)})
+    event = emit_event(
+        event=EVENT,
+        payload=body,
+        resource={
+            "prefect.resource.id": resource_id(model_name),
+            "prefect.resource.name": model_name,
+            "gruflow.project": str(root),
+        },
+    )
     if event is None:
         raise GruflowError("Prefect did not send the event (no PREFECT_API_URL?)")
     EventsWorker.drain_all(timeout=30)  # sent in the background: flush before moving on
-    print(f"gruflow watch: {EVENT}: {body['changed_total']} new or changed, "
-          f"{body['removed_total']} removed file(s)", flush=True)
+    print(
+        f"gruflow watch: {EVENT}: {body['changed_total']} new or changed, "
+        f"{body['removed_total']} removed file(s)",
+        flush=True,
+    )
     return True
 
 
@@ -157,8 +172,11 @@ def watch(root: Path, once: bool = False, polls: int | None = None) -> int:
         seen = current
     pending, sent, n = Pending(), 0, 0
     pending.add(*diff(seen, current))
-    print(f"gruflow watch: watching {', '.join(map(str, paths))} every {interval} s "
-          f"({len(current)} file(s))", flush=True)
+    print(
+        f"gruflow watch: watching {', '.join(map(str, paths))} every {interval} s "
+        f"({len(current)} file(s))",
+        flush=True,
+    )
     while True:
         n += 1
         if polls is not None and n > polls:
@@ -183,9 +201,11 @@ def _watch(args: argparse.Namespace) -> int:
     root = Path(args.project).resolve()
     load_params(root / "params.yaml")
     if not os.environ.get("PREFECT_API_URL"):
-        raise GruflowError("gruflow watch sends events to a Prefect server: set "
-                           "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
-                           "`prefect server start`)")
+        raise GruflowError(
+            "gruflow watch sends events to a Prefect server: set "
+            "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
+            "`prefect server start`)"
+        )
     try:
         sent = watch(root, once=args.once)
     except KeyboardInterrupt:  # the normal way to stop a watcher; unsent changes stay pending
@@ -196,9 +216,15 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def add_command(sub, common: argparse.ArgumentParser) -> None:
-    w = sub.add_parser("watch", parents=[common],
-                       help=f"send the Prefect event {EVENT} when files under data.source "
-                            "change (triggers the gruflow-retrain deployment)")
-    w.add_argument("--once", action="store_true",
-                   help="compare with the saved snapshot once, send at most one event, exit")
+    w = sub.add_parser(
+        "watch",
+        parents=[common],
+        help=f"send the Prefect event {EVENT} when files under data.source "
+        "change (triggers the gruflow-retrain deployment)",
+    )
+    w.add_argument(
+        "--once",
+        action="store_true",
+        help="compare with the saved snapshot once, send at most one event, exit",
+    )
     w.set_defaults(func=_watch)

@@ -37,8 +37,10 @@ def corpus(path: Path, n_docs: int = 240) -> None:
     rng = random.Random(0)
     with path.open("w", encoding="utf-8") as f:
         for i in range(n_docs):
-            parts = [f"{rng.choice(SUBJECTS)}{rng.choice(VERBS)}{rng.choice(OBJECTS)}"
-                     for _ in range(rng.randint(4, 8))]
+            parts = [
+                f"{rng.choice(SUBJECTS)}{rng.choice(VERBS)}{rng.choice(OBJECTS)}"
+                for _ in range(rng.randint(4, 8))
+            ]
             text = "，".join(parts) + "。" + f"（第{i}篇）"
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
 
@@ -46,8 +48,12 @@ def corpus(path: Path, n_docs: int = 240) -> None:
 def params_for(source: Path) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["source"] = str(source)
-    raw["clean"].update(min_chars=10, near_dup=False, dedup="exact",
-                        drift={"mean_chars": 0.0, "script_mix": 0.0, "top_tokens": 0.0})
+    raw["clean"].update(
+        min_chars=10,
+        near_dup=False,
+        dedup="exact",
+        drift={"mean_chars": 0.0, "script_mix": 0.0, "top_tokens": 0.0},
+    )
     raw["split"].update(val_fraction=0.1, test_fraction=0.1, group_near_duplicates=False)
     raw["tokenize"].update(vocab_size=400, min_frequency=1)
     raw["embed"].update(dim=8, epochs=2, neighbours=4)
@@ -68,11 +74,13 @@ def project(tmp_path_factory) -> Path:
     (root / "data/eval").mkdir(parents=True)
     shutil.copy(ROOT / "data/eval/word_pairs.tsv", root / "data/eval/word_pairs.tsv")
     corpus(root.parent / "corpus.jsonl")
-    (root / "params.yaml").write_text(yaml.safe_dump(params_for(root.parent / "corpus.jsonl"),
-                                                     allow_unicode=True))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(params_for(root.parent / "corpus.jsonl"), allow_unicode=True)
+    )
     for stage in STAGES:
-        done = subprocess.run([sys.executable, "-m", f"components.{stage}"], cwd=root,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", f"components.{stage}"], cwd=root, capture_output=True, text=True
+        )
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
     return root
 
@@ -87,8 +95,9 @@ def registered(project):
     params = load_params(project / "params.yaml")
     tracking.configure(project, params.mlflow.experiment)
     with mlflow.start_run() as run:
-        version = tracking.log_and_register_model(project, params, run.info.run_id,
-                                                  tags={"model_md5": "0" * 32}, metrics={})
+        version = tracking.log_and_register_model(
+            project, params, run.info.run_id, tags={"model_md5": "0" * 32}, metrics={}
+        )
     return f"models:/{NAME}/{version}"
 
 
@@ -100,6 +109,7 @@ def model(registered):
 
 
 # --- readable tokens -----------------------------------------------------------------------
+
 
 def test_similar_finds_a_chinese_token_and_prints_text(project, capsys):
     from flows import cli
@@ -120,13 +130,18 @@ def test_probes_are_the_corpus_words_and_english_pairs_are_skipped(project):
     assert report["probes"]["source"] == "auto" and len(report["probes"]["words"]) == 8
     assert all("\u4e00" <= ch <= "\u9fff" for w in report["probes"]["words"] for ch in w)
     assert report["unknown_probes"] == [] and set(report["neighbours"]) == set(
-        report["probes"]["words"])
+        report["probes"]["words"]
+    )
     assert report["word_pairs"]["used"] is False and "Han" in report["word_pairs"]["reason"]
 
 
 def test_word2vec_keys_and_projector_are_readable(project):
-    keys = [line.split(" ", 1)[0] for line in
-            (project / "artifacts/word2vec.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    keys = [
+        line.split(" ", 1)[0]
+        for line in (project / "artifacts/word2vec.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()[1:]
+    ]
     assert "是" in keys and "，" not in keys  # NFKC: the comma trained as ","
     assert len(keys) == len(set(keys)) and not any(set(k) & set("æçĺĦ") for k in keys)
     meta = (project / "artifacts/projector/metadata.tsv").read_text(encoding="utf-8")
@@ -134,6 +149,7 @@ def test_word2vec_keys_and_projector_are_readable(project):
 
 
 # --- normalisation in score and generate --------------------------------------------------
+
 
 def test_score_normalises_like_training_pyfunc(model):
     scores = model.predict(pd.DataFrame({"text": [FULL, ASCII]}), params={"mode": "score"})
@@ -156,14 +172,19 @@ def test_score_normalises_like_training_cli(project, registered, capsys):
     outputs = []
     for name, text in (("full.txt", FULL), ("ascii.txt", ASCII)):
         (project / name).write_text(text, encoding="utf-8")
-        assert cli.main(["score", str(project / name), "--project", str(project),
-                         "--model", registered]) == 0
+        assert (
+            cli.main(
+                ["score", str(project / name), "--project", str(project), "--model", registered]
+            )
+            == 0
+        )
         outputs.append(capsys.readouterr().out.split(": ", 1)[1])
     assert outputs[0] == outputs[1] and "perplexity" in outputs[0]
 
 
-def test_generate_prompt_is_normalised_and_defaults_are_params_generate(project, model,
-                                                                       registered, capsys):
+def test_generate_prompt_is_normalised_and_defaults_are_params_generate(
+    project, model, registered, capsys
+):
     from components.params import load_params
     from flows import cli
 
@@ -174,8 +195,10 @@ def test_generate_prompt_is_normalised_and_defaults_are_params_generate(project,
     assert default == model.predict(same, params={"mode": "generate"})["text"][0]
     explicit = model.predict(frame, params={"mode": "generate", **gen.model_dump()})
     assert explicit["text"][0] == default  # what a request leaves out is params.yaml's
-    assert cli.main(["generate", "我们喜欢音乐，", "--project", str(project),
-                     "--model", registered]) == 0
+    assert (
+        cli.main(["generate", "我们喜欢音乐，", "--project", str(project), "--model", registered])
+        == 0
+    )
     assert capsys.readouterr().out.rstrip("\n") == "我们喜欢音乐，" + default
 
 
@@ -183,8 +206,14 @@ def test_signature_lists_both_modes_and_the_example_is_chinese(registered):
     import mlflow
 
     info = mlflow.models.get_model_info(registered)
-    assert info.signature.outputs.input_names() == ["text", "nll", "tokens", "bytes",
-                                                    "perplexity", "bits_per_byte"]
+    assert info.signature.outputs.input_names() == [
+        "text",
+        "nll",
+        "tokens",
+        "bytes",
+        "perplexity",
+        "bits_per_byte",
+    ]
     from components.params import load_params
 
     defaults = {p.name: p.default for p in info.signature.params.params}
@@ -202,9 +231,15 @@ def test_default_repetition_penalty_breaks_greedy_loops(model):
     from itertools import groupby
 
     def longest_run(penalty: float) -> int:
-        out = model.predict(pd.DataFrame({"text": ["我们"]}), params={
-            "mode": "generate", "temperature": 0.0, "max_new_tokens": 48,
-            "repetition_penalty": penalty})["text"][0]
+        out = model.predict(
+            pd.DataFrame({"text": ["我们"]}),
+            params={
+                "mode": "generate",
+                "temperature": 0.0,
+                "max_new_tokens": 48,
+                "repetition_penalty": penalty,
+            },
+        )["text"][0]
         return max(len(list(run)) for _, run in groupby(out))
 
     from components.params import load_params

@@ -15,14 +15,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def passing_rows() -> list[dict]:
-    return [{"name": name, "value": 1.0, "raw_value": 1.0, "unit": "x",
-             "ratio": bound + (0.01 if op == ">=" else -0.01)}
-            for name, (op, bound) in FLOORS.items()]
+    return [
+        {
+            "name": name,
+            "value": 1.0,
+            "raw_value": 1.0,
+            "unit": "x",
+            "ratio": bound + (0.01 if op == ">=" else -0.01),
+        }
+        for name, (op, bound) in FLOORS.items()
+    ]
 
 
 def check(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.common", str(folder)], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.common", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_the_check_passes_only_when_every_floor_is_met(tmp_path):
@@ -46,12 +58,24 @@ def test_a_missing_row_fails_the_check(tmp_path):
 
 def test_a_child_reports_its_own_peak_rss_not_its_parents():
     ballast = np.ones(400 * 2**20 // 8)  # the parent holds 400 MiB while it spawns the child
-    code = ("import numpy as np; from bench.common import peak_rss_kib; "
-            "x = np.ones({n}); print(peak_rss_kib())")
-    small = subprocess.run([sys.executable, "-c", code.format(n=1)], cwd=ROOT,
-                           capture_output=True, text=True, check=True)
-    big = subprocess.run([sys.executable, "-c", code.format(n=300 * 2**20 // 8)], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    code = (
+        "import numpy as np; from bench.common import peak_rss_kib; "
+        "x = np.ones({n}); print(peak_rss_kib())"
+    )
+    small = subprocess.run(
+        [sys.executable, "-c", code.format(n=1)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    big = subprocess.run(
+        [sys.executable, "-c", code.format(n=300 * 2**20 // 8)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert ballast.sum() > 0
     assert int(small.stdout) < 200 * 1024  # KiB: the interpreter and NumPy, not the ballast
-    assert int(big.stdout) > 300 * 1024    # its own 300 MiB are seen
+    assert int(big.stdout) > 300 * 1024  # its own 300 MiB are seen

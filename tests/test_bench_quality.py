@@ -33,8 +33,9 @@ def test_the_reference_width_matches_gruflows_parameter_count():
     target = 879_392  # the default gruflow model on the built-in corpus (reports/train.json)
     units = reference_units(target, 4000, 64)
     best = gru_lm_parameters(4000, 64, units)
-    assert abs(best - target) <= min(abs(gru_lm_parameters(4000, 64, h) - target)
-                                     for h in (units - 1, units + 1))
+    assert abs(best - target) <= min(
+        abs(gru_lm_parameters(4000, 64, h) - target) for h in (units - 1, units + 1)
+    )
     assert abs(best - target) / target < 0.01
 
 
@@ -45,8 +46,10 @@ def test_the_reference_is_plain_keras_with_default_initialisers():
     gru = fit_model.layers[2]
     assert gru.get_config()["dropout"] == 0 and gru.get_config()["recurrent_dropout"] == 0
     default_dense = keras.layers.Dense(50)
-    assert (fit_model.layers[3].get_config()["kernel_initializer"]
-            == default_dense.get_config()["kernel_initializer"])
+    assert (
+        fit_model.layers[3].get_config()["kernel_initializer"]
+        == default_dense.get_config()["kernel_initializer"]
+    )
 
 
 def test_every_ablation_is_a_valid_params_change():
@@ -64,20 +67,30 @@ def test_the_quality_row_on_a_tiny_corpus(tmp_path):
     docs = [np.r_[BOS, rng.integers(10, 40, 30), EOS] for _ in range(40)]
     stream = np.concatenate(docs).astype(np.int32)
     p = load_params()
-    tiny = {"model.embedding_init": "random", "model.embedding_dim": 8, "model.units": 8,
-            "train.seq_len": 8, "train.batch_size": 4}  # outside tune.space: not validated
+    tiny = {
+        "model.embedding_init": "random",
+        "model.embedding_dim": 8,
+        "model.units": 8,
+        "train.seq_len": 8,
+        "train.batch_size": 4,
+    }  # outside tune.space: not validated
     for dotted, value in tiny.items():
         p = with_value(p, dotted, value)
-    p = p.model_copy(update={"paths": p.paths.model_copy(update={"reports": str(tmp_path)}),
-                             "evaluate": p.evaluate.model_copy(update={"batch_size": 4})})
-    data = {"train": stream[:800], "val": stream[800:1000], "test": stream[1000:],
-            "bytes": 1000}
+    p = p.model_copy(
+        update={
+            "paths": p.paths.model_copy(update={"reports": str(tmp_path)}),
+            "evaluate": p.evaluate.model_copy(update={"batch_size": 4}),
+        }
+    )
+    data = {"train": stream[:800], "val": stream[800:1000], "test": stream[1000:], "bytes": 1000}
     rows = measure(p, 40, data, epochs=1, ablations=False)
     assert [r["name"] for r in rows] == ["quality"]
     row = rows[0]
     assert math.isclose(row["ratio"], row["value"] / row["raw_value"], rel_tol=1e-3)
-    assert abs(row["parameters"]["reference"] - row["parameters"]["gruflow"]) < 0.05 * row[
-        "parameters"]["gruflow"]
+    assert (
+        abs(row["parameters"]["reference"] - row["parameters"]["gruflow"])
+        < 0.05 * row["parameters"]["gruflow"]
+    )
     assert row["train_tokens"] == 800 and row["epochs"] == 1
     assert row["cpu_seconds"]["gruflow"] > 0 and row["cpu_seconds"]["reference"] > 0
     assert "quality" in FLOORS

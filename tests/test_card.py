@@ -30,8 +30,12 @@ from flows import card, tracking  # noqa: E402
 from flows.cli import main  # noqa: E402
 from tests import tiny_lm  # noqa: E402
 
-METRICS = {"perplexity": 41.5, "bigram_perplexity": 77.25, "baseline_perplexity": 300.0,
-           "bits_per_byte": 1.625}
+METRICS = {
+    "perplexity": 41.5,
+    "bigram_perplexity": 77.25,
+    "baseline_perplexity": 300.0,
+    "bits_per_byte": 1.625,
+}
 HOSTILE_SAMPLE = "**the parser** <script>console.error('injected')</script> & more"
 
 
@@ -73,16 +77,26 @@ def registered(tmp_path_factory):
                 mlflow.log_artifacts(str(reports / "plots"), "plots")
                 mlflow.log_artifact(str(reports / "samples.md"))
             version = tracking.log_and_register_model(
-                root, params, parent.info.run_id, {"git_commit": "abc123def4567890",
-                                                   "git_dirty": "False"}, METRICS)
+                root,
+                params,
+                parent.info.run_id,
+                {"git_commit": "abc123def4567890", "git_dirty": "False"},
+                METRICS,
+            )
             card.log_data_profile(parent.info.run_id, reports)
         client = MlflowClient()
         client.set_model_version_tag("cardlm", version, "gate.promoted", "True")
-        client.set_model_version_tag("cardlm", version, "gate.reason",
-                                     "first version, beats the bigram baseline")
+        client.set_model_version_tag(
+            "cardlm", version, "gate.reason", "first version, beats the bigram baseline"
+        )
         client.set_registered_model_alias("cardlm", "champion", version)
-        yield {"root": root, "params": params, "version": version,
-               "run_id": parent.info.run_id, "reports": root / "reports"}
+        yield {
+            "root": root,
+            "params": params,
+            "version": version,
+            "run_id": parent.info.run_id,
+            "reports": root / "reports",
+        }
         mlflow.set_tracking_uri(prev_uri)
 
 
@@ -95,8 +109,17 @@ def written(registered):
 def test_card_has_every_section_with_the_versions_numbers(written):
     page = written["html"]
     assert written["path"] == written["reports"] / "cards" / "cardlm-v1.html"
-    for heading in ("Intended use and limits", "Metrics against the baselines", "Gate decision",
-                    "Data", "Parameters", "Learning curves", "Attention", "Samples", "Lineage"):
+    for heading in (
+        "Intended use and limits",
+        "Metrics against the baselines",
+        "Gate decision",
+        "Data",
+        "Parameters",
+        "Learning curves",
+        "Attention",
+        "Samples",
+        "Lineage",
+    ):
         assert f"<h2>{heading}</h2>" in page
     assert "41.5" in page and "77.25" in page  # the model and its bigram baseline
     assert "first version, beats the bigram baseline" in page
@@ -143,9 +166,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def browse(page: Path, shot: Path) -> list[str]:
     """Open `page` in headless Chromium, write a screenshot; the console messages it logged."""
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-         "--v=0", f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.is_file(), proc.stderr[-2000:]
     return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
@@ -157,8 +192,9 @@ def ink(shot: Path) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package "
-                                             "(apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)"
+)
 def test_card_renders_in_a_real_browser(written, tmp_path):
     # The check itself must be able to fail: a page with a script error and nothing drawn.
     bad = tmp_path / "bad.html"

@@ -48,9 +48,14 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("classifier")
     proj = tiny_labelled.project(root, LM_NAME, encoder="scratch")
     p = proj["params"]
-    out = subprocess.run([sys.executable, "-m", "components.finetune"], cwd=root,
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "components.finetune"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     _constant(Path(p.paths.classifier), root / "constant")
     prev = os.environ.get("MLFLOW_TRACKING_URI")
@@ -59,8 +64,14 @@ def project(tmp_path_factory):
         mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         tracking.configure(root, "gruflow")
         # the LM this classifier was fine-tuned from, registered
-        tiny_lm.register(proj, p.model_copy(update={"registry": p.registry.model_copy(
-            update={"model_name": LM_NAME})}), {}, "flow-1")
+        tiny_lm.register(
+            proj,
+            p.model_copy(
+                update={"registry": p.registry.model_copy(update={"model_name": LM_NAME})}
+            ),
+            {},
+            "flow-1",
+        )
         yield proj
         mlflow.set_tracking_uri(prev)
 
@@ -113,8 +124,9 @@ def test_loaded_classifier_returns_label_and_probabilities(versions):
     import pandas as pd
 
     model = classifier.load_classifier(f"models:/{NAME}@champion")
-    out = model.predict(pd.DataFrame({"text": ["the film was great and lovely",
-                                               "an awful and terrible story"]}))
+    out = model.predict(
+        pd.DataFrame({"text": ["the film was great and lovely", "an awful and terrible story"]})
+    )
     assert list(out["label"]) == ["pos", "neg"]
     probs = out[["prob_neg", "prob_pos"]].to_numpy()
     assert probs.sum(axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
@@ -122,9 +134,23 @@ def test_loaded_classifier_returns_label_and_probabilities(versions):
 
 def test_mlflow_models_serve_answers_labels_and_400_on_bad_requests(project, versions):
     root, port = project["root"], tiny_lm.free_port()
-    proc = tiny_lm.spawn(root, "serve.log", "mlflow", "models", "serve", "-m",
-                         f"models:/{NAME}@champion", "--env-manager", "local",
-                         "-h", "127.0.0.1", "-p", str(port), "-w", "1")
+    proc = tiny_lm.spawn(
+        root,
+        "serve.log",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -137,14 +163,17 @@ def test_mlflow_models_serve_answers_labels_and_400_on_bad_requests(project, ver
                 pass
             assert time.monotonic() < deadline, (root / "serve.log").read_text()[-3000:]
             time.sleep(0.5)
-        status, body = tiny_lm.http(url + "/invocations", {"dataframe_records": [
-            {"text": "the film was great and lovely"}]})
+        status, body = tiny_lm.http(
+            url + "/invocations", {"dataframe_records": [{"text": "the film was great and lovely"}]}
+        )
         assert status == 200, body
         pred = body["predictions"][0]
         assert pred["label"] == "pos" and pred["prob_pos"] > pred["prob_neg"]
-        for bad in ({"dataframe_records": [{"body": "no text column"}]},
-                    {"dataframe_records": [{"text": ""}]},
-                    {"dataframe_records": [{"text": 5}]}):
+        for bad in (
+            {"dataframe_records": [{"body": "no text column"}]},
+            {"dataframe_records": [{"text": ""}]},
+            {"dataframe_records": [{"text": 5}]},
+        ):
             status, body = tiny_lm.http(url + "/invocations", bad)
             assert 400 <= status < 500, (bad, status, body)
     finally:
@@ -152,9 +181,19 @@ def test_mlflow_models_serve_answers_labels_and_400_on_bad_requests(project, ver
 
 
 def test_gruflow_classify_prints_label_and_probabilities(project, versions):
-    out = subprocess.run([str(tiny_lm.VENV_BIN / "gruflow"), "classify",
-                          "an awful and terrible story", "--project", str(project["root"])],
-                         capture_output=True, text=True, timeout=300, env=tiny_lm.env())
+    out = subprocess.run(
+        [
+            str(tiny_lm.VENV_BIN / "gruflow"),
+            "classify",
+            "an awful and terrible story",
+            "--project",
+            str(project["root"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=tiny_lm.env(),
+    )
     assert out.returncode == 0, out.stderr
     label, probs = out.stdout.strip().split("\t")
     assert label == "neg" and "pos " in probs and "neg " in probs

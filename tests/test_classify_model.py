@@ -20,8 +20,9 @@ from components.lm.model import build_model
 @pytest.fixture(scope="module")
 def lm(params):
     keras.utils.set_random_seed(0)
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 6, "gru_layers": 2,
-                                          "embedding_init": "random"})
+    cfg = params.model.model_copy(
+        update={"units": 8, "embedding_dim": 6, "gru_layers": 2, "embedding_init": "random"}
+    )
     return build_model(cfg, 40)
 
 
@@ -43,11 +44,14 @@ def test_encoder_shape_and_weights_come_from_the_lm(lm):
     assert (shape.vocab_size, shape.embedding_dim, shape.units, shape.gru_layers) == (40, 6, 8, 2)
     clf = build_classifier(shape, 3)
     transfer_encoder(clf, lm)
-    np.testing.assert_array_equal(np.asarray(clf.get_layer("embedding").embeddings),
-                                  np.asarray(lm.get_layer("embedding").embeddings))
+    np.testing.assert_array_equal(
+        np.asarray(clf.get_layer("embedding").embeddings),
+        np.asarray(lm.get_layer("embedding").embeddings),
+    )
     for name in ("gru_0", "gru_1"):
-        for a, b in zip(clf.get_layer(name).get_weights(), lm.get_layer(name).get_weights(),
-                        strict=True):
+        for a, b in zip(
+            clf.get_layer(name).get_weights(), lm.get_layer(name).get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
 
 
@@ -76,8 +80,9 @@ def test_a_masked_lms_bidirectional_encoder_transfers_and_round_trips(params, tm
     from components.lm.masked import build_masked_model
 
     keras.utils.set_random_seed(0)
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 6, "gru_layers": 2,
-                                          "embedding_init": "random"})
+    cfg = params.model.model_copy(
+        update={"units": 8, "embedding_dim": 6, "gru_layers": 2, "embedding_init": "random"}
+    )
     mlm = build_masked_model(cfg, 40)
     shape = lm_encoder_shape(mlm)
     assert shape.bidirectional and (shape.units, shape.gru_layers) == (8, 2)

@@ -27,6 +27,7 @@ def read_rows(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- clean
 
+
 def norm(text: str, params: Params, **update) -> tuple[str, dict]:
     out, counts = clean_rules.normalise(pa.array([text]), params.clean.model_copy(update=update))
     return out[0].as_py(), counts
@@ -35,11 +36,11 @@ def norm(text: str, params: Params, **update) -> tuple[str, dict]:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("ＡＢＣ ｘｙｚ", "ABC xyz"),           # full-width forms
-        ("ﬁne ﬂow", "fine flow"),               # ligatures
-        ("x² ½", "x2 1⁄2"),                      # compatibility characters
+        ("ＡＢＣ ｘｙｚ", "ABC xyz"),  # full-width forms
+        ("ﬁne ﬂow", "fine flow"),  # ligatures
+        ("x² ½", "x2 1⁄2"),  # compatibility characters
         ("one\r\ntwo\rthree\nfour", "one\ntwo\nthree\nfour"),
-        ("a  \t b\u00a0\u3000c", "a b c"),        # blank runs (incl. NBSP, ideographic) -> " "
+        ("a  \t b\u00a0\u3000c", "a b c"),  # blank runs (incl. NBSP, ideographic) -> " "
         ("  padded \n\n\n\n\nlines  ", "padded\n\nlines"),
         ("line end   \n   next", "line end\nnext"),
     ],
@@ -89,29 +90,38 @@ def test_normalise_turns_page_breaks_into_line_breaks(params):
 
 def write_raw(raw_dir: Path, texts: list[str]) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"doc_id": [ingest.doc_id(t) for t in texts], "text": texts,
-                             "source": ["test"] * len(texts)}), raw_dir / "corpus.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": [ingest.doc_id(t) for t in texts],
+                "text": texts,
+                "source": ["test"] * len(texts),
+            }
+        ),
+        raw_dir / "corpus.parquet",
+    )
 
 
-def run_clean(params: Params, tmp_path: Path, texts: list[str], val=0.2, test=0.2,
-              seed=0, min_chars=20) -> dict:
+def run_clean(
+    params: Params, tmp_path: Path, texts: list[str], val=0.2, test=0.2, seed=0, min_chars=20
+) -> dict:
     write_raw(tmp_path / "raw", texts)
     cfg = params.clean.model_copy(update={"min_chars": min_chars, "lowercase": False})
-    split = params.split.model_copy(update={"val_fraction": val, "test_fraction": test,
-                                            "seed": seed})
+    split = params.split.model_copy(
+        update={"val_fraction": val, "test_fraction": test, "seed": seed}
+    )
     return clean.run(cfg, split, tmp_path / "raw", tmp_path / "clean", tmp_path / "clean.json")
 
 
 def clean_rows(tmp_path: Path) -> list[dict]:
-    return [row for name in SPLITS
-            for row in read_rows(tmp_path / "clean" / f"{name}.parquet")]
+    return [row for name in SPLITS for row in read_rows(tmp_path / "clean" / f"{name}.parquet")]
 
 
 def test_clean_run_filters_dedups_and_reports(params, tmp_path):
     base = [f"document {i}: the parser reads line {i * 7} of the file" for i in range(40)]
     extra = [
-        "too short",                                     # dropped: < 20 chars
-        base[0],                                         # exact duplicate
+        "too short",  # dropped: < 20 chars
+        base[0],  # exact duplicate
         "  document 1:\tthe parser   reads line 7 of the file \r\n",  # whitespace-only variant
         "with a NUL\x00 and a zero\u200bwidth char in it",
     ]
@@ -123,13 +133,28 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
     assert summary["control_chars_removed"] == 1
     assert summary["zero_width_removed"] == 1
     assert summary["documents_out"] == 41 == sum(summary["split_documents"].values())
-    assert set(summary) == {"documents_in", "characters_in", "html_tags_removed",
-                            "html_entities_unescaped", "control_chars_removed",
-                            "zero_width_removed", "masked_url", "masked_email", "masked_ip",
-                            "masked_phone", "dropped_too_short", "dropped_too_few_words",
-                            "dropped_script", "dropped_duplicates", "dropped_near_duplicates",
-                            "documents_out", "characters_out", "split_documents",
-                            "split_counts", "test_train_overlap"}
+    assert set(summary) == {
+        "documents_in",
+        "characters_in",
+        "html_tags_removed",
+        "html_entities_unescaped",
+        "control_chars_removed",
+        "zero_width_removed",
+        "masked_url",
+        "masked_email",
+        "masked_ip",
+        "masked_phone",
+        "dropped_too_short",
+        "dropped_too_few_words",
+        "dropped_script",
+        "dropped_duplicates",
+        "dropped_near_duplicates",
+        "documents_out",
+        "characters_out",
+        "split_documents",
+        "split_counts",
+        "test_train_overlap",
+    }
     assert json.loads((tmp_path / "clean.json").read_text()) == summary
 
     rows = clean_rows(tmp_path)
@@ -147,8 +172,11 @@ def test_clean_run_filters_dedups_and_reports(params, tmp_path):
 def test_clean_dedups_across_unicode_forms(params, tmp_path):
     # precomposed, decomposed and zero-width-split spellings are one document; this also guards
     # the rule order: removing U+200B after composing would leave 'e' + U+0301 uncomposed
-    forms = ["a café on the corner of the street", "a cafe\u0301 on the corner of the street",
-             "a cafe\u200b\u0301 on the corner of the street"]
+    forms = [
+        "a café on the corner of the street",
+        "a cafe\u0301 on the corner of the street",
+        "a cafe\u200b\u0301 on the corner of the street",
+    ]
     rng = random.Random(1)
     texts = forms + [random_doc(rng) for _ in range(30)]
     summary = run_clean(params, tmp_path, texts)
@@ -164,8 +192,10 @@ def test_clean_all_dropped_fails_without_output(params, tmp_path):
 
 
 def random_doc(rng: random.Random) -> str:
-    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8)))
-             for _ in range(rng.randint(6, 15))]
+    words = [
+        "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8)))
+        for _ in range(rng.randint(6, 15))
+    ]
     return " ".join(words)
 
 

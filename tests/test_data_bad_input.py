@@ -34,9 +34,11 @@ from components.errors import GruflowError
 from components.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = ["the parser reads the header of the file and returns a list of names",
-        "each worker thread writes its next line to the log and then closes it",
-        "a socket opens the connection and the parser checks the incoming buffer"]
+GOOD = [
+    "the parser reads the header of the file and returns a list of names",
+    "each worker thread writes its next line to the log and then closes it",
+    "a socket opens the connection and the parser checks the incoming buffer",
+]
 
 
 @pytest.fixture
@@ -51,15 +53,17 @@ def project(params, tmp_path) -> Path:
 
 
 def ingest_into(root: Path, params: Params, source: Path, **update) -> dict:
-    cfg = params.data.model_copy(update={"source": str(source), "text_column": "text",
-                                         "include": ["**/*"], **update})
+    cfg = params.data.model_copy(
+        update={"source": str(source), "text_column": "text", "include": ["**/*"], **update}
+    )
     return ingest.run(cfg, root / "data" / "raw", root / "reports" / "ingest.json")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under the project (a leftover temp folder would show up too)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def texts(root: Path) -> list[str]:
@@ -68,15 +72,23 @@ def texts(root: Path) -> list[str]:
 
 def png_bytes(size: int = 20_000) -> bytes:
     """A real PNG: signature, IHDR, a zlib-compressed IDAT of noise, IEND."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     noise = zlib.compress(random.Random(0).randbytes(size))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100, 50, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", noise) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100, 50, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", noise)
+        + chunk(b"IEND", b"")
+    )
 
 
 # --------------------------------------------------------------------------- stopped: one line
+
 
 def missing(src: Path) -> Path:
     return src / "nowhere"
@@ -138,8 +150,11 @@ STOPPED = [
     (empty_folder, r"folder '{path}' holds no \["),
     (only_empty_files, r"'{path}' yielded no documents \(2 files: 2 empty, 0 skipped as binary"),
     (only_binary, r"'{path}' yielded no documents \(1 files: 0 empty, 1 skipped as binary"),
-    (csv_without_column, r"{path}: no column 'text' \(has \['id', 'body'\]\) — set "
-                         r"data.text_column"),
+    (
+        csv_without_column,
+        r"{path}: no column 'text' \(has \['id', 'body'\]\) — set "
+        r"data.text_column",
+    ),
     (jsonl_without_column, r"{path}: no column 'text' \(has \['body'\]\) — set data.text_column"),
     (parquet_without_column, r"{path}: no column 'text' .* set data.text_column"),
     (invalid_json_line, r"{path}:2: not valid JSON \(Unterminated string"),
@@ -150,8 +165,9 @@ STOPPED = [
 
 
 @pytest.mark.parametrize(("make", "message"), STOPPED, ids=[m.__name__ for m, _ in STOPPED])
-def test_ingest_stops_with_one_line_and_keeps_previous_output(params, project, tmp_path,
-                                                              make, message):
+def test_ingest_stops_with_one_line_and_keeps_previous_output(
+    params, project, tmp_path, make, message
+):
     src = tmp_path / "src"
     src.mkdir()
     path = make(src)
@@ -177,6 +193,7 @@ def test_ingest_unreadable_file_stops_with_one_line(params, project, tmp_path, m
             if self == secret:
                 raise PermissionError(13, "Permission denied", str(self))
             return real_open(self, *args, **kwargs)
+
         monkeypatch.setattr(Path, "open", refusing_open)
     before = snapshot(project)
     with pytest.raises(GruflowError, match=r"secret.txt: cannot read \(Permission denied\)"):
@@ -185,6 +202,7 @@ def test_ingest_unreadable_file_stops_with_one_line(params, project, tmp_path, m
 
 
 # --------------------------------------------------------------------------- handled + counted
+
 
 def test_empty_files_give_no_documents_and_are_counted(params, tmp_path):
     src = tmp_path / "src"
@@ -238,8 +256,15 @@ def test_invalid_utf8_is_replaced_and_counted_per_document(params, tmp_path):
     (src / "b.csv").write_bytes(b"text,n\ncsv caf\xe9,1\ncsv fine,2\n")
     (src / "c.jsonl").write_bytes(b'{"text": "json caf\xe9"}\n{"text": "json fine"}\n')
     summary = ingest_into(tmp_path, params, src, unit="line")
-    assert texts(tmp_path) == ["fine line", "caf\ufffd latin-1 line", "fine again",
-                               "csv caf\ufffd", "csv fine", "json caf\ufffd", "json fine"]
+    assert texts(tmp_path) == [
+        "fine line",
+        "caf\ufffd latin-1 line",
+        "fine again",
+        "csv caf\ufffd",
+        "csv fine",
+        "json caf\ufffd",
+        "json fine",
+    ]
     assert summary["documents_with_bad_bytes"] == 3
 
 
@@ -260,11 +285,14 @@ def test_bom_is_dropped_in_every_format(params, tmp_path):
         assert "csv with a bom" in got  # the header's first name is 'text', not '\ufefftext'
 
 
-@pytest.mark.parametrize(("unit", "expected"), [
-    ("line", ["one", "two", "three", "four"]),
-    ("paragraph", ["one\ntwo", "three\nfour\n"]),  # as split before streaming
-    ("file", ["one\r\ntwo\r\n\r\nthree\r\nfour\r\n"]),  # kept raw; clean makes it \n
-])
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        ("line", ["one", "two", "three", "four"]),
+        ("paragraph", ["one\ntwo", "three\nfour\n"]),  # as split before streaming
+        ("file", ["one\r\ntwo\r\n\r\nthree\r\nfour\r\n"]),  # kept raw; clean makes it \n
+    ],
+)
 def test_crlf_line_ends(params, tmp_path, unit, expected):
     src = tmp_path / "src"
     src.mkdir()
@@ -281,8 +309,9 @@ def test_a_single_50_mb_line_is_ingested_and_cleaned(params, tmp_path):
     src = tmp_path / "src"
     for split in ["train", "val", "test"]:
         (src / split).mkdir(parents=True)
-        (src / split / "small.txt").write_text("\n".join(f"{t} ({split})" for t in GOOD),
-                                               encoding="utf-8")
+        (src / split / "small.txt").write_text(
+            "\n".join(f"{t} ({split})" for t in GOOD), encoding="utf-8"
+        )
     sentence = "the parser reads line 42 of the file <b>and</b> returns a value; "
     line = (sentence * (50_000_000 // len(sentence) + 1))[:50_000_000]
     (src / "train" / "big.txt").write_text(line, encoding="utf-8")  # no line break at all
@@ -300,28 +329,35 @@ def test_a_single_50_mb_line_is_ingested_and_cleaned(params, tmp_path):
 
 # --------------------------------------------------------------------------- clean
 
+
 def run_clean(params: Params, root: Path) -> dict:
     # these corpora are a few templates numbered: near copies of each other, which would all
     # share one split; the tests here are about bad input, so the near-duplicate search is off
-    cfg = params.clean.model_copy(update={"min_chars": 10, "min_words": 2, "min_documents": 1,
-                                          "near_dup": False})
-    split = params.split.model_copy(update={"val_fraction": 0.3, "test_fraction": 0.3,
-                                            "group_near_duplicates": False})
-    return clean.run(cfg, split, root / "data" / "raw", root / "data" / "clean",
-                     root / "reports" / "clean.json")
+    cfg = params.clean.model_copy(
+        update={"min_chars": 10, "min_words": 2, "min_documents": 1, "near_dup": False}
+    )
+    split = params.split.model_copy(
+        update={"val_fraction": 0.3, "test_fraction": 0.3, "group_near_duplicates": False}
+    )
+    return clean.run(
+        cfg, split, root / "data" / "raw", root / "data" / "clean", root / "reports" / "clean.json"
+    )
 
 
 def clean_texts(root: Path) -> list[str]:
-    return [t for name in SPLITS
-            for t in pq.read_table(root / "data" / "clean" / f"{name}.parquet")["text"].to_pylist()]
+    return [
+        t
+        for name in SPLITS
+        for t in pq.read_table(root / "data" / "clean" / f"{name}.parquet")["text"].to_pylist()
+    ]
 
 
-def test_corpus_that_cleans_to_nothing_stops_and_keeps_previous_clean(params, project,
-                                                                       tmp_path):
+def test_corpus_that_cleans_to_nothing_stops_and_keeps_previous_clean(params, project, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "more.txt").write_text("\n".join(f"{t} again {i}" for i in range(9) for t in GOOD),
-                                  encoding="utf-8")
+    (src / "more.txt").write_text(
+        "\n".join(f"{t} again {i}" for i in range(9) for t in GOOD), encoding="utf-8"
+    )
     ingest_into(project, params, src, unit="line")
     run_clean(params, project)
     before = snapshot(project)
@@ -334,10 +370,12 @@ def test_corpus_that_cleans_to_nothing_stops_and_keeps_previous_clean(params, pr
     assert "\n" not in str(info.value)
     assert snapshot(project) == raw_after
     assert {k: v for k, v in raw_after.items() if "clean" in k} == {
-        k: v for k, v in before.items() if "clean" in k}
+        k: v for k, v in before.items() if "clean" in k
+    }
 
 
 # --------------------------------------------------------------------------- the CLI: one line
+
 
 def cli_project(tmp_path: Path, params: Params, source: Path) -> Path:
     """A project folder: params.yaml reading `source`, and a previous good data/raw."""
@@ -353,13 +391,19 @@ def cli_project(tmp_path: Path, params: Params, source: Path) -> Path:
 
 
 def run_cli(root: Path, stage: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"components.{stage}"], cwd=root,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", f"components.{stage}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
-@pytest.mark.parametrize("make", [missing, csv_without_column, only_binary, invalid_json_line],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "make", [missing, csv_without_column, only_binary, invalid_json_line], ids=lambda m: m.__name__
+)
 def test_ingest_cli_prints_one_line_and_keeps_previous_output(params, tmp_path, make):
     src = tmp_path / "src"
     src.mkdir()

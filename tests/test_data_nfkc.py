@@ -21,8 +21,11 @@ def route(request, monkeypatch):
     monkeypatch.setattr(nfkc, "ARROW_MIN_CHARS", 0 if request.param == "pyarrow" else 1 << 62)
 
 
-ASSIGNED = [cp for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF
-            and unicodedata.category(chr(cp)) != "Cn"]
+ASSIGNED = [
+    cp
+    for cp in range(0x80, 0x110000)
+    if not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp)) != "Cn"
+]
 
 
 def test_skipped_blocks_hold_nothing_nfkc_touches():
@@ -37,19 +40,45 @@ def test_skipped_blocks_hold_nothing_nfkc_touches():
 
 def test_every_assigned_code_point_alone():
     text = pa.array([chr(cp) for cp in ASSIGNED], pa.string())
-    assert nfkc.nfkc(text).to_pylist() == [unicodedata.normalize("NFKC", chr(cp))
-                                           for cp in ASSIGNED]
+    assert nfkc.nfkc(text).to_pylist() == [
+        unicodedata.normalize("NFKC", chr(cp)) for cp in ASSIGNED
+    ]
 
 
 def test_random_sequences_that_compose_reorder_and_fold():
     composing, _ = nfkc.classes()
     chars = pa.array([chr(cp) for cp in ASSIGNED], pa.string())
     tricky = chars.filter(pc.match_substring_regex(chars, composing)).to_pylist() + [
-        chr(cp) for cp in ASSIGNED if unicodedata.normalize("NFKC", chr(cp)) != chr(cp)]
+        chr(cp) for cp in ASSIGNED if unicodedata.normalize("NFKC", chr(cp)) != chr(cp)
+    ]
     rng = random.Random(0)
-    pool = [*rng.sample(tricky, 400), *"aeiouAEIOUnNcCkK", "中", "文", "，", "。", "ｆ", "①",
-            "ﬁ", "\u00a0", "é", "가", "\u1100", "\u1161", "\u11a8", "\u0301", "\u0323", "\u0f73",
-            "\u0b47", "\u0b3e", "Å", "\u212b", "ΐ", " ", "x"]
+    pool = [
+        *rng.sample(tricky, 400),
+        *"aeiouAEIOUnNcCkK",
+        "中",
+        "文",
+        "，",
+        "。",
+        "ｆ",
+        "①",
+        "ﬁ",
+        "\u00a0",
+        "é",
+        "가",
+        "\u1100",
+        "\u1161",
+        "\u11a8",
+        "\u0301",
+        "\u0323",
+        "\u0f73",
+        "\u0b47",
+        "\u0b3e",
+        "Å",
+        "\u212b",
+        "ΐ",
+        " ",
+        "x",
+    ]
     texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(30_000)]
     got = nfkc.nfkc(pa.array(texts, pa.string())).to_pylist()
     want = [unicodedata.normalize("NFKC", t) for t in texts]
@@ -76,8 +105,11 @@ def test_rows_whose_only_change_is_a_composition_of_starters():
 def test_characters_newer_than_pythons_tables_follow_python():
     # pyarrow's Unicode may be newer: it would split or reorder characters Python calls
     # unassigned, but only in rows that something else made it normalise
-    unassigned = [cp for cp in [*range(0x80, 0x40000), *range(0xE0000, 0xF0000)]
-                  if not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp)) == "Cn"]
+    unassigned = [
+        cp
+        for cp in [*range(0x80, 0x40000), *range(0xE0000, 0xF0000)]
+        if not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp)) == "Cn"
+    ]
     unassigned += list(range(0x40000, 0xE0000, 4099))  # planes 4-13, sampled
     texts = [f"{prefix}{chr(cp)}" for cp in unassigned for prefix in ("ﬁ ", "a\u0301")]
     got = nfkc.nfkc(pa.array(texts, pa.string())).to_pylist()

@@ -19,8 +19,10 @@ from components.data.near_dup import NearIndex, signatures
 from components.errors import GruflowError
 from components.params import Params
 
-WORDS = ("river stone garden paper window market silver cloud engine letter village orange "
-         "bridge candle forest harbor number planet signal winter").split()
+WORDS = (
+    "river stone garden paper window market silver cloud engine letter village orange "
+    "bridge candle forest harbor number planet signal winter"
+).split()
 CHINESE = "今天天气很好我们一起去公园散步然后在湖边看书学习语言模型"
 RUSSIAN = "сегодня хорошая погода мы идём гулять в парк и читаем книгу у озера".split()
 
@@ -36,31 +38,64 @@ def chinese(rng: random.Random, n: int = 20) -> str:
 def run_clean(params: Params, root: Path, texts: list[str], source=("test",), **update) -> dict:
     raw = root / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"doc_id": [ingest.doc_id(t) for t in texts], "text": texts,
-                             "source": ["test"] * len(texts)}), raw / "corpus.parquet")
-    cfg = params.clean.model_copy(update={"min_chars": 5, "min_words": 1, "min_documents": 1,
-                                          **update})
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": [ingest.doc_id(t) for t in texts],
+                "text": texts,
+                "source": ["test"] * len(texts),
+            }
+        ),
+        raw / "corpus.parquet",
+    )
+    cfg = params.clean.model_copy(
+        update={"min_chars": 5, "min_words": 1, "min_documents": 1, **update}
+    )
     split = params.split.model_copy(update={"val_fraction": 0.2, "test_fraction": 0.2})
-    return clean.run(cfg, split, raw, root / "clean", root / "clean.json",
-                     root / "data_profile.json", list(source))
+    return clean.run(
+        cfg,
+        split,
+        raw,
+        root / "clean",
+        root / "clean.json",
+        root / "data_profile.json",
+        list(source),
+    )
 
 
 def kept_texts(root: Path) -> set[str]:
-    return {t for s in SPLITS
-            for t in pq.read_table(root / "clean" / f"{s}.parquet")["text"].to_pylist()}
+    return {
+        t
+        for s in SPLITS
+        for t in pq.read_table(root / "clean" / f"{s}.parquet")["text"].to_pylist()
+    }
 
 
 def test_script_counts_and_main_script():
-    texts = ["Hello world 42", "Привет мир", CHINESE, "ひらがなカタカナ", "한국어", "!!! 123",
-             "x" * 5_000_001]  # the last one is classified in chunks
+    texts = [
+        "Hello world 42",
+        "Привет мир",
+        CHINESE,
+        "ひらがなカタカナ",
+        "한국어",
+        "!!! 123",
+        "x" * 5_000_001,
+    ]  # the last one is classified in chunks
     counts = profile.script_counts(texts)
     col = {name: i for i, name in enumerate(profile.CLASSES)}
     assert counts[0, col["Latin"]] == 10 and counts[0, col["Digit"]] == 2
     assert counts[0, col["Space"]] == 2
     assert counts.sum(axis=1).tolist()[:6] == [len(t) for t in texts[:6]]
     assert counts[6, col["Latin"]] == 5_000_001
-    assert profile.main_script(counts) == ["Latin", "Cyrillic", "Han", "Kana", "Hangul",
-                                           "Other", "Latin"]
+    assert profile.main_script(counts) == [
+        "Latin",
+        "Cyrillic",
+        "Han",
+        "Kana",
+        "Hangul",
+        "Other",
+        "Latin",
+    ]
 
 
 def test_profile_report_and_plot(params, tmp_path):
@@ -75,8 +110,8 @@ def test_profile_report_and_plot(params, tmp_path):
     mix = prof["script_mix"]
     assert abs(sum(mix.values()) - 1) < 1e-4 and mix["Latin"] > mix["Han"] > 0.05
     top = dict(prof["top_tokens"])
-    assert set(WORDS) <= set(top)                # English words, split at spaces
-    assert any(ch in top for ch in CHINESE)      # Chinese: one character is one word
+    assert set(WORDS) <= set(top)  # English words, split at spaces
+    assert any(ch in top for ch in CHINESE)  # Chinese: one character is one word
     assert prof["drift"] == {} and prof["source"] == ["test"]
     svg = ElementTree.parse(tmp_path / "data_profile.svg").getroot()  # well-formed XML
     labels = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
@@ -86,8 +121,11 @@ def test_profile_report_and_plot(params, tmp_path):
 
 def test_script_filter_keeps_listed_scripts_and_counts_the_rest(params, tmp_path):
     rng = random.Random(1)
-    texts = ([english(rng) for _ in range(30)] + [chinese(rng) for _ in range(30)]
-             + [" ".join(rng.choice(RUSSIAN) for _ in range(10)) for _ in range(15)])
+    texts = (
+        [english(rng) for _ in range(30)]
+        + [chinese(rng) for _ in range(30)]
+        + [" ".join(rng.choice(RUSSIAN) for _ in range(10)) for _ in range(15)]
+    )
     summary = run_clean(params, tmp_path, texts, scripts=["Han", "Cyrillic"])
     assert summary["dropped_script"] == 30
     assert summary["documents_out"] == 45
@@ -129,14 +167,20 @@ def test_drift_gate_stops_on_a_changed_corpus_and_keeps_outputs(params, tmp_path
     # more of the same corpus passes, and the measured drift is recorded
     summary = run_clean(params, tmp_path, english_docs + [english(rng) for _ in range(10)])
     drift = json.loads((tmp_path / "data_profile.json").read_text())["drift"]
-    assert summary["documents_out"] == 60 and set(drift) == {"mean_chars", "script_mix",
-                                                               "top_tokens"}
+    assert summary["documents_out"] == 60 and set(drift) == {
+        "mean_chars",
+        "script_mix",
+        "top_tokens",
+    }
     assert max(drift.values()) < 0.2
     before = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()}
     old_profile = (tmp_path / "data_profile.json").read_text()
 
-    with pytest.raises(GruflowError, match=r"data drift — script_mix moved .* > "
-                                           r"clean\.drift\.script_mix=0\.25"):
+    with pytest.raises(
+        GruflowError,
+        match=r"data drift — script_mix moved .* > "
+        r"clean\.drift\.script_mix=0\.25",
+    ):
         run_clean(params, tmp_path, [chinese(rng) for _ in range(50)])
     assert {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()} == before
     assert (tmp_path / "data_profile.json").read_text() == old_profile
@@ -150,16 +194,21 @@ def test_drift_gate_stops_on_a_changed_corpus_and_keeps_outputs(params, tmp_path
 
 
 def test_drift_statistics():
-    prev = {"mean_chars": 100.0, "script_mix": {"Latin": 0.8, "Space": 0.2},
-            "top_tokens": [["a", 3], ["b", 2]]}
-    cur = {"mean_chars": 150.0, "script_mix": {"Latin": 0.4, "Han": 0.4, "Space": 0.2},
-           "top_tokens": [["a", 3], ["c", 2]]}
+    prev = {
+        "mean_chars": 100.0,
+        "script_mix": {"Latin": 0.8, "Space": 0.2},
+        "top_tokens": [["a", 3], ["b", 2]],
+    }
+    cur = {
+        "mean_chars": 150.0,
+        "script_mix": {"Latin": 0.4, "Han": 0.4, "Space": 0.2},
+        "top_tokens": [["a", 3], ["c", 2]],
+    }
     moved = profile.drift(prev, cur)
     assert moved["mean_chars"] == pytest.approx(0.5)
     assert moved["script_mix"] == pytest.approx(0.4)
     assert moved["top_tokens"] == pytest.approx(1 - 1 / 3)
-    assert profile.drift(prev, prev) == {"mean_chars": 0.0, "script_mix": 0.0,
-                                         "top_tokens": 0.0}
+    assert profile.drift(prev, prev) == {"mean_chars": 0.0, "script_mix": 0.0, "top_tokens": 0.0}
     assert np.isfinite(list(profile.drift({}, cur).values())).all()
 
 

@@ -24,6 +24,7 @@ def split_whole(raw: bytes, unit: str) -> list[str]:
     """The reference: decode the whole file, then split it (what ingest did before streaming)."""
     text = raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     import re
+
     parts = re.split(r"\n[^\S\n]*\n\s*", text) if unit == "paragraph" else text.split("\n")
     return [part for part in parts if part.strip()]
 
@@ -32,8 +33,21 @@ def split_whole(raw: bytes, unit: str) -> list[str]:
 def test_streamed_text_units_match_whole_file_split(params, tmp_path, monkeypatch, unit):
     monkeypatch.setattr(readers, "READ_BYTES", 5)  # chunk edges fall everywhere, inside \r\n too
     rng = random.Random(0)
-    pieces = ["word", "two words", "é ü", "  ", "\t", "\u3000", "\n", "\r\n", "\r", "\n\n",
-              "\r\n\r\n", "\n  \n", " \r\n\t\n  "]
+    pieces = [
+        "word",
+        "two words",
+        "é ü",
+        "  ",
+        "\t",
+        "\u3000",
+        "\n",
+        "\r\n",
+        "\r",
+        "\n\n",
+        "\r\n\r\n",
+        "\n  \n",
+        " \r\n\t\n  ",
+    ]
     cfg = params.data.model_copy(update={"unit": unit})
     for i in range(200):
         raw = "".join(rng.choices(pieces, k=rng.randint(0, 30))).encode()
@@ -60,10 +74,14 @@ def test_ingest_table_columns_may_change_type_down_the_file(params, tmp_path, mo
     n = 200
     (src / "a.csv").write_text(
         "text,note,n\n" + "".join(f"row {i},,{i}\n" for i in range(n)) + "late row,a note,x7\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     (src / "b.jsonl").write_text(
         "".join(json.dumps({"text": f"doc {i}", "id": i}) + "\n" for i in range(n))
-        + json.dumps({"text": "late doc", "id": "x7", "extra": [1]}) + "\n", encoding="utf-8")
+        + json.dumps({"text": "late doc", "id": "x7", "extra": [1]})
+        + "\n",
+        encoding="utf-8",
+    )
     summary = run_ingest(params, src, tmp_path / "raw")
     rows = read_rows(tmp_path / "raw" / "corpus.parquet")
     assert summary["documents"] == len(rows) == 2 * (n + 1)
@@ -80,10 +98,12 @@ def write_streaming_corpus(root: Path, n: int) -> int:
     texts = [f"{i}: " + "the parser reads the header and returns a value " * 40 for i in range(n)]
     (root / "lines.txt").write_text("\n".join(texts), encoding="utf-8")
     (root / "docs.jsonl").write_text(
-        "".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts)))
+        "".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts))
+    )
     (root / "docs.csv").write_text("text,n\n" + "".join(f"{t},{i}\n" for i, t in enumerate(texts)))
-    pq.write_table(pa.table({"text": texts, "n": list(range(n))}), root / "docs.parquet",
-                   row_group_size=256)
+    pq.write_table(
+        pa.table({"text": texts, "n": list(range(n))}), root / "docs.parquet", row_group_size=256
+    )
     return sum(p.stat().st_size for p in root.iterdir())
 
 
@@ -125,7 +145,11 @@ def test_ingest_peak_memory_does_not_grow_with_the_corpus(tmp_path):
         (root / "warm" / "a.txt").write_text("warm up\n", encoding="utf-8")
         procs[scale] = subprocess.Popen(  # both at once: two cores, half the wall time
             [sys.executable, "-c", MEMORY_PROBE, str(root), str(ROOT / "params.yaml")],
-            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     got = {}
     for scale, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -151,10 +175,14 @@ def test_parquet_reads_hold_one_row_group_not_the_file(tmp_path, reader):
     path = tmp_path / "many.parquet"
     with pq.ParquetWriter(path, pa.schema([("text", pa.string())]), compression="none") as out:
         for _ in range(100):  # 100 row groups of ~100 KB that do not compress away
-            out.write_table(pa.table({"text": ["".join(rng.choices(letters, k=1000))
-                                               for _ in range(100)]}))
-    batches = (artifacts.parquet_batches(path, ["text"], 100) if reader.startswith("artifacts")
-               else readers._batches(path, ".parquet", "text"))
+            out.write_table(
+                pa.table({"text": ["".join(rng.choices(letters, k=1000)) for _ in range(100)]})
+            )
+    batches = (
+        artifacts.parquet_batches(path, ["text"], 100)
+        if reader.startswith("artifacts")
+        else readers._batches(path, ".parquet", "text")
+    )
     base, peak, rows = pa.total_allocated_bytes(), 0, 0
     for batch in batches:
         rows += batch.num_rows
@@ -169,8 +197,9 @@ def test_tokenizer_trains_on_a_bounded_sample_spread_over_the_split(tmp_path):
     path = tmp_path / "train.parquet"
     with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as out:
         for group in range(40):
-            out.write_table(pa.table({"text": [f"g{group} d{i} " + "more words here " * 10
-                                               for i in range(50)]}))
+            out.write_table(
+                pa.table({"text": [f"g{group} d{i} " + "more words here " * 10 for i in range(50)]})
+            )
     everything = pq.read_table(path).column("text").to_pylist()
     total = sum(len(t.encode()) for t in everything)
 
@@ -183,5 +212,4 @@ def test_tokenizer_trains_on_a_bounded_sample_spread_over_the_split(tmp_path):
     groups = sorted({int(t.split()[0][1:]) for t in sample})
     assert total // 16 <= seen["bytes"] <= total // 8 and seen["documents"] == len(sample)
     assert groups[0] == 0 and groups[-1] >= 32  # spread over the split, not its head
-    assert sample == list(tokenize.training_texts(path, total // 8, {"documents": 0,
-                                                                    "bytes": 0}))
+    assert sample == list(tokenize.training_texts(path, total // 8, {"documents": 0, "bytes": 0}))

@@ -25,8 +25,10 @@ def rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-WORDS = ("parser reads line file again header socket buffer thread module value list name "
-         "returns opens closes writes checks cached integer next").split()
+WORDS = (
+    "parser reads line file again header socket buffer thread module value list name "
+    "returns opens closes writes checks cached integer next"
+).split()
 
 
 def filler(n: int, tag: str = "doc") -> list[str]:
@@ -42,8 +44,9 @@ def run_ingest(params: Params, source, out: Path, **update) -> dict:
 
 
 def run_clean(params: Params, root: Path, val=0.2, test=0.2, **update) -> dict:
-    cfg = params.clean.model_copy(update={"min_chars": 10, "min_words": 1, "min_documents": 1,
-                                          **update})
+    cfg = params.clean.model_copy(
+        update={"min_chars": 10, "min_words": 1, "min_documents": 1, **update}
+    )
     split = params.split.model_copy(update={"val_fraction": val, "test_fraction": test})
     return clean.run(cfg, split, root / "raw", root / "clean", root / "clean.json")
 
@@ -54,12 +57,18 @@ def clean_rows(root: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- clean: HTML
 
+
 def test_strip_html_removes_tags_scripts_and_entities():
-    text, counts = clean_rules.strip_html(pa.array([
-        "<html><body><p>Hello&nbsp;<b>world</b> &amp; friends</p><script>var x = 1;</script>"
-        "<!-- note --><div class=\"x\">next</div></body></html>",
-        "no markup here, a < b and c > d",
-    ]))
+    text, counts = clean_rules.strip_html(
+        pa.array(
+            [
+                "<html><body><p>Hello&nbsp;<b>world</b> &amp; friends</p>"
+                "<script>var x = 1;</script>"
+                '<!-- note --><div class="x">next</div></body></html>',
+                "no markup here, a < b and c > d",
+            ]
+        )
+    )
     out = [clean_rules.normalise(text, clean_cfg())[0][i].as_py() for i in range(2)]
     assert out == ["Hello world & friends\n\nnext", "no markup here, a < b and c > d"]
     assert counts == {"html_tags_removed": 12, "html_entities_unescaped": 2}
@@ -69,8 +78,9 @@ def clean_cfg(**update):
     return load_params(ROOT / "params.yaml").clean.model_copy(update=update)
 
 
-@pytest.mark.parametrize("kept", ["<class 'int'>", "<a statement>", "x<y and y>z",
-                                  "AT&T and R&D;", "&nosuch; stays"])
+@pytest.mark.parametrize(
+    "kept", ["<class 'int'>", "<a statement>", "x<y and y>z", "AT&T and R&D;", "&nosuch; stays"]
+)
 def test_strip_html_leaves_non_html_angle_brackets_alone(kept):
     text, counts = clean_rules.strip_html(pa.array([kept]))
     assert text[0].as_py() == kept
@@ -79,26 +89,40 @@ def test_strip_html_leaves_non_html_angle_brackets_alone(kept):
 
 # --------------------------------------------------------------------------- clean: privacy
 
-@pytest.mark.parametrize(("raw", "masked"), [
-    ("mail jane.doe+news@example.co.uk today", "mail <email> today"),
-    ("see https://docs.python.org/3/library/re.html.", "see <url>."),
-    ("(visit www.example.com)", "(visit <url>)"),
-    ("server 192.168.1.20 and 10.0.0.1", "server <ip> and <ip>"),
-    ("v6 2001:0db8:85a3:0000:0000:8a2e:0370:7334 here", "v6 <ip> here"),
-    ("call +1 555 123 4567 now", "call <phone> now"),
-    ("call +44 20 7946 0958", "call <phone>"),
-    ("call (555) 123-4567 or 555-123-4567", "call <phone> or <phone>"),
-    ("mailto at http://x.org/?u=a@b.com", "mailto at <url>"),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("mail jane.doe+news@example.co.uk today", "mail <email> today"),
+        ("see https://docs.python.org/3/library/re.html.", "see <url>."),
+        ("(visit www.example.com)", "(visit <url>)"),
+        ("server 192.168.1.20 and 10.0.0.1", "server <ip> and <ip>"),
+        ("v6 2001:0db8:85a3:0000:0000:8a2e:0370:7334 here", "v6 <ip> here"),
+        ("call +1 555 123 4567 now", "call <phone> now"),
+        ("call +44 20 7946 0958", "call <phone>"),
+        ("call (555) 123-4567 or 555-123-4567", "call <phone> or <phone>"),
+        ("mailto at http://x.org/?u=a@b.com", "mailto at <url>"),
+    ],
+)
 def test_mask_pii_masks_each_kind(raw, masked):
     assert clean_rules.mask_pii(pa.array([raw]))[0][0].as_py() == masked
 
 
-@pytest.mark.parametrize("kept", [
-    "Python 3.11.7 was released", "the value 1234567890 is an int", "on 2023-01-15 at 10:30",
-    "section 7.1.4.34 of the RFC", "x = a+1 - 22", "ratio 1.5e-3 and 0.25", "pi 3.14159265",
-    "range(0, 100000)", "see PEP 8 and PEP 484", "version 3.12.0b1",
-])
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "Python 3.11.7 was released",
+        "the value 1234567890 is an int",
+        "on 2023-01-15 at 10:30",
+        "section 7.1.4.34 of the RFC",
+        "x = a+1 - 22",
+        "ratio 1.5e-3 and 0.25",
+        "pi 3.14159265",
+        "range(0, 100000)",
+        "see PEP 8 and PEP 484",
+        "version 3.12.0b1",
+    ],
+)
 def test_mask_pii_leaves_numbers_and_versions(kept):
     text, counts = clean_rules.mask_pii(pa.array([kept]))
     assert text[0].as_py() == kept
@@ -106,14 +130,24 @@ def test_mask_pii_leaves_numbers_and_versions(kept):
 
 
 def test_clean_reports_every_rule_and_can_switch_rules_off(params, tmp_path):
-    texts = filler(20) + ["<p>Write to ops@example.org or +1 555 123 4567</p> &amp; more words",
-                          "one twothree", "visit https://example.com/a and 10.1.2.3 please"]
-    ingest.run(params.data.model_copy(update={"source": str(write_jsonl(tmp_path, texts))}),
-               tmp_path / "raw", tmp_path / "ingest.json")
+    texts = filler(20) + [
+        "<p>Write to ops@example.org or +1 555 123 4567</p> &amp; more words",
+        "one twothree",
+        "visit https://example.com/a and 10.1.2.3 please",
+    ]
+    ingest.run(
+        params.data.model_copy(update={"source": str(write_jsonl(tmp_path, texts))}),
+        tmp_path / "raw",
+        tmp_path / "ingest.json",
+    )
     on = run_clean(params, tmp_path, min_words=3)
     assert (on["html_tags_removed"], on["html_entities_unescaped"]) == (2, 1)
     assert (on["masked_email"], on["masked_phone"], on["masked_url"], on["masked_ip"]) == (
-        1, 1, 1, 1)
+        1,
+        1,
+        1,
+        1,
+    )
     assert on["dropped_too_few_words"] == 1 and on["documents_out"] == 22
     texts_out = {r["text"] for r in clean_rows(tmp_path)}
     assert "Write to <email> or <phone>\n& more words" in texts_out
@@ -136,20 +170,25 @@ def write_jsonl(root: Path, texts: list[str], splits: list[str | None] | None = 
 def test_min_words_counts_cjk_characters_as_words():
     words = clean_rules.count_words(
         pa.array(["机器学习是人工智能", "two words", "日本語のテキスト and more"]),
-        pa.array([True, False, True]))
+        pa.array([True, False, True]),
+    )
     assert words.to_pylist() == [9, 2, 10]
 
 
 def test_clean_min_documents_gate(params, tmp_path):
     write_jsonl(tmp_path, filler(6))
-    ingest.run(params.data.model_copy(update={"source": str(tmp_path / "docs.jsonl")}),
-               tmp_path / "raw", tmp_path / "ingest.json")
+    ingest.run(
+        params.data.model_copy(update={"source": str(tmp_path / "docs.jsonl")}),
+        tmp_path / "raw",
+        tmp_path / "ingest.json",
+    )
     with pytest.raises(GruflowError, match=r"only 6 of 6 documents kept .*min_documents=7"):
         run_clean(params, tmp_path, val=0.3, test=0.3, min_documents=7)
     assert not (tmp_path / "clean").exists() and not (tmp_path / "clean.json").exists()
 
 
 # --------------------------------------------------------------------------- split from source
+
 
 def test_split_from_folders_and_column_is_kept_and_stable(params, tmp_path):
     src = tmp_path / "src"
@@ -158,13 +197,18 @@ def test_split_from_folders_and_column_is_kept_and_stable(params, tmp_path):
     for i, text in enumerate(filler(30, "tr")):
         (src / "train" / f"{i}.txt").write_text(text, encoding="utf-8")
     (src / "valid" / "v.txt").write_text("\n".join(filler(4, "va")), encoding="utf-8")
-    (src / "test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
-                                            for t in filler(5, "te")), encoding="utf-8")
+    (src / "test.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in filler(5, "te")), encoding="utf-8"
+    )
     column = ["train", "dev", "validation", "TEST", None] * 4
     (src / "extra").mkdir()
-    (src / "extra" / "more.jsonl").write_text("".join(
-        json.dumps({"text": t, "split": s}) + "\n"
-        for t, s in zip(filler(20, "ex"), column, strict=True)), encoding="utf-8")
+    (src / "extra" / "more.jsonl").write_text(
+        "".join(
+            json.dumps({"text": t, "split": s}) + "\n"
+            for t, s in zip(filler(20, "ex"), column, strict=True)
+        ),
+        encoding="utf-8",
+    )
     summary = run_ingest(params, str(src), tmp_path / "a" / "raw", unit="line")
     assert summary["documents_with_source_split"] == 30 + 4 + 5 + 16
     run_clean(params, tmp_path / "a", val=0.3, test=0.3)
@@ -175,13 +219,16 @@ def test_split_from_folders_and_column_is_kept_and_stable(params, tmp_path):
         if tag in want:
             assert split == want[tag], text
         elif column[i] is not None:
-            assert split == {"train": "train", "dev": "val", "validation": "val",
-                             "TEST": "test"}[column[i]], text
+            assert (
+                split
+                == {"train": "train", "dev": "val", "validation": "val", "TEST": "test"}[column[i]]
+            ), text
 
     # appending documents (given and hashed) never moves an existing one
     (src / "train" / "new.txt").write_text("\n".join(filler(40, "nw")), encoding="utf-8")
-    (src / "zz.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
-                                          for t in filler(40, "hz")), encoding="utf-8")
+    (src / "zz.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in filler(40, "hz")), encoding="utf-8"
+    )
     run_ingest(params, str(src), tmp_path / "b" / "raw", unit="line")
     run_clean(params, tmp_path / "b", val=0.3, test=0.3)
     after = {r["text"]: r["split"] for r in clean_rows(tmp_path / "b")}
@@ -204,11 +251,15 @@ def test_single_file_named_after_a_split(params, tmp_path):
 
 # --------------------------------------------------------------------------- ingest
 
-@pytest.mark.parametrize(("unit", "expected"), [
-    ("file", ["first para\nstill first\n\n  \nsecond para\r\nline b\n\n\nthird"]),
-    ("paragraph", ["first para\nstill first", "second para\nline b", "third"]),
-    ("line", ["first para", "still first", "second para", "line b", "third"]),
-])
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        ("file", ["first para\nstill first\n\n  \nsecond para\r\nline b\n\n\nthird"]),
+        ("paragraph", ["first para\nstill first", "second para\nline b", "third"]),
+        ("line", ["first para", "still first", "second para", "line b", "third"]),
+    ],
+)
 def test_ingest_text_units(params, tmp_path, unit, expected):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"first para\nstill first\n\n  \nsecond para\r\nline b\n\n\nthird")
@@ -223,8 +274,7 @@ def test_ingest_source_list_include_globs_and_metadata(params, tmp_path):
     (a / "keep" / "x.md").write_text("kept markdown", encoding="utf-8")
     (a / "skip.txt").write_text("not included", encoding="utf-8")
     (b / "t.csv").write_text("text,author,year\nhello csv,ann,2020\n", encoding="utf-8")
-    summary = run_ingest(params, [str(a), str(b)], tmp_path / "raw",
-                         include=["keep/**/*", "*.csv"])
+    summary = run_ingest(params, [str(a), str(b)], tmp_path / "raw", include=["keep/**/*", "*.csv"])
     got = rows(tmp_path / "raw" / "corpus.parquet")
     assert [r["text"] for r in got] == ["kept markdown", "hello csv"]
     assert got[0]["meta"] is None
@@ -239,6 +289,7 @@ def test_params_reject_bad_data_values(params):
         bad["data"][key] = value
         with pytest.raises(GruflowError, match=f"data.{key}"):
             from components.params import parse_params
+
             parse_params(bad)
 
 
@@ -257,15 +308,16 @@ CHINESE = [
     "自然语言处理让计算机能够理解和生成人类的语言，例如翻译、摘要和问答。",
     "数据清洗是训练模型之前的重要步骤，包括去除重复、修正编码和过滤噪声。",
 ]
-ENGLISH = ["the parser reads the header and returns a list of names.",
-           "each thread writes the next line to the file, then closes the file."]
+ENGLISH = [
+    "the parser reads the header and returns a list of names.",
+    "each thread writes the next line to the file, then closes the file.",
+]
 HELD_OUT = "模型使用新的数据来学习语言的特征，并预测问答的结果。"
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "word", "char"])
 def test_every_kind_has_specials_first_and_round_trips_train_text(params, kind):
-    cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 400,
-                                             "min_frequency": 1})
+    cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 400, "min_frequency": 1})
     tok = tokenize.train_tokenizer(iter((ENGLISH + CHINESE) * 3), cfg)
     assert [tok.token_to_id(t) for t in SPECIALS] == [PAD, UNK, BOS, EOS, MASK]
     # a <mask> written in a text is the one special token, whatever the kind (fill requests)
@@ -279,8 +331,7 @@ def test_every_kind_has_specials_first_and_round_trips_train_text(params, kind):
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece"])
 def test_chinese_paragraph_unknown_rate_and_exact_round_trip(params, kind):
-    cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 500,
-                                             "min_frequency": 1})
+    cfg = params.tokenize.model_copy(update={"kind": kind, "vocab_size": 500, "min_frequency": 1})
     tok = tokenize.train_tokenizer(iter((ENGLISH + CHINESE) * 3), cfg)
     ids = tok.encode(HELD_OUT).ids
     assert ids.count(UNK) / len(ids) < 0.01
@@ -291,8 +342,9 @@ def test_chinese_paragraph_unknown_rate_and_exact_round_trip(params, kind):
 
 
 def test_wordpiece_spells_unseen_scripts_from_bytes(params):
-    cfg = params.tokenize.model_copy(update={"kind": "wordpiece", "vocab_size": 600,
-                                             "min_frequency": 1})
+    cfg = params.tokenize.model_copy(
+        update={"kind": "wordpiece", "vocab_size": 600, "min_frequency": 1}
+    )
     tok = tokenize.train_tokenizer(iter(ENGLISH * 20), cfg)  # no Chinese, Greek or Cyrillic
     assert tok.get_vocab_size() <= 600
     for text in (HELD_OUT, "Ελληνικά и кириллица", ENGLISH[0]):
@@ -304,11 +356,17 @@ def test_tokenize_run_reports_unknown_rate_for_word_kind(params, tmp_path):
     (tmp_path / "clean").mkdir()
     texts = {"train": ENGLISH * 3, "val": ENGLISH[:1], "test": ["the zebra reads"]}
     for name, docs in texts.items():
-        pq.write_table(pa.table({"doc_id": [f"{name}{i}" for i in range(len(docs))],
-                                 "text": docs}), tmp_path / "clean" / f"{name}.parquet")
-    cfg = params.tokenize.model_copy(update={"kind": "word", "vocab_size": 100,
-                                             "min_frequency": 1})
-    s = tokenize.run(cfg, tmp_path / "clean", tmp_path / "tok.json", tmp_path / "tokens",
-                     tmp_path / "tokenize.json")
+        pq.write_table(
+            pa.table({"doc_id": [f"{name}{i}" for i in range(len(docs))], "text": docs}),
+            tmp_path / "clean" / f"{name}.parquet",
+        )
+    cfg = params.tokenize.model_copy(update={"kind": "word", "vocab_size": 100, "min_frequency": 1})
+    s = tokenize.run(
+        cfg,
+        tmp_path / "clean",
+        tmp_path / "tok.json",
+        tmp_path / "tokens",
+        tmp_path / "tokenize.json",
+    )
     assert s["splits"]["val"]["unk_rate"] == 0
     assert s["splits"]["test"]["unk_rate"] == pytest.approx(1 / 5)  # <bos> the <unk> reads <eos>

@@ -16,12 +16,18 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Imports whose code does not shape any stage's outputs: error types, the params model (values
 # are tracked through `params:`), live MLflow logging (it writes nothing a stage outputs) and the
 # console: quiet library logging and fit progress lines.
-INFRASTRUCTURE = {"components/errors.py", "components/params.py", "components/live_log.py",
-                  "components/verbosity.py", "components/lm/progress.py"}
+INFRASTRUCTURE = {
+    "components/errors.py",
+    "components/params.py",
+    "components/live_log.py",
+    "components/verbosity.py",
+    "components/lm/progress.py",
+}
 # Per stage, a module it imports only for atomic JSON writes, whose framing the outputs do not
 # depend on (the data stages do list it: its Parquet codec shapes their files).
-NOT_SHAPING = {stage: {"components/artifacts.py"}
-               for stage in ("tokenize", "embed", "tune", "evaluate")}
+NOT_SHAPING = {
+    stage: {"components/artifacts.py"} for stage in ("tokenize", "embed", "tune", "evaluate")
+}
 
 
 def module_file(dotted: str) -> Path | None:
@@ -70,12 +76,16 @@ def test_stage_deps_are_exactly_the_code_it_imports(stage):
     needed = shaping_imports(module_file(module), INFRASTRUCTURE | NOT_SHAPING.get(stage, set()))
     code = {d for d in STAGES[stage]["deps"] if d.startswith("components/")}
     assert not needed - code, f"dvc.yaml stage {stage} should depend on {sorted(needed - code)}"
-    assert not code - needed, f"dvc.yaml stage {stage} lists code it does not import: " \
-        f"{sorted(code - needed)}"
+    assert not code - needed, (
+        f"dvc.yaml stage {stage} lists code it does not import: {sorted(code - needed)}"
+    )
 
 
 def test_direct_imports_follow_sub_packages(tmp_path):
     """The walk sees `from components.lm import model`, dotted and lazy imports alike."""
     found = direct_imports(ROOT / "components" / "evaluate.py")
-    assert {ROOT / "components" / "lm" / "model.py", ROOT / "components" / "lm" / "plots.py",
-            ROOT / "components" / "tuning" / "best.py"} <= found
+    assert {
+        ROOT / "components" / "lm" / "model.py",
+        ROOT / "components" / "lm" / "plots.py",
+        ROOT / "components" / "tuning" / "best.py",
+    } <= found

@@ -57,6 +57,7 @@ def write_tokens(path: Path, docs: list[list[int]]) -> None:
 
 # --------------------------------------------------------------------------- training
 
+
 @pytest.mark.parametrize(("algorithm", "sg"), [("skipgram", 1), ("cbow", 0)])
 def test_word2vec_settings(params, algorithm, sg):
     cfg = small(params, algorithm=algorithm, subsample=0.0)
@@ -85,8 +86,9 @@ def test_training_prints_a_line_per_epoch(params, capsys):
     embed.train_vectors(cluster_sentences(40), VOCAB, cfg)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("embed: epoch")]
-    assert [line.split()[2] for line in lines] == [f"{e}/{cfg.epochs}" for e in
-                                                   range(1, cfg.epochs + 1)]
+    assert [line.split()[2] for line in lines] == [
+        f"{e}/{cfg.epochs}" for e in range(1, cfg.epochs + 1)
+    ]
     assert lines[-1].endswith("~0 s left)")
 
 
@@ -103,8 +105,7 @@ def test_neighbours_stay_in_cluster(cluster_vectors, token):
 
 
 def test_embed_run_saves_matrix(params, tmp_path):
-    ids = [[BOS, *[random.Random(i).choice(CLUSTER_A) for _ in range(10)], EOS]
-           for i in range(50)]
+    ids = [[BOS, *[random.Random(i).choice(CLUSTER_A) for _ in range(10)], EOS] for i in range(50)]
     write_tokens(tmp_path / "tokens" / "train.parquet", ids)
     cfg = params.embed.model_copy(update={"dim": 8, "epochs": 1})
     summary = embed.run(cfg, tmp_path / "tokens", VOCAB, tmp_path / "emb.npy", tmp_path / "e.json")
@@ -144,10 +145,16 @@ def test_readable_escapes():
 
 # --------------------------------------------------------------------------- the stage
 
+
 def tiny_texts(n_docs: int = 200) -> list[str]:
     rng = random.Random(0)
-    return [" ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
-                     for _ in range(5)) + "\n\tEnd." for _ in range(n_docs)]
+    return [
+        " ".join(
+            f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(5)
+        )
+        + "\n\tEnd."
+        for _ in range(n_docs)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +163,20 @@ def project(tmp_path_factory, raw_params) -> Path:
     root = tmp_path_factory.mktemp("embed_project")
     raw = copy.deepcopy(raw_params)
     raw["tokenize"].update(vocab_size=400, min_frequency=1)
-    raw["embed"].update(dim=8, epochs=2, probes=["header", "frobnicate"],
-                        neighbours=3, analogy_file="eval/questions.txt")
+    raw["embed"].update(
+        dim=8,
+        epochs=2,
+        probes=["header", "frobnicate"],
+        neighbours=3,
+        analogy_file="eval/questions.txt",
+    )
     raw["model"]["embedding_dim"] = 8
     raw["embed"]["pairs_file"] = "eval/pairs.tsv"
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     (root / "eval").mkdir()
-    (root / "eval/pairs.tsv").write_text("header\tline\t6\nlist\tnames\t7\nthe\tan\t8\n"
-                                         "header\tan\t1\nfrobnicate\tthe\t2\n")
+    (root / "eval/pairs.tsv").write_text(
+        "header\tline\t6\nlist\tnames\t7\nthe\tan\t8\nheader\tan\t1\nfrobnicate\tthe\t2\n"
+    )
     (root / "eval/questions.txt").write_text("header line list names\nthe an a zzz\n")
     p = parse_params(raw)
     tok = train_tokenizer(iter(tiny_texts()), p.tokenize)
@@ -232,13 +245,20 @@ def test_bad_pairs_file_keeps_previous_outputs(project, staged):
     cfg = p.embed.model_copy(update={"pairs_file": str(project / "eval/missing.tsv")})
     exports = embed.Exports(staged["tok"], project / p.paths.word2vec, project / "other")
     with pytest.raises(GruflowError, match="missing.tsv: evaluation file not found"):
-        embed.run(cfg, project / p.paths.tokens, staged["tok"].get_vocab_size(),
-                  project / p.paths.embeddings, project / "r.json", exports=exports)
+        embed.run(
+            cfg,
+            project / p.paths.tokens,
+            staged["tok"].get_vocab_size(),
+            project / p.paths.embeddings,
+            project / "r.json",
+            exports=exports,
+        )
     assert (project / p.paths.embeddings).read_bytes() == before
     assert not (project / "other").exists() and not (project / "r.json").exists()
 
 
 # --------------------------------------------------------------------------- gruflow similar
+
 
 def test_similar_prints_k_neighbours(project, staged, capsys):
     assert cli.main(["similar", "header", "-k", "4", "--project", str(project)]) == 0
@@ -260,8 +280,9 @@ def test_similar_word_without_vector_and_missing_artifacts(project, staged, tmp_
     p, tok = staged["p"], staged["tok"]
     kv = KeyedVectors.load_word2vec_format(str(project / p.paths.word2vec))
     keep = [k for k in kv.index_to_key if k != "\\sheader"]
-    embed.write_word2vec(tmp_path / p.paths.word2vec, TokenVectors(keep, kv[keep]),
-                         {k: k for k in keep})
+    embed.write_word2vec(
+        tmp_path / p.paths.word2vec, TokenVectors(keep, kv[keep]), {k: k for k in keep}
+    )
     tok.save(str(tmp_path / p.paths.tokenizer))
     with pytest.raises(GruflowError, match=r"'header' \(token 'Ġheader'\) has no trained vector"):
         embed.similar("header", 3, p, tmp_path)
@@ -271,8 +292,10 @@ def test_similar_word_without_vector_and_missing_artifacts(project, staged, tmp_
 
 def test_similar_in_matrix_reads_any_id_aligned_matrix():
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    tok = train_tokenizer(iter(["red green blue cat dog cow " * 50]),
-                          p.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter(["red green blue cat dog cow " * 50]),
+        p.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1}),
+    )
     ids = {w: tok.token_to_id("Ġ" + w) for w in ("green", "blue", "dog", "cow")}
     matrix = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 6)).astype(np.float32)
     matrix[ids["blue"]] = matrix[ids["green"]] * 2.0 + 0.01  # same direction as green
@@ -288,8 +311,9 @@ def test_similar_finds_chinese_tokens_and_shows_them_readable():
     text, with a partial character's bytes escaped and every text unique."""
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     text = "我们是学生。他们是老师。你们是朋友。" * 30
-    tok = train_tokenizer(iter([text]), p.tokenize.model_copy(
-        update={"vocab_size": 300, "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter([text]), p.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1})
+    )
     shi = tok.token_to_id("æĺ¯")
     assert shi is not None  # the byte-level spelling of 是
     matrix = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 6)).astype(np.float32)

@@ -42,14 +42,26 @@ def test_word_token_finds_a_byte_level_token_by_its_text():
 
 
 def test_main_script_and_auto_probes():
-    assert [quality.script_of(c) for c in "a是の한1,"] == ["Latin", "Han", "Kana", "Hangul",
-                                                          None, None]
+    assert [quality.script_of(c) for c in "a是の한1,"] == [
+        "Latin",
+        "Han",
+        "Kana",
+        "Hangul",
+        None,
+        None,
+    ]
     assert quality.main_script({"我们": 10, "the": 5}) == "Han"  # 20 Han letters, 15 Latin
     assert quality.main_script({"我们": 3, "the": 5}) == "Latin"  # 6 Han letters, 15 Latin
     assert quality.main_script({"1,": 4}) is None
     names = ["Ġthe", "Ġparser", "的", "æĺ¯", "Ġreturns", "Ġé"]
-    texts = {"Ġthe": " the", "Ġparser": " parser", "的": "的", "æĺ¯": "是",
-             "Ġreturns": " returns", "Ġé": " é"}
+    texts = {
+        "Ġthe": " the",
+        "Ġparser": " parser",
+        "的": "的",
+        "æĺ¯": "是",
+        "Ġreturns": " returns",
+        "Ġé": " é",
+    }
     table = TokenVectors(names, np.eye(6, dtype=np.float32))
     counts = [90, 50, 40, 30, 20, 10]
     assert quality.auto_probes(table, counts, texts, "Latin") == ["parser", "returns"]
@@ -67,15 +79,17 @@ def test_report_skips_word_pairs_of_another_script(tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("cat\tdog\t7\n")
     cfg = load_params().embed.model_copy(update={"pairs_file": str(pairs), "neighbours": 2})
-    r = quality.quality_report(table, quality.token_lookup(names, texts), cfg, texts,
-                               [40, 30, 20, 10])
+    r = quality.quality_report(
+        table, quality.token_lookup(names, texts), cfg, texts, [40, 30, 20, 10]
+    )
     assert r["main_script"] == "Han"
     assert r["probes"] == {"source": "auto", "words": ["的", "是", "我", "们"]}
     assert r["word_pairs"]["used"] is False and "Latin" in r["word_pairs"]["reason"]
     assert r["word_pairs"]["spearman"] is None
     pairs.write_text("我\t们\t7\n的\t是\t2\n")
-    r = quality.quality_report(table, quality.token_lookup(names, texts), cfg, texts,
-                               [40, 30, 20, 10])
+    r = quality.quality_report(
+        table, quality.token_lookup(names, texts), cfg, texts, [40, 30, 20, 10]
+    )
     assert r["word_pairs"]["used"] is True and r["word_pairs"]["oov"] == 0
 
 
@@ -97,15 +111,15 @@ def toy_table() -> tuple[TokenVectors, dict[str, str]]:
 def test_pairs_spearman_on_a_toy_file(tmp_path):
     table, vocab = toy_table()
     f = tmp_path / "pairs.tsv"
-    f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\n"
-                 "zzz\ta\t3\n")
+    f.write_text("# w1\tw2\tscore\n\na\tb\t9\nc\td\t8.5\na\tc\t1\nb\td\t4\na\trare\t5\nzzz\ta\t3\n")
     pairs = quality.read_pairs(f)
     assert len(pairs) == 6 and pairs[0] == ("a", "b", 9.0)
     result = quality.evaluate_pairs(table, vocab, pairs)
     # cosines: a·b = c·d = 1/√2, a·c = 0, b·d = 1/2 -> ranks agree with the scores but for a tie
     assert result["pairs"] == 6 and result["oov"] == 2  # "rare" has no vector, "zzz" no token
-    assert result["spearman"] == pytest.approx(spearmanr([9, 8.5, 1, 4],
-                                                         [0.7071, 0.7071, 0, 0.5]).statistic)
+    assert result["spearman"] == pytest.approx(
+        spearmanr([9, 8.5, 1, 4], [0.7071, 0.7071, 0, 0.5]).statistic
+    )
 
 
 def test_bad_pairs_line_names_file_and_line(tmp_path):
@@ -160,11 +174,17 @@ def test_neighbours_and_analogies_agree_with_gensim():
     table = TokenVectors([f"Ġt{i}" for i in range(60)], vectors)
     vocab = {name: i for i, name in enumerate(table.names)}
     questions = [tuple(f"t{i}" for i in rng.choice(60, 4, replace=False)) for _ in range(40)]
-    expected = [kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0] == d
-                for a, b, c, d in questions]
+    expected = [
+        kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0] == d
+        for a, b, c, d in questions
+    ]
     # make half the questions right by gensim's own answer, so accuracy is not trivially 0
-    questions = [(a, b, c, kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0])
-                 if n % 2 else (a, b, c, d) for n, (a, b, c, d) in enumerate(questions)]
+    questions = [
+        (a, b, c, kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0])
+        if n % 2
+        else (a, b, c, d)
+        for n, (a, b, c, d) in enumerate(questions)
+    ]
     expected = [True if n % 2 else hit for n, hit in enumerate(expected)]
     result = quality.analogy_accuracy(table, vocab, questions)
     assert result["accuracy"] == pytest.approx(sum(expected) / len(expected))

@@ -40,8 +40,13 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     m = evaluated
     saved = json.loads((Path(p.paths.reports) / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(m))
-    for key in ("perplexity", "bits_per_byte", "token_accuracy", "baseline_perplexity",
-                "bigram_perplexity"):
+    for key in (
+        "perplexity",
+        "bits_per_byte",
+        "token_accuracy",
+        "baseline_perplexity",
+        "bigram_perplexity",
+    ):
         assert key in saved and math.isfinite(saved[key])
     tokens = Path(p.paths.tokens)
     test = read_stream(tokens / "test.parquet")
@@ -49,16 +54,18 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     assert saved["test_tokens"] == test.size - len(n_bytes)  # no <bos> is a target
     assert saved["test_bytes"] == sum(n_bytes) + len(n_bytes)
     nll = math.log(saved["perplexity"]) * saved["test_tokens"]
-    assert saved["bits_per_byte"] == pytest.approx(nll / math.log(2) / saved["test_bytes"],
-                                                   rel=1e-6)
+    assert saved["bits_per_byte"] == pytest.approx(
+        nll / math.log(2) / saved["test_bytes"], rel=1e-6
+    )
     n_docs = DOCS["test"][0]
     words = sum(len(TEXT[i % len(TEXT)].split()) for i in range(n_docs)) + n_docs
     assert saved["test_words"] == words
     assert saved["word_perplexity"] == pytest.approx(math.exp(nll / words), rel=1e-6)
     for name in ("baseline", "bigram"):  # the baselines' word figures: same NLL, per word
         base_nll = math.log(saved[f"{name}_perplexity"]) * saved["test_tokens"]
-        assert saved[f"{name}_word_perplexity"] == pytest.approx(math.exp(base_nll / words),
-                                                                 rel=1e-6)
+        assert saved[f"{name}_word_perplexity"] == pytest.approx(
+            math.exp(base_nll / words), rel=1e-6
+        )
     assert 0.0 <= saved["token_accuracy"] <= saved["top5_accuracy"] <= 1.0
     # The cycle is learnable: the model and the bigram both beat the unigram baseline.
     assert saved["perplexity"] < saved["baseline_perplexity"]
@@ -72,10 +79,12 @@ def test_evaluate_uses_the_tuned_seq_len(trained, tmp_path):
     best = tmp_path / "best_params.json"
     best.write_text(json.dumps({"train.seq_len": 6}))
     tuned = with_paths(p, best_params=str(best), reports=str(tmp_path / "reports")).model_copy(
-        update={"tune": p.tune.model_copy(update={"n_trials": 1, "space": {}})})
+        update={"tune": p.tune.model_copy(update={"n_trials": 1, "space": {}})}
+    )
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "train_history.csv").write_bytes(
-        (Path(p.paths.reports) / "train_history.csv").read_bytes())
+        (Path(p.paths.reports) / "train_history.csv").read_bytes()
+    )
     metrics = evaluate.run(tuned)
     assert list(metrics["loss_by_position"])[-1] == "4-5"
 
@@ -126,7 +135,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 def tiny_model(vocab: int = 20, seed: int = 0, layers: int = 2):
     cfg = load_params(ROOT / "params.yaml").model.model_copy(
-        update={"units": 8, "embedding_dim": 8, "gru_layers": layers, "dropout": 0.0})
+        update={"units": 8, "embedding_dim": 8, "gru_layers": layers, "dropout": 0.0}
+    )
     keras.utils.set_random_seed(seed)
     return build_model(cfg, vocab)
 
@@ -156,8 +166,9 @@ def test_score_model_in_windows_equals_one_pass_per_stream(streams):
     stream[0] = BOS
     s = evaluate.score_model(model, stream, seq_len, batch_size=streams)
     L = -(-(stream.size - 1) // streams)  # target positions per stream
-    expected = np.concatenate([-one_pass_logp(model, stream[j * L:(j + 1) * L + 1], seq_len)
-                               for j in range(streams)])
+    expected = np.concatenate(
+        [-one_pass_logp(model, stream[j * L : (j + 1) * L + 1], seq_len) for j in range(streams)]
+    )
     assert s["tokens"] == stream.size - 1 == expected.size
     np.testing.assert_allclose(s["per_target_nll"], expected, atol=1e-4)
     assert abs(s["nll"] - expected.sum()) / s["tokens"] < 1e-4
@@ -187,7 +198,8 @@ def test_bos_is_never_a_target_and_eos_always_is():
     assert evaluate.baseline_nll(train, stream, vocab)["unigram"] == pytest.approx(expected)
     bigram = evaluate.bigram_log_probs(train, stream, vocab)
     assert evaluate.baseline_nll(train, stream, vocab)["bigram"] == pytest.approx(
-        -bigram[is_target].sum())
+        -bigram[is_target].sum()
+    )
 
 
 def test_count_words_adds_one_end_per_document():
@@ -201,8 +213,9 @@ def test_score_texts_carries_state_across_windows(trained):
     tok = Tokenizer.from_file(p.paths.tokenizer)
     model = tiny_model(vocab)
     texts = [" ".join(TEXT[:4]), TEXT[1]]
-    ids = [np.array([BOS, *tok.encode(t, add_special_tokens=False).ids, EOS], np.int32)
-           for t in texts]
+    ids = [
+        np.array([BOS, *tok.encode(t, add_special_tokens=False).ids, EOS], np.int32) for t in texts
+    ]
     assert ids[0].size > 3 * SEQ_LEN
     rows = score_texts(model, tok, texts, SEQ_LEN, batch_size=2)
     for row, doc in zip(rows, ids, strict=True):
@@ -228,7 +241,7 @@ def test_generate_reads_blocks_with_state_carried(trained):
     tok = Tokenizer.from_file(p.paths.tokenizer)
     model = tiny_model(vocab, seed=3)
     kernel, bias = model.get_layer("logits").get_weights()
-    bias[:len(SPECIALS)] = -30.0  # no special token: the continuation runs its full length
+    bias[: len(SPECIALS)] = -30.0  # no special token: the continuation runs its full length
     model.get_layer("logits").set_weights([kernel, bias])
     prompt, n = "the parser reads", 2 * SEQ_LEN + 5
     ids = [BOS, *tok.encode(prompt, add_special_tokens=False).ids]
@@ -246,24 +259,33 @@ def test_generate_reads_blocks_with_state_carried(trained):
     assert len(ids) > 2 * SEQ_LEN  # the text spans three blocks
 
 
-def test_cache_adds_keys_and_leaves_the_static_metrics_byte_identical(trained, evaluated,
-                                                                       tmp_path):
+def test_cache_adds_keys_and_leaves_the_static_metrics_byte_identical(trained, evaluated, tmp_path):
     """evaluate.cache on: `perplexity_cache`, `word_perplexity_cache`, `bits_per_byte_cache`,
     the θ/λ chosen on val; every static key byte for byte what evaluate writes without it."""
     p, _, _ = trained
     reports = tmp_path / "reports"
     shutil.copytree(p.paths.reports, reports)
-    cache = p.evaluate.cache.model_copy(update={"size": 200, "thetas": [0.3, 1.0],
-                                                "lambdas": [0.05, 0.2]})
+    cache = p.evaluate.cache.model_copy(
+        update={"size": 200, "thetas": [0.3, 1.0], "lambdas": [0.05, 0.2]}
+    )
     on = with_paths(p, reports=str(reports)).model_copy(
-        update={"evaluate": p.evaluate.model_copy(update={"cache": cache})})
+        update={"evaluate": p.evaluate.model_copy(update={"cache": cache})}
+    )
     assert p.evaluate.cache.size == 0 or evaluated.get("cache_size") == p.evaluate.cache.size
     m = evaluate.run(on)
-    extra = {"perplexity_cache", "word_perplexity_cache", "bits_per_byte_cache",
-             "val_perplexity_cache", "cache_size", "cache_theta", "cache_lambda"}
+    extra = {
+        "perplexity_cache",
+        "word_perplexity_cache",
+        "bits_per_byte_cache",
+        "val_perplexity_cache",
+        "cache_size",
+        "cache_theta",
+        "cache_lambda",
+    }
     static = {k: v for k, v in evaluated.items() if k not in extra}
-    assert json.dumps({k: m[k] for k in static}, sort_keys=True) == \
-        json.dumps(static, sort_keys=True)
+    assert json.dumps({k: m[k] for k in static}, sort_keys=True) == json.dumps(
+        static, sort_keys=True
+    )
     assert set(m) - set(static) == extra
     assert m["cache_size"] == 200 and m["cache_theta"] in (0.3, 1.0)
     assert m["cache_lambda"] in (0.05, 0.2)

@@ -45,8 +45,10 @@ def test_stratified_split_keeps_modules_together_and_every_class_in_every_split(
 
 
 def test_hashed_split_is_stratified_for_a_user_table(params):
-    docs = [cdata.Labelled(r["text"] + str(i), r["label"], str(i))
-            for i, r in enumerate(tiny_labelled.rows(50))]
+    docs = [
+        cdata.Labelled(r["text"] + str(i), r["label"], str(i))
+        for i, r in enumerate(tiny_labelled.rows(50))
+    ]
     splits = cdata.stratified_split(docs, params.finetune)
     for label in ("pos", "neg"):
         mine = Counter(s for d, s in zip(docs, splits, strict=True) if d.label == label)
@@ -55,8 +57,10 @@ def test_hashed_split_is_stratified_for_a_user_table(params):
 
 
 def test_source_split_column_is_kept_and_val_carved_from_train(params):
-    docs = [cdata.Labelled(f"t{i}", "ab"[i % 2], f"g{i}", "test" if i < 10 else "train")
-            for i in range(60)]
+    docs = [
+        cdata.Labelled(f"t{i}", "ab"[i % 2], f"g{i}", "test" if i < 10 else "train")
+        for i in range(60)
+    ]
     splits = cdata.assign_splits(docs, params.finetune)
     assert splits[:10] == ["test"] * 10
     assert set(splits[10:]) == {"train", "val"}
@@ -72,17 +76,27 @@ def test_metrics_and_majority_baseline():
     assert majority(["a", "b", "b"], 3) == ["b", "b", "b"]
     s = scores(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b"], per_class=True)
     assert s["accuracy"] == 0.75
-    assert s["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3),
-                                   "support": 2}
+    assert s["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "support": 2,
+    }
     assert s["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
 
 
 # --- the one-line errors (raised before TensorFlow loads) ---------------------------------
 
+
 def _run_stage(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components.finetune"], cwd=root,
-                          capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "components.finetune"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def _expect_error(tmp_path, records, expected: str) -> None:
@@ -115,11 +129,19 @@ def test_label_unseen_in_train_is_one_line(tmp_path):
 
 def test_off_stage_writes_a_small_report_without_tensorflow(tmp_path):
     proj = tiny_labelled.project(tmp_path, source="")
-    code = ("import sys, runpy; sys.argv=['finetune']; "
-            "runpy.run_module('components.finetune', run_name='__main__');"
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, runpy; sys.argv=['finetune']; "
+        "runpy.run_module('components.finetune', run_name='__main__');"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     p = proj["params"]
     assert json.loads((Path(p.paths.reports) / "finetune.json").read_text())["enabled"] is False
@@ -129,6 +151,7 @@ def test_off_stage_writes_a_small_report_without_tensorflow(tmp_path):
 
 
 # --- end to end on a tiny labelled set -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -150,8 +173,9 @@ def test_report_holds_every_model_with_sane_numbers(trained):
         assert 0.0 <= m["macro_f1"] <= m["accuracy"] + 1e-9 or 0.0 <= m["macro_f1"] <= 1.0
         assert 0.0 <= m["accuracy"] <= 1.0
     counts = report["label_counts"]["test"]
-    assert models["majority"]["accuracy"] == pytest.approx(max(counts.values()) /
-                                                           sum(counts.values()))
+    assert models["majority"]["accuracy"] == pytest.approx(
+        max(counts.values()) / sum(counts.values())
+    )
     assert models["majority"]["macro_f1"] < 0.34  # one class right of three
     assert models["tfidf_logreg"]["macro_f1"] > 0.9  # the words give the label away
     assert models["scratch"]["macro_f1"] > models["majority"]["macro_f1"]
@@ -162,8 +186,7 @@ def test_report_holds_every_model_with_sane_numbers(trained):
     plot = Path(p.paths.reports) / "plots" / "finetune_confusion.png"
     assert plot.stat().st_size > 1000
     folder = Path(p.paths.classifier)
-    assert {f.name for f in folder.iterdir()} == {"classifier.keras", "labels.json",
-                                                  "test.parquet"}
+    assert {f.name for f in folder.iterdir()} == {"classifier.keras", "labels.json", "test.parquet"}
 
 
 @pytest.mark.slow
@@ -175,8 +198,7 @@ def test_classifier_round_trips_and_reuses_the_lm_encoder(trained):
     from components.finetune import load_lm
 
     p = trained["params"]
-    clf = keras.saving.load_model(Path(p.paths.classifier) / "classifier.keras",
-                                  safe_mode=True)
+    clf = keras.saving.load_model(Path(p.paths.classifier) / "classifier.keras", safe_mode=True)
     lm = load_lm(Path(p.paths.model))
     shape = lm.get_layer("embedding").embeddings.shape
     assert clf.get_layer("embedding").embeddings.shape == shape

@@ -28,7 +28,7 @@ def _outs() -> list[str]:
     found = []
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
         for out in stage.get("outs", []):
-            path, opts = (next(iter(out.items())) if isinstance(out, dict) else (out, {}))
+            path, opts = next(iter(out.items())) if isinstance(out, dict) else (out, {})
             if opts.get("cache", True):
                 for key, value in params["paths"].items():
                     path = path.replace(f"${{paths.{key}}}", str(value))
@@ -38,11 +38,17 @@ def _outs() -> list[str]:
 
 def test_transient_paths_the_pipeline_writes_are_ignored():
     paths = load_params(ROOT / "params.yaml").paths
-    transient = [f"{paths.checkpoints}/epoch.keras", f"{paths.tune_dir}/journal.log",
-                 f"{paths.reports}/tensorboard/train/events.out.tfevents.1.host.1.v2",
-                 ".gruflow/logs/20260101T000000-1.log", ".gruflow/run.lock", "mlflow.db",
-                 "mlartifacts/1/abc/artifacts/model/MLmodel", "dvc_plots/index.html",
-                 ".dvc-remote/files/md5/00/0"]
+    transient = [
+        f"{paths.checkpoints}/epoch.keras",
+        f"{paths.tune_dir}/journal.log",
+        f"{paths.reports}/tensorboard/train/events.out.tfevents.1.host.1.v2",
+        ".gruflow/logs/20260101T000000-1.log",
+        ".gruflow/run.lock",
+        "mlflow.db",
+        "mlartifacts/1/abc/artifacts/model/MLmodel",
+        "dvc_plots/index.html",
+        ".dvc-remote/files/md5/00/0",
+    ]
     assert [p for p in transient if not _ignored(p)] == []
 
 
@@ -54,8 +60,12 @@ def test_cached_dvc_outputs_are_ignored_before_the_first_run():
 
 def test_no_tracked_file_is_in_an_ignored_path():
     tracked_but_ignored = subprocess.run(
-        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=ROOT,
-        capture_output=True, text=True, check=True).stdout.split()
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert tracked_but_ignored == []
 
 
@@ -65,18 +75,24 @@ IMAGES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 def test_every_dvc_plot_is_an_image():
     """DVC renders data plots (csv/json) with Vega scripts from a CDN: blank offline. Images
     are embedded as files, so `dvc plots show` works without a network."""
-    plots = [next(iter(p)) if isinstance(p, dict) else p
-             for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
-             for p in stage.get("plots", [])]
+    plots = [
+        next(iter(p)) if isinstance(p, dict) else p
+        for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+        for p in stage.get("plots", [])
+    ]
     assert plots and [p for p in plots if not p.lower().endswith(IMAGES)] == []
 
 
 def test_dvc_plots_page_loads_nothing_from_the_network(tmp_path):
     if not (ROOT / "reports" / "plots" / "learning_curves.png").is_file():
         pytest.skip("no evaluate plots in this checkout")
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show",
-                          "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "plots", "show", "-o", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "index.html").read_text()
     assert "<img" in page and "<script src=" not in page and "cdn." not in page

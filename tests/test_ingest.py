@@ -21,6 +21,7 @@ def read_rows(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- ingest
 
+
 def run_ingest(params: Params, source: Path, out: Path, **update) -> dict:
     cfg = params.data.model_copy(update={"source": str(source), "text_column": "text", **update})
     return ingest.run(cfg, out, out.parent / "ingest.json")
@@ -33,21 +34,34 @@ def test_ingest_reads_every_file_type(params, tmp_path):
     (src / "sub" / "b.md").write_text("# Title\n\nmarkdown body", encoding="utf-8")
     (src / "c.jsonl").write_text(
         "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(["j1", "j2"])),
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     (src / "d.csv").write_text('id,text\n1,"csv, with comma"\n2,csv two\n', encoding="utf-8")
-    pq.write_table(pa.table({"text": ["pq one", None, "pq two"], "n": [1, 2, 3]}),
-                   src / "e.parquet")
+    pq.write_table(
+        pa.table({"text": ["pq one", None, "pq two"], "n": [1, 2, 3]}), src / "e.parquet"
+    )
     (src / "ignored.log").write_text("not a source file", encoding="utf-8")
 
     summary = run_ingest(params, src, tmp_path / "raw")
 
     rows = read_rows(tmp_path / "raw" / "corpus.parquet")
     assert [r["text"] for r in rows] == [
-        "plain text file", "j1", "j2", "csv, with comma", "csv two", "pq one", "pq two",
+        "plain text file",
+        "j1",
+        "j2",
+        "csv, with comma",
+        "csv two",
+        "pq one",
+        "pq two",
         "# Title\n\nmarkdown body",  # files are read in sorted path order: sub/ comes last
     ]
-    assert {Path(r["source"]).name for r in rows} == {"a.txt", "b.md", "c.jsonl", "d.csv",
-                                                      "e.parquet"}
+    assert {Path(r["source"]).name for r in rows} == {
+        "a.txt",
+        "b.md",
+        "c.jsonl",
+        "d.csv",
+        "e.parquet",
+    }
     assert summary["documents"] == 8
     assert summary["characters"] == sum(len(r["text"]) for r in rows)
     assert json.loads((tmp_path / "ingest.json").read_text()) == summary

@@ -14,10 +14,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ROOT / "components"
-STAGES = {f"components.{name}" for name in yaml.safe_load(
-    (ROOT / "dvc.yaml").read_text())["stages"]}
-MODULES = {".".join(f.relative_to(ROOT).with_suffix("").parts): f
-           for f in COMPONENTS.rglob("*.py") if f.name != "__init__.py"}
+STAGES = {
+    f"components.{name}" for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+}
+MODULES = {
+    ".".join(f.relative_to(ROOT).with_suffix("").parts): f
+    for f in COMPONENTS.rglob("*.py")
+    if f.name != "__init__.py"
+}
 
 
 def imported(tree: ast.AST, top_level_only: bool = False) -> set[str]:
@@ -33,8 +37,10 @@ def imported(tree: ast.AST, top_level_only: bool = False) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {name: imported(ast.parse(file.read_text())) & MODULES.keys()
-            for name, file in MODULES.items()}
+    return {
+        name: imported(ast.parse(file.read_text())) & MODULES.keys()
+        for name, file in MODULES.items()
+    }
 
 
 def test_every_stage_of_dvc_yaml_is_a_flat_components_module():
@@ -43,8 +49,11 @@ def test_every_stage_of_dvc_yaml_is_a_flat_components_module():
 
 
 def test_no_stage_imports_another_stage():
-    offenders = {name: sorted(deps & STAGES - {name})
-                 for name, deps in graph().items() if deps & STAGES - {name}}
+    offenders = {
+        name: sorted(deps & STAGES - {name})
+        for name, deps in graph().items()
+        if deps & STAGES - {name}
+    }
     assert not offenders, f"stage modules imported by other modules: {offenders}"
 
 
@@ -74,8 +83,11 @@ def test_import_graph_has_no_cycle():
 
 
 def test_components_never_import_prefect():
-    users = [n for n, f in MODULES.items()
-             if any(m.split(".")[0] == "prefect" for m in imported(ast.parse(f.read_text())))]
+    users = [
+        n
+        for n, f in MODULES.items()
+        if any(m.split(".")[0] == "prefect" for m in imported(ast.parse(f.read_text())))
+    ]
     assert not users
 
 
@@ -87,8 +99,14 @@ def test_no_module_a_stage_loads_imports_mlflow_at_top_level(stage):
         if name not in seen:
             seen.add(name)
             todo.extend(edges[name])
-    eager = sorted(n for n in seen if any(m.split(".")[0] == "mlflow" for m in imported(
-        ast.parse(MODULES[n].read_text()), top_level_only=True)))
+    eager = sorted(
+        n
+        for n in seen
+        if any(
+            m.split(".")[0] == "mlflow"
+            for m in imported(ast.parse(MODULES[n].read_text()), top_level_only=True)
+        )
+    )
     assert not eager, f"{stage} loads MLflow at import through {eager}"
 
 

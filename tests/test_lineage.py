@@ -22,8 +22,13 @@ GOOD = {"perplexity": 20.0, "bigram_perplexity": 50.0}
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root,
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -62,14 +67,23 @@ def test_every_alias_change_is_appended_and_rollback_walks_back(project):
         registry.rollback(NAME)
     events = alias_history.events(NAME)
     assert [(e["alias"], e["old"], e["new"], e["kind"]) for e in events] == [
-        ("challenger", None, "1", "gate"), ("champion", None, "1", "gate"),
-        ("champion", "1", "2", "promote"), ("champion", "2", "3", "promote"),
-        ("champion", "3", "2", "rollback"), ("champion", "2", "1", "rollback")]
+        ("challenger", None, "1", "gate"),
+        ("champion", None, "1", "gate"),
+        ("champion", "1", "2", "promote"),
+        ("champion", "2", "3", "promote"),
+        ("champion", "3", "2", "rollback"),
+        ("champion", "2", "1", "rollback"),
+    ]
     assert all(e["time"] and e["by"] and e["reason"] for e in events)
     assert "bigram" in events[1]["reason"] and "rollback from version 3" in events[4]["reason"]
     periods = alias_history.champion_periods(events)
     assert [(v, until is None) for v, _, until, _ in periods] == [
-        ("1", False), ("2", False), ("3", False), ("2", False), ("1", True)]
+        ("1", False),
+        ("2", False),
+        ("3", False),
+        ("2", False),
+        ("1", True),
+    ]
 
 
 def test_rollback_after_a_new_promotion_goes_to_the_one_before(project):
@@ -105,16 +119,27 @@ def test_history_of_a_model_without_changes(project, capsys):
 
 def test_lineage_shows_commit_params_diff_hashes_metrics_gate_verdict_history(project, capsys):
     commit = git(project, "rev-parse", "HEAD")
-    v = add_version(project, git_commit=commit, git_dirty="False", reproducible="true",
-                    **{"dvc.data/clean": "abc.dir", "metric.perplexity": "20.5",
-                       "gate.promoted": "True", "gate.reason": "first version",
-                       "reproduce.verdict": "identical", "reproduce.date": "2026-01-01"})
+    v = add_version(
+        project,
+        git_commit=commit,
+        git_dirty="False",
+        reproducible="true",
+        **{
+            "dvc.data/clean": "abc.dir",
+            "metric.perplexity": "20.5",
+            "gate.promoted": "True",
+            "gate.reason": "first version",
+            "reproduce.verdict": "identical",
+            "reproduce.date": "2026-01-01",
+        },
+    )
     registry.promote(NAME, v)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["epochs"] = 9
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "dvc.lock").write_text(yaml.safe_dump(
-        {"stages": {"clean": {"outs": [{"path": "data/clean", "md5": "abc.dir"}]}}}))
+    (project / "dvc.lock").write_text(
+        yaml.safe_dump({"stages": {"clean": {"outs": [{"path": "data/clean", "md5": "abc.dir"}]}}})
+    )
     assert cli.main(["lineage", v, "--project", str(project)]) == 0
     out = capsys.readouterr().out
     assert f"commit {commit}  dirty: False" in out
@@ -147,40 +172,65 @@ def test_reproduce_refuses_an_unreachable_commit(project):
         reproduce.reproduce(project, None, NAME, v)
 
 
-LOCK = {"stages": {"ingest": {"outs": [{"path": "data/raw", "md5": "r.dir"}]},
-                   "tokenize": {"outs": [{"path": "data/tokens", "md5": "t.dir"}]},
-                   "train": {"outs": [{"path": "artifacts/model.keras", "md5": "m"}]}}}
-RECORDED = {"dvc.data/raw": "r.dir", "dvc.data/tokens": "t.dir",
-            "dvc.artifacts/model.keras": "m", "metric.perplexity": "20.0"}
+LOCK = {
+    "stages": {
+        "ingest": {"outs": [{"path": "data/raw", "md5": "r.dir"}]},
+        "tokenize": {"outs": [{"path": "data/tokens", "md5": "t.dir"}]},
+        "train": {"outs": [{"path": "artifacts/model.keras", "md5": "m"}]},
+    }
+}
+RECORDED = {
+    "dvc.data/raw": "r.dir",
+    "dvc.data/tokens": "t.dir",
+    "dvc.artifacts/model.keras": "m",
+    "metric.perplexity": "20.0",
+}
 
 
 def test_compare_identical_and_differs_naming_the_stage():
-    rows, mismatches, verdict = reproduce.compare(RECORDED, LOCK, {"perplexity": 20.0},
-                                                  {"data/raw"}, gpu=False, rtol=0.01)
+    rows, mismatches, verdict = reproduce.compare(
+        RECORDED, LOCK, {"perplexity": 20.0}, {"data/raw"}, gpu=False, rtol=0.01
+    )
     assert verdict == "identical" and mismatches == []
     assert ("ingest: data/raw", "r.dir", "r.dir", "input") in rows
     tampered = {**RECORDED, "dvc.data/tokens": "x.dir"}
-    _, mismatches, verdict = reproduce.compare(tampered, LOCK, {"perplexity": 20.0}, set(),
-                                               gpu=False, rtol=0.01)
+    _, mismatches, verdict = reproduce.compare(
+        tampered, LOCK, {"perplexity": 20.0}, set(), gpu=False, rtol=0.01
+    )
     assert verdict == "differs" and mismatches == ["tokenize: data/tokens"]
-    table = reproduce.table(reproduce.compare(tampered, LOCK, {"perplexity": 20.0}, set(),
-                                              False, 0.01)[0])
-    assert table.splitlines()[0].split() == ["stage", "or", "metric", "recorded", "reproduced",
-                                             "match"]
-    assert any("tokenize: data/tokens" in line and line.endswith("NO")
-               for line in table.splitlines())
+    table = reproduce.table(
+        reproduce.compare(tampered, LOCK, {"perplexity": 20.0}, set(), False, 0.01)[0]
+    )
+    assert table.splitlines()[0].split() == [
+        "stage",
+        "or",
+        "metric",
+        "recorded",
+        "reproduced",
+        "match",
+    ]
+    assert any(
+        "tokenize: data/tokens" in line and line.endswith("NO") for line in table.splitlines()
+    )
 
 
 def test_compare_tolerance_only_on_gpu():
-    gpu_lock = {"stages": {**LOCK["stages"], "train": {"outs": [
-        {"path": "artifacts/model.keras", "md5": "other"}]}}}
+    gpu_lock = {
+        "stages": {
+            **LOCK["stages"],
+            "train": {"outs": [{"path": "artifacts/model.keras", "md5": "other"}]},
+        }
+    }
     near = {"perplexity": 20.1}
-    assert reproduce.compare(RECORDED, gpu_lock, near, set(), gpu=True, rtol=0.01)[2] == \
-        "within_tolerance"
-    assert reproduce.compare(RECORDED, gpu_lock, {"perplexity": 21.0}, set(), True, 0.01)[2] \
+    assert (
+        reproduce.compare(RECORDED, gpu_lock, near, set(), gpu=True, rtol=0.01)[2]
+        == "within_tolerance"
+    )
+    assert (
+        reproduce.compare(RECORDED, gpu_lock, {"perplexity": 21.0}, set(), True, 0.01)[2]
         == "differs"
-    assert reproduce.compare(RECORDED, gpu_lock, near, set(), gpu=False, rtol=0.01)[2] == \
-        "differs"
+    )
+    assert reproduce.compare(RECORDED, gpu_lock, near, set(), gpu=False, rtol=0.01)[2] == "differs"
 
 
 # --- lineage tags -------------------------------------------------------------------------
@@ -190,13 +240,19 @@ def test_dirty_flag_ignores_what_the_pipeline_writes(project, params):
     (project / "reports").mkdir()
     (project / "reports" / "metrics.json").write_text("{}")
     (project / "reports" / "tune.json").write_text(json.dumps({"reproducible": False}))
-    (project / "dvc.lock").write_text(yaml.safe_dump(
-        {"stages": {"evaluate": {"outs": [{"path": "reports/metrics.json", "md5": "a"}]}}}))
+    (project / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {"stages": {"evaluate": {"outs": [{"path": "reports/metrics.json", "md5": "a"}]}}}
+        )
+    )
     git(project, "add", "-A")
     git(project, "commit", "-qm", "outputs")
     (project / "reports" / "metrics.json").write_text('{"perplexity": 3}')
-    (project / "dvc.lock").write_text(yaml.safe_dump(
-        {"stages": {"evaluate": {"outs": [{"path": "reports/metrics.json", "md5": "b"}]}}}))
+    (project / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {"stages": {"evaluate": {"outs": [{"path": "reports/metrics.json", "md5": "b"}]}}}
+        )
+    )
     tags = tracking.lineage_tags(project, params, None)
     assert tags["git_dirty"] == "False"  # a run rewrote its outputs and dvc.lock: still clean
     assert tags["reproducible"] == "false" and tags["dvc.reports/metrics.json"] == "b"

@@ -29,29 +29,51 @@ def make_project(path: Path, epochs: int, objective: str = "causal") -> Path:
     """A tiny project: real tokenizer, token Parquet, params pointing at it."""
     path.mkdir(parents=True)
     p = load_params(ROOT / "params.yaml")
-    tok = train_tokenizer(iter([TEXT]), p.tokenize.model_copy(update={"vocab_size": 60,
-                                                                      "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter([TEXT]), p.tokenize.model_copy(update={"vocab_size": 60, "min_frequency": 1})
+    )
     (path / "artifacts").mkdir()
     tok.save(str(path / "artifacts/tokenizer.json"))
     rng = np.random.default_rng(0)
     (path / "tokens").mkdir()
     for split, n_docs in (("train", 40), ("val", 6)):
-        ids = [[BOS, *(int(i) for i in (rng.integers(len(SPECIALS), 24, 3).repeat(4))), EOS]
-               for _ in range(n_docs)]
-        pq.write_table(pa.table({"doc_id": [str(i) for i in range(n_docs)],
-                                 "ids": pa.array(ids, pa.list_(pa.int32())),
-                                 "n_bytes": [10] * n_docs}, schema=SCHEMA),
-                       path / f"tokens/{split}.parquet")
+        ids = [
+            [BOS, *(int(i) for i in (rng.integers(len(SPECIALS), 24, 3).repeat(4))), EOS]
+            for _ in range(n_docs)
+        ]
+        pq.write_table(
+            pa.table(
+                {
+                    "doc_id": [str(i) for i in range(n_docs)],
+                    "ids": pa.array(ids, pa.list_(pa.int32())),
+                    "n_bytes": [10] * n_docs,
+                },
+                schema=SCHEMA,
+            ),
+            path / f"tokens/{split}.parquet",
+        )
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["paths"].update(tokens="tokens", tokenizer="artifacts/tokenizer.json",
-                        model="artifacts/model.keras", checkpoints="artifacts/checkpoints",
-                        reports="reports")
+    raw["paths"].update(
+        tokens="tokens",
+        tokenizer="artifacts/tokenizer.json",
+        model="artifacts/model.keras",
+        checkpoints="artifacts/checkpoints",
+        reports="reports",
+    )
     # Every regulariser on (their random masks must resume exactly) and the state carried
     # from window to window (truncated BPTT), whatever params.yaml's defaults become.
-    raw["model"].update(embedding_init="random", embedding_dim=8, units=24, dropout=0.1,
-                        locked_dropout=True, embedding_dropout=0.1, weight_drop=0.2)
-    raw["train"].update(seq_len=8, batch_size=4, epochs=epochs, patience=10, context="carried",
-                        objective=objective)
+    raw["model"].update(
+        embedding_init="random",
+        embedding_dim=8,
+        units=24,
+        dropout=0.1,
+        locked_dropout=True,
+        embedding_dropout=0.1,
+        weight_drop=0.2,
+    )
+    raw["train"].update(
+        seq_len=8, batch_size=4, epochs=epochs, patience=10, context="carried", objective=objective
+    )
     if "tune" in raw:
         raw["tune"].update(n_trials=0, space={})
     (path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -61,8 +83,15 @@ def make_project(path: Path, epochs: int, objective: str = "causal") -> Path:
 def train(project: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     env.pop("GRUFLOW_MLFLOW_RUN_ID", None)
-    return subprocess.Popen([sys.executable, "-m", "components.train"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "components.train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("objective", ["causal", "masked"])

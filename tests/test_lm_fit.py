@@ -45,14 +45,14 @@ def test_carried_epochs_shuffle_whole_documents_reproducibly():
     batches = [tuple(np.asarray(t) for t in batch) for batch in ds]
     assert len(batches) == 2 * steps
     for epoch in range(2):  # every target once per epoch, in that epoch's document order
-        ys = np.stack([b[1] for b in batches[epoch * steps:(epoch + 1) * steps]])
-        ws = np.stack([b[2] for b in batches[epoch * steps:(epoch + 1) * steps]])
+        ys = np.stack([b[1] for b in batches[epoch * steps : (epoch + 1) * steps]])
+        ws = np.stack([b[2] for b in batches[epoch * steps : (epoch + 1) * steps]])
         assert ws.sum() == n == target_count(stream)
         shuffled = shuffle_documents(stream, 0, epoch)
-        np.testing.assert_array_equal(ys.transpose(1, 0, 2).reshape(streams, -1)[0][:5],
-                                      shuffled[1:6])
-    resumed = [np.asarray(b[0]) for b in stream_dataset(stream, 6, 3, 2, seed=0,
-                                                        first_epoch=1)[0]]
+        np.testing.assert_array_equal(
+            ys.transpose(1, 0, 2).reshape(streams, -1)[0][:5], shuffled[1:6]
+        )
+    resumed = [np.asarray(b[0]) for b in stream_dataset(stream, 6, 3, 2, seed=0, first_epoch=1)[0]]
     np.testing.assert_array_equal(np.stack(resumed), np.stack([b[0] for b in batches[steps:]]))
 
 
@@ -60,11 +60,15 @@ def test_load_embeddings_checks_the_shape_for_every_user(params, tmp_path):
     """train, tune trials and bench all load through this one check."""
     path = tmp_path / "emb.npy"
     np.save(path, np.zeros((40, params.model.embedding_dim + 1), np.float32))
-    p = params.model_copy(update={
-        "paths": params.paths.model_copy(update={"embeddings": str(path)}),
-        "model": params.model.model_copy(update={"embedding_init": "word2vec"})})
+    p = params.model_copy(
+        update={
+            "paths": params.paths.model_copy(update={"embeddings": str(path)}),
+            "model": params.model.model_copy(update={"embedding_init": "word2vec"}),
+        }
+    )
     with pytest.raises(GruflowError, match=rf"{path}: shape .* does not match vocabulary 40"):
         load_embeddings(p, 40)
-    random_init = p.model_copy(update={"model": p.model.model_copy(
-        update={"embedding_init": "random"})})
+    random_init = p.model_copy(
+        update={"model": p.model.model_copy(update={"embedding_init": "random"})}
+    )
     assert load_embeddings(random_init, 40) is None

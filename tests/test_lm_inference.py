@@ -86,8 +86,9 @@ def _biased_model(bias_of: dict[int, float], vocab: int):
     from components.params import load_params
 
     keras.utils.set_random_seed(0)
-    cfg = load_params().model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                                 "embedding_init": "random"})
+    cfg = load_params().model.model_copy(
+        update={"units": 8, "embedding_dim": 8, "embedding_init": "random"}
+    )
     model = build_model(cfg, vocab)
     kernel, bias = model.get_layer("logits").get_weights()
     bias[:] = -5.0
@@ -103,8 +104,12 @@ def test_repetition_penalty_stops_greedy_repeats_deterministically():
     from components.tokenize import train_tokenizer
 
     text = "我们是学生他们是老师你们好"
-    tok = train_tokenizer(iter([text] * 4), load_params().tokenize.model_copy(
-        update={"kind": "char", "vocab_size": 64, "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter([text] * 4),
+        load_params().tokenize.model_copy(
+            update={"kind": "char", "vocab_size": 64, "min_frequency": 1}
+        ),
+    )
     chars = list(dict.fromkeys(text))[:6]
     ids = [tok.token_to_id(c) for c in chars]
     model = _biased_model({i: 3.0 - 0.05 * r for r, i in enumerate(ids)}, tok.get_vocab_size())

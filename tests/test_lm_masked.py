@@ -83,8 +83,9 @@ def test_masking_bad_inputs_raise_one_line_errors():
 
 def tiny_cfg(**update):
     base = load_params(ROOT / "params.yaml").model
-    return base.model_copy(update={"units": H, "embedding_dim": E, "gru_layers": 2,
-                                   "dropout": 0.1, **update})
+    return base.model_copy(
+        update={"units": H, "embedding_dim": E, "gru_layers": 2, "dropout": 0.1, **update}
+    )
 
 
 @pytest.fixture(scope="module")

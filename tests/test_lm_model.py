@@ -30,8 +30,9 @@ V, E, H, T, B = 37, 8, 12, 10, 3
 
 def tiny_cfg(**update):
     base = load_params(ROOT / "params.yaml").model
-    return base.model_copy(update={"units": H, "embedding_dim": E, "gru_layers": 1,
-                                   "dropout": 0.1, **update})
+    return base.model_copy(
+        update={"units": H, "embedding_dim": E, "gru_layers": 1, "dropout": 0.1, **update}
+    )
 
 
 def cold(model, ids) -> list:
@@ -88,8 +89,13 @@ def test_causal_future_tokens_never_change_past_logits(model, ids):
     ref = out[0]
     for k in range(T):
         got = out[k + 1]
-        np.testing.assert_allclose(got[:k], ref[:k], rtol=0, atol=1e-6,
-                                   err_msg=f"position < {k} changed by the token at {k}")
+        np.testing.assert_allclose(
+            got[:k],
+            ref[:k],
+            rtol=0,
+            atol=1e-6,
+            err_msg=f"position < {k} changed by the token at {k}",
+        )
         assert np.abs(got[k:] - ref[k:]).max() > 1e-4, f"token at {k} had no effect at >= {k}"
         assert np.abs(got[k] - ref[k]).max() > 1e-4, f"token at {k} had no effect at {k}"
 
@@ -148,8 +154,10 @@ def test_keras_file_round_trip_gives_identical_predictions(tmp_path, ids):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(logits_of(loaded, ids), logits_of(model, ids))
-    np.testing.assert_array_equal(np.asarray(attention_model(loaded)(cold(model, ids))),
-                                  np.asarray(attention_model(model)(cold(model, ids))))
+    np.testing.assert_array_equal(
+        np.asarray(attention_model(loaded)(cold(model, ids))),
+        np.asarray(attention_model(model)(cold(model, ids))),
+    )
     assert loaded.get_layer("embedding").trainable == model.get_layer("embedding").trainable
 
 
@@ -176,8 +184,10 @@ def test_embedding_trainable_flag(trainable):
     in_trainable = any(w is layer.embeddings for w in model.trainable_weights)
     assert in_trainable is trainable
     trainer = CarriedStateTrainer(model, 4)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.5),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.default_rng(7).integers(4, V, size=(4, T), dtype=np.int32)
     trainer.train_on_batch(x, np.roll(x, -1, axis=1))
     moved = not np.array_equal(np.asarray(layer.embeddings), emb)
@@ -216,14 +226,14 @@ def test_multi_head_windowed_attention_matches_numpy(heads, window):
     expected_ctx = np.zeros_like(h)
     expected_alpha = np.zeros((2, 7, 7))
     for n in range(heads):
-        x = h[..., n * d:(n + 1) * d]
+        x = h[..., n * d : (n + 1) * d]
         scores = np.einsum("btd,bid->bti", x, x) / np.sqrt(d)
         t, i = np.arange(7)[:, None], np.arange(7)[None, :]
         allowed = (i <= t) & ((t - i < window) if window else True)
         scores = np.where(allowed, scores, -np.inf)
         a = np.exp(scores - scores.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
-        expected_ctx[..., n * d:(n + 1) * d] = np.einsum("bti,bid->btd", a, x)
+        expected_ctx[..., n * d : (n + 1) * d] = np.einsum("bti,bid->btd", a, x)
         expected_alpha += a / heads
     np.testing.assert_allclose(np.asarray(context), expected_ctx, atol=1e-5)
     np.testing.assert_allclose(np.asarray(alpha), expected_alpha, atol=1e-5)
@@ -278,11 +288,12 @@ def test_block_attention_is_attention_within_each_block(block):
     h = np.random.default_rng(9).normal(size=(2, 10, 6)).astype("float32")  # (B, T, H)
     context, alpha = CausalAttention(block=block, return_attention=True)(h)
     for lo in range(0, 10, block):  # each block alone is plain causal attention
-        ref_ctx, ref_alpha = np_attention(h[:, lo:lo + block])
-        np.testing.assert_allclose(np.asarray(context)[:, lo:lo + block], ref_ctx, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(alpha)[:, lo:lo + block, lo:lo + block],
-                                   ref_alpha, atol=1e-5)
-        assert np.all(np.asarray(alpha)[:, lo:lo + block, :lo] == 0)  # nothing before the block
+        ref_ctx, ref_alpha = np_attention(h[:, lo : lo + block])
+        np.testing.assert_allclose(np.asarray(context)[:, lo : lo + block], ref_ctx, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(alpha)[:, lo : lo + block, lo : lo + block], ref_alpha, atol=1e-5
+        )
+        assert np.all(np.asarray(alpha)[:, lo : lo + block, :lo] == 0)  # nothing before the block
 
 
 def test_windows_with_carried_state_equal_one_pass_with_block_attention(model):
@@ -291,15 +302,15 @@ def test_windows_with_carried_state_equal_one_pass_with_block_attention(model):
     stream = np.random.default_rng(10).integers(4, V, size=(B, 3 * T), dtype=np.int32)
     states, parts = zero_states(model, B), []
     for k in range(3):
-        out = model([stream[:, k * T:(k + 1) * T], *states], training=False)
+        out = model([stream[:, k * T : (k + 1) * T], *states], training=False)
         parts.append(np.asarray(out[0]))
         states = [np.asarray(s) for s in out[1:]]
     carried = np.concatenate(parts, axis=1)  # (B, 3T, V)
     whole = logits_of(one_pass_model(model, T), stream)
     np.testing.assert_allclose(carried, whole, atol=1e-4)
     # Not vacuous: a cold start in window 2 changes its logits.
-    cold_second = logits_of(model, stream[:, T:2 * T])
-    assert np.abs(cold_second - carried[:, T:2 * T]).max() > 1e-3
+    cold_second = logits_of(model, stream[:, T : 2 * T])
+    assert np.abs(cold_second - carried[:, T : 2 * T]).max() > 1e-3
 
 
 def test_final_states_are_the_gru_states_at_the_last_step(model, ids):
@@ -315,8 +326,10 @@ def test_carried_state_trainer_stores_states_and_round_trips(tmp_path, ids):
     keras.utils.set_random_seed(0)
     lm = build_model(tiny_cfg(dropout=0.0), V)
     trainer = CarriedStateTrainer(lm, B)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.0),  # lr 0: the weights stay put
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(0.0),  # lr 0: the weights stay put
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     trainer.train_on_batch(ids, np.roll(ids, -1, axis=1))
     h_T = np.asarray(lm(cold(lm, ids), training=False)[1])
     np.testing.assert_allclose(np.asarray(trainer.carried[0]), h_T, atol=1e-5)
@@ -333,8 +346,7 @@ def test_carried_state_trainer_stores_states_and_round_trips(tmp_path, ids):
 
 def dropped(model, layer: str, ids) -> tuple[np.ndarray, np.ndarray]:
     """(input, output) of a dropout layer in training mode."""
-    probe = keras.Model(model.inputs, [model.get_layer(layer).input,
-                                       model.get_layer(layer).output])
+    probe = keras.Model(model.inputs, [model.get_layer(layer).input, model.get_layer(layer).output])
     a, b = probe(cold(model, ids), training=True)
     return np.asarray(a), np.asarray(b)
 
@@ -431,9 +443,15 @@ def test_weight_drop_model_keeps_cudnn_conditions_and_round_trips(tmp_path, ids)
     assert type(off.get_layer("gru_0")) is keras.layers.GRU
 
 
-@pytest.mark.parametrize("update", [
-    {"embedding_dropout": 0.5}, {"dropout": 0.5}, {"dropout": 0.5, "locked_dropout": True},
-    {"weight_drop": 0.5}])
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"embedding_dropout": 0.5},
+        {"dropout": 0.5},
+        {"dropout": 0.5, "locked_dropout": True},
+        {"weight_drop": 0.5},
+    ],
+)
 def test_each_regulariser_acts_in_training_and_not_in_inference(update, ids):
     """Inference: exactly the unregularised model with the same weights. Training: not."""
     keras.utils.set_random_seed(0)

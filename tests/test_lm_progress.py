@@ -50,8 +50,10 @@ def test_eta_is_the_rest_of_the_epoch_at_the_current_pace():
     cb.on_epoch_begin(0)
     cb.on_train_batch_end(0, {})  # t = 2: no pace yet (the first batch also compiles)
     cb.on_train_batch_end(1, {})  # t = 3: 1 s per batch since, 99 batches left
-    assert out.getvalue().splitlines() == ["tune trial: epoch 1/1 batch 1/101",
-                                           "tune trial: epoch 1/1 batch 2/101, epoch ETA 1:39"]
+    assert out.getvalue().splitlines() == [
+        "tune trial: epoch 1/1 batch 1/101",
+        "tune trial: epoch 1/1 batch 2/101, epoch ETA 1:39",
+    ]
 
 
 def test_terminal_gets_the_keras_bar_and_logs_get_lines(monkeypatch):

@@ -21,6 +21,7 @@ def read_rows(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- windows
 
+
 @pytest.mark.parametrize(("size", "seq_len"), [(2, 1), (2, 4), (9, 4), (10, 3), (17, 4), (101, 7)])
 def test_make_windows_cover_every_target_once(size, seq_len):
     stream = np.arange(4, 4 + size, dtype=np.int32)
@@ -33,7 +34,7 @@ def test_make_windows_cover_every_target_once(size, seq_len):
     np.testing.assert_array_equal(targets[live], stream[1:])  # each target once, in order
     np.testing.assert_array_equal(inputs[live], stream[:-1])
     assert set(np.unique(weights)) <= {0.0, 1.0}
-    assert (targets[~live] == PAD).all() and (weights.ravel()[size - 1:] == 0).all()
+    assert (targets[~live] == PAD).all() and (weights.ravel()[size - 1 :] == 0).all()
     np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # shifted by one
     np.testing.assert_array_equal(inputs[1:, 0], targets[:-1, -1])  # windows chain up
 
@@ -58,8 +59,9 @@ def test_unigram_log_probs():
 
 def test_read_stream_concatenates_documents(tmp_path):
     path = tmp_path / "train.parquet"
-    pq.write_table(pa.table({"ids": pa.array([[2, 5, 3], [2, 6, 7, 3]], pa.list_(pa.int32()))}),
-                   path)
+    pq.write_table(
+        pa.table({"ids": pa.array([[2, 5, 3], [2, 6, 7, 3]], pa.list_(pa.int32()))}), path
+    )
     stream = windows.read_stream(path)
     assert stream.dtype == np.int32
     assert stream.tolist() == [2, 5, 3, 2, 6, 7, 3]

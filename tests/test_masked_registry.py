@@ -27,28 +27,30 @@ from flows import registry, tracking  # noqa: E402
 
 NAME, MIXED = "tiny-mlm", "tiny-mixed"
 CAUSAL_GOOD = {"perplexity": 20.0, "bigram_perplexity": 50.0}
-MASKED_GOOD = {"objective": "masked", "masked_perplexity": 20.0,
-               "masked_baseline_perplexity": 50.0}
+MASKED_GOOD = {"objective": "masked", "masked_perplexity": 20.0, "masked_baseline_perplexity": 50.0}
 
 
 def masked_params(project, name: str, model):
     p = project["params"]
-    return p.model_copy(update={
-        "train": p.train.model_copy(update={"objective": "masked"}),
-        "registry": p.registry.model_copy(update={"model_name": name}),
-        "paths": p.paths.model_copy(update={"model": str(model)})})
+    return p.model_copy(
+        update={
+            "train": p.train.model_copy(update={"objective": "masked"}),
+            "registry": p.registry.model_copy(update={"model_name": name}),
+            "paths": p.paths.model_copy(update={"model": str(model)}),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     project = build_project(tmp_path_factory.mktemp("mlm"), NAME)
     root, p = project["root"], project["params"]
-    cfg = p.model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                     "embedding_init": "random"})
+    cfg = p.model.model_copy(update={"units": 8, "embedding_dim": 8, "embedding_init": "random"})
     for seed in (0, 1):
         keras.utils.set_random_seed(seed)
         build_masked_model(cfg, project["tokenizer"].get_vocab_size()).save(
-            root / f"mlm_{seed}.keras")
+            root / f"mlm_{seed}.keras"
+        )
     prev = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -62,18 +64,22 @@ def project(tmp_path_factory):
 def versions(project):
     root, test_file = project["root"], project["root"] / "clean" / "test.parquet"
     out = {}
-    v1, _ = register(project, masked_params(project, NAME, root / "mlm_0.keras"),
-                     MASKED_GOOD, "run-1")
+    v1, _ = register(
+        project, masked_params(project, NAME, root / "mlm_0.keras"), MASKED_GOOD, "run-1"
+    )
     out["first"] = registry.gate(NAME, v1, MASKED_GOOD, test_file, 0.0)
-    v2, _ = register(project, masked_params(project, NAME, root / "mlm_1.keras"),
-                     MASKED_GOOD, "run-2")
+    v2, _ = register(
+        project, masked_params(project, NAME, root / "mlm_1.keras"), MASKED_GOOD, "run-2"
+    )
     out["second"] = registry.gate(NAME, v2, MASKED_GOOD, test_file, 0.99)
-    causal = project["params"].model_copy(update={
-        "registry": project["params"].registry.model_copy(update={"model_name": MIXED})})
+    causal = project["params"].model_copy(
+        update={"registry": project["params"].registry.model_copy(update={"model_name": MIXED})}
+    )
     c1, _ = register(project, causal, CAUSAL_GOOD, "run-3")
     registry.gate(MIXED, c1, CAUSAL_GOOD, test_file, 0.0)
-    m2, _ = register(project, masked_params(project, MIXED, root / "mlm_0.keras"),
-                     MASKED_GOOD, "run-4")
+    m2, _ = register(
+        project, masked_params(project, MIXED, root / "mlm_0.keras"), MASKED_GOOD, "run-4"
+    )
     out["mixed"] = registry.gate(MIXED, m2, MASKED_GOOD, test_file, 0.0)
     return out | {"v1": v1, "v2": v2, "c1": c1, "m2": m2}
 
@@ -110,8 +116,9 @@ def test_pyfunc_fills_each_mask_and_scores(versions, project):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-9
         assert all(tok.token_to_id(o["token"]) not in range(len(SPECIALS)) for o in options)
     assert "<mask>" not in out["text"][0] and out["text"][0].startswith("the parser")
-    scores = model.predict(pd.DataFrame({"text": [text.replace("<mask>", "reads")]}),
-                           params={"mode": "score"})
+    scores = model.predict(
+        pd.DataFrame({"text": [text.replace("<mask>", "reads")]}), params={"mode": "score"}
+    )
     assert scores["masked_tokens"][0] >= 1 and scores["perplexity"][0] > 1.0
     with pytest.raises(MlflowException, match="has no <mask>"):
         model.predict(pd.DataFrame({"text": ["no hole here"]}), params={"mode": "fill"})

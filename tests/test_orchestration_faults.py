@@ -51,6 +51,7 @@ def _params(dest: Path, **orchestration) -> None:
 
 # --- stage timeout -------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(300)
 def test_local_stage_past_stage_timeout_is_stopped_and_named(tmp_path, prefect_api, mlflow_uri):
     """The pipeline's first stage sleeps far longer than orchestration.stage_timeout (2 s):
@@ -63,8 +64,11 @@ def test_local_stage_past_stage_timeout_is_stopped_and_named(tmp_path, prefect_a
 
     _params(tmp_path, stage_timeout=2)
     sleeper = "import os, time; open('cmd.pid', 'w').write(str(os.getpid())); time.sleep(600)"
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {"ingest": {"cmd": f'python -c "{sleeper}"', "outs": ["corpus.txt"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"ingest": {"cmd": f'python -c "{sleeper}"', "outs": ["corpus.txt"]}}}
+        )
+    )
     Repo.init(str(tmp_path), no_scm=True).close()
     mlflow_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -72,8 +76,11 @@ def test_local_stage_past_stage_timeout_is_stopped_and_named(tmp_path, prefect_a
 
     assert state.is_failed()
     assert "stage ingest" in state.message and "orchestration.stage_timeout" in state.message
-    with pytest.raises(StageTimeout, match=r"stage ingest did not finish within "
-                                           r"orchestration\.stage_timeout \(2 s\)"):
+    with pytest.raises(
+        StageTimeout,
+        match=r"stage ingest did not finish within "
+        r"orchestration\.stage_timeout \(2 s\)",
+    ):
         state.result()
     pid = int((tmp_path / "cmd.pid").read_text())
     try:
@@ -84,6 +91,7 @@ def test_local_stage_past_stage_timeout_is_stopped_and_named(tmp_path, prefect_a
 
 
 # --- MLflow outage during the register task --------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -147,12 +155,26 @@ def mlflow_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     with (base / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{base / 'mlflow.db'}", "--artifacts-destination",
-             str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=base, env={**env, "PATH": f"{BIN}:{env['PATH']}"}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{base / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(base / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=base,
+            env={**env, "PATH": f"{BIN}:{env['PATH']}"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     yield {"port": port, "proc": proc, "base": base}
     os.killpg(proc.pid, 15)
     try:
@@ -186,24 +208,33 @@ def trained(tmp_path_factory):  # requested after mlflow_server: the server boot
     (root / "components").symlink_to(ROOT / "components")
     _params(root)
     params = load_params(root / "params.yaml")
-    tok = train_tokenizer(iter(["the parser reads the header and returns a list"] * 8),
-                          params.tokenize.model_copy(update={"vocab_size": 280,
-                                                             "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter(["the parser reads the header and returns a list"] * 8),
+        params.tokenize.model_copy(update={"vocab_size": 280, "min_frequency": 1}),
+    )
     (root / params.paths.tokenizer).parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(root / params.paths.tokenizer))
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                          "embedding_init": "random"})
+    cfg = params.model.model_copy(
+        update={"units": 8, "embedding_dim": 8, "embedding_init": "random"}
+    )
     build_model(cfg, tok.get_vocab_size()).save(root / params.paths.model)
     (root / params.paths.best_params).write_text("{}")  # the tune stage's output: no change
     md5 = hashlib.md5((root / params.paths.model).read_bytes()).hexdigest()
-    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
-        "train": {"outs": [{"path": params.paths.model, "md5": md5}]}}}))
+    (root / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {"train": {"outs": [{"path": params.paths.model, "md5": md5}]}},
+            }
+        )
+    )
     return root, params, md5
 
 
 @pytest.mark.timeout(600)
-def test_register_retry_succeeds_after_mlflow_outage(mlflow_server, trained, prefect_api,
-                                                     mlflow_uri, monkeypatch):
+def test_register_retry_succeeds_after_mlflow_outage(
+    mlflow_server, trained, prefect_api, mlflow_uri, monkeypatch
+):
     """The parent run exists; then the server becomes unreachable. The register task's first
     attempt fails (MLflow's own HTTP retries are off), Prefect retries it, the server is back
     by then (restored when the task enters Retrying) and the retry registers and gates."""
@@ -232,8 +263,8 @@ def test_register_retry_succeeds_after_mlflow_outage(mlflow_server, trained, pre
         with mlflow.start_run(run_name="pipeline") as parent:
             outage.cut()
             version = register_and_gate.with_options(on_running=[on_running])(
-                root, params, parent.info.run_id,
-                {"perplexity": 20.0, "bigram_perplexity": 50.0})
+                root, params, parent.info.run_id, {"perplexity": 20.0, "bigram_perplexity": 50.0}
+            )
         return version, parent.info.run_id
 
     _wait_up(mlflow_server)

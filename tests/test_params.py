@@ -53,25 +53,43 @@ def test_default_params_load():
         ({"evaluate": None}, "missing key 'evaluate'"),
         ({"train__seq_len": None}, "missing key 'train.seq_len'"),
         ({"split__val_fraction": 0.5, "split__test_fraction": 0.5}, "val_fraction + test_fraction"),
-        ({"model__embedding_dim": 32, "embed__dim": 64, "model__embedding_init": "word2vec"},
-         "model.embedding_dim (32) must equal embed.dim (64)"),
+        (
+            {"model__embedding_dim": 32, "embed__dim": 64, "model__embedding_init": "word2vec"},
+            "model.embedding_dim (32) must equal embed.dim (64)",
+        ),
         ({"clean__scripts": ["Klingon"]}, "clean.scripts.0"),
         ({"clean__near_dup_threshold": 1.5}, "clean.near_dup_threshold"),
         ({"clean__dedup": "fuzzy"}, "clean.dedup"),
-        ({"clean__near_dup": False, "clean__dedup": "near"},
-         "clean.dedup 'near' needs clean.near_dup: true"),
-        ({"clean__near_dup": False, "split__group_near_duplicates": True},
-         "split.group_near_duplicates needs clean.near_dup: true"),
+        (
+            {"clean__near_dup": False, "clean__dedup": "near"},
+            "clean.dedup 'near' needs clean.near_dup: true",
+        ),
+        (
+            {"clean__near_dup": False, "split__group_near_duplicates": True},
+            "split.group_near_duplicates needs clean.near_dup: true",
+        ),
         ({"split__max_test_train_overlap": 1.5}, "split.max_test_train_overlap"),
-        ({"tokenize__pre_tokenizer": "whitespace", "tokenize__kind": "bpe"},
-         "pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'"),
+        (
+            {"tokenize__pre_tokenizer": "whitespace", "tokenize__kind": "bpe"},
+            "pre_tokenizer 'whitespace' keeps whole words: it needs kind 'word'",
+        ),
         ({"tokenize__unk_marker": "<unk>"}, "unk_marker is matched against whole"),
-        ({"tokenize__kind": "word", "tokenize__pre_tokenizer": "whitespace",
-          "tokenize__unk_marker": "a b"}, "must not contain blanks"),
-        ({"clean__drift": {"mean_chars": 1.0, "script_mix": 2.0, "top_tokens": 0.5}},
-         "clean.drift.script_mix"),
-        ({"orchestration__placement": {"train": "gpu-big"}},
-         "placement.train: 'gpu-big' is not the stage pool 'gpu'"),
+        (
+            {
+                "tokenize__kind": "word",
+                "tokenize__pre_tokenizer": "whitespace",
+                "tokenize__unk_marker": "a b",
+            },
+            "must not contain blanks",
+        ),
+        (
+            {"clean__drift": {"mean_chars": 1.0, "script_mix": 2.0, "top_tokens": 0.5}},
+            "clean.drift.script_mix",
+        ),
+        (
+            {"orchestration__placement": {"train": "gpu-big"}},
+            "placement.train: 'gpu-big' is not the stage pool 'gpu'",
+        ),
         ({"orchestration__watch_interval": 0}, "orchestration.watch_interval"),
         ({"orchestration__debounce": -1}, "orchestration.debounce"),
         ({"model__attention_heads": 3}, "attention_heads (3) must divide units (128)"),
@@ -92,8 +110,9 @@ def test_bad_params_name_the_key(raw, changes, expected):
 
 
 def test_dim_mismatch_is_fine_with_random_init(raw):
-    changed = with_changes(raw, model__embedding_dim=32, embed__dim=64,
-                           model__embedding_init="random")
+    changed = with_changes(
+        raw, model__embedding_dim=32, embed__dim=64, model__embedding_init="random"
+    )
     params = parse_params(changed)
     assert (params.model.embedding_dim, params.embed.dim) == (32, 64)
 
@@ -118,10 +137,16 @@ def test_load_params_file_problems(tmp_path):
 def test_cli_bad_params_one_line_exit_2_and_no_outputs(tmp_path, raw):
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump(with_changes(raw, train__epochs=-1)),
-                                         encoding="utf-8")
-    proc = subprocess.run([str(ROOT / ".venv/bin/gruflow"), "run", "--project", str(project)],
-                          cwd=project, capture_output=True, text=True, timeout=120)
+    (project / "params.yaml").write_text(
+        yaml.safe_dump(with_changes(raw, train__epochs=-1)), encoding="utf-8"
+    )
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/gruflow"), "run", "--project", str(project)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

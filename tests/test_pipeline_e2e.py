@@ -35,8 +35,10 @@ def tiny_corpus(path: Path, n_docs: int = 240) -> None:
     rng = random.Random(0)
     with path.open("w", encoding="utf-8") as f:
         for i in range(n_docs):
-            sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
-                         for _ in range(rng.randint(3, 6))]
+            sentences = [
+                f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+                for _ in range(rng.randint(3, 6))
+            ]
             f.write(json.dumps({"text": f"Doc {i}: " + " ".join(sentences), "id": i}) + "\n")
 
 
@@ -58,8 +60,9 @@ def tiny_params(source: Path) -> dict:
 
 def copy_project(dest: Path) -> None:
     """The tracked files of the project (as a clean clone has them), without run outputs."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if rel == "dvc.lock" or rel.startswith(("reports/", "tests/")) or not (ROOT / rel).exists():
             continue
@@ -68,12 +71,15 @@ def copy_project(dest: Path) -> None:
 
 
 def git(project: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
 
 
-def tiny_project(base: Path, copy=copy_project, branch: str | None = None,
-                 **orchestration) -> Path:
+def tiny_project(base: Path, copy=copy_project, branch: str | None = None, **orchestration) -> Path:
     """base/project: the project with tiny params reading base/corpus.jsonl, committed in a
     fresh git repository; `orchestration` updates that params section."""
     project = base / "project"
@@ -91,17 +97,28 @@ def tiny_project(base: Path, copy=copy_project, branch: str | None = None,
 
 def isolated_env(base: Path, **extra: str) -> dict:
     """This environment minus MLflow/Prefect/gruflow settings, with a Prefect home in base."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))
+    }
     # a busy CI box can take longer than Prefect's default 20 s to start its temporary server
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # gruflow's own quiet default is what users get
-    return env | {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **extra}
+    return env | {
+        "PREFECT_HOME": str(base / "prefect-home"),
+        "PATH": f"{BIN}:{env['PATH']}",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        **extra,
+    }
 
 
 def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
-                          env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [str(BIN / "gruflow"), "run", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +131,26 @@ def pipeline_run(tmp_path_factory):
     lock_after_first = (project / "dvc.lock").read_text()
     second = gruflow(project, env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return {"project": project, "env": env, "first": first, "second": second,
-            "lock_after_first": lock_after_first}
+    return {
+        "project": project,
+        "env": env,
+        "first": first,
+        "second": second,
+        "lock_after_first": lock_after_first,
+    }
 
 
 def test_first_run_executes_every_stage_and_writes_metrics(pipeline_run):
     out = pipeline_run["first"].stdout
     assert f"stages executed: {', '.join(STAGES)}" in out
     metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
-    for key in ("perplexity", "bits_per_byte", "token_accuracy", "baseline_perplexity",
-                "bigram_perplexity"):
+    for key in (
+        "perplexity",
+        "bits_per_byte",
+        "token_accuracy",
+        "baseline_perplexity",
+        "bigram_perplexity",
+    ):
         assert metrics[key] > 0, key
     assert metrics["perplexity"] < metrics["baseline_perplexity"]
     assert "test perplexity" in out and "MLflow run" in out
@@ -135,8 +162,11 @@ def test_first_run_is_quiet(pipeline_run):
     first = pipeline_run["first"]
     console = first.stdout + first.stderr
     # the periodic progress lines depend on the machine's speed by design: not counted
-    lines = [line for line in console.splitlines()
-             if not re.match(r"(train|tune trial): epoch \d+/\d+ batch ", line)]
+    lines = [
+        line
+        for line in console.splitlines()
+        if not re.match(r"(train|tune trial): epoch \d+/\d+ batch ", line)
+    ]
     print(f"first run: {len(lines)} console lines (+ progress lines)")
     assert verbosity.noise_in(console) == [], f"{len(lines)} lines:\n{console[-6000:]}"
     assert len(lines) <= MAX_CONSOLE_LINES, f"{len(lines)} lines:\n{console[-6000:]}"
@@ -144,12 +174,19 @@ def test_first_run_is_quiet(pipeline_run):
 
 def test_rerun_executes_no_stage(pipeline_run):
     out = pipeline_run["second"].stdout
-    assert "stages executed: none, up to date (dvc status is clean); model version 1 (already " \
-        "registered) as challenger: first version" in out, out
+    assert (
+        "stages executed: none, up to date (dvc status is clean); model version 1 (already "
+        "registered) as challenger: first version" in out
+    ), out
     assert "Starting temporary server" not in pipeline_run["second"].stderr  # decided before
     assert (pipeline_run["project"] / "dvc.lock").read_text() == pipeline_run["lock_after_first"]
-    repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=pipeline_run["project"],
-                           env=pipeline_run["env"], capture_output=True, text=True)
+    repro = subprocess.run(
+        [str(BIN / "dvc"), "repro"],
+        cwd=pipeline_run["project"],
+        env=pipeline_run["env"],
+        capture_output=True,
+        text=True,
+    )
     assert repro.returncode == 0, repro.stderr
     assert "Running stage" not in repro.stdout
 
@@ -162,8 +199,13 @@ def test_changing_a_train_param_invalidates_only_train(pipeline_run):
     params["train"]["epochs"] = 3  # tune trials use tune.max_epochs: only train reruns
     params_file.write_text(yaml.safe_dump(params))
     try:
-        status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project,
-                                env=pipeline_run["env"], capture_output=True, text=True)
+        status = subprocess.run(
+            [str(BIN / "dvc"), "status", "--json"],
+            cwd=project,
+            env=pipeline_run["env"],
+            capture_output=True,
+            text=True,
+        )
         assert status.returncode == 0, status.stderr
         assert set(json.loads(status.stdout)) == {"train"}
     finally:
@@ -185,8 +227,11 @@ def test_mlflow_parent_run_with_nested_train_and_evaluate(mlflow_client):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1  # the second run had nothing to do: it opened no run
     first = parents[0]
-    children = {r.info.run_name: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == first.info.run_id
+    }
     assert set(children) == {"embed", "train", "evaluate"} | ({"tune"} & set(STAGES))
     history = mlflow_client.get_metric_history(children["train"].info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]  # live per-epoch logging
@@ -202,8 +247,16 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     versions = mlflow_client.search_model_versions("name = 'gruflow-lm'")
     assert [str(v.version) for v in versions] == ["1"]  # the rerun registered nothing new
     tags = versions[0].tags
-    for key in ("git_commit", "git_dirty", "params_digest", "uv_lock_digest", "model_md5",
-                "prefect_flow_run_id", "mlflow_run_id", "metric.perplexity"):
+    for key in (
+        "git_commit",
+        "git_dirty",
+        "params_digest",
+        "uv_lock_digest",
+        "model_md5",
+        "prefect_flow_run_id",
+        "mlflow_run_id",
+        "metric.perplexity",
+    ):
         assert tags.get(key), key
     assert str(mlflow_client.get_model_version_by_alias("gruflow-lm", "challenger").version) == "1"
     metrics = json.loads((pipeline_run["project"] / "reports/metrics.json").read_text())
@@ -214,8 +267,10 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     assert tags["gate.promoted"] == "False"
     assert "does not beat the bigram baseline" in tags["gate.reason"]
     line = "registered model version 1 as challenger: first version, test perplexity "
-    assert line in pipeline_run["first"].stdout and "`gruflow promote 1`" in \
-        pipeline_run["first"].stdout  # the summary says the decision, why, what next
+    assert (
+        line in pipeline_run["first"].stdout
+        and "`gruflow promote 1`" in pipeline_run["first"].stdout
+    )  # the summary says the decision, why, what next
     assert versions[0].description.startswith(f"gruflow gate: {line}")
     assert "No champion yet" in mlflow_client.get_registered_model("gruflow-lm").description
     assert "champion" not in mlflow_client.get_registered_model("gruflow-lm").aliases
@@ -228,8 +283,9 @@ def test_registration_writes_the_versions_model_card(pipeline_run, mlflow_client
     assert "does not beat the bigram baseline" in html
     version = mlflow_client.get_model_version("gruflow-lm", "1")
     assert "Model card: gruflow-lm v1 (challenger)" in version.description
-    assert [a.path for a in mlflow_client.list_artifacts(version.run_id, "card")] == \
-        ["card/model_card.html"]
+    assert [a.path for a in mlflow_client.list_artifacts(version.run_id, "card")] == [
+        "card/model_card.html"
+    ]
 
 
 def test_registered_pyfunc_generates_and_scores(mlflow_client):
@@ -241,8 +297,9 @@ def test_registered_pyfunc_generates_and_scores(mlflow_client):
     out = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})
     again = model.predict(prompts, params={"mode": "generate", "max_new_tokens": 8, "seed": 1})
     assert isinstance(out["text"][0], str) and out["text"][0] == again["text"][0]
-    scores = model.predict(pd.DataFrame({"text": ["the parser reads the header."]}),
-                           params={"mode": "score"})
+    scores = model.predict(
+        pd.DataFrame({"text": ["the parser reads the header."]}), params={"mode": "score"}
+    )
     assert scores["perplexity"][0] > 1.0 and scores["bits_per_byte"][0] > 0
     with pytest.raises(Exception, match="text"):
         model.predict(pd.DataFrame({"prompt": ["x"]}))
@@ -251,15 +308,28 @@ def test_registered_pyfunc_generates_and_scores(mlflow_client):
 def test_noop_run_loads_no_prefect_server_pipeline_or_tensorflow(pipeline_run):
     """In-process, a third run with nothing to do: the decision needs DVC and the registry
     client only (no Prefect server, pipeline flow, TensorFlow or model flavours)."""
-    heavy = ("tensorflow", "keras", "mlflow.pyfunc", "flows.pipeline",
-             "prefect.server.api.server", "components.lm.model")
+    heavy = (
+        "tensorflow",
+        "keras",
+        "mlflow.pyfunc",
+        "flows.pipeline",
+        "prefect.server.api.server",
+        "components.lm.model",
+    )
     project = pipeline_run["project"]
-    code = ("import sys; from flows.cli import main; "
-            f"rc = main(['run', '--no-push', '--project', {str(project)!r}]); "
-            f"print(rc, sorted(set({heavy!r}) & set(sys.modules)) or 'light')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=project.parent,
-                         env=pipeline_run["env"] | {"PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from flows.cli import main; "
+        f"rc = main(['run', '--no-push', '--project', {str(project)!r}]); "
+        f"print(rc, sorted(set({heavy!r}) & set(sys.modules)) or 'light')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project.parent,
+        env=pipeline_run["env"] | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "0 light", out.stdout
     assert "stages executed: none, up to date" in out.stdout
@@ -277,9 +347,13 @@ def test_every_executed_stage_has_its_cost(pipeline_run, mlflow_client):
     assert report["stages"]["train"]["peak_rss_mb"] > 100  # TensorFlow alone is larger
     assert "resources.json" not in (project / "dvc.lock").read_text()
     exp = mlflow_client.get_experiment_by_name("gruflow")
-    [first, _] = [r for r in mlflow_client.search_runs(
-        [exp.experiment_id], order_by=["attributes.start_time ASC"])
-        if "mlflow.parentRunId" not in r.data.tags]
+    [first, _] = [
+        r
+        for r in mlflow_client.search_runs(
+            [exp.experiment_id], order_by=["attributes.start_time ASC"]
+        )
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
     for stage in STAGES:
         assert first.data.metrics[f"resources.{stage}.cpu_s"] == report["stages"][stage]["cpu_s"]
     cpu = sum(report["stages"][s]["cpu_s"] for s in STAGES)

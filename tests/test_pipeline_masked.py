@@ -22,17 +22,32 @@ def masked_run(tmp_path_factory):
     params["train"].update(objective="masked", epochs=2)
     params["tune"].update(n_trials=0)  # tuning a masked LM: tests/test_tune.py
     labelled = write_jsonl(base / "labelled.jsonl", rows(30))
-    params["finetune"].update(source=str(labelled), epochs=3, batch_size=16, max_len=16,
-                              learning_rate=0.01, compare_scratch=False)
+    params["finetune"].update(
+        source=str(labelled),
+        epochs=3,
+        batch_size=16,
+        max_len=16,
+        learning_rate=0.01,
+        compare_scratch=False,
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     import subprocess
 
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
-                    "masked"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "masked"],
+        cwd=project,
+        check=True,
+    )
     env = isolated_env(base)
     # a longer limit than test_pipeline_e2e's: this run trains the classifier too
-    out = subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
-                         env=env, capture_output=True, text=True, timeout=2400)
+    out = subprocess.run(
+        [str(BIN / "gruflow"), "run", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return {"project": project, "out": out, "env": env}
 
@@ -69,7 +84,12 @@ def test_classifier_keras_is_byte_stable_across_reruns(masked_run):
     project = masked_run["project"]
     path = project / "artifacts/classifier/classifier.keras"
     before = path.read_bytes()
-    rerun = subprocess.run(["dvc", "repro", "--force", "--single-item", "finetune"],
-                           cwd=project, env=masked_run["env"], capture_output=True, text=True)
+    rerun = subprocess.run(
+        ["dvc", "repro", "--force", "--single-item", "finetune"],
+        cwd=project,
+        env=masked_run["env"],
+        capture_output=True,
+        text=True,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert path.read_bytes() == before

@@ -17,8 +17,9 @@ TRACKING = f"http://mlflow:{SECRET}@mlflow.example.com:5000"
 
 def test_stage_parameters_hold_no_password(params, tmp_path, monkeypatch):
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
-    p = params.model_copy(update={"orchestration": params.orchestration.model_copy(
-        update={"dvc_remote": REMOTE})})
+    p = params.model_copy(
+        update={"orchestration": params.orchestration.model_copy(update={"dvc_remote": REMOTE})}
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", TRACKING)
     monkeypatch.delenv("GRUFLOW_DVC_REMOTE", raising=False)
     out = stage_parameters(tmp_path, p, "train", "abc123", False, "run-1")

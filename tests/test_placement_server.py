@@ -43,14 +43,24 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 180) -> Non
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("placement")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
-    env |= {"PREFECT_HOME": str(base / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))
+    }
+    env |= {
+        "PREFECT_HOME": str(base / "prefect-home"),
+        "PATH": f"{BIN}:{env['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     log = (base / "server.log").open("w")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_healthy(env["PREFECT_API_URL"], proc)
         yield base, env
@@ -61,30 +71,59 @@ def server(tmp_path_factory):
 
 def test_placed_train_on_worker_then_skip(server):
     base, env = server
-    project = tiny_project(base, copy_project, branch="main",
-                          dvc_remote=str(base / "dvc-remote"), placement={"train": "gpu"},
-                          pool="gpu")
-    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(base / "code.git")],
-                   check=True)
+    project = tiny_project(
+        base,
+        copy_project,
+        branch="main",
+        dvc_remote=str(base / "dvc-remote"),
+        placement={"train": "gpu"},
+        pool="gpu",
+    )
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(project), str(base / "code.git")], check=True
+    )
     git(project, "remote", "add", "origin", str(base / "code.git"))
 
-    deploy = subprocess.run([str(BIN / "gruflow"), "deploy", "--project", str(project)],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [str(BIN / "gruflow"), "deploy", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     worker_log = (base / "worker.log").open("w")
-    worker = subprocess.Popen([str(BIN / "gruflow"), "worker", "--pool", "gpu"], cwd=base,
-                              env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [str(BIN / "gruflow"), "worker", "--pool", "gpu"],
+        cwd=base,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        first = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
-                               cwd=project, env=env, capture_output=True, text=True, timeout=900)
-        assert first.returncode == 0, (first.stdout[-3000:] + first.stderr[-3000:] +
-                                       (base / "worker.log").read_text()[-3000:])
+        first = subprocess.run(
+            [str(BIN / "gruflow"), "retrain", "--project", str(project)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert first.returncode == 0, (
+            first.stdout[-3000:] + first.stderr[-3000:] + (base / "worker.log").read_text()[-3000:]
+        )
         assert "placed on work pool gpu" in first.stdout + first.stderr
         assert "registered model version 1" in first.stdout
         start = time.perf_counter()
-        second = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
-                                cwd=project, env=env, capture_output=True, text=True,
-                                timeout=300)
+        second = subprocess.run(
+            [str(BIN / "gruflow"), "retrain", "--project", str(project)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         seconds = time.perf_counter() - start
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "retrain skipped" in second.stdout
@@ -104,8 +143,10 @@ def test_placed_train_on_worker_then_skip(server):
     # stage does: the worker's stage command logged its epochs live, the parent the rest
     exp = client.get_experiment_by_name("gruflow").experiment_id
     [parent] = client.search_runs([exp], "tags.retrain = 'trained'")
-    children = {r.info.run_name: r for r in client.search_runs(
-        [exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    children = {
+        r.info.run_name: r
+        for r in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    }
     assert {"embed", "train", "evaluate"} <= set(children)
     train = children["train"]
     assert train.data.tags["placement.pool"] == "gpu"

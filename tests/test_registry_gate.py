@@ -56,10 +56,12 @@ def gate_project(tmp_path_factory):
     raw["tune"]["n_trials"] = 0  # no tune stage here: params.yaml is what the models use
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(root / "params.yaml")
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                          "embedding_init": "random"})
-    bpe = train_tokenizer(iter(TEXTS * 4), params.tokenize.model_copy(
-        update={"vocab_size": 300, "min_frequency": 1}))
+    cfg = params.model.model_copy(
+        update={"units": 8, "embedding_dim": 8, "embedding_init": "random"}
+    )
+    bpe = train_tokenizer(
+        iter(TEXTS * 4), params.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1})
+    )
     bpe.save(str(root / "bpe.json"))
     v = bpe.get_vocab_size()
     counts = np.bincount(np.concatenate([ids[1:] for ids in encode(bpe, TEXTS)]), minlength=v)
@@ -67,8 +69,10 @@ def gate_project(tmp_path_factory):
     save(root / "unigram.keras", cfg, v, np.log(np.maximum(counts, 1e-3) / counts.sum()))
     save(root / "nan.keras", cfg, v, np.full(v, np.nan))
     # knows two words; all its probability on <unk>, a little on <eos>
-    word = train_tokenizer(iter(["zzz qqq"]), params.tokenize.model_copy(
-        update={"kind": "word", "vocab_size": 100, "min_frequency": 1}))
+    word = train_tokenizer(
+        iter(["zzz qqq"]),
+        params.tokenize.model_copy(update={"kind": "word", "vocab_size": 100, "min_frequency": 1}),
+    )
     word.save(str(root / "word.json"))
     bias = np.full(word.get_vocab_size(), -30.0)
     bias[UNK], bias[EOS] = 0.0, -3.0
@@ -87,13 +91,18 @@ def gate_project(tmp_path_factory):
 def gate(project, name: str, model: str, tokenizer: str = "bpe.json") -> dict:
     """Register `model` as a new version of `name` and gate it (min_improvement 1 %)."""
     root, params = project["root"], project["params"]
-    params = params.model_copy(update={
-        "registry": params.registry.model_copy(update={"model_name": name}),
-        "paths": params.paths.model_copy(update={"model": str(root / model),
-                                                 "tokenizer": str(root / tokenizer)})})
+    params = params.model_copy(
+        update={
+            "registry": params.registry.model_copy(update={"model_name": name}),
+            "paths": params.paths.model_copy(
+                update={"model": str(root / model), "tokenizer": str(root / tokenizer)}
+            ),
+        }
+    )
     with mlflow.start_run() as run:
-        version = tracking.log_and_register_model(root, params, run.info.run_id, tags={},
-                                                  metrics={})
+        version = tracking.log_and_register_model(
+            root, params, run.info.run_id, tags={}, metrics={}
+        )
     return registry.gate(name, version, BEATS_BIGRAM, root / "clean" / "test.parquet", 0.01)
 
 
@@ -102,10 +111,18 @@ def decisions(gate_project):
     """Versions 1..6 of one model, each gated in turn: NaN (first, its metrics beat the bigram)
     <- uniform (finite) <- unigram (better) <- unigram (tie) <- uniform (worse) <- <unk>."""
     names = ["nan_first", "after_nan", "better", "tie", "worse", "unk"]
-    models = ["nan.keras", "uniform.keras", "unigram.keras", "unigram.keras", "uniform.keras",
-              "unk.keras"]
-    return {n: gate(gate_project, "lm", m, "word.json" if n == "unk" else "bpe.json")
-            for n, m in zip(names, models, strict=True)}
+    models = [
+        "nan.keras",
+        "uniform.keras",
+        "unigram.keras",
+        "unigram.keras",
+        "uniform.keras",
+        "unk.keras",
+    ]
+    return {
+        n: gate(gate_project, "lm", m, "word.json" if n == "unk" else "bpe.json")
+        for n, m in zip(names, models, strict=True)
+    }
 
 
 def champion(name: str) -> str:
@@ -158,8 +175,10 @@ def test_every_decision_says_why_and_what_next(decisions):
     description names the champion."""
     client = MlflowClient()
     tie, better = decisions["tie"]["line"], decisions["better"]["line"]
-    assert tie.startswith("registered model version 4 as challenger: bits/byte ") and \
-        "promote it with `gruflow promote 4`" in tie
+    assert (
+        tie.startswith("registered model version 4 as challenger: bits/byte ")
+        and "promote it with `gruflow promote 4`" in tie
+    )
     assert better.startswith("registered model version 3 as champion: bits/byte ")
     assert tie in client.get_model_version("lm", "4").description
     assert "Version 3 is the champion" in client.get_registered_model("lm").description
@@ -172,22 +191,38 @@ def test_without_a_champion_the_advice_is_to_promote_the_challenger(gate_project
 
     root, params = gate_project["root"], gate_project["params"]
     name = params.registry.model_name  # what `gruflow generate` in this project loads
-    p = params.model_copy(update={"paths": params.paths.model_copy(update={
-        "model": str(root / "uniform.keras"), "tokenizer": str(root / "bpe.json")})})
+    p = params.model_copy(
+        update={
+            "paths": params.paths.model_copy(
+                update={"model": str(root / "uniform.keras"), "tokenizer": str(root / "bpe.json")}
+            )
+        }
+    )
     with mlflow.start_run() as run:
         version = tracking.log_and_register_model(root, p, run.info.run_id, tags={}, metrics={})
-    d = registry.gate(name, version, {"perplexity": 60.0, "bigram_perplexity": 50.0},
-                      root / "clean" / "test.parquet", 0.01)
+    d = registry.gate(
+        name,
+        version,
+        {"perplexity": 60.0, "bigram_perplexity": 50.0},
+        root / "clean" / "test.parquet",
+        0.01,
+    )
     assert d["promoted"] is False and "does not beat the bigram baseline 50.00" in d["line"]
     assert "No champion yet" in MlflowClient().get_registered_model(name).description
     capsys.readouterr()  # MLflow's registration lines above
     assert main(["generate", "the parser", "--project", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"version {version} is the challenger" in err[0] and \
-        f"promote it with `gruflow promote {version}`" in err[0] and "gruflow run" not in err[0]
+    assert (
+        len(err) == 1
+        and f"version {version} is the challenger" in err[0]
+        and f"promote it with `gruflow promote {version}`" in err[0]
+        and "gruflow run" not in err[0]
+    )
     with pytest.raises(registry.GruflowError, match="run `gruflow run` first"):
         registry.model_uri("no-such-model")
     registry.promote(name, version)  # what the advice says to do
     assert registry.model_uri(name) == f"models:/{name}@champion"
-    assert f"Version {version} is the champion" in \
-        MlflowClient().get_registered_model(name).description
+    assert (
+        f"Version {version} is the champion"
+        in MlflowClient().get_registered_model(name).description
+    )

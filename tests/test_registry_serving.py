@@ -88,8 +88,9 @@ def first_version(project):
     Nothing below moves tiny-lm's champion, so the server and CLI runs may load it early."""
     params = project["params"]
     v1, run1 = _register(project, params, {**GOOD, "bits_per_byte": 1.5}, "flow-run-1")
-    first = registry.gate(NAME, v1, GOOD, project["root"] / "clean" / "test.parquet",
-                          params.registry.min_improvement)
+    first = registry.gate(
+        NAME, v1, GOOD, project["root"] / "clean" / "test.parquet", params.registry.min_improvement
+    )
     return {"v1": v1, "run1": run1, "first": first}
 
 
@@ -101,14 +102,15 @@ def registered(project, first_version, background):
     champion) and v2 (not gated) for promote and rollback."""
     root, params = project["root"], project["params"]
     test_file, model_b = root / "clean" / "test.parquet", root / "model_b.keras"
-    v2, _ = _register(project, _named(params, NAME, model_b), {**GOOD, "perplexity": 19.0},
-                      "flow-run-2")
-    second = registry.gate(NAME, v2, {**GOOD, "perplexity": 19.0}, test_file,
-                           min_improvement=0.99)
+    v2, _ = _register(
+        project, _named(params, NAME, model_b), {**GOOD, "perplexity": 19.0}, "flow-run-2"
+    )
+    second = registry.gate(NAME, v2, {**GOOD, "perplexity": 19.0}, test_file, min_improvement=0.99)
     weak_metrics = {"perplexity": 60.0, "bigram_perplexity": 50.0}
     weak_v, _ = _register(project, _named(params, WEAK_NAME), weak_metrics, "flow-run-3")
-    weak = registry.gate(WEAK_NAME, weak_v, weak_metrics, test_file,
-                         params.registry.min_improvement)
+    weak = registry.gate(
+        WEAK_NAME, weak_v, weak_metrics, test_file, params.registry.min_improvement
+    )
     ops_v1, _ = _register(project, _named(params, OPS_NAME), GOOD, "flow-run-4")
     registry.gate(OPS_NAME, ops_v1, GOOD, test_file, params.registry.min_improvement)
     _register(project, _named(params, OPS_NAME, model_b), GOOD, "flow-run-5")
@@ -117,12 +119,18 @@ def registered(project, first_version, background):
 
 # --- registry ------------------------------------------------------------------------------
 
+
 def test_first_version_has_signature_and_lineage(registered):
     assert registered["v1"] == "1"
     info = mlflow.models.get_model_info(f"models:/{NAME}/1")
     assert info.signature.inputs.input_names() == ["text"]
     assert {p.name for p in info.signature.params.params} >= {
-        "mode", "max_new_tokens", "temperature", "top_k", "seed"}
+        "mode",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "seed",
+    }
     tags = MlflowClient().get_model_version(NAME, "1").tags
     assert tags["mlflow_run_id"] == registered["run1"]
     assert tags["prefect_flow_run_id"] == "flow-run-1"
@@ -145,10 +153,13 @@ def test_first_version_missing_bigram_is_not_champion(registered):
     assert registered["weak"]["promoted"] is False
     assert registry.champion_version(WEAK_NAME) is None
     client = MlflowClient()
-    assert str(client.get_model_version_by_alias(WEAK_NAME, "challenger").version) == \
-        registered["weak_v"]
-    assert client.get_model_version(WEAK_NAME, registered["weak_v"]).tags["gate.promoted"] == \
-        "False"
+    assert (
+        str(client.get_model_version_by_alias(WEAK_NAME, "challenger").version)
+        == registered["weak_v"]
+    )
+    assert (
+        client.get_model_version(WEAK_NAME, registered["weak_v"]).tags["gate.promoted"] == "False"
+    )
 
 
 def test_second_version_short_of_min_improvement_stays_challenger(project, registered):
@@ -178,8 +189,10 @@ def test_promote_then_rollback_restores_previous_champion(registered):
     assert registry.rollback(OPS_NAME) == "1"
     assert registry.champion_version(OPS_NAME) == "1"
     assert "rolled_back_at" in client.get_model_version(OPS_NAME, "2").tags
-    assert "rollback from version 2" in \
-        client.get_model_version(OPS_NAME, "1").tags["promotion_reason"]
+    assert (
+        "rollback from version 2"
+        in client.get_model_version(OPS_NAME, "1").tags["promotion_reason"]
+    )
     # version 1 was the first champion: nothing before it to roll back to
     with pytest.raises(GruflowError, match="no previous champion"):
         registry.rollback(OPS_NAME)
@@ -206,6 +219,7 @@ def test_registered_model_carries_the_tuned_seq_len(project, first_version):
 
 
 # --- pyfunc --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def champion(registered):
@@ -250,13 +264,16 @@ def test_temperature_zero_is_greedy_and_respects_max_new_tokens(champion, keras_
     for n in (1, 5):
         ids = _greedy(keras_a, tok, PROMPT, n)
         assert len(ids) == n  # the bare model never picks a special token
-        assert _generate(champion, PROMPT, max_new_tokens=n, temperature=0.0, **plain) == \
-            tok.decode(ids)
+        assert _generate(
+            champion, PROMPT, max_new_tokens=n, temperature=0.0, **plain
+        ) == tok.decode(ids)
     # temperature 0 ignores the seed; top_k 1 is greedy whatever the temperature
-    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=0.0, seed=7, **plain) == \
-        tok.decode(_greedy(keras_a, tok, PROMPT, 5))
-    assert _generate(champion, PROMPT, max_new_tokens=5, temperature=1.0, top_k=1, seed=9,
-                     **plain) == tok.decode(_greedy(keras_a, tok, PROMPT, 5))
+    assert _generate(
+        champion, PROMPT, max_new_tokens=5, temperature=0.0, seed=7, **plain
+    ) == tok.decode(_greedy(keras_a, tok, PROMPT, 5))
+    assert _generate(
+        champion, PROMPT, max_new_tokens=5, temperature=1.0, top_k=1, seed=9, **plain
+    ) == tok.decode(_greedy(keras_a, tok, PROMPT, 5))
 
 
 def test_sampled_generation_is_at_most_max_new_tokens(champion, project):
@@ -280,8 +297,9 @@ def test_score_reports_perplexity_and_bits_per_byte(champion, keras_a, project):
     ids = [BOS, *tok.encode(texts[0], add_special_tokens=False).ids, EOS]
     assert len(ids) - 1 <= SEQ_LEN
     x = np.array([ids[:-1]], np.int32)
-    logits = np.asarray(keras_a([x, *zero_states(keras_a, 1)], training=False)[0],
-                        np.float64)[0]  # (T, V)
+    logits = np.asarray(keras_a([x, *zero_states(keras_a, 1)], training=False)[0], np.float64)[
+        0
+    ]  # (T, V)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     nll = float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
     assert rows["tokens"].iloc[0] == len(ids) - 1
@@ -305,7 +323,8 @@ def test_score_with_the_cache_adds_columns_and_keeps_the_static_ones(champion):
     assert row["nll_cache"] < row["nll"]
     assert row["perplexity_cache"] == pytest.approx(math.exp(row["nll_cache"] / row["tokens"]))
     assert row["bits_per_byte_cache"] == pytest.approx(
-        row["nll_cache"] / math.log(2) / row["bytes"])
+        row["nll_cache"] / math.log(2) / row["bytes"]
+    )
     off = champion.predict(frame, params={"mode": "score", **CACHE, "cache_size": 0})
     assert "perplexity_cache" not in off.columns
 
@@ -317,24 +336,39 @@ def test_registered_info_carries_the_cache_evaluate_chose(project, tmp_path):
     shutil.copy(project["root"] / params.paths.best_params, tuned)
     reports = tmp_path / params.paths.reports
     reports.mkdir(parents=True)
-    (reports / "metrics.json").write_text(json.dumps(
-        {"perplexity": 9.0, "cache_size": 300, "cache_theta": 0.3, "cache_lambda": 0.2}))
+    (reports / "metrics.json").write_text(
+        json.dumps({"perplexity": 9.0, "cache_size": 300, "cache_theta": 0.3, "cache_lambda": 0.2})
+    )
     info = tracking.serving_info(tmp_path, params)
     assert info["cache"] == {"size": 300, "theta": 0.3, "lambda": 0.2}
     (reports / "metrics.json").write_text(json.dumps({"perplexity": 9.0}))
     assert "cache" not in tracking.serving_info(tmp_path, params)
 
 
-def test_cli_score_with_the_cache_prints_both_lines(project, registered, champion, capsys,
-                                                    tmp_path):
+def test_cli_score_with_the_cache_prints_both_lines(
+    project, registered, champion, capsys, tmp_path
+):
     sample = tmp_path / "repeated.txt"
     sample.write_text(REPEATED)
-    rc = cli.main(["score", str(sample), "--project", str(project["root"]),
-                   "--cache-size", "100", "--cache-theta", "0.5", "--cache-lambda", "0.3"])
+    rc = cli.main(
+        [
+            "score",
+            str(sample),
+            "--project",
+            str(project["root"]),
+            "--cache-size",
+            "100",
+            "--cache-theta",
+            "0.5",
+            "--cache-lambda",
+            "0.3",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
-    row = champion.predict(pd.DataFrame({"text": [REPEATED]}),
-                           params={"mode": "score", **CACHE}).iloc[0]
+    row = champion.predict(
+        pd.DataFrame({"text": [REPEATED]}), params={"mode": "score", **CACHE}
+    ).iloc[0]
     m = re.search(r"perplexity ([\d.]+), ([\d.]+) bits/byte \(", out)
     c = re.search(r"with the continuous cache: perplexity ([\d.]+), ([\d.]+) bits/byte", out)
     assert m and c, out
@@ -366,14 +400,37 @@ def background(project, first_version):
     root, port = str(project["root"]), _free_port()
     (project["root"] / "sample.txt").write_text(SAMPLE)
     procs = {
-        "server": _spawn(project, "serve.log", "mlflow", "models", "serve", "-m",
-                         f"models:/{NAME}@champion", "--env-manager", "local",
-                         "-h", "127.0.0.1", "-p", str(port), "-w", "1"),
-        "generate": _spawn(project, "generate.log", "gruflow", "generate", PROMPT,
-                           "--project", root, "--model", f"models:/{NAME}/1",
-                           "--max-new-tokens", "5"),
-        "score": _spawn(project, "score.log", "gruflow", "score", "sample.txt",
-                        "--project", root),
+        "server": _spawn(
+            project,
+            "serve.log",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ),
+        "generate": _spawn(
+            project,
+            "generate.log",
+            "gruflow",
+            "generate",
+            PROMPT,
+            "--project",
+            root,
+            "--model",
+            f"models:/{NAME}/1",
+            "--max-new-tokens",
+            "5",
+        ),
+        "score": _spawn(project, "score.log", "gruflow", "score", "sample.txt", "--project", root),
     }
     try:
         yield {"port": port, **procs}
@@ -394,8 +451,9 @@ def server(project, background):
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited {proc.returncode}:\n"
-                        + log.read_text()[-3000:])
+            pytest.fail(
+                f"mlflow models serve exited {proc.returncode}:\n" + log.read_text()[-3000:]
+            )
         try:
             if _http(url + "/ping", timeout=2)[0] == 200:
                 return url
@@ -407,9 +465,13 @@ def server(project, background):
 
 
 def test_server_generates(server):
-    status, body = _http(server + "/invocations", {
-        "dataframe_records": [{"text": PROMPT}, {"text": "a socket"}],
-        "params": {"mode": "generate", "max_new_tokens": 8, "seed": 0}})
+    status, body = _http(
+        server + "/invocations",
+        {
+            "dataframe_records": [{"text": PROMPT}, {"text": "a socket"}],
+            "params": {"mode": "generate", "max_new_tokens": 8, "seed": 0},
+        },
+    )
     assert status == 200, body
     preds = body["predictions"]
     assert isinstance(preds, list) and len(preds) == 2
@@ -417,47 +479,71 @@ def test_server_generates(server):
 
 
 def test_server_scores(server):
-    status, body = _http(server + "/invocations", {
-        "dataframe_records": [{"text": "the parser reads the header"}],
-        "params": {"mode": "score"}})
+    status, body = _http(
+        server + "/invocations",
+        {
+            "dataframe_records": [{"text": "the parser reads the header"}],
+            "params": {"mode": "score"},
+        },
+    )
     assert status == 200, body
     row = body["predictions"][0]
     assert row["perplexity"] > 1 and row["bits_per_byte"] > 0
 
 
 def test_server_scores_with_the_cache(server):
-    status, body = _http(server + "/invocations", {
-        "dataframe_records": [{"text": REPEATED}], "params": {"mode": "score", **CACHE}})
+    status, body = _http(
+        server + "/invocations",
+        {"dataframe_records": [{"text": REPEATED}], "params": {"mode": "score", **CACHE}},
+    )
     assert status == 200, body
     row = body["predictions"][0]
     assert row["perplexity_cache"] < row["perplexity"]
-    status, body = _http(server + "/invocations", {
-        "dataframe_records": [{"text": REPEATED}],
-        "params": {"mode": "score", "cache_lambda": 2.0}})
+    status, body = _http(
+        server + "/invocations",
+        {
+            "dataframe_records": [{"text": REPEATED}],
+            "params": {"mode": "score", "cache_lambda": 2.0},
+        },
+    )
     assert status == 400 and "cache_lambda" in str(body), body
 
 
-@pytest.mark.parametrize(("records", "params", "mentions"), [
-    ([{"prompt": "hello"}], {}, "text"),
-    ([{"text": ""}], {}, "empty"),
-    ([{"text": 5}], {}, "text"),
-    ([{"text": "hello"}], {"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, "max_new_tokens"),
-    ([{"text": "hello"}], {"temperature": -0.5}, "temperature"),
-    ([{"text": "hello"}], {"temperature": float("inf")}, "temperature"),  # JSON `Infinity`
-    ([{"text": "hello"}], {"mode": "score", "max_new_tokens": -1}, "max_new_tokens"),
-    ([{"text": "hello"}], {"mode": "score", "top_k": -1}, "top_k"),
-], ids=["missing-text-column", "empty-string", "non-string", "max-new-tokens-cap",
-        "negative-temperature", "infinite-temperature", "score-negative-max-new-tokens",
-        "score-negative-top-k"])
+@pytest.mark.parametrize(
+    ("records", "params", "mentions"),
+    [
+        ([{"prompt": "hello"}], {}, "text"),
+        ([{"text": ""}], {}, "empty"),
+        ([{"text": 5}], {}, "text"),
+        ([{"text": "hello"}], {"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, "max_new_tokens"),
+        ([{"text": "hello"}], {"temperature": -0.5}, "temperature"),
+        ([{"text": "hello"}], {"temperature": float("inf")}, "temperature"),  # JSON `Infinity`
+        ([{"text": "hello"}], {"mode": "score", "max_new_tokens": -1}, "max_new_tokens"),
+        ([{"text": "hello"}], {"mode": "score", "top_k": -1}, "top_k"),
+    ],
+    ids=[
+        "missing-text-column",
+        "empty-string",
+        "non-string",
+        "max-new-tokens-cap",
+        "negative-temperature",
+        "infinite-temperature",
+        "score-negative-max-new-tokens",
+        "score-negative-top-k",
+    ],
+)
 def test_server_rejects_bad_requests_and_stays_up(server, records, params, mentions):
-    status, body = _http(server + "/invocations", {
-        "dataframe_records": records, "params": {"mode": "generate", **params}})
+    status, body = _http(
+        server + "/invocations",
+        {"dataframe_records": records, "params": {"mode": "generate", **params}},
+    )
     assert 400 <= status < 500, body
     assert mentions in body["message"].lower(), body["message"]
     assert _http(server + "/ping")[0] == 200
 
 
 # --- the CLI -------------------------------------------------------------------------------
+
 
 def test_cli_generate_prints_prompt_and_continuation(project, background):
     rc, out = _finished(project, background, "generate")
@@ -484,20 +570,37 @@ def test_cli_promote_missing_version_is_one_line_exit_2(project, registered, cap
     assert registry.champion_version(NAME) == "1"
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("--max-new-tokens", str(MAX_NEW_TOKENS_CAP + 1)), ("--temperature", "-1")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--max-new-tokens", str(MAX_NEW_TOKENS_CAP + 1)), ("--temperature", "-1")],
+)
 def test_cli_generate_bad_option_is_one_line_exit_2(project, registered, capsys, option, value):
-    rc = cli.main(["generate", PROMPT, "--project", str(project["root"]),
-                   "--model", f"models:/{NAME}/1", option, value])
+    rc = cli.main(
+        [
+            "generate",
+            PROMPT,
+            "--project",
+            str(project["root"]),
+            "--model",
+            f"models:/{NAME}/1",
+            option,
+            value,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and option.strip("-").replace("-", "_") in err[0]
 
 
 def test_cli_score_missing_file_is_one_line_exit_2(project):
-    done = subprocess.run([str(VENV_BIN / "gruflow"), "score", "missing.txt",
-                           "--project", str(project["root"])], cwd=project["root"], env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(VENV_BIN / "gruflow"), "score", "missing.txt", "--project", str(project["root"])],
+        cwd=project["root"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.txt" in lines[0], done.stderr
@@ -505,6 +608,7 @@ def test_cli_score_missing_file_is_one_line_exit_2(project):
 
 
 # --- --model loads only gruflow's own models ------------------------------------------------
+
 
 class MarkerModel(mlflow.pyfunc.PythonModel):
     """A cloudpickled pyfunc whose load writes a marker file: proof that its code ran."""
@@ -519,15 +623,18 @@ class MarkerModel(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def test_cli_refuses_a_pickled_model_before_loading_it(project, first_version, tmp_path,
-                                                       capsys):
+def test_cli_refuses_a_pickled_model_before_loading_it(project, first_version, tmp_path, capsys):
     marker, path = tmp_path / "marker", tmp_path / "pickled"
-    mlflow.pyfunc.save_model(str(path), python_model=MarkerModel(str(marker)),
-                             pip_requirements=[])  # no requirement inference: seconds
+    mlflow.pyfunc.save_model(
+        str(path), python_model=MarkerModel(str(marker)), pip_requirements=[]
+    )  # no requirement inference: seconds
     capsys.readouterr()
     root = str(project["root"])
-    for argv in (["generate", PROMPT], ["score", str(project["root"] / "tokenizer.json")],
-                 ["similar", "the"]):
+    for argv in (
+        ["generate", PROMPT],
+        ["score", str(project["root"] / "tokenizer.json")],
+        ["similar", "the"],
+    ):
         rc = cli.main([*argv, "--project", root, "--model", str(path)])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2
@@ -555,17 +662,35 @@ def _edit_mlmodel(path: Path, edit) -> None:
     (path / "MLmodel").write_text(yaml.safe_dump(meta))
 
 
-@pytest.mark.parametrize(("alter", "mentions"), [
-    (lambda p: (p / "python_model.pkl").write_bytes(b"\x80\x04N."), "pickled files"),
-    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"]["python_function"].update(
-        python_model="python_model.pkl", loader_module="mlflow.pyfunc.model")),
-     "python_model"),
-    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"].update(sklearn={"pickled_model": "m"})),
-     "flavors"),
-    (lambda p: _edit_mlmodel(p, lambda m: m["flavors"]["python_function"]["artifacts"].pop(
-        "tokenizer")), "artifacts"),
-    (lambda p: (p / "MLmodel").unlink(), "no MLmodel"),
-], ids=["pickle-file", "pickled-python-model", "extra-flavor", "missing-artifact", "no-mlmodel"])
+@pytest.mark.parametrize(
+    ("alter", "mentions"),
+    [
+        (lambda p: (p / "python_model.pkl").write_bytes(b"\x80\x04N."), "pickled files"),
+        (
+            lambda p: _edit_mlmodel(
+                p,
+                lambda m: m["flavors"]["python_function"].update(
+                    python_model="python_model.pkl", loader_module="mlflow.pyfunc.model"
+                ),
+            ),
+            "python_model",
+        ),
+        (
+            lambda p: _edit_mlmodel(
+                p, lambda m: m["flavors"].update(sklearn={"pickled_model": "m"})
+            ),
+            "flavors",
+        ),
+        (
+            lambda p: _edit_mlmodel(
+                p, lambda m: m["flavors"]["python_function"]["artifacts"].pop("tokenizer")
+            ),
+            "artifacts",
+        ),
+        (lambda p: (p / "MLmodel").unlink(), "no MLmodel"),
+    ],
+    ids=["pickle-file", "pickled-python-model", "extra-flavor", "missing-artifact", "no-mlmodel"],
+)
 def test_loader_refuses_altered_gruflow_models(model_copy, alter, mentions):
     from flows.serve import load_model
 
@@ -581,18 +706,30 @@ def test_loader_never_runs_the_model_folders_code(model_copy, tmp_path):
 
     marker = tmp_path / "marker"
     (model_copy / "pyfunc.py").write_text(
-        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    )
     model = load_model(str(model_copy))
-    out = model.predict(pd.DataFrame({"text": [PROMPT]}),
-                        params={"max_new_tokens": 3, "temperature": 0.0})
+    out = model.predict(
+        pd.DataFrame({"text": [PROMPT]}), params={"max_new_tokens": 3, "temperature": 0.0}
+    )
     assert isinstance(out["text"].iloc[0], str) and out["text"].iloc[0]
     assert not marker.exists()
 
 
 def test_cli_similar_reads_a_registered_models_embedding(project, first_version, capsys):
     """--model through gruflow's own loader: the pyfunc still unwraps to the Keras model."""
-    rc = cli.main(["similar", "the", "-k", "3", "--project", str(project["root"]),
-                   "--model", f"models:/{NAME}/1"])
+    rc = cli.main(
+        [
+            "similar",
+            "the",
+            "-k",
+            "3",
+            "--project",
+            str(project["root"]),
+            "--model",
+            f"models:/{NAME}/1",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert len(out) == 3 and all(re.match(r"\s*-?\d\.\d{4}  \"", line) for line in out), out
@@ -600,20 +737,36 @@ def test_cli_similar_reads_a_registered_models_embedding(project, first_version,
 
 # --- serving container ---------------------------------------------------------------------
 
+
 def test_champion_docker_build_context_is_generated(project, first_version, tmp_path):
     """The README's container path without Docker: the same model URI and env manager as
     `mlflow models build-docker` in README.md, through `generate-dockerfile` (what build-docker
     writes before it calls `docker build`)."""
     out = tmp_path / "docker"
-    done = subprocess.run([str(VENV_BIN / "mlflow"), "models", "generate-dockerfile",
-                           "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-                           "-d", str(out)], cwd=project["root"], env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(VENV_BIN / "mlflow"),
+            "models",
+            "generate-dockerfile",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-d",
+            str(out),
+        ],
+        cwd=project["root"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     dockerfile = (out / "Dockerfile").read_text()
     assert "model_dir" in dockerfile and "ENTRYPOINT" in dockerfile
     model_dir = out / "model_dir"
     assert (model_dir / "MLmodel").is_file()
-    assert (model_dir / "code" / "components" / "lm" / "pyfunc.py").is_file() or \
-        any(model_dir.rglob("pyfunc.py")), "the model's code must travel into the image"
+    assert (model_dir / "code" / "components" / "lm" / "pyfunc.py").is_file() or any(
+        model_dir.rglob("pyfunc.py")
+    ), "the model's code must travel into the image"
     assert "tensorflow" in (model_dir / "requirements.txt").read_text()

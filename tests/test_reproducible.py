@@ -26,8 +26,10 @@ pytestmark = pytest.mark.slow
 @contextlib.contextmanager
 def busy_cores():
     """One spinning process per core (at least two) for the duration of the block."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(max(2, os.cpu_count() or 1))]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(max(2, os.cpu_count() or 1))
+    ]
     try:
         yield
     finally:
@@ -52,8 +54,14 @@ def tuned_project(base: Path, corpus: Path | None = None) -> Path:
 
 def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
     """`gruflow run`, with room for a machine kept busy on purpose (and by others)."""
-    return subprocess.run([str(BIN / "gruflow"), "run", "--project", str(project)], cwd=project,
-                          env=env, capture_output=True, text=True, timeout=2400)
+    return subprocess.run(
+        [str(BIN / "gruflow"), "run", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
 
 
 def out_hashes(project: Path) -> dict[str, str]:
@@ -98,16 +106,23 @@ def version_tags(project: Path) -> dict[str, str]:
 
 
 def reproduce(run: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "gruflow"), "reproduce", "1", "--project",
-                           str(run["project"])], cwd=run["project"], env=run["env"],
-                          capture_output=True, text=True, timeout=2400)
+    return subprocess.run(
+        [str(BIN / "gruflow"), "reproduce", "1", "--project", str(run["project"])],
+        cwd=run["project"],
+        env=run["env"],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
 
 
 def test_version_records_clean_lineage(two_runs):
     tags = version_tags(two_runs["quiet"]["project"])
     assert tags["git_dirty"] == "False" and tags["reproducible"] == "true"
-    assert tags["dvc.artifacts/model.keras"] == out_hashes(two_runs["quiet"]["project"])[
-        "artifacts/model.keras"]
+    assert (
+        tags["dvc.artifacts/model.keras"]
+        == out_hashes(two_runs["quiet"]["project"])["artifacts/model.keras"]
+    )
 
 
 def test_reproduce_comes_back_identical(two_runs):
@@ -129,8 +144,9 @@ def test_reproduce_comes_back_identical(two_runs):
     from mlflow.tracking import MlflowClient
 
     assert len(MlflowClient().search_model_versions("name = 'gruflow-lm'")) == 1
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=run["project"],
-                               capture_output=True, text=True).stdout
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=run["project"], capture_output=True, text=True
+    ).stdout
     assert len(worktrees.strip().splitlines()) == 1
 
 
@@ -141,8 +157,9 @@ def test_tampered_record_differs_naming_the_stage(two_runs):
 
     run = two_runs["busy"]
     version_tags(run["project"])  # point MLflow at this project's store
-    MlflowClient().set_model_version_tag("gruflow-lm", "1", "dvc.data/tokens",
-                                         "0123456789abcdef0123456789abcdef.dir")
+    MlflowClient().set_model_version_tag(
+        "gruflow-lm", "1", "dvc.data/tokens", "0123456789abcdef0123456789abcdef.dir"
+    )
     shutil.rmtree(run["base"] / "gruflow-dvc-remote")
     done = reproduce(run)
     out = done.stdout

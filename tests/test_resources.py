@@ -15,8 +15,10 @@ import yaml
 from flows import resources
 
 ROOT = Path(__file__).resolve().parents[1]
-BURN = ("import time\nx = bytearray(80 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
-        "t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.7)\n")
+BURN = (
+    "import time\nx = bytearray(80 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+    "t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.7)\n"
+)
 
 
 @pytest.fixture
@@ -49,8 +51,7 @@ def test_a_gruflow_stage_reports_its_own_cost(project):
     RSS, which a forked command's ru_maxrss starts from, is charged to the stage."""
     stray = subprocess.Popen([sys.executable, "-c", BURN.replace("80 *", "300 *")])
     stray.wait()  # reaped here, before measuring: RUSAGE_CHILDREN holds its 300 MiB peak
-    main = ("from components.errors import guarded\n"
-            f"exec({BURN!r})\n" "guarded(lambda: None)()\n")
+    main = f"from components.errors import guarded\nexec({BURN!r})\nguarded(lambda: None)()\n"
     with resources.measure(project, "train") as cost:
         subprocess.run([sys.executable, "-c", main], check=True, cwd=ROOT)
         cost.ran = True
@@ -92,8 +93,9 @@ def test_skip_markdown_shows_what_a_full_run_costs_without_ingest(project):
     skip = resources.markdown(project, None)
     assert "What this skip saved" in skip and "| ingest |" not in skip
     assert f"| total | {t.wall_s:g} | {t.cpu_s:g} |" in skip
-    assert f"{t.cpu_s:.0f} CPU s: the last measured cost of 1 stage(s)" in \
-        resources.saved_line(project)
+    assert f"{t.cpu_s:.0f} CPU s: the last measured cost of 1 stage(s)" in resources.saved_line(
+        project
+    )
     ran = resources.markdown(project, ["ingest", "train"])
     assert "Resources of this run" in ran and "| ingest |" in ran
 
@@ -153,8 +155,7 @@ def test_failed_run_rolls_back_the_costs_of_its_earlier_stages(project):
     its cost entry goes too, so the project is left exactly as it was."""
     from flows.rollback import keep_outputs
 
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project,
-                   check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
     _stage(project, "clean")
     before = (project / "reports" / "resources.json").read_bytes()
     with pytest.raises(RuntimeError, match="later stage"):

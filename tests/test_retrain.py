@@ -19,8 +19,13 @@ from tests.test_pipeline_e2e import copy_project as copy_tracked
 def copy_project(dest: Path) -> None:
     """Tracked files plus new, not yet committed code (untracked files git does not ignore)."""
     copy_tracked(dest)
-    new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split()
+    new = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in new:
         if rel.endswith((".py", ".yaml")) and rel.startswith(("components/", "flows/", "prefect")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -29,8 +34,14 @@ def copy_project(dest: Path) -> None:
 
 def _retrain(project: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    out = subprocess.run([str(BIN / "gruflow"), "retrain", "--project", str(project)],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(BIN / "gruflow"), "retrain", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return out, time.perf_counter() - start
 
 
@@ -45,8 +56,14 @@ def retrains(tmp_path_factory):
     second, t2 = _retrain(project, env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     print(f"retrain: first {t1:.1f} s, skipped second {t2:.1f} s")
-    return {"project": project, "base": base, "first": first, "second": second,
-            "lock": lock, "t2": t2}
+    return {
+        "project": project,
+        "base": base,
+        "first": first,
+        "second": second,
+        "lock": lock,
+        "t2": t2,
+    }
 
 
 def test_first_retrain_trains_registers_and_pushes(retrains):
@@ -90,15 +107,27 @@ def test_skip_path_does_not_import_tensorflow(retrains):
     """In-process: the skip decision and record need no TensorFlow, Keras or MLflow's pyfunc
     (which would pull in model flavours): the registry client and DVC are enough."""
     heavy = ("tensorflow", "keras", "mlflow.pyfunc", "components.lm.model", "components.train")
-    code = ("import sys; from flows.retrain import retrain; "
-            f"r = retrain(project={str(retrains['project'])!r}); "
-            "assert r.skipped, r.reason; "
-            f"print(sorted(set({heavy!r}) & set(sys.modules)) or 'noTF')")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))}
-    env |= {"PREFECT_HOME": str(retrains["base"] / "prefect-home"), "PYTHONPATH": str(ROOT),
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=retrains["base"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from flows.retrain import retrain; "
+        f"r = retrain(project={str(retrains['project'])!r}); "
+        "assert r.skipped, r.reason; "
+        f"print(sorted(set({heavy!r}) & set(sys.modules)) or 'noTF')"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "GRUFLOW_"))
+    }
+    env |= {
+        "PREFECT_HOME": str(retrains["base"] / "prefect-home"),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=retrains["base"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "noTF"

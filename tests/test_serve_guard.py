@@ -12,8 +12,15 @@ import pytest
 from components.lm.inference import BadRequest, check_params
 from components.lm.serve_guard import ServeGuard, check_request
 
-LIMITS = dict(host="127.0.0.1", port=5001, max_request_bytes=1000, max_records=3,
-              max_generated_tokens=100, max_concurrent=1, timeout=60)
+LIMITS = dict(
+    host="127.0.0.1",
+    port=5001,
+    max_request_bytes=1000,
+    max_records=3,
+    max_generated_tokens=100,
+    max_concurrent=1,
+    timeout=60,
+)
 
 
 @pytest.fixture
@@ -38,14 +45,26 @@ class Inner:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _call(app, body: bytes, headers: dict, method: str = "POST",
-                path: str = "/invocations", chunks: int = 1) -> tuple[int, bytes]:
-    scope = {"type": "http", "method": method, "path": path,
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+async def _call(
+    app,
+    body: bytes,
+    headers: dict,
+    method: str = "POST",
+    path: str = "/invocations",
+    chunks: int = 1,
+) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     size = max(1, len(body) // chunks + 1)
-    parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
-    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
-                for i, p in enumerate(parts)]
+    parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    messages = [
+        {"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+        for i, p in enumerate(parts)
+    ]
     sent: list[dict] = []
 
     async def receive():
@@ -73,13 +92,17 @@ def test_good_request_reaches_the_model_unchanged(limits):
     assert inner.calls == 1
 
 
-@pytest.mark.parametrize(("body", "headers", "status", "mentions"), [
-    (GOOD, {}, 415, "Content-Type: application/json"),
-    (GOOD, {"Content-Type": "text/csv"}, 415, "Content-Type"),
-    ("x" * 1001, None, 413, "serve.max_request_bytes = 1000"),
-    (GOOD, {"Content-Type": "application/json", "Content-Length": "5000"}, 413, "max_request"),
-    ("[" * 5000 + "]" * 5000, {"Content-Type": "application/json"}, 413, "max_request"),
-], ids=["no-content-type", "csv", "big-body", "declared-big", "chunked-big"])
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "mentions"),
+    [
+        (GOOD, {}, 415, "Content-Type: application/json"),
+        (GOOD, {"Content-Type": "text/csv"}, 415, "Content-Type"),
+        ("x" * 1001, None, 413, "serve.max_request_bytes = 1000"),
+        (GOOD, {"Content-Type": "application/json", "Content-Length": "5000"}, 413, "max_request"),
+        ("[" * 5000 + "]" * 5000, {"Content-Type": "application/json"}, 413, "max_request"),
+    ],
+    ids=["no-content-type", "csv", "big-body", "declared-big", "chunked-big"],
+)
 def test_refused_before_the_model(limits, body, headers, status, mentions):
     inner = Inner()
     got, answer = run(ServeGuard(inner, limits), body.encode(), headers, chunks=10)
@@ -101,33 +124,60 @@ def test_at_most_max_concurrent_requests_reach_the_model(limits):
     guard = ServeGuard(inner, limits)
 
     async def many():
-        return await asyncio.gather(*(_call(guard, GOOD.encode(), {
-            "Content-Type": "application/json"}) for _ in range(6)))
+        return await asyncio.gather(
+            *(_call(guard, GOOD.encode(), {"Content-Type": "application/json"}) for _ in range(6))
+        )
 
     assert [s for s, _ in asyncio.run(many())] == [200] * 6
     assert inner.most == 1 and inner.calls == 6
 
 
-@pytest.mark.parametrize(("body", "mentions"), [
-    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
-    ('{"dataframe_records": [{"text": "a"}], "params": {"temperature": Infinity}}', "Infinity"),
-    ('{"dataframe_records": [{"text": "a"}], "params": {"temperature": NaN}}', "NaN"),
-    ('{"dataframe_records": [{"text": 5}]}', "text row 0"),
-    ('{"dataframe_records": [{"text": null}]}', "text row 0"),
-    ('{"dataframe_records": [{"text": "a"}, {"text": "b"}, {"text": "c"}, {"text": "d"}]}',
-     "4 records"),
-    ('{"dataframe_records": [{"text": "a"}], "params": {"max_new_tokens": 60}, "x": 1}', "'x'"),
-    ('{"dataframe_records": [{"text": "a"}, {"text": "b"}], "params": {"max_new_tokens": 60}}',
-     "serve.max_generated_tokens"),
-    ('{"dataframe_records": [{"text": "a"}], "params": {"mode": "score", "max_new_tokens": -1}}',
-     "max_new_tokens"),
-    ('{"dataframe_records": [{"text": "a"}], "params": {"max_tokens": 5}}', "max_tokens"),
-    ('{"dataframe_split": {"columns": ["prompt"], "data": [["a"]]}}', "dataframe_split"),
-    ('{"inputs": {"text": "a"}}', "inputs"),
-    ('"just a string"', "JSON object"),
-    ('{"dataframe_records": [{"text": "a"}]', "not valid UTF-8 JSON"),
-], ids=["deep", "infinity", "nan", "int-text", "null-text", "records", "top-key", "tokens",
-        "score-negative", "unknown-param", "split-column", "inputs-shape", "string", "cut"])
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ('{"dataframe_records": [{"text": "a"}], "params": {"temperature": Infinity}}', "Infinity"),
+        ('{"dataframe_records": [{"text": "a"}], "params": {"temperature": NaN}}', "NaN"),
+        ('{"dataframe_records": [{"text": 5}]}', "text row 0"),
+        ('{"dataframe_records": [{"text": null}]}', "text row 0"),
+        (
+            '{"dataframe_records": [{"text": "a"}, {"text": "b"}, {"text": "c"}, {"text": "d"}]}',
+            "4 records",
+        ),
+        ('{"dataframe_records": [{"text": "a"}], "params": {"max_new_tokens": 60}, "x": 1}', "'x'"),
+        (
+            '{"dataframe_records": [{"text": "a"}, {"text": "b"}], '
+            '"params": {"max_new_tokens": 60}}',
+            "serve.max_generated_tokens",
+        ),
+        (
+            '{"dataframe_records": [{"text": "a"}], '
+            '"params": {"mode": "score", "max_new_tokens": -1}}',
+            "max_new_tokens",
+        ),
+        ('{"dataframe_records": [{"text": "a"}], "params": {"max_tokens": 5}}', "max_tokens"),
+        ('{"dataframe_split": {"columns": ["prompt"], "data": [["a"]]}}', "dataframe_split"),
+        ('{"inputs": {"text": "a"}}', "inputs"),
+        ('"just a string"', "JSON object"),
+        ('{"dataframe_records": [{"text": "a"}]', "not valid UTF-8 JSON"),
+    ],
+    ids=[
+        "deep",
+        "infinity",
+        "nan",
+        "int-text",
+        "null-text",
+        "records",
+        "top-key",
+        "tokens",
+        "score-negative",
+        "unknown-param",
+        "split-column",
+        "inputs-shape",
+        "string",
+        "cut",
+    ],
+)
 def test_check_request_names_the_problem(limits, body, mentions):
     with pytest.raises(BadRequest) as info:
         check_request(body.encode(), limits)
@@ -135,23 +185,36 @@ def test_check_request_names_the_problem(limits, body, mentions):
 
 
 def test_check_request_accepts_every_mlflow_json_shape(limits):
-    for body in ({"dataframe_records": [{"text": "a"}]},
-                 {"dataframe_split": {"columns": ["text"], "data": [["a"], ["b"]]}},
-                 {"inputs": [{"text": "a"}]}, {"instances": {"text": ["a", "b"]}},
-                 {"inputs": [{"text": "a"}], "params": {"mode": "score", "seed": 3}}):
+    for body in (
+        {"dataframe_records": [{"text": "a"}]},
+        {"dataframe_split": {"columns": ["text"], "data": [["a"], ["b"]]}},
+        {"inputs": [{"text": "a"}]},
+        {"instances": {"text": ["a", "b"]}},
+        {"inputs": [{"text": "a"}], "params": {"mode": "score", "seed": 3}},
+    ):
         check_request(json.dumps(body).encode(), limits)
 
 
-@pytest.mark.parametrize(("params", "mentions"), [
-    ({"temperature": float("inf")}, "temperature"), ({"temperature": -0.1}, "temperature"),
-    ({"temperature": True}, "temperature"), ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"max_new_tokens": 513}, "1..512"), ({"max_new_tokens": 2.5}, "integer"),
-    ({"top_k": -1}, "top_k"), ({"seed": 2**64}, "seed"), ({"mode": "train"}, "mode"),
-    ({"mode": "score", "top_k": -1}, "top_k"), ({"nope": 1}, "nope"),
-    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": 0.9},
-                                                         "repetition_penalty"),
-    ({"mode": "score", "top_p": float("nan")}, "top_p"),
-])
+@pytest.mark.parametrize(
+    ("params", "mentions"),
+    [
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 513}, "1..512"),
+        ({"max_new_tokens": 2.5}, "integer"),
+        ({"top_k": -1}, "top_k"),
+        ({"seed": 2**64}, "seed"),
+        ({"mode": "train"}, "mode"),
+        ({"mode": "score", "top_k": -1}, "top_k"),
+        ({"nope": 1}, "nope"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"repetition_penalty": 0.9}, "repetition_penalty"),
+        ({"mode": "score", "top_p": float("nan")}, "top_p"),
+    ],
+)
 def test_check_params_refuses_in_both_modes(params, mentions):
     with pytest.raises(BadRequest, match=mentions):
         check_params(params)
@@ -159,10 +222,19 @@ def test_check_params_refuses_in_both_modes(params, mentions):
 
 def test_check_params_fills_defaults():
     # a model registered before the generate section: the values it always served with
-    assert check_params(None) == {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0,
-                                  "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
-                                  "seed": 0, "candidates": 5, "cache_size": -1,
-                                  "cache_theta": -1.0, "cache_lambda": -1.0}
+    assert check_params(None) == {
+        "mode": "generate",
+        "max_new_tokens": 32,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "seed": 0,
+        "candidates": 5,
+        "cache_size": -1,
+        "cache_theta": -1.0,
+        "cache_lambda": -1.0,
+    }
     assert check_params({"temperature": 0})["temperature"] == 0.0
 
 
@@ -172,9 +244,14 @@ def test_model_defaults_come_from_params_generate():
 
     gen = load_params().generate
     defaults = request_defaults(gen.model_dump())
-    assert check_params(None, defaults) == {"mode": "generate", **gen.model_dump(),
-                                            "candidates": 5, "cache_size": -1,
-                                            "cache_theta": -1.0, "cache_lambda": -1.0}
+    assert check_params(None, defaults) == {
+        "mode": "generate",
+        **gen.model_dump(),
+        "candidates": 5,
+        "cache_size": -1,
+        "cache_theta": -1.0,
+        "cache_lambda": -1.0,
+    }
     assert check_params({"top_k": 3}, defaults)["top_p"] == gen.top_p
 
 
@@ -185,7 +262,17 @@ def test_request_cap_uses_the_models_default_max_new_tokens():
     body = json.dumps({"dataframe_records": [{"text": "a"}, {"text": "b"}]}).encode()
     with pytest.raises(BadRequest, match="max_new_tokens 32"):  # legacy default: 2 x 32 > 40
         check_request(body, limits)
-    few = {"mode": "generate", "max_new_tokens": 8, "temperature": 1.0, "top_k": 0,
-           "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5,
-           "cache_size": -1, "cache_theta": -1.0, "cache_lambda": -1.0}
+    few = {
+        "mode": "generate",
+        "max_new_tokens": 8,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "seed": 0,
+        "candidates": 5,
+        "cache_size": -1,
+        "cache_theta": -1.0,
+        "cache_lambda": -1.0,
+    }
     check_request(body, limits, few)  # 2 x 8 <= 40

@@ -13,8 +13,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _documented(command: str) -> list[str]:
-    lines = [line for line in README.read_text().splitlines()
-             if line.startswith(f"mlflow models {command} ")]
+    lines = [
+        line
+        for line in README.read_text().splitlines()
+        if line.startswith(f"mlflow models {command} ")
+    ]
     assert lines, f"README.md documents no `mlflow models {command}` line"
     return [shlex.split(re.sub(r"\s+#.*$", "", line))[3:] for line in lines][0]
 

@@ -41,15 +41,27 @@ def tokenized(params, tmp_path_factory) -> dict:
     }
     (root / "clean").mkdir()
     for name, docs in texts.items():
-        pq.write_table(pa.table({"doc_id": [f"{name}{i}" for i in range(len(docs))],
-                                 "text": docs, "source": ["t"] * len(docs),
-                                 "split": [name] * len(docs)}),
-                       root / "clean" / f"{name}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "doc_id": [f"{name}{i}" for i in range(len(docs))],
+                    "text": docs,
+                    "source": ["t"] * len(docs),
+                    "split": [name] * len(docs),
+                }
+            ),
+            root / "clean" / f"{name}.parquet",
+        )
     cfg = params.tokenize.model_copy(update={"vocab_size": 1000, "min_frequency": 1})
-    summary = tokenize.run(cfg, root / "clean", root / "tokenizer.json", root / "tokens",
-                           root / "tokenize.json")
-    return {"root": root, "texts": texts, "summary": summary,
-            "tok": Tokenizer.from_file(str(root / "tokenizer.json"))}
+    summary = tokenize.run(
+        cfg, root / "clean", root / "tokenizer.json", root / "tokens", root / "tokenize.json"
+    )
+    return {
+        "root": root,
+        "texts": texts,
+        "summary": summary,
+        "tok": Tokenizer.from_file(str(root / "tokenizer.json")),
+    }
 
 
 def test_tokenize_round_trips_and_frames_ids(tokenized):
@@ -90,5 +102,10 @@ def test_tokenize_report_counts_tokens_per_split(tokenized):
 
 def test_tokenize_without_clean_output_fails(params, tmp_path):
     with pytest.raises(GruflowError, match="run the clean stage first"):
-        tokenize.run(params.tokenize, tmp_path, tmp_path / "tok.json", tmp_path / "tokens",
-                     tmp_path / "report.json")
+        tokenize.run(
+            params.tokenize,
+            tmp_path,
+            tmp_path / "tok.json",
+            tmp_path / "tokens",
+            tmp_path / "report.json",
+        )

@@ -39,9 +39,11 @@ PATTERN = np.random.default_rng(0).permutation(np.arange(4, 24)).astype(np.int32
 # (documents, pattern tokens per document) per split. The val split is short: 2 x 22 = 44
 # tokens -> 42 targets (the second <bos> is none), read as 4 streams of one window of 12.
 DOCS = {"train": (60, 90), "val": (2, 20), "test": (6, 90)}
-TEXT = ["the parser reads the header and returns a list of names",
-        "each thread opens a file, checks the next line and closes the socket",
-        "the module writes an integer to the cached value"] * 20
+TEXT = [
+    "the parser reads the header and returns a list of names",
+    "each thread opens a file, checks the next line and closes the socket",
+    "the module writes an integer to the cached value",
+] * 20
 
 
 def pattern_doc(i: int, length: int = 90) -> list[int]:
@@ -51,9 +53,13 @@ def pattern_doc(i: int, length: int = 90) -> list[int]:
 
 def write_tokens(path: Path, docs: list[list[int]]) -> None:
     table = pa.table(
-        [pa.array([f"doc{i}" for i in range(len(docs))], pa.string()),
-         pa.array(docs, pa.list_(pa.int32())),
-         pa.array([4 * (len(d) - 2) + 3 for d in docs], pa.int64())], schema=SCHEMA)
+        [
+            pa.array([f"doc{i}" for i in range(len(docs))], pa.string()),
+            pa.array(docs, pa.list_(pa.int32())),
+            pa.array([4 * (len(d) - 2) + 3 for d in docs], pa.int64()),
+        ],
+        schema=SCHEMA,
+    )
     pq.write_table(table, path)
 
 
@@ -64,45 +70,76 @@ def make_project(root: Path) -> tuple[Params, int]:
     tokens.mkdir(parents=True)
     offset = 0
     for split, (n, length) in DOCS.items():
-        write_tokens(tokens / f"{split}.parquet",
-                     [pattern_doc(offset + i, length) for i in range(n)])
+        write_tokens(
+            tokens / f"{split}.parquet", [pattern_doc(offset + i, length) for i in range(n)]
+        )
         offset += n
     clean = root / "data" / "clean"  # the cleaned text, as components/clean.py writes it
     clean.mkdir(parents=True)
     for split, (n, _) in DOCS.items():
-        pq.write_table(pa.table({
-            "doc_id": [f"{split}{i}" for i in range(n)],
-            "text": [TEXT[i % len(TEXT)] for i in range(n)],
-            "source": ["synthetic"] * n, "split": [split] * n}), clean / f"{split}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "doc_id": [f"{split}{i}" for i in range(n)],
+                    "text": [TEXT[i % len(TEXT)] for i in range(n)],
+                    "source": ["synthetic"] * n,
+                    "split": [split] * n,
+                }
+            ),
+            clean / f"{split}.parquet",
+        )
     artifacts = root / "artifacts"
     artifacts.mkdir()
-    tok = train_tokenizer(iter(TEXT), base.tokenize.model_copy(
-        update={"vocab_size": 300, "min_frequency": 1}))
+    tok = train_tokenizer(
+        iter(TEXT), base.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1})
+    )
     tok.save(str(artifacts / "tokenizer.json"))
     vocab = Tokenizer.from_file(str(artifacts / "tokenizer.json")).get_vocab_size()
     assert PATTERN.max() < vocab
     emb = np.random.default_rng(1).normal(scale=0.1, size=(vocab, EMB_DIM)).astype(np.float32)
     np.save(artifacts / "embeddings.npy", emb)
     # Every path into tmp; ones this test does not name go under root/other/<key>.
-    paths = base.paths.model_copy(update={
-        **{k: str(root / "other" / k) for k in base.paths.model_dump()},
-        "raw": str(root / "data" / "raw"), "clean": str(clean), "tokens": str(tokens),
-        "tokenizer": str(artifacts / "tokenizer.json"),
-        "embeddings": str(artifacts / "embeddings.npy"),
-        "model": str(artifacts / "model.keras"), "reports": str(root / "reports")})
-    p = base.model_copy(update={
-        "paths": paths,
-        "tune": base.tune.model_copy(update={"n_trials": 0}),  # train on these params as is
-        "embed": base.embed.model_copy(update={"dim": EMB_DIM}),
-        "model": base.model.model_copy(update={
-            "embedding_dim": EMB_DIM, "units": UNITS, "gru_layers": 1, "dropout": 0.0,
-            "embedding_init": "word2vec", "embedding_trainable": True}),
-        "train": base.train.model_copy(update={
-            "seq_len": SEQ_LEN, "context": "carried", "batch_size": 16, "epochs": 2,
-            "learning_rate": 0.02,
-            "patience": 1, "seed": 0}),
-        "evaluate": base.evaluate.model_copy(update={"batch_size": 16}),
-    })
+    paths = base.paths.model_copy(
+        update={
+            **{k: str(root / "other" / k) for k in base.paths.model_dump()},
+            "raw": str(root / "data" / "raw"),
+            "clean": str(clean),
+            "tokens": str(tokens),
+            "tokenizer": str(artifacts / "tokenizer.json"),
+            "embeddings": str(artifacts / "embeddings.npy"),
+            "model": str(artifacts / "model.keras"),
+            "reports": str(root / "reports"),
+        }
+    )
+    p = base.model_copy(
+        update={
+            "paths": paths,
+            "tune": base.tune.model_copy(update={"n_trials": 0}),  # train on these params as is
+            "embed": base.embed.model_copy(update={"dim": EMB_DIM}),
+            "model": base.model.model_copy(
+                update={
+                    "embedding_dim": EMB_DIM,
+                    "units": UNITS,
+                    "gru_layers": 1,
+                    "dropout": 0.0,
+                    "embedding_init": "word2vec",
+                    "embedding_trainable": True,
+                }
+            ),
+            "train": base.train.model_copy(
+                update={
+                    "seq_len": SEQ_LEN,
+                    "context": "carried",
+                    "batch_size": 16,
+                    "epochs": 2,
+                    "learning_rate": 0.02,
+                    "patience": 1,
+                    "seed": 0,
+                }
+            ),
+            "evaluate": base.evaluate.model_copy(update={"batch_size": 16}),
+        }
+    )
     # Nothing may point into the real project (evaluate also reads paths.clean, for samples).
     assert all(Path(v).is_relative_to(root) for v in p.paths.model_dump().values())
     return p, vocab
@@ -142,8 +179,15 @@ def test_train_run_writes_model_summary_and_history(trained):
     timed = {"seconds", "tokens_per_second", "achieved_flops_per_second"}
     assert saved == {k: v for k, v in summary.items() if k not in timed}
     assert timed <= set(summary) and summary["tokens_per_second"] > 0  # shown, not saved
-    for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_perplexity",
-                "train_tokens", "parameters", "embedding_init"):
+    for key in (
+        "epochs_run",
+        "best_epoch",
+        "best_val_loss",
+        "best_val_perplexity",
+        "train_tokens",
+        "parameters",
+        "embedding_init",
+    ):
         assert key in saved
     assert saved["epochs_run"] == 2
     assert saved["embedding_init"] == "word2vec"
@@ -161,15 +205,18 @@ def test_train_run_writes_model_summary_and_history(trained):
     assert saved["best_epoch"] == int(np.argmin(val_losses)) + 1
     assert saved["best_val_perplexity"] == pytest.approx(math.exp(saved["best_val_loss"]))
     for r in rows:
-        assert float(r["val_perplexity"]) == pytest.approx(math.exp(float(r["val_loss"])),
-                                                           rel=1e-5)
+        assert float(r["val_perplexity"]) == pytest.approx(math.exp(float(r["val_loss"])), rel=1e-5)
     assert (reports / "model_summary.txt").read_text().strip()
     model = keras.saving.load_model(p.paths.model, safe_mode=True)
     assert model.outputs[0].shape[-1] == vocab
     assert model.count_params() == saved["parameters"]
     # Atomic writes leave no temporary files behind.
-    leftovers = [f.name for d in (reports, Path(p.paths.model).parent) for f in d.iterdir()
-                 if f.name.startswith(".")]
+    leftovers = [
+        f.name
+        for d in (reports, Path(p.paths.model).parent)
+        for f in d.iterdir()
+        if f.name.startswith(".")
+    ]
     assert leftovers == []
 
 
@@ -199,8 +246,9 @@ def test_train_same_seed_twice_is_deterministic(trained, tmp_path, monkeypatch):
     # DVC gives both runs one hash; and the written reports carry no clock either
     assert Path(p.paths.model).read_bytes() == Path(p2.paths.model).read_bytes()
     for name in ("train.json", "train_history.csv"):
-        assert (Path(p.paths.reports) / name).read_bytes() == \
-            (Path(p2.paths.reports) / name).read_bytes(), name
+        assert (Path(p.paths.reports) / name).read_bytes() == (
+            Path(p2.paths.reports) / name
+        ).read_bytes(), name
 
 
 def test_regularised_stateful_training_same_seed_twice_is_deterministic(tmp_path, monkeypatch):
@@ -211,16 +259,26 @@ def test_regularised_stateful_training_same_seed_twice_is_deterministic(tmp_path
     for name in ("a", "b"):
         p, _ = make_project(tmp_path / name)
         p = with_train(p, context="carried", epochs=1)
-        p = p.model_copy(update={"model": p.model.model_copy(update={
-            "dropout": 0.2, "locked_dropout": True, "embedding_dropout": 0.1,
-            "weight_drop": 0.3})})
+        p = p.model_copy(
+            update={
+                "model": p.model.model_copy(
+                    update={
+                        "dropout": 0.2,
+                        "locked_dropout": True,
+                        "embedding_dropout": 0.1,
+                        "weight_drop": 0.3,
+                    }
+                )
+            }
+        )
         runs.append((p, train.run(p)))
     (pa_, a), (pb, b) = runs
     assert a["best_val_loss"] == b["best_val_loss"]
     assert Path(pa_.paths.model).read_bytes() == Path(pb.paths.model).read_bytes()
     for name in ("train.json", "train_history.csv"):
-        assert (Path(pa_.paths.reports) / name).read_bytes() == \
-            (Path(pb.paths.reports) / name).read_bytes(), name
+        assert (Path(pa_.paths.reports) / name).read_bytes() == (
+            Path(pb.paths.reports) / name
+        ).read_bytes(), name
     model = keras.saving.load_model(pa_.paths.model, safe_mode=True)
     assert model.get_layer("gru_0").weight_drop == 0.3  # the regularisers were really on
 
@@ -229,8 +287,11 @@ def test_train_seq_len_longer_than_train_split_raises(trained, tmp_path):
     p, _, _ = trained
     n = read_stream(Path(p.paths.tokens) / "train.parquet").size
     for seq_len in (n, n + 50):
-        bad = with_paths(with_train(p, seq_len=seq_len), model=str(tmp_path / "m.keras"),
-                         reports=str(tmp_path / "reports"))
+        bad = with_paths(
+            with_train(p, seq_len=seq_len),
+            model=str(tmp_path / "m.keras"),
+            reports=str(tmp_path / "reports"),
+        )
         with pytest.raises(GruflowError, match="seq_len"):
             train.run(bad)
     assert not (tmp_path / "m.keras").exists()
@@ -240,10 +301,17 @@ def test_train_wrong_shaped_embeddings_raise_naming_the_file(trained, tmp_path):
     p, vocab, _ = trained
     bad_file = tmp_path / "bad_embeddings.npy"
     np.save(bad_file, np.zeros((vocab, EMB_DIM + 1), np.float32))
-    bad = with_paths(p, embeddings=str(bad_file), model=str(tmp_path / "m.keras"),
-                     reports=str(tmp_path / "reports"))
-    with pytest.raises(GruflowError, match=rf"does not match vocabulary {vocab} x "
-                       rf"model.embedding_dim {EMB_DIM} — rerun the embed stage") as err:
+    bad = with_paths(
+        p,
+        embeddings=str(bad_file),
+        model=str(tmp_path / "m.keras"),
+        reports=str(tmp_path / "reports"),
+    )
+    with pytest.raises(
+        GruflowError,
+        match=rf"does not match vocabulary {vocab} x "
+        rf"model.embedding_dim {EMB_DIM} — rerun the embed stage",
+    ) as err:
         train.run(bad)
     assert str(bad_file) in str(err.value)
     assert not (tmp_path / "m.keras").exists()

@@ -20,21 +20,33 @@ from tests.test_lm_checkpoint import ROOT
 def gpu_reported(monkeypatch):
     """Pretend TensorFlow saw two GPUs: fit() then takes the multi-GPU, mixed-precision path
     (MirroredStrategy falls back to the CPU device here)."""
-    monkeypatch.setattr(train, "devices", lambda: {"device": "2 GPU",
-                                                   "strategy": "MirroredStrategy"})
+    monkeypatch.setattr(
+        train, "devices", lambda: {"device": "2 GPU", "strategy": "MirroredStrategy"}
+    )
     yield
     keras.mixed_precision.set_global_policy("float32")  # do not leak into other tests
 
 
 def test_fit_under_mirrored_strategy_and_mixed_precision(gpu_reported, tmp_path):
     p = load_params(ROOT / "params.yaml")
-    p = p.model_copy(update={
-        "paths": p.paths.model_copy(update={"checkpoints": str(tmp_path / "ckpt"),
-                                            "reports": str(tmp_path)}),
-        "model": p.model.model_copy(update={"units": 16, "embedding_dim": 8,
-                                            "embedding_init": "random", "attention_heads": 2}),
-        "train": p.train.model_copy(update={"seq_len": 8, "batch_size": 8, "epochs": 2,
-                                            "mixed_precision": True})})
+    p = p.model_copy(
+        update={
+            "paths": p.paths.model_copy(
+                update={"checkpoints": str(tmp_path / "ckpt"), "reports": str(tmp_path)}
+            ),
+            "model": p.model.model_copy(
+                update={
+                    "units": 16,
+                    "embedding_dim": 8,
+                    "embedding_init": "random",
+                    "attention_heads": 2,
+                }
+            ),
+            "train": p.train.model_copy(
+                update={"seq_len": 8, "batch_size": 8, "epochs": 2, "mixed_precision": True}
+            ),
+        }
+    )
     rng = np.random.default_rng(0)
     stream = np.tile(rng.integers(4, 30, 12), 40).astype(np.int32)
     model, history, n_train, hw = train.fit(p, 32, stream, stream[:120], None, "hw-test")
@@ -85,7 +97,13 @@ def test_two_replicas_each_carry_their_own_streams():
     reads half of every batch and keeps its own streams' GRU states: after an epoch (at
     learning rate 0) they equal the states of the whole layout read on one device."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_REPLICAS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "replicas 2 streams 4" in done.stdout

@@ -27,8 +27,14 @@ def masked_project(root: Path):
     p, vocab = make_project(root)
     offset = 0
     for split, (n, length) in DOCS.items():  # the same documents, no token is <mask>
-        docs = [[BOS, *(int(PATTERN[((offset + i) * 7 + j) % PATTERN.size])
-                        for j in range(length)), EOS] for i in range(n)]
+        docs = [
+            [
+                BOS,
+                *(int(PATTERN[((offset + i) * 7 + j) % PATTERN.size]) for j in range(length)),
+                EOS,
+            ]
+            for i in range(n)
+        ]
         write_tokens(Path(p.paths.tokens) / f"{split}.parquet", docs)
         offset += n
     return with_train(p, objective="masked", epochs=3, mask_fraction=0.2), vocab
@@ -79,6 +85,5 @@ def test_masked_training_is_deterministic_to_the_byte(masked, tmp_path):
 
 def test_evaluate_refuses_a_model_of_the_other_objective(masked):
     p, _, _ = masked
-    with pytest.raises(GruflowError, match="trained with objective masked.*train.objective "
-                                           "causal"):
+    with pytest.raises(GruflowError, match="trained with objective masked.*train.objective causal"):
         evaluate.run(with_train(p, objective="causal"))

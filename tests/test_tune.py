@@ -29,18 +29,32 @@ from flows import tracking
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
 PATTERN = np.random.default_rng(0).permutation(np.arange(4, 24)).astype(np.int32)
-TEXT = ["the parser reads the header and returns a list of names",
-        "each thread opens a file, checks the next line and closes the socket"] * 10
-SPACE = {"train.learning_rate": {"type": "logfloat", "low": 0.005, "high": 0.05},
-         "model.units": {"type": "categorical", "choices": [8, 16]}}
+TEXT = [
+    "the parser reads the header and returns a list of names",
+    "each thread opens a file, checks the next line and closes the socket",
+] * 10
+SPACE = {
+    "train.learning_rate": {"type": "logfloat", "low": 0.005, "high": 0.05},
+    "model.units": {"type": "categorical", "choices": [8, 16]},
+}
 
 
 def write_tokens(path: Path, n_docs: int, length: int, offset: int) -> None:
-    docs = [[BOS, *(int(PATTERN[(i * 7 + j) % PATTERN.size]) for j in range(length)), EOS]
-            for i in range(offset, offset + n_docs)]
-    pq.write_table(pa.table([pa.array([f"d{i}" for i in range(n_docs)], pa.string()),
-                             pa.array(docs, pa.list_(pa.int32())),
-                             pa.array([4 * length] * n_docs, pa.int64())], schema=SCHEMA), path)
+    docs = [
+        [BOS, *(int(PATTERN[(i * 7 + j) % PATTERN.size]) for j in range(length)), EOS]
+        for i in range(offset, offset + n_docs)
+    ]
+    pq.write_table(
+        pa.table(
+            [
+                pa.array([f"d{i}" for i in range(n_docs)], pa.string()),
+                pa.array(docs, pa.list_(pa.int32())),
+                pa.array([4 * length] * n_docs, pa.int64()),
+            ],
+            schema=SCHEMA,
+        ),
+        path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +64,7 @@ def project(tmp_path_factory) -> Path:
     write_tokens(root / "data" / "tokens" / "train.parquet", 30, 60, 0)
     write_tokens(root / "data" / "tokens" / "val.parquet", 3, 30, 30)
     (root / "artifacts").mkdir()
-    cfg = parse_params(DEFAULTS).tokenize.model_copy(update={"vocab_size": 300,
-                                                             "min_frequency": 1})
+    cfg = parse_params(DEFAULTS).tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1})
     train_tokenizer(iter(TEXT), cfg).save(str(root / "artifacts" / "tokenizer.json"))
     vocab = Tokenizer.from_file(str(root / "artifacts" / "tokenizer.json")).get_vocab_size()
     emb = np.random.default_rng(1).normal(scale=0.1, size=(vocab, 8)).astype(np.float32)
@@ -66,9 +79,16 @@ def make_params(root: Path, space: dict | None = None, **tune_values) -> Params:
     raw["embed"]["dim"] = 8
     raw["model"].update(embedding_dim=8, units=16, dropout=0.0)
     raw["train"].update(seq_len=12, batch_size=16, epochs=2, learning_rate=0.02)
-    raw["tune"].update(n_trials=3, timeout=0, n_workers=1, data_fraction=1.0, max_epochs=2,
-                       pruner_startup_trials=1, sampler_startup_trials=1,
-                       space=copy.deepcopy(SPACE if space is None else space))
+    raw["tune"].update(
+        n_trials=3,
+        timeout=0,
+        n_workers=1,
+        data_fraction=1.0,
+        max_epochs=2,
+        pruner_startup_trials=1,
+        sampler_startup_trials=1,
+        space=copy.deepcopy(SPACE if space is None else space),
+    )
     raw["tune"].update(tune_values)
     return parse_params(raw)
 
@@ -102,24 +122,42 @@ def fake_fit(losses: list[float | None]):
 # --- validation: one line before any trial --------------------------------------------------
 
 
-@pytest.mark.parametrize(("entry", "expected"), [
-    ({"model.units": {"type": "int", "low": 64, "high": 64}},
-     "'tune.space.model.units': empty or inverted range"),
-    ({"model.units": {"type": "int", "low": 128, "high": 64}},
-     "'tune.space.model.units': empty or inverted range"),
-    ({"model.unitz": {"type": "int", "low": 8, "high": 64}},
-     "'tune.space.model.unitz': unknown parameter"),
-    ({"paths.model": {"type": "categorical", "choices": ["a.keras"]}},
-     "'tune.space.paths.model': unknown parameter"),
-    ({"model.dropout": {"type": "normal", "low": 0.0, "high": 0.3}}, "tune.space.model.dropout"),
-    ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}},
-     "'tune.space.model.dropout': 1.5 is not a valid model.dropout"),
-    ({"model.units": {"type": "float", "low": 8, "high": 64}}, "is not a valid model.units"),
-    ({"train.learning_rate": {"type": "logfloat", "low": 0.0, "high": 0.1}}, "logfloat needs"),
-    ({"model.units": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
-    ({"train.learning_rate": {"type": "logfloat", "low": 0.1, "high": 0.5}},
-     "'tune.space.train.learning_rate': the train.learning_rate value 0.02 lies outside"),
-])
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            {"model.units": {"type": "int", "low": 64, "high": 64}},
+            "'tune.space.model.units': empty or inverted range",
+        ),
+        (
+            {"model.units": {"type": "int", "low": 128, "high": 64}},
+            "'tune.space.model.units': empty or inverted range",
+        ),
+        (
+            {"model.unitz": {"type": "int", "low": 8, "high": 64}},
+            "'tune.space.model.unitz': unknown parameter",
+        ),
+        (
+            {"paths.model": {"type": "categorical", "choices": ["a.keras"]}},
+            "'tune.space.paths.model': unknown parameter",
+        ),
+        (
+            {"model.dropout": {"type": "normal", "low": 0.0, "high": 0.3}},
+            "tune.space.model.dropout",
+        ),
+        (
+            {"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}},
+            "'tune.space.model.dropout': 1.5 is not a valid model.dropout",
+        ),
+        ({"model.units": {"type": "float", "low": 8, "high": 64}}, "is not a valid model.units"),
+        ({"train.learning_rate": {"type": "logfloat", "low": 0.0, "high": 0.1}}, "logfloat needs"),
+        ({"model.units": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
+        (
+            {"train.learning_rate": {"type": "logfloat", "low": 0.1, "high": 0.5}},
+            "'tune.space.train.learning_rate': the train.learning_rate value 0.02 lies outside",
+        ),
+    ],
+)
 def test_bad_space_fails_at_load(tmp_path, entry, expected):
     with pytest.raises(GruflowError) as err:
         make_params(tmp_path, space=entry)
@@ -131,8 +169,13 @@ def test_bad_space_fails_at_load(tmp_path, entry, expected):
 def test_unreachable_storage_fails_before_any_trial(tmp_path, project, monkeypatch, url):
     monkeypatch.setattr(tune, "load_data", None)  # storage is opened before the data is read
     p = make_params(project, storage=url, study_name="unreachable")
-    p = p.model_copy(update={"paths": p.paths.model_copy(update={
-        "best_params": str(tmp_path / "best.json"), "reports": str(tmp_path)})})
+    p = p.model_copy(
+        update={
+            "paths": p.paths.model_copy(
+                update={"best_params": str(tmp_path / "best.json"), "reports": str(tmp_path)}
+            )
+        }
+    )
     with pytest.raises(GruflowError, match="^tune.storage: cannot open the study database") as err:
         tune.run(p)
     assert "\n" not in str(err.value)
@@ -196,8 +239,14 @@ def test_killed_trial_is_failed_and_queued_again(tmp_path, project, monkeypatch)
 
 @pytest.mark.slow
 def test_parallel_workers_share_one_study_and_budget(project):
-    p = make_params(project, n_trials=6, n_workers=2, study_name="parallel", max_epochs=1,
-                    accept_nonreproducible=True)
+    p = make_params(
+        project,
+        n_trials=6,
+        n_workers=2,
+        study_name="parallel",
+        max_epochs=1,
+        accept_nonreproducible=True,
+    )
     summary = tune.run(p)
     assert summary["reproducible"] is False
     assert summary["nonreproducible_reasons"] == ["trials ran in parallel"]
@@ -229,8 +278,7 @@ def test_trials_honour_label_smoothing_and_run_with_op_determinism(project):
 
     def smoothing(eps: float) -> Params:
         p = tune.trial_params(base, {})
-        return p.model_copy(update={"train": p.train.model_copy(
-            update={"label_smoothing": eps})})
+        return p.model_copy(update={"train": p.train.model_copy(update={"label_smoothing": eps})})
 
     plain = tune.fit_trial(smoothing(0.0), data, [])
     assert tf_config.is_op_determinism_enabled()
@@ -281,8 +329,9 @@ def test_each_trial_is_a_nested_mlflow_run(tmp_path, project, monkeypatch):
     p = make_params(project, n_trials=3, study_name="tracked")
     tune.run(p)
     tracking.log_tune(parent, Path(p.paths.reports))  # what the flow does after the stage
-    children = client.search_runs([client.get_run(parent).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent}'")
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
     states = {r.data.tags["mlflow.runName"]: r.data.tags["optuna.state"] for r in children}
     assert states == {"trial-0": "COMPLETE", "trial-1": "PRUNED", "trial-2": "COMPLETE"}
     assert all(set(r.data.params) == set(SPACE) for r in children)
@@ -306,8 +355,7 @@ def slow_fit(seconds: float):
     return fit
 
 
-def test_timeout_that_cuts_the_study_short_fails_and_keeps_previous_outputs(project,
-                                                                            monkeypatch):
+def test_timeout_that_cuts_the_study_short_fails_and_keeps_previous_outputs(project, monkeypatch):
     monkeypatch.setattr(tune, "fit_trial", slow_fit(1.2))
     p = make_params(project, n_trials=3, timeout=1, study_name="cut")
     best = Path(p.paths.best_params)
@@ -319,8 +367,9 @@ def test_timeout_that_cuts_the_study_short_fails_and_keeps_previous_outputs(proj
     assert "after 1 of 3 trials" in msg and "raise tune.timeout" in msg, msg
     assert "lower tune.n_trials" in msg and "\n" not in msg
     assert best.read_text() == '{"model.units": 8}'  # the previous output is untouched
-    accepted = make_params(project, n_trials=3, timeout=1, study_name="cut",
-                           accept_nonreproducible=True)
+    accepted = make_params(
+        project, n_trials=3, timeout=1, study_name="cut", accept_nonreproducible=True
+    )
     summary = tune.run(accepted)  # the rerun continues the study: trial 2 runs, then stops
     assert summary["reproducible"] is False
     assert summary["nonreproducible_reasons"] == ["cut short by tune.timeout: 2 of 3 trials"]
@@ -369,11 +418,13 @@ def test_masked_objective_tunes_in_its_own_study_deterministically(tmp_path, pro
 
     root = tmp_path / "p"
     shutil.copytree(project / "data", root / "data")
-    shutil.copytree(project / "artifacts", root / "artifacts", ignore=shutil.ignore_patterns(
-        "tune", "best_params.json"))
+    shutil.copytree(
+        project / "artifacts",
+        root / "artifacts",
+        ignore=shutil.ignore_patterns("tune", "best_params.json"),
+    )
     causal = make_params(root, n_trials=2, max_epochs=1)
-    p = causal.model_copy(update={"train": causal.train.model_copy(
-        update={"objective": "masked"})})
+    p = causal.model_copy(update={"train": causal.train.model_copy(update={"objective": "masked"})})
     data = tune.load_data(p)
     assert tune_study.study_name(p, data.digest) != tune_study.study_name(causal, data.digest)
     summary = tune.run(p)

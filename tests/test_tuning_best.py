@@ -36,6 +36,11 @@ def test_effective_params_is_params_yaml_with_the_tuned_values(tmp_path):
     Path(p.paths.best_params).write_text('{"train.seq_len": 6, "model.units": 16}')
     merged, tuned = effective_params(p)
     assert merged.train.seq_len == 6 and tuned == {"train.seq_len": 6}  # units: unchanged
-    relative = p.model_copy(update={"paths": p.paths.model_copy(
-        update={"best_params": Path(p.paths.best_params).relative_to(tmp_path).as_posix()})})
+    relative = p.model_copy(
+        update={
+            "paths": p.paths.model_copy(
+                update={"best_params": Path(p.paths.best_params).relative_to(tmp_path).as_posix()}
+            )
+        }
+    )
     assert effective_params(relative, tmp_path)[0].train.seq_len == 6  # under a project root

@@ -41,12 +41,16 @@ main()
 
 
 def _run(env_extra: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", verbosity.VERBOSE_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", verbosity.VERBOSE_ENV)
+    }
     env |= env_extra | {"PYTHONPATH": str(ROOT)}
     verbosity.quiet_environment(env)  # what flows.entry does before a stage starts
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "done" in out.stdout
     return out.stdout + out.stderr
@@ -67,8 +71,11 @@ def test_stage_process_is_verbose_on_request():
 def test_quiet_environment_keeps_user_values_and_always_disables_telemetry():
     env = {"TF_CPP_MIN_LOG_LEVEL": "1"}
     verbosity.quiet_environment(env)
-    assert env == {"TF_CPP_MIN_LOG_LEVEL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    assert env == {
+        "TF_CPP_MIN_LOG_LEVEL": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
     env = {verbosity.VERBOSE_ENV: "1"}
     verbosity.quiet_environment(env)
     assert "TF_CPP_MIN_LOG_LEVEL" not in env and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
@@ -77,10 +84,12 @@ def test_quiet_environment_keeps_user_values_and_always_disables_telemetry():
 
 def test_noise_patterns_match_the_lines_seen_in_a_first_run():
     # lines as a first `make run` printed them before (issue 20); each must be recognised
-    seen = ["E0000 00:00:1 cuda_driver.cc:152] failed call to cuInit: INTERNAL",
-            "UserWarning: `shuffle=True` was passed, but will be ignored since the data",
-            "\x1b[33mAdd type hints to the `predict` method to enable data validation",
-            "WARNING mlflow.utils.environment: uv export failed or returned no requirements.",
-            "ERROR | prefect.server.services.telemetry - Failed to send telemetry: ConnectError"]
+    seen = [
+        "E0000 00:00:1 cuda_driver.cc:152] failed call to cuInit: INTERNAL",
+        "UserWarning: `shuffle=True` was passed, but will be ignored since the data",
+        "\x1b[33mAdd type hints to the `predict` method to enable data validation",
+        "WARNING mlflow.utils.environment: uv export failed or returned no requirements.",
+        "ERROR | prefect.server.services.telemetry - Failed to send telemetry: ConnectError",
+    ]
     assert all(verbosity.noise_in(line) for line in seen)
     assert verbosity.noise_in("gruflow: stages executed: ingest, clean") == []

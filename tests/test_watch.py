@@ -102,7 +102,9 @@ def test_deploy_env_carries_the_trigger_resource_and_debounce(params):
     assert trigger["expect"] == [watch.EVENT] and trigger["posture"] == "Reactive"
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    filled = {**trigger, "within": env["GRUFLOW_DEBOUNCE"],
-              "match": {"prefect.resource.id": env["GRUFLOW_PROJECT_RESOURCE"]}}
-    assert DeploymentEventTrigger(**filled).within.total_seconds() == \
-        params.orchestration.debounce
+    filled = {
+        **trigger,
+        "within": env["GRUFLOW_DEBOUNCE"],
+        "match": {"prefect.resource.id": env["GRUFLOW_PROJECT_RESOURCE"]},
+    }
+    assert DeploymentEventTrigger(**filled).within.total_seconds() == params.orchestration.debounce

@@ -25,27 +25,31 @@ DEBOUNCE = 300  # longer than the test's second wave and its wait for a second r
 
 
 def _api(env: dict, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"},
-                                 method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
 def _runs(env: dict, deployment_id: str) -> list[dict]:
     """The deployment's flow runs due now (the cron schedule's run on 1 January is not)."""
-    runs = _api(env, "/flow_runs/filter",
-                {"deployments": {"id": {"any_": [deployment_id]}}, "limit": 50})
+    runs = _api(
+        env, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}, "limit": 50}
+    )
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    return [r for r in runs
-            if dt.datetime.fromisoformat(r["expected_start_time"]) < soon]
+    return [r for r in runs if dt.datetime.fromisoformat(r["expected_start_time"]) < soon]
 
 
 def _drop(folder: Path, names: list[str]) -> None:
     for name in names:
-        lines = [json.dumps({"text": f"New document {name} {i}: the parser reads the header."})
-                 for i in range(5)]
+        lines = [
+            json.dumps({"text": f"New document {name} {i}: the parser reads the header."})
+            for i in range(5)
+        ]
         (folder / name).write_text("\n".join(lines) + "\n")
         time.sleep(0.2)
 
@@ -53,16 +57,24 @@ def _drop(folder: Path, names: list[str]) -> None:
 def _project(base: Path) -> tuple[Path, Path]:
     incoming = base / "incoming"
     incoming.mkdir()
-    project = tiny_project(base, copy_project, branch="main", dvc_remote=str(base / "dvc-remote"),
-                           pool="watch", schedule="0 0 1 1 *", watch_interval=1,
-                           debounce=DEBOUNCE)
+    project = tiny_project(
+        base,
+        copy_project,
+        branch="main",
+        dvc_remote=str(base / "dvc-remote"),
+        pool="watch",
+        schedule="0 0 1 1 *",
+        watch_interval=1,
+        debounce=DEBOUNCE,
+    )
     (base / "corpus.jsonl").rename(incoming / "corpus.jsonl")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["source"] = str(incoming)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git(project, "commit", "-qam", "watch the incoming folder")
-    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(base / "code.git")],
-                   check=True)
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(project), str(base / "code.git")], check=True
+    )
     git(project, "remote", "add", "origin", str(base / "code.git"))
     return project, incoming
 
@@ -71,8 +83,9 @@ def _wait_for_final_run(env: dict, dep_id: str, seconds: float) -> list[dict]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         runs = _runs(env, dep_id)
-        if runs and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-                        for r in runs):
+        if runs and all(
+            r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs
+        ):
             return runs
         time.sleep(3)
     raise TimeoutError(f"no finished gruflow-retrain run: {_runs(env, dep_id)}")
@@ -81,22 +94,38 @@ def _wait_for_final_run(env: dict, dep_id: str, seconds: float) -> list[dict]:
 def test_burst_of_files_starts_exactly_one_retrain(server):  # noqa: F811
     base, env = server
     project, incoming = _project(base)
-    deploy = subprocess.run([str(BIN / "gruflow"), "deploy", "--project", str(project)],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [str(BIN / "gruflow"), "deploy", "--project", str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     assert "trigger gruflow.data.changed debounce PT300S" in deploy.stdout
     dep = _api(env, "/deployments/name/gruflow-retrain/gruflow-retrain")
     logs = {n: (base / f"{n}.log").open("w") for n in ("worker", "watch")}
-    worker = subprocess.Popen([str(BIN / "gruflow"), "worker", "--pool", "watch"], cwd=base,
-                              env=env, stdout=logs["worker"], stderr=subprocess.STDOUT)
-    watcher = subprocess.Popen([str(BIN / "gruflow"), "watch", "--project", str(project)],
-                               cwd=project, env=env, stdout=logs["watch"],
-                               stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [str(BIN / "gruflow"), "worker", "--pool", "watch"],
+        cwd=base,
+        env=env,
+        stdout=logs["worker"],
+        stderr=subprocess.STDOUT,
+    )
+    watcher = subprocess.Popen(
+        [str(BIN / "gruflow"), "watch", "--project", str(project)],
+        cwd=project,
+        env=env,
+        stdout=logs["watch"],
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while "watching" not in (base / "watch.log").read_text():
-            assert watcher.poll() is None and time.monotonic() < deadline, \
-                (base / "watch.log").read_text()
+            assert watcher.poll() is None and time.monotonic() < deadline, (
+                base / "watch.log"
+            ).read_text()
             time.sleep(0.5)
         assert _runs(env, dep["id"]) == []  # the watcher's first snapshot sends nothing
         _drop(incoming, ["a.jsonl", "b.jsonl", "c.jsonl"])  # first wave: one event

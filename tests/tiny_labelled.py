@@ -36,16 +36,24 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def project(root: Path, name: str = "tiny-lm", records: list[dict] | None = None,
-            **finetune) -> dict:
+def project(
+    root: Path, name: str = "tiny-lm", records: list[dict] | None = None, **finetune
+) -> dict:
     """tiny_lm's project with a labelled JSONL source and a small finetune section."""
     proj = tiny_lm.build_project(root, name)
     source = write_jsonl(root / "labelled.jsonl", records or rows(30))
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["paths"] |= {"classifier": str(root / "classifier"), "reports": str(root / "reports")}
-    raw["finetune"] |= {"source": str(source), "epochs": 3, "freeze_epochs": 1,
-                        "batch_size": 16, "max_len": 16, "learning_rate": 0.01,
-                        "model_name": f"{name}-classifier", **finetune}
+    raw["finetune"] |= {
+        "source": str(source),
+        "epochs": 3,
+        "freeze_epochs": 1,
+        "batch_size": 16,
+        "max_len": 16,
+        "learning_rate": 0.01,
+        "model_name": f"{name}-classifier",
+        **finetune,
+    }
     raw["clean"]["mask_pii"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     proj["params"] = load_params(root / "params.yaml")

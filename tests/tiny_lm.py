@@ -56,8 +56,10 @@ def build_project(root: Path, name: str) -> dict:
     """params.yaml, tokenizer.json, model_a/b.keras and clean/test.parquet under `root`."""
     (root / "components").symlink_to(ROOT / "components")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["paths"] |= {"model": str(root / "model_a.keras"),
-                     "tokenizer": str(root / "tokenizer.json")}
+    raw["paths"] |= {
+        "model": str(root / "model_a.keras"),
+        "tokenizer": str(root / "tokenizer.json"),
+    }
     raw["train"]["seq_len"] = UNTUNED_SEQ_LEN
     raw["registry"]["model_name"] = name
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -65,11 +67,14 @@ def build_project(root: Path, name: str) -> dict:
     (root / raw["paths"]["best_params"]).write_text(json.dumps({"train.seq_len": SEQ_LEN}))
     params = load_params(root / "params.yaml")
 
-    tok = train_tokenizer(iter(SENTENCES * 4), params.tokenize.model_copy(
-        update={"vocab_size": 300, "min_frequency": 1}))  # 256 bytes + 4 specials + merges
+    tok = train_tokenizer(
+        iter(SENTENCES * 4),
+        params.tokenize.model_copy(update={"vocab_size": 300, "min_frequency": 1}),
+    )  # 256 bytes + 4 specials + merges
     tok.save(str(root / "tokenizer.json"))
-    cfg = params.model.model_copy(update={"units": 8, "embedding_dim": 8,
-                                          "embedding_init": "random"})
+    cfg = params.model.model_copy(
+        update={"units": 8, "embedding_dim": 8, "embedding_init": "random"}
+    )
     save_model(root / "model_a.keras", cfg, tok.get_vocab_size(), seed=0)
     save_model(root / "model_b.keras", cfg, tok.get_vocab_size(), seed=1)
     (root / "clean").mkdir()
@@ -79,11 +84,14 @@ def build_project(root: Path, name: str) -> dict:
 
 def register(project: dict, params, metrics: dict, flow_run_id: str) -> tuple[str, str]:
     root = project["root"]
-    tags = {**tracking.lineage_tags(root, params, flow_run_id),
-            "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest()}
+    tags = {
+        **tracking.lineage_tags(root, params, flow_run_id),
+        "model_md5": hashlib.md5(Path(params.paths.model).read_bytes()).hexdigest(),
+    }
     with mlflow.start_run() as run:
-        version = tracking.log_and_register_model(root, params, run.info.run_id, tags=tags,
-                                                  metrics=metrics)
+        version = tracking.log_and_register_model(
+            root, params, run.info.run_id, tags=tags, metrics=metrics
+        )
     return version, run.info.run_id
 
 
@@ -95,8 +103,7 @@ def free_port() -> int:
 
 def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, dict | str]:
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, body = resp.status, resp.read().decode()
@@ -117,9 +124,14 @@ def env() -> dict[str, str]:
 def spawn(root: Path, log_name: str, *argv: str) -> subprocess.Popen:
     """Start a venv command in its own process group, output to a log file in `root`."""
     with (root / log_name).open("wb") as out:
-        return subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=root,
-                                env=env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [str(VENV_BIN / argv[0]), *argv[1:]],
+            cwd=root,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -28,9 +28,18 @@ from components.params import Clean, Data, Finetune
 
 # Built-in task: package (first folder under the stdlib) -> label. Packages present in every
 # Python >= 3.11, a handful of balanced-enough areas.
-BUILTIN_AREAS = {"asyncio": "concurrency", "concurrent": "concurrency", "email": "email",
-                 "xml": "xml", "http": "web", "urllib": "web", "wsgiref": "web",
-                 "unittest": "testing", "importlib": "imports", "tkinter": "gui"}
+BUILTIN_AREAS = {
+    "asyncio": "concurrency",
+    "concurrent": "concurrency",
+    "email": "email",
+    "xml": "xml",
+    "http": "web",
+    "urllib": "web",
+    "wsgiref": "web",
+    "unittest": "testing",
+    "importlib": "imports",
+    "tkinter": "gui",
+}
 # At most this many docstrings of one module: one big file (tkinter/__init__.py) would
 # otherwise dominate its class and, being one group, its split.
 BUILTIN_PER_MODULE = 40
@@ -40,7 +49,7 @@ BUILTIN_PER_MODULE = 40
 class Labelled:
     text: str
     label: str
-    group: str                # documents of one group share a split (module / document)
+    group: str  # documents of one group share a split (module / document)
     split: str | None = None  # as the source gives it
 
 
@@ -60,20 +69,24 @@ def builtin_task() -> Iterator[Labelled]:
 
 def user_task(cfg: Finetune, dropped: Counter[str]) -> Iterator[Labelled]:
     """Rows of a .jsonl/.csv/.parquet file or folder: text column + label column."""
-    data = Data(source=cfg.source, text_column=cfg.text_column, unit="file",
-                include=["**/*"], max_docs=0)
+    data = Data(
+        source=cfg.source, text_column=cfg.text_column, unit="file", include=["**/*"], max_docs=0
+    )
     for doc in documents(data, dropped=dropped):
         meta = json.loads(doc.meta) if doc.meta else {}
         if cfg.label_column not in meta:
-            raise GruflowError(f"{doc.source}: no column '{cfg.label_column}' (has "
-                               f"{sorted(meta) or 'only ' + repr(cfg.text_column)}) — set "
-                               "finetune.label_column in params.yaml")
+            raise GruflowError(
+                f"{doc.source}: no column '{cfg.label_column}' (has "
+                f"{sorted(meta) or 'only ' + repr(cfg.text_column)}) — set "
+                "finetune.label_column in params.yaml"
+            )
         label = meta[cfg.label_column]
         if label is None or str(label).strip() == "":
             dropped["null_label"] += 1
             continue
-        yield Labelled(doc.text, str(label).strip(), sha256(doc.text.encode()).hexdigest(),
-                       doc.split)
+        yield Labelled(
+            doc.text, str(label).strip(), sha256(doc.text.encode()).hexdigest(), doc.split
+        )
 
 
 def labelled_documents(cfg: Finetune, dropped: Counter[str]) -> list[Labelled]:
@@ -100,8 +113,11 @@ def stratified_split(docs: list[Labelled], cfg: Finetune) -> list[str]:
     by_label: dict[str, dict[str, list[int]]] = {}
     for i, doc in enumerate(docs):
         by_label.setdefault(doc.label, {}).setdefault(doc.group, []).append(i)
-    shares = {"test": cfg.test_fraction, "val": cfg.val_fraction,
-              "train": 1.0 - cfg.test_fraction - cfg.val_fraction}
+    shares = {
+        "test": cfg.test_fraction,
+        "val": cfg.val_fraction,
+        "train": 1.0 - cfg.test_fraction - cfg.val_fraction,
+    }
     for groups in by_label.values():
         n = sum(len(idx) for idx in groups.values())
         taken = dict.fromkeys(shares, 0)
@@ -119,8 +135,10 @@ def assign_splits(docs: list[Labelled], cfg: Finetune) -> list[str]:
     if not any(d.split for d in docs):
         return stratified_split(docs, cfg)
     if not all(d.split for d in docs):
-        raise GruflowError(f"{cfg.source}: only some rows carry a split — give every row one "
-                           "(split column or train/val/test file names) or none")
+        raise GruflowError(
+            f"{cfg.source}: only some rows carry a split — give every row one "
+            "(split column or train/val/test file names) or none"
+        )
     splits = [d.split or "" for d in docs]
     if "val" not in splits:
         train = [i for i, s in enumerate(splits) if s == "train"]
@@ -136,21 +154,28 @@ def check_labels(labels: dict[str, list[str]], cfg: Finetune) -> list[str]:
     classes = sorted(set(labels["train"]))
     for split in SPLITS:
         if not labels[split]:
-            raise GruflowError(f"{where}: the {split} split is empty — add labelled rows or "
-                               "lower finetune.val_fraction/test_fraction")
+            raise GruflowError(
+                f"{where}: the {split} split is empty — add labelled rows or "
+                "lower finetune.val_fraction/test_fraction"
+            )
     if len(classes) < 2:
-        raise GruflowError(f"{where}: column '{cfg.label_column}' has a single class "
-                           f"{classes} in train — a classifier needs at least two labels")
+        raise GruflowError(
+            f"{where}: column '{cfg.label_column}' has a single class "
+            f"{classes} in train — a classifier needs at least two labels"
+        )
     for split in ("val", "test"):
         unseen = sorted(set(labels[split]) - set(classes))
         if unseen:
-            raise GruflowError(f"{where}: label {unseen[0]!r} in {split} never occurs in train "
-                               "— add train rows with it or drop those rows")
+            raise GruflowError(
+                f"{where}: label {unseen[0]!r} in {split} never occurs in train "
+                "— add train rows with it or drop those rows"
+            )
     return classes
 
 
-def prepare(docs: list[Labelled], clean: Clean, cfg: Finetune,
-            dropped: Counter[str]) -> tuple[dict[str, dict[str, list[str]]], dict[str, int]]:
+def prepare(
+    docs: list[Labelled], clean: Clean, cfg: Finetune, dropped: Counter[str]
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, int]]:
     """{split: {"text": [...], "label": [...]}} of the cleaned documents, plus rule counts;
     documents empty after cleaning are dropped and counted."""
     texts, counts = clean_texts([d.text for d in docs], clean)

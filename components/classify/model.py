@@ -67,8 +67,10 @@ class EncoderShape:
 def lm_encoder_shape(lm: keras.Model) -> EncoderShape:
     """The encoder shape of a trained LM, read from its `embedding` and `gru_i` layers."""
     matrix = lm.get_layer("embedding").embeddings
-    grus = sorted((layer for layer in lm.layers if re.fullmatch(r"gru_\d+", layer.name)),
-                  key=lambda layer: int(layer.name.split("_")[1]))
+    grus = sorted(
+        (layer for layer in lm.layers if re.fullmatch(r"gru_\d+", layer.name)),
+        key=lambda layer: int(layer.name.split("_")[1]),
+    )
     both = isinstance(grus[0], layers.Bidirectional)  # train.objective masked
     units = grus[0].forward_layer.units if both else grus[0].units
     return EncoderShape(int(matrix.shape[0]), int(matrix.shape[1]), int(units), len(grus), both)
@@ -76,25 +78,29 @@ def lm_encoder_shape(lm: keras.Model) -> EncoderShape:
 
 def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) -> keras.Model:
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T), 0 = <pad>
-    x = layers.Embedding(shape.vocab_size, shape.embedding_dim, mask_zero=True,
-                         name="embedding")(ids)  # (B, T, E), mask (B, T)
+    x = layers.Embedding(shape.vocab_size, shape.embedding_dim, mask_zero=True, name="embedding")(
+        ids
+    )  # (B, T, E), mask (B, T)
     for i in range(shape.gru_layers):
         if shape.bidirectional:  # the masked LM's layer, weights copied as a whole
-            x = layers.Bidirectional(layers.GRU(shape.units, return_sequences=True),
-                                     name=f"gru_{i}")(x)  # (B, T, 2H)
+            x = layers.Bidirectional(
+                layers.GRU(shape.units, return_sequences=True), name=f"gru_{i}"
+            )(x)  # (B, T, 2H)
         else:
             x = layers.GRU(shape.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
     pooled = AttentionPooling(shape.units, name="pooling")(x)  # (B, H)
     pooled = layers.Dropout(dropout)(pooled)
-    probs = layers.Dense(n_classes, activation="softmax", dtype="float32",
-                         name="head")(pooled)  # (B, C)
+    probs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(
+        pooled
+    )  # (B, C)
     return keras.Model(ids, probs, name="gruflow_classifier")
 
 
 def transfer_encoder(model: keras.Model, lm: keras.Model) -> None:
     """Copy the LM's embedding matrix and GRU weights into the classifier's layers."""
     model.get_layer("embedding").embeddings.assign(
-        ops.convert_to_numpy(lm.get_layer("embedding").embeddings))
+        ops.convert_to_numpy(lm.get_layer("embedding").embeddings)
+    )
     for layer in model.layers:
         if re.fullmatch(r"gru_\d+", layer.name):
             layer.set_weights(lm.get_layer(layer.name).get_weights())

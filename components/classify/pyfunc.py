@@ -35,8 +35,7 @@ def check_texts(model_input) -> list[str]:
         raise _bad(f"send 1..{MAX_TEXTS} texts per request (got {len(texts)})")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip() or len(t) > MAX_CHARS:
-            raise _bad(f"text {i} must be a non-empty string of at most {MAX_CHARS} "
-                       "characters")
+            raise _bad(f"text {i} must be a non-empty string of at most {MAX_CHARS} characters")
     return texts
 
 
@@ -50,8 +49,10 @@ class GruClassifier(PythonModel):
         info = json.loads(Path(context.artifacts["info"]).read_text())
         digest = hashlib.sha256(Path(context.artifacts["tokenizer"]).read_bytes()).hexdigest()
         if digest != info["tokenizer_sha256"]:
-            raise MlflowException("tokenizer.json does not match the vocabulary this "
-                                  "classifier was trained with — re-register it")
+            raise MlflowException(
+                "tokenizer.json does not match the vocabulary this "
+                "classifier was trained with — re-register it"
+            )
         self.classes, self.max_len = list(info["classes"]), int(info["max_len"])
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = keras.saving.load_model(context.artifacts["model"], safe_mode=True)
@@ -59,10 +60,10 @@ class GruClassifier(PythonModel):
     def probabilities(self, texts: list[str]) -> np.ndarray:
         from components.contract import encode
 
-        ids = [x[:self.max_len] for x in encode(self.tokenizer, texts)]
+        ids = [x[: self.max_len] for x in encode(self.tokenizer, texts)]
         x = np.zeros((len(ids), max(map(len, ids))), np.int32)  # (N, T), 0 = <pad>
         for i, row in enumerate(ids):
-            x[i, :len(row)] = row
+            x[i, : len(row)] = row
         return np.asarray(self.model.predict(x, verbose=0), np.float64)  # (N, C)
 
     def predict(self, context, model_input, params=None):

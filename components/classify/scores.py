@@ -12,21 +12,32 @@ from pathlib import Path
 import numpy as np
 
 
-def scores(y_true: list[str], y_pred: list[str], classes: list[str],
-           per_class: bool = False) -> dict:
+def scores(
+    y_true: list[str], y_pred: list[str], classes: list[str], per_class: bool = False
+) -> dict:
     """accuracy and macro-F1 over `classes` (a class never predicted scores F1 0); with
     `per_class`, precision/recall/F1/support of each class."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-    out = {"accuracy": float(accuracy_score(y_true, y_pred)),
-           "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro",
-                                      zero_division=0))}
+    out = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+        ),
+    }
     if per_class:
-        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes,
-                                                     zero_division=0)
-        out["per_class"] = {c: {"precision": float(p[i]), "recall": float(r[i]),
-                                "f1": float(f[i]), "support": int(s[i])}
-                            for i, c in enumerate(classes)}
+        p, r, f, s = precision_recall_fscore_support(
+            y_true, y_pred, labels=classes, zero_division=0
+        )
+        out["per_class"] = {
+            c: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, c in enumerate(classes)
+        }
     return out
 
 
@@ -43,9 +54,10 @@ def tfidf_logreg(train: dict[str, list[str]], test_texts: list[str], seed: int) 
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
-                        LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced",
-                                           random_state=seed))
+    clf = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", random_state=seed),
+    )
     clf.fit(train["text"], train["label"])
     return [str(y) for y in clf.predict(test_texts)]
 
@@ -76,8 +88,7 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     ax.set_title(title)
     top = matrix.max() or 1
     for (i, j), n in np.ndenumerate(matrix):
-        ax.text(j, i, str(n), ha="center", va="center",
-                color="white" if n > top / 2 else "black")
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: stable bytes
     plt.close(fig)

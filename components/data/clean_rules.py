@@ -34,11 +34,15 @@ BLANKS = r"[^\S\n ][^\S\n]*| [^\S\n]+"
 BLANKS_AT_BREAK = r" \n ?|\n "
 # HTML: only real element names, so text such as `<class 'int'>` or `a < b > c` survives.
 # Block elements become a line break, inline ones vanish; script/style lose their content too.
-_BLOCK = "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|" \
-         "h[1-6]|header|hr|li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul"
-_INLINE = "a|abbr|b|body|button|center|cite|code|del|em|font|head|html|i|iframe|img|input|" \
-          "ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|span|strike|" \
-          "strong|sub|sup|textarea|title|tt|u|var"
+_BLOCK = (
+    "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|"
+    "h[1-6]|header|hr|li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul"
+)
+_INLINE = (
+    "a|abbr|b|body|button|center|cite|code|del|em|font|head|html|i|iframe|img|input|"
+    "ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|span|strike|"
+    "strong|sub|sup|textarea|title|tt|u|var"
+)
 HTML_DROP = r"(?is)<(script|style)\b[^>]*>.*?</(?:script|style)\s*>|<!--.*?-->|<!doctype[^>]*>"
 _ATTRS = r"""(?:\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))*\s*/?>"""
 HTML_BLOCK = rf"(?i)</?(?:{_BLOCK}){_ATTRS}"  # attributes need a value: `<a statement>` stays
@@ -49,14 +53,19 @@ HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31})
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _WIDE = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9])"  # two or three digits
 # one of the first three octets has 2+ digits, so section numbers like 7.1.4.34 stay
-_IPV4 = (rf"\b(?:{_WIDE}\.{_OCTET}\.{_OCTET}|[0-9]\.{_WIDE}\.{_OCTET}|[0-9]\.[0-9]\.{_WIDE})"
-         rf"\.{_OCTET}\b")
+_IPV4 = (
+    rf"\b(?:{_WIDE}\.{_OCTET}\.{_OCTET}|[0-9]\.{_WIDE}\.{_OCTET}|[0-9]\.[0-9]\.{_WIDE})"
+    rf"\.{_OCTET}\b"
+)
 PII = (
     ("url", r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]"),
     ("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     ("ip", rf"{_IPV4}|\b(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}\b"),
-    ("phone", r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}\b"
-              r"|\([0-9]{3}\) ?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b"),
+    (
+        "phone",
+        r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}\b"
+        r"|\([0-9]{3}\) ?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}\b",
+    ),
 )
 # A word is a run of non-blank characters, or one CJK character (those scripts use no spaces).
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
@@ -82,7 +91,7 @@ class TextRules:
 
     strip_html: bool
     mask_pii: bool
-    normalize: str   # clean.normalize: nfkc | nfc | none
+    normalize: str  # clean.normalize: nfkc | nfc | none
     lowercase: bool
 
     @classmethod
@@ -137,8 +146,9 @@ def strip_html(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
     counts = {"html_tags_removed": 0, "html_entities_unescaped": 0}
 
     def tags(sub: pa.Array) -> pa.Array:
-        counts["html_tags_removed"] += sum(count(sub, p) for p in (HTML_DROP, HTML_BLOCK,
-                                                                   HTML_INLINE))
+        counts["html_tags_removed"] += sum(
+            count(sub, p) for p in (HTML_DROP, HTML_BLOCK, HTML_INLINE)
+        )
         sub = pc.replace_substring_regex(sub, HTML_DROP, "")
         sub = pc.replace_substring_regex(sub, HTML_BLOCK, "\n")
         return pc.replace_substring_regex(sub, HTML_INLINE, "")
@@ -169,9 +179,9 @@ def mask_pii(text: pa.Array) -> tuple[pa.Array, dict[str, int]]:
             placeholder = f"<{name}>"
             before, sub = sub, pc.replace_substring_regex(sub, pattern, placeholder)
             changed = pc.fill_null(pc.not_equal(before, sub), False)
-            counts[f"masked_{name}"] += (
-                total(pc.count_substring_regex(sub.filter(changed), literal(placeholder)))
-                - total(pc.count_substring_regex(before.filter(changed), literal(placeholder))))
+            counts[f"masked_{name}"] += total(
+                pc.count_substring_regex(sub.filter(changed), literal(placeholder))
+            ) - total(pc.count_substring_regex(before.filter(changed), literal(placeholder)))
         return sub
 
     return on_rows(text, pc.match_substring_regex(text, _ANY_PII), mask), counts
@@ -188,11 +198,13 @@ def count_words(text: pa.Array, cjk_rows: pa.Array) -> pa.Array:
     characters, where each CJK character is a word too. There the count is the non-CJK runs
     plus the CJK characters (the length a removal of CJK runs takes off): two passes with few
     matches, where counting WORD matches costs one regex match per character."""
+
     def with_cjk(_) -> pa.Array:
         sub = text.filter(pc.fill_null(cjk_rows, False))
         runs = pc.count_substring_regex(sub, _NON_CJK_WORD)
-        cjk_chars = pc.subtract(pc.utf8_length(sub),
-                                pc.utf8_length(pc.replace_substring_regex(sub, _CJK_RUN, "")))
+        cjk_chars = pc.subtract(
+            pc.utf8_length(sub), pc.utf8_length(pc.replace_substring_regex(sub, _CJK_RUN, ""))
+        )
         return pc.cast(pc.add(runs, cjk_chars), pa.int64())
 
     words = pc.cast(pc.list_value_length(pc.ascii_split_whitespace(text)), pa.int64())
@@ -209,8 +221,10 @@ def normalise(text: pa.Array, cfg: Clean | TextRules) -> tuple[pa.Array, dict[st
 
     def rare(sub: pa.Array) -> pa.Array:
         sub = pc.replace_substring_regex(sub, LINE_END, "\n")
-        for name, pattern in (("control_chars_removed", CONTROL),
-                              ("zero_width_removed", ZERO_WIDTH)):
+        for name, pattern in (
+            ("control_chars_removed", CONTROL),
+            ("zero_width_removed", ZERO_WIDTH),
+        ):
             before = total(pc.utf8_length(sub))
             sub = pc.replace_substring_regex(sub, pattern, "")
             counts[name] += before - total(pc.utf8_length(sub))

@@ -78,13 +78,15 @@ def _check_exists(source: Path) -> None:
         else:
             loop = False
         what = "a symlink loop" if loop else f"a broken symlink (to '{source.readlink()}')"
-        raise GruflowError(f"data.source: '{source}' is {what} — point data.source at a real "
-                           "file or folder")
+        raise GruflowError(
+            f"data.source: '{source}' is {what} — point data.source at a real file or folder"
+        )
     raise GruflowError(f"data.source: '{source}' does not exist — fix the path in params.yaml")
 
 
-def source_files(source: Path, include: Iterable[str] = ("**/*",),
-                 skipped: Counter[str] | None = None) -> list[Path]:
+def source_files(
+    source: Path, include: Iterable[str] = ("**/*",), skipped: Counter[str] | None = None
+) -> list[Path]:
     """The readable files of a source path (a file, or the folder's files matching `include`).
 
     In a folder, matching files of other types are counted in `skipped` by suffix (".html",
@@ -94,9 +96,7 @@ def source_files(source: Path, include: Iterable[str] = ("**/*",),
     suffixes = TEXT_SUFFIXES | TABLE_SUFFIXES
     if source.is_file():
         if source.suffix.lower() not in suffixes:
-            raise GruflowError(
-                f"{source}: unsupported file type — use one of {sorted(suffixes)}"
-            )
+            raise GruflowError(f"{source}: unsupported file type — use one of {sorted(suffixes)}")
         return [source]
     matched = {p for pattern in include for p in source.glob(pattern)}
     files = sorted(p for p in matched if p.is_file() and p.suffix.lower() in suffixes)
@@ -107,23 +107,29 @@ def source_files(source: Path, include: Iterable[str] = ("**/*",),
             elif p.is_file() and p.suffix.lower() not in suffixes:
                 skipped[p.suffix.lower() or "(none)"] += 1
     if not files:
-        raise GruflowError(f"data.source: folder '{source}' holds no {sorted(suffixes)} files "
-                           f"matching data.include {list(include)}")
+        raise GruflowError(
+            f"data.source: folder '{source}' holds no {sorted(suffixes)} files "
+            f"matching data.include {list(include)}"
+        )
     return files
 
 
-def hf_documents(spec: str, text_column: str,
-                 dropped: Counter[str] | None = None) -> Iterator[Document]:
+def hf_documents(
+    spec: str, text_column: str, dropped: Counter[str] | None = None
+) -> Iterator[Document]:
     """`hf:<name>[:<config>][:<split>]` streamed through the optional `datasets` extra."""
-    name, config, split = ([*spec[len(HF_PREFIX):].split(":"), "", ""])[:3]
+    name, config, split = ([*spec[len(HF_PREFIX) :].split(":"), "", ""])[:3]
     if not name:
-        raise GruflowError(f"data.source '{spec}': give a dataset name, hf:<name>[:<config>]"
-                           "[:<split>]")
+        raise GruflowError(
+            f"data.source '{spec}': give a dataset name, hf:<name>[:<config>][:<split>]"
+        )
     try:
         import datasets
     except ImportError:
-        raise GruflowError(f"data.source '{spec}': Hugging Face datasets need the optional "
-                           "extra — pip install 'gruflow[datasets]'") from None
+        raise GruflowError(
+            f"data.source '{spec}': Hugging Face datasets need the optional "
+            "extra — pip install 'gruflow[datasets]'"
+        ) from None
     try:
         loaded = datasets.load_dataset(name, config or None, split=split or None, streaming=True)
     except Exception as exc:  # hub/network/config errors of many types: report in one line
@@ -134,15 +140,21 @@ def hf_documents(spec: str, text_column: str,
         given = SPLIT_NAMES.get(part_name.lower())
         for row in rows:
             if text_column not in row:
-                raise GruflowError(f"data.source '{spec}': no column '{text_column}' (has "
-                                   f"{sorted(row)}) — set data.text_column in params.yaml")
-            yield from table_documents([dict(row)], text_column, f"{spec}:{part_name}", given,
-                                       dropped)
+                raise GruflowError(
+                    f"data.source '{spec}': no column '{text_column}' (has "
+                    f"{sorted(row)}) — set data.text_column in params.yaml"
+                )
+            yield from table_documents(
+                [dict(row)], text_column, f"{spec}:{part_name}", given, dropped
+            )
 
 
-def documents(cfg: Data, files: Counter[str] | None = None,
-              dropped: Counter[str] | None = None,
-              skipped: Counter[str] | None = None) -> Iterator[Document]:
+def documents(
+    cfg: Data,
+    files: Counter[str] | None = None,
+    dropped: Counter[str] | None = None,
+    skipped: Counter[str] | None = None,
+) -> Iterator[Document]:
     """Every source's documents in order; `files` counts the files read by outcome, `dropped`
     the table rows without a usable text by reason, `skipped` a folder's other files by
     suffix."""

@@ -24,16 +24,36 @@ from components.params import SCRIPTS, Drift
 
 # Code point ranges of each letter script; everything else is Digit, Space or Other.
 _RANGES = [
-    ("Space", 0x09, 0x0D), ("Space", 0x20, 0x20), ("Digit", 0x30, 0x39),
-    ("Latin", 0x41, 0x5A), ("Latin", 0x61, 0x7A), ("Latin", 0xC0, 0x24F),
-    ("Latin", 0x1E00, 0x1EFF), ("Greek", 0x370, 0x3FF), ("Greek", 0x1F00, 0x1FFF),
-    ("Cyrillic", 0x400, 0x52F), ("Armenian", 0x530, 0x58F), ("Hebrew", 0x590, 0x5FF),
-    ("Arabic", 0x600, 0x6FF), ("Arabic", 0x750, 0x77F), ("Arabic", 0x8A0, 0x8FF),
-    ("Devanagari", 0x900, 0x97F), ("Indic", 0x980, 0xDFF), ("Thai", 0xE00, 0xE7F),
-    ("Georgian", 0x10A0, 0x10FF), ("Hangul", 0x1100, 0x11FF), ("Kana", 0x3040, 0x30FF),
-    ("Hangul", 0x3130, 0x318F), ("Kana", 0x31F0, 0x31FF), ("Han", 0x3400, 0x4DBF),
-    ("Han", 0x4E00, 0x9FFF), ("Hangul", 0xAC00, 0xD7AF), ("Han", 0xF900, 0xFAFF),
-    ("Arabic", 0xFB50, 0xFDFF), ("Arabic", 0xFE70, 0xFEFF), ("Han", 0x20000, 0x2FA1F),
+    ("Space", 0x09, 0x0D),
+    ("Space", 0x20, 0x20),
+    ("Digit", 0x30, 0x39),
+    ("Latin", 0x41, 0x5A),
+    ("Latin", 0x61, 0x7A),
+    ("Latin", 0xC0, 0x24F),
+    ("Latin", 0x1E00, 0x1EFF),
+    ("Greek", 0x370, 0x3FF),
+    ("Greek", 0x1F00, 0x1FFF),
+    ("Cyrillic", 0x400, 0x52F),
+    ("Armenian", 0x530, 0x58F),
+    ("Hebrew", 0x590, 0x5FF),
+    ("Arabic", 0x600, 0x6FF),
+    ("Arabic", 0x750, 0x77F),
+    ("Arabic", 0x8A0, 0x8FF),
+    ("Devanagari", 0x900, 0x97F),
+    ("Indic", 0x980, 0xDFF),
+    ("Thai", 0xE00, 0xE7F),
+    ("Georgian", 0x10A0, 0x10FF),
+    ("Hangul", 0x1100, 0x11FF),
+    ("Kana", 0x3040, 0x30FF),
+    ("Hangul", 0x3130, 0x318F),
+    ("Kana", 0x31F0, 0x31FF),
+    ("Han", 0x3400, 0x4DBF),
+    ("Han", 0x4E00, 0x9FFF),
+    ("Hangul", 0xAC00, 0xD7AF),
+    ("Han", 0xF900, 0xFAFF),
+    ("Arabic", 0xFB50, 0xFDFF),
+    ("Arabic", 0xFE70, 0xFEFF),
+    ("Han", 0x20000, 0x2FA1F),
 ]
 CLASSES = (*SCRIPTS, "Digit", "Space", "Other")
 _OTHER = CLASSES.index("Other")
@@ -44,7 +64,7 @@ def _class_table() -> np.ndarray:
     """Class id of every code point (1.1 MB): classifying is one array lookup per character."""
     table = np.full(0x110000, _OTHER, np.int8)
     for name, lo, hi in _RANGES:
-        table[lo:hi + 1] = CLASSES.index(name)
+        table[lo : hi + 1] = CLASSES.index(name)
     return table
 
 
@@ -65,7 +85,7 @@ def script_counts(texts: list[str]) -> np.ndarray:
     for i, text in enumerate(texts):
         if len(text) > _CHUNK_CHARS:
             for start in range(0, len(text), _CHUNK_CHARS):
-                piece = _classes(text[start:start + _CHUNK_CHARS])
+                piece = _classes(text[start : start + _CHUNK_CHARS])
                 out[i] += np.bincount(piece, minlength=len(CLASSES))
             continue
         group.append(i)
@@ -107,8 +127,8 @@ _COUNTER_CAP = 200_000  # distinct words kept between batches (heavy hitters sur
 class Sample:
     """What the profile takes from a batch's first TOKEN_SAMPLE_CHARS characters."""
 
-    scripts: np.ndarray   # character counts per class (their sum: the sample's size)
-    top: dict[str, int]   # word counts (lower-cased, punctuation trimmed, a CJK char a word)
+    scripts: np.ndarray  # character counts per class (their sum: the sample's size)
+    top: dict[str, int]  # word counts (lower-cased, punctuation trimmed, a CJK char a word)
 
 
 def sample(text: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> Sample:
@@ -122,8 +142,9 @@ def sample(text: pa.ChunkedArray | pa.Array, lengths: np.ndarray) -> Sample:
     words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
     tokens = pc.utf8_trim(words, _PUNCT)
     counts = pc.value_counts(tokens.filter(pc.not_equal(tokens, "")))
-    top = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
-                   strict=True))
+    top = dict(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )
     return Sample(scripts, top)
 
 
@@ -169,10 +190,15 @@ class Profiler:
             "mean_chars": self.characters / max(self.documents, 1),
             "mean_words": self.words / max(self.documents, 1),
             "chars_quantiles": {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])},
-            "length_histogram": {"log2_chars_bin": list(range(32)),
-                                 "documents": self.length_bins.tolist()},
-            "script_mix": {name: round(int(n) / total, 6)
-                           for name, n in zip(CLASSES, self.scripts, strict=True) if n},
+            "length_histogram": {
+                "log2_chars_bin": list(range(32)),
+                "documents": self.length_bins.tolist(),
+            },
+            "script_mix": {
+                name: round(int(n) / total, 6)
+                for name, n in zip(CLASSES, self.scripts, strict=True)
+                if n
+            },
             "top_tokens": [[w, n] for w, n in self.top.most_common(TOP_K)],
             "sampled_characters": self.sampled_characters,  # script mix, top tokens
         }
@@ -214,19 +240,22 @@ def check_drift(previous: dict | None, current: dict, limits: Drift, where: Path
 _PANEL_W, _ROW_H, _LABEL_W, _TOP = 400, 16, 110, 48
 
 
-def _panel(x0: int, title: str, rows: list[tuple[str, float]], color: str,
-           fmt=lambda v: f"{v:g}") -> list[str]:
+def _panel(
+    x0: int, title: str, rows: list[tuple[str, float]], color: str, fmt=lambda v: f"{v:g}"
+) -> list[str]:
     """One horizontal bar chart: a label, a bar scaled to the largest value, the value."""
     peak = max((v for _, v in rows), default=0) or 1
     out = [f'<text x="{x0}" y="28" font-size="15" font-weight="bold">{escape(title)}</text>']
     for i, (label, value) in enumerate(rows):
         y = _TOP + i * _ROW_H
         width = (_PANEL_W - _LABEL_W - 70) * value / peak
-        out += [f'<text x="{x0 + _LABEL_W - 6}" y="{y + 12}" text-anchor="end">'
-                f'{escape(label[:18])}</text>',
-                f'<rect x="{x0 + _LABEL_W}" y="{y + 2}" width="{width:.1f}" '
-                f'height="{_ROW_H - 4}" fill="{color}"/>',
-                f'<text x="{x0 + _LABEL_W + width + 4:.1f}" y="{y + 12}">{fmt(value)}</text>']
+        out += [
+            f'<text x="{x0 + _LABEL_W - 6}" y="{y + 12}" text-anchor="end">'
+            f"{escape(label[:18])}</text>",
+            f'<rect x="{x0 + _LABEL_W}" y="{y + 2}" width="{width:.1f}" '
+            f'height="{_ROW_H - 4}" fill="{color}"/>',
+            f'<text x="{x0 + _LABEL_W + width + 4:.1f}" y="{y + 12}">{fmt(value)}</text>',
+        ]
     return out
 
 
@@ -238,17 +267,31 @@ def plot(profile: dict, out: Path) -> None:
     used = [b for b, n in enumerate(hist) if n]
     bins = range(used[0], used[-1] + 1) if used else range(0)
     panels = [
-        (f"{profile['documents']} documents: characters each",
-         [(f"≥ {2 ** b}", hist[b]) for b in bins], "#4878a8", lambda v: f"{v:g}"),
-        ("character scripts (share)", sorted(profile["script_mix"].items(), key=lambda kv: -kv[1]),
-         "#4a9a5a", lambda v: f"{v:.1%}"),
-        ("top words", [(w, n) for w, n in profile["top_tokens"][:24]], "#d08040",
-         lambda v: f"{v:g}"),
+        (
+            f"{profile['documents']} documents: characters each",
+            [(f"≥ {2**b}", hist[b]) for b in bins],
+            "#4878a8",
+            lambda v: f"{v:g}",
+        ),
+        (
+            "character scripts (share)",
+            sorted(profile["script_mix"].items(), key=lambda kv: -kv[1]),
+            "#4a9a5a",
+            lambda v: f"{v:.1%}",
+        ),
+        (
+            "top words",
+            [(w, n) for w, n in profile["top_tokens"][:24]],
+            "#d08040",
+            lambda v: f"{v:g}",
+        ),
     ]
     rows = max(len(rows) for _, rows, _, _ in panels)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * _PANEL_W}" '
-             f'height="{_TOP + rows * _ROW_H + 12}" font-family="sans-serif" font-size="11">',
-             '<rect width="100%" height="100%" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * _PANEL_W}" '
+        f'height="{_TOP + rows * _ROW_H + 12}" font-family="sans-serif" font-size="11">',
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
     for i, (title, data, color, fmt) in enumerate(panels):
         parts += _panel(10 + i * _PANEL_W, title, data, color, fmt)
     parts.append("</svg>")

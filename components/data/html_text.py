@@ -15,9 +15,34 @@ from html.parser import HTMLParser
 from typing import BinaryIO
 
 HIDDEN = {"script", "style", "template", "noscript"}
-PARAGRAPH = {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav",
-             "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol",
-             "dl", "figure", "form", "title", "hr", "body"}
+PARAGRAPH = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "main",
+    "aside",
+    "nav",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "pre",
+    "table",
+    "ul",
+    "ol",
+    "dl",
+    "figure",
+    "form",
+    "title",
+    "hr",
+    "body",
+}
 LINE = {"br", "li", "tr", "dt", "dd", "td", "th", "option"}
 _BLANKS = re.compile(r"\s+")
 

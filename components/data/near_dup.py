@@ -43,7 +43,7 @@ _PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime, the rolling n-gram hash
 def shingles(text: str, n: int) -> set[str]:
     """The plain definition of a document's shingles (the reference the tests compare with)."""
     norm = _BLANKS.sub(" ", text[:MAX_CHARS].lower()).strip()
-    return {norm} if len(norm) <= n else {norm[i:i + n] for i in range(len(norm) - n + 1)}
+    return {norm} if len(norm) <= n else {norm[i : i + n] for i in range(len(norm) - n + 1)}
 
 
 def jaccard(a: str, b: str, n: int) -> float:
@@ -55,17 +55,21 @@ def _shingle_hashes(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hash of every n-gram of every normalised document, and each document's first
     position in that array. Documents are joined with n NULs (clean removed every control
     character), so no n-gram spans two documents and a document shorter than n is one n-gram."""
-    norm = pc.utf8_trim_whitespace(pc.replace_substring_regex(
-        pc.utf8_lower(pc.utf8_slice_codeunits(text, 0, MAX_CHARS)), r"\s+", " "))
+    norm = pc.utf8_trim_whitespace(
+        pc.replace_substring_regex(
+            pc.utf8_lower(pc.utf8_slice_codeunits(text, 0, MAX_CHARS)), r"\s+", " "
+        )
+    )
     docs = norm.to_pylist()
-    cp = np.frombuffer(("\0" * n).join(docs).encode("utf-32-le") + b"\0" * 4 * n,
-                       np.uint32).astype(np.uint64)
+    cp = np.frombuffer(("\0" * n).join(docs).encode("utf-32-le") + b"\0" * 4 * n, np.uint32).astype(
+        np.uint64
+    )
     lengths = np.fromiter((len(d) for d in docs), np.int64, count=len(docs))
     starts = np.concatenate([[0], np.cumsum(lengths + n)[:-1]])
     h = np.zeros(len(cp) - n, np.uint64)
     for k in range(n):  # polynomial rolling hash, wrapping at 2**64
         h *= _PRIME
-        h += cp[k:len(cp) - n + k]
+        h += cp[k : len(cp) - n + k]
     # splitmix64's finaliser: multiply-shift permutations are min-wise enough only on keys
     # that look random (on the raw rolling hash they under-estimated Jaccard by ~0.07)
     for shift, mult in ((30, _M1), (27, _M2)):
@@ -91,7 +95,7 @@ def signatures(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
         tmp += _B[k]
         tmp >>= np.uint64(32)
         sig[:, k] = np.minimum.reduceat(tmp, first)
-    mixed = sig[:, :BANDS * ROWS].astype(np.uint64) * _BAND_MIX
+    mixed = sig[:, : BANDS * ROWS].astype(np.uint64) * _BAND_MIX
     return sig, mixed.reshape(len(text), BANDS, ROWS).sum(axis=2)
 
 
@@ -123,14 +127,17 @@ class NearIndex:
         n = max(self.rows, 1)
         kept, similar = np.empty(0, np.int64), np.empty(0)
         for band in range(BANDS):
-            column = (np.concatenate([k[:, band] for k in self.keys]) if self.keys
-                      else np.empty(0, np.uint32))
+            column = (
+                np.concatenate([k[:, band] for k in self.keys])
+                if self.keys
+                else np.empty(0, np.uint32)
+            )
             codes = _candidates(column, n)
             codes = codes[~_contains(kept, codes)]  # verified in an earlier band
             agree = np.empty(len(codes))
             for s in range(0, len(codes), 100_000):  # bounded temporaries
-                i, j = codes[s:s + 100_000] // n, codes[s:s + 100_000] % n
-                agree[s:s + 100_000] = (self._read(i) == self._read(j)).mean(axis=1)
+                i, j = codes[s : s + 100_000] // n, codes[s : s + 100_000] % n
+                agree[s : s + 100_000] = (self._read(i) == self._read(j)).mean(axis=1)
             ok = agree >= self.threshold - GROUP_MARGIN
             kept = np.concatenate([kept, codes[ok]])
             similar = np.concatenate([similar, agree[ok]])
@@ -177,7 +184,7 @@ def components(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
     order = np.argsort(rank, kind="stable")
     pos = np.empty(n, np.int64)
     pos[order] = np.arange(n)  # position of each row in rank order
-    label = np.arange(n)       # labels are positions; a component ends labelled by its minimum
+    label = np.arange(n)  # labels are positions; a component ends labelled by its minimum
     if len(pairs):
         u, v = pos[pairs[:, 0]], pos[pairs[:, 1]]
         while True:

@@ -23,8 +23,13 @@ import pyarrow.compute as pc
 
 # Blocks with no decomposition, no combining mark and nothing that composes (checked by a test
 # against a full scan): CJK ideographs, Hangul syllables, surrogates and private use.
-_UNTOUCHED = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xD800, 0xF8FF),
-              (0x20000, 0x2F7FF)]
+_UNTOUCHED = [
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7A3),
+    (0xD800, 0xF8FF),
+    (0x20000, 0x2F7FF),
+]
 _LAST = 0x2FA1F  # no code point above the CJK Compatibility Ideographs Supplement decomposes
 # Below this many characters to change in a batch, Python's NFKC costs less than building the
 # classes (once per process, ~0.1 s) and the extra passes.
@@ -49,8 +54,14 @@ def _re2_class(code_points: set[int], extra: tuple[tuple[int, int], ...] = ()) -
             ranges[-1][1] = cp
         else:
             ranges.append([cp, cp])
-    return "[" + "".join(f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}"
-                         for lo, hi in [*ranges, *extra]) + "]"
+    return (
+        "["
+        + "".join(
+            f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}"
+            for lo, hi in [*ranges, *extra]
+        )
+        + "]"
+    )
 
 
 @functools.cache
@@ -67,9 +78,15 @@ def classes() -> tuple[str, str]:
                 composing.add(int(parts[1], 16))
         if unicodedata.combining(ch):
             composing.add(cp)
-    unassigned = {cp for cp in chain(range(0x80, 0xD800), range(0xE000, _NEVER_ASSIGNED[0]),
-                                     range(_NEVER_ASSIGNED[1] + 1, 0xF0000))
-                  if unicodedata.category(chr(cp)) == "Cn"}
+    unassigned = {
+        cp
+        for cp in chain(
+            range(0x80, 0xD800),
+            range(0xE000, _NEVER_ASSIGNED[0]),
+            range(_NEVER_ASSIGNED[1] + 1, 0xF0000),
+        )
+        if unicodedata.category(chr(cp)) == "Cn"
+    }
     return _re2_class(composing), _re2_class(unassigned, (_NEVER_ASSIGNED,))
 
 

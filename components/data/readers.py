@@ -33,8 +33,14 @@ TEXT_SUFFIXES = {".txt", ".md", ".html", ".htm"}
 HTML_SUFFIXES = {".html", ".htm"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
 # A split a source carries itself (file/folder name or a `split` column), by its usual spellings.
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-               "test": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+}
 # Files are streamed: text in chunks of READ_BYTES, tables in record batches of BATCH_ROWS,
 # so memory follows the largest document, not the size of the corpus.
 READ_BYTES = 1 << 20
@@ -60,7 +66,7 @@ class Document:
     source: str
     had_bad_bytes: bool = False
     split: str | None = None  # as the source gives it; None = the clean stage hashes one
-    meta: str | None = None   # the source's other columns, as a JSON object
+    meta: str | None = None  # the source's other columns, as a JSON object
 
 
 def source_split(value: object, where: str) -> str | None:
@@ -68,8 +74,10 @@ def source_split(value: object, where: str) -> str | None:
         return None
     name = SPLIT_NAMES.get(str(value).strip().lower())
     if name is None:
-        raise GruflowError(f"{where}: split {value!r} is not one of {sorted(SPLIT_NAMES)} — "
-                           "fix the split column or drop it")
+        raise GruflowError(
+            f"{where}: split {value!r} is not one of {sorted(SPLIT_NAMES)} — "
+            "fix the split column or drop it"
+        )
     return name
 
 
@@ -142,8 +150,9 @@ def _kept(text: str, bad: bool) -> Iterator[tuple[str, bool]]:
         yield text, bad
 
 
-def file_documents(path: Path, cfg: Data, split: str | None = None,
-                   dropped: Counter[str] | None = None) -> Generator[Document, None, str]:
+def file_documents(
+    path: Path, cfg: Data, split: str | None = None, dropped: Counter[str] | None = None
+) -> Generator[Document, None, str]:
     """A file's documents, streamed. Returns how it went: "read", "empty" or "binary".
 
     Table rows without a usable text (key missing, null, not a string) are counted in
@@ -152,8 +161,12 @@ def file_documents(path: Path, cfg: Data, split: str | None = None,
     suffix = path.suffix.lower()
     head = _head(path)
     if suffix in TEXT_SUFFIXES and looks_binary(head):
-        log.warning("%s: skipped, looks binary (over %.0f%% control or non-UTF-8 bytes) — "
-                    "convert text to UTF-8", path, BINARY_RATIO * 100)
+        log.warning(
+            "%s: skipped, looks binary (over %.0f%% control or non-UTF-8 bytes) — "
+            "convert text to UTF-8",
+            path,
+            BINARY_RATIO * 100,
+        )
         return "binary"
     if len(head) < BINARY_SNIFF_BYTES and not head.removeprefix(codecs.BOM_UTF8).strip():
         return "empty"  # 0 bytes or only blanks: no document, whatever the format
@@ -162,9 +175,13 @@ def file_documents(path: Path, cfg: Data, split: str | None = None,
     elif suffix == ".jsonl":
         docs = _jsonl_documents(path, cfg.text_column, split, dropped)
     else:
-        docs = (doc for batch in _batches(path, suffix, cfg.text_column)
-                for doc in table_documents(batch.to_pylist(), cfg.text_column, str(path), split,
-                                           dropped))
+        docs = (
+            doc
+            for batch in _batches(path, suffix, cfg.text_column)
+            for doc in table_documents(
+                batch.to_pylist(), cfg.text_column, str(path), split, dropped
+            )
+        )
     count = 0
     for doc in docs:
         count += 1
@@ -178,8 +195,9 @@ def _reading(path: Path) -> Iterator[BinaryIO]:
         with path.open("rb") as stream:
             yield stream
     except OSError as exc:
-        raise GruflowError(f"{path}: cannot read ({exc.strerror or exc}) — check the file "
-                           "and its permissions") from None
+        raise GruflowError(
+            f"{path}: cannot read ({exc.strerror or exc}) — check the file and its permissions"
+        ) from None
 
 
 def _head(path: Path) -> bytes:
@@ -211,8 +229,9 @@ def _whole(units: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
     yield from _kept("\n\n".join(texts), bad)
 
 
-def _jsonl_documents(path: Path, text_column: str, split: str | None,
-                     dropped: Counter[str] | None = None) -> Iterator[Document]:
+def _jsonl_documents(
+    path: Path, text_column: str, split: str | None, dropped: Counter[str] | None = None
+) -> Iterator[Document]:
     """One JSON object per line, parsed line by line: no schema is inferred, so a field that
     changes type between rows is fine, and an undecodable byte is replaced as in text files."""
     first_keys: list[str] | None = None  # for the error when no row has the text column
@@ -241,19 +260,26 @@ def _json_object(line: str, where: str) -> dict:
     else:
         if isinstance(row, dict):
             return row
-        raise GruflowError(f"{where}: expected a JSON object, got {type(row).__name__} — "
-                           "write one object per line")
+        raise GruflowError(
+            f"{where}: expected a JSON object, got {type(row).__name__} — write one object per line"
+        )
     raise GruflowError(f"{where}: not valid JSON ({why}) — fix or remove the line")
 
 
 def _check_column(path: Path, names: list[str], text_column: str) -> None:
     if text_column not in names:
-        raise GruflowError(f"{path}: no column '{text_column}' (has {names}) — "
-                           "set data.text_column in params.yaml")
+        raise GruflowError(
+            f"{path}: no column '{text_column}' (has {names}) — set data.text_column in params.yaml"
+        )
 
 
-def table_documents(rows: Iterable[dict], text_column: str, where: str, split: str | None,
-                    dropped: Counter[str] | None = None) -> Iterator[Document]:
+def table_documents(
+    rows: Iterable[dict],
+    text_column: str,
+    where: str,
+    split: str | None,
+    dropped: Counter[str] | None = None,
+) -> Iterator[Document]:
     """Rows of a table: the text column, an optional `split` column, the rest as metadata.
 
     A row whose text is missing, null or not a string (a number, a list) gives no document
@@ -262,8 +288,13 @@ def table_documents(rows: Iterable[dict], text_column: str, where: str, split: s
     for row in rows:
         text = row.pop(text_column, _MISSING)
         if not isinstance(text, str | bytes):
-            reason = ("missing_text" if text is _MISSING else "null_text" if text is None
-                      else "non_string_text")
+            reason = (
+                "missing_text"
+                if text is _MISSING
+                else "null_text"
+                if text is None
+                else "non_string_text"
+            )
             if dropped is not None:
                 dropped[reason] += 1
             continue
@@ -278,11 +309,17 @@ def _check_parquet_text(path: Path, text_column: str) -> None:
     schema = pq.read_schema(path)
     _check_column(path, schema.names, text_column)
     kind = schema.field(text_column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-            or str(kind) in ("string_view", "binary_view")):
-        raise GruflowError(f"{path}: column '{text_column}' holds {kind}, not text — write it "
-                           "as a string column or set data.text_column to the text column")
+    if not (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or str(kind) in ("string_view", "binary_view")
+    ):
+        raise GruflowError(
+            f"{path}: column '{text_column}' holds {kind}, not text — write it "
+            "as a string column or set data.text_column to the text column"
+        )
 
 
 def _batches(path: Path, suffix: str, text_column: str) -> Iterator[pa.RecordBatch]:

@@ -35,8 +35,9 @@ def split_codes(doc_ids: Iterable[bytes], cfg: Split) -> np.ndarray:
     salt = f"{cfg.seed}:".encode()
     head = np.frombuffer(b"".join([sha256(salt + i).digest()[:8] for i in doc_ids]), ">u8")
     u = head.astype(np.float64) / 2**64  # == int.from_bytes(head, "big") / 2**64, exactly
-    return np.where(u < cfg.test_fraction, 0,
-                    np.where(u < cfg.test_fraction + cfg.val_fraction, 1, 2)).astype(np.int8)
+    return np.where(
+        u < cfg.test_fraction, 0, np.where(u < cfg.test_fraction + cfg.val_fraction, 1, 2)
+    ).astype(np.int8)
 
 
 def content_ids(text: pa.Array, cfg: Split) -> tuple[pa.Array, np.ndarray, pa.Array]:
@@ -44,27 +45,35 @@ def content_ids(text: pa.Array, cfg: Split) -> tuple[pa.Array, np.ndarray, pa.Ar
     exact-duplicate key) and the hashed split, vectorised but for one hash call each."""
     n = len(text)
     values = text.cast(pa.binary()).to_pylist()
-    digests = np.frombuffer(b"".join([sha256(v).digest()[:ID_HEX // 2] for v in values]),
-                            np.uint8).reshape(n, ID_HEX // 2)
+    digests = np.frombuffer(
+        b"".join([sha256(v).digest()[: ID_HEX // 2] for v in values]), np.uint8
+    ).reshape(n, ID_HEX // 2)
     hexed = np.empty((n, ID_HEX), np.uint8)
     hexed[:, 0::2], hexed[:, 1::2] = _HEX_DIGITS[digests >> 4], _HEX_DIGITS[digests & 15]
     data = hexed.tobytes()
     ids = pa.StringArray.from_buffers(
-        n, pa.py_buffer(np.arange(0, ID_HEX * (n + 1), ID_HEX, dtype=np.int32)),
-        pa.py_buffer(data))
+        n, pa.py_buffer(np.arange(0, ID_HEX * (n + 1), ID_HEX, dtype=np.int32)), pa.py_buffer(data)
+    )
     hashes = np.frombuffer(digests[:, :8].tobytes(), ">u8").astype(np.uint64)
-    codes = split_codes((data[i:i + ID_HEX] for i in range(0, len(data), ID_HEX)), cfg)
+    codes = split_codes((data[i : i + ID_HEX] for i in range(0, len(data), ID_HEX)), cfg)
     return ids, hashes, pc.take(pa.array(BY_CODE), pa.array(codes))
 
 
 @dataclass
 class Decision:
-    codes: np.ndarray   # final split code per document
-    keep: np.ndarray    # False: dropped as a near copy
+    codes: np.ndarray  # final split code per document
+    keep: np.ndarray  # False: dropped as a near copy
 
 
-def decide(hashes: np.ndarray, codes: np.ndarray, given: np.ndarray, pairs: np.ndarray,
-           close: np.ndarray, dedup: str, group: bool) -> Decision:
+def decide(
+    hashes: np.ndarray,
+    codes: np.ndarray,
+    given: np.ndarray,
+    pairs: np.ndarray,
+    close: np.ndarray,
+    dedup: str,
+    group: bool,
+) -> Decision:
     """Hashed documents joined by near-duplicate pairs form clusters; with `group` each
     cluster takes the split of its representative (the member with the smallest content hash,
     so neither file nor stream order matters). With dedup `near` only the representative of
@@ -86,8 +95,12 @@ def decide(hashes: np.ndarray, codes: np.ndarray, given: np.ndarray, pairs: np.n
     return Decision(codes, keep)
 
 
-def overlap(hashes: np.ndarray, codes: np.ndarray, keep: np.ndarray, pairs: np.ndarray | None,
-            ) -> dict:
+def overlap(
+    hashes: np.ndarray,
+    codes: np.ndarray,
+    keep: np.ndarray,
+    pairs: np.ndarray | None,
+) -> dict:
     """Kept test documents with an exact copy in kept train, and with a near duplicate there
     (a verified pair, or an exact copy); `near` is None when near-duplicates were not searched."""
     test, train = keep & (codes == TEST), keep & (codes == TRAIN)
@@ -121,4 +134,5 @@ def gate_overlap(leak: dict) -> None:
                 f"({got['fraction']:.1%}) have {'an exact' if kind == 'exact' else 'a near'} "
                 f"duplicate in train, above split.max_test_train_overlap="
                 f"{leak['max_fraction']} — set split.group_near_duplicates: true (or "
-                "clean.dedup: near), or raise the limit")
+                "clean.dedup: near), or raise the limit"
+            )

@@ -71,7 +71,7 @@ def cosine_neighbours(matrix: np.ndarray, token: int, k: int) -> list[tuple[int,
     norms = np.linalg.norm(matrix, axis=1) + 1e-12
     sims = matrix @ matrix[token] / (norms * norms[token])
     sims[token] = -np.inf
-    top = np.argsort(-sims, kind="stable")[:min(k, len(matrix) - 1)]
+    top = np.argsort(-sims, kind="stable")[: min(k, len(matrix) - 1)]
     return [(int(i), float(sims[i])) for i in top]
 
 
@@ -86,11 +86,16 @@ def spearman(x, y) -> float | None:
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
-        raise GruflowError(f"{path}: evaluation file not found — fix embed.pairs_file or "
-                           "embed.analogy_file in params.yaml")
+        raise GruflowError(
+            f"{path}: evaluation file not found — fix embed.pairs_file or "
+            "embed.analogy_file in params.yaml"
+        )
     text = path.read_text(encoding="utf-8")
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (n, line.strip())
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def read_pairs(path: Path) -> list[tuple[str, str, float]]:
@@ -101,8 +106,9 @@ def read_pairs(path: Path) -> list[tuple[str, str, float]]:
         try:
             pairs.append((parts[0].strip(), parts[1].strip(), float(parts[2])))
         except (IndexError, ValueError):
-            raise GruflowError(f"{path}:{n}: expected 'word1<TAB>word2<TAB>score', got "
-                               f"{line[:60]!r}") from None
+            raise GruflowError(
+                f"{path}:{n}: expected 'word1<TAB>word2<TAB>score', got {line[:60]!r}"
+            ) from None
     return pairs
 
 
@@ -119,8 +125,9 @@ def read_analogies(path: Path) -> list[tuple[str, str, str, str]]:
     return questions
 
 
-def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, str],
-                   pairs: list[tuple[str, str, float]]) -> dict:
+def evaluate_pairs(
+    table: TokenVectors, vocab: Mapping[str, str], pairs: list[tuple[str, str, float]]
+) -> dict:
     """Spearman between the file's scores and cosine similarity, over in-vocabulary pairs."""
     unit = table.vectors / (np.linalg.norm(table.vectors, axis=1, keepdims=True) + 1e-12)
     gold, sims = [], []
@@ -132,8 +139,9 @@ def evaluate_pairs(table: TokenVectors, vocab: Mapping[str, str],
     return {"pairs": len(pairs), "oov": len(pairs) - len(gold), "spearman": spearman(gold, sims)}
 
 
-def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, str],
-                     questions: list[tuple[str, str, str, str]]) -> dict:
+def analogy_accuracy(
+    table: TokenVectors, vocab: Mapping[str, str], questions: list[tuple[str, str, str, str]]
+) -> dict:
     """3CosAdd: d = argmax cos(v, b - a + c) over all tokens but a, b, c.
 
     The answers of gensim's KeyedVectors.most_similar(positive=[b, c], negative=[a], topn=1)
@@ -144,18 +152,22 @@ def analogy_accuracy(table: TokenVectors, vocab: Mapping[str, str],
     known = np.array([r for r in rows if None not in r], dtype=np.int64).reshape(-1, 4)  # (Q, 4)
     correct = 0
     for start in range(0, len(known), 256):
-        q = known[start:start + 256]
+        q = known[start : start + 256]
         target = unit[q[:, 1]] - unit[q[:, 0]] + unit[q[:, 2]]  # (q, dim)
         sims = target @ unit.T  # (q, n); the norm of target does not change the argmax
         np.put_along_axis(sims, q[:, :3], -np.inf, axis=1)
         correct += int((sims.argmax(axis=1) == q[:, 3]).sum())
     accuracy = correct / len(known) if len(known) else None
-    return {"questions": len(questions), "oov": len(questions) - len(known),
-            "accuracy": accuracy}
+    return {"questions": len(questions), "oov": len(questions) - len(known), "accuracy": accuracy}
 
 
-def probe_neighbours(table: TokenVectors, vocab: Mapping[str, str], probes: list[str], k: int,
-                     texts: Mapping[str, str]) -> tuple[dict, list[str]]:
+def probe_neighbours(
+    table: TokenVectors,
+    vocab: Mapping[str, str],
+    probes: list[str],
+    k: int,
+    texts: Mapping[str, str],
+) -> tuple[dict, list[str]]:
     """Nearest neighbours of each known probe word, and the probes without a trained token."""
     found, unknown = {}, []
     for word in probes:
@@ -163,8 +175,10 @@ def probe_neighbours(table: TokenVectors, vocab: Mapping[str, str], probes: list
         if row is None:
             unknown.append(word)
             continue
-        found[word] = [{"token": texts[table.names[r]], "similarity": round(sim, 4)}
-                       for r, sim in cosine_neighbours(table.vectors, row, k)]
+        found[word] = [
+            {"token": texts[table.names[r]], "similarity": round(sim, 4)}
+            for r, sim in cosine_neighbours(table.vectors, row, k)
+        ]
     return found, unknown
 
 
@@ -187,8 +201,13 @@ def main_script(words: Mapping[str, int]) -> str | None:
     return max(sorted(letters), key=letters.__getitem__) if letters else None
 
 
-def auto_probes(table: TokenVectors, counts: list[int], texts: Mapping[str, str],
-                script: str | None, n: int = AUTO_PROBES) -> list[str]:
+def auto_probes(
+    table: TokenVectors,
+    counts: list[int],
+    texts: Mapping[str, str],
+    script: str | None,
+    n: int = AUTO_PROBES,
+) -> list[str]:
     """The n most frequent trained tokens that are words of the corpus's main script: only
     its letters, at least _MIN_LETTERS of them (4 where words are spaced)."""
     if script is None:
@@ -197,16 +216,24 @@ def auto_probes(table: TokenVectors, counts: list[int], texts: Mapping[str, str]
     words: list[str] = []
     for r in sorted(range(len(table.names)), key=lambda r: -counts[r]):  # stable: ties by row
         word = texts[table.names[r]].strip()
-        if (len(word) >= shortest and word not in words
-                and all(script_of(ch) == script for ch in word)):
+        if (
+            len(word) >= shortest
+            and word not in words
+            and all(script_of(ch) == script for ch in word)
+        ):
             words.append(word)
             if len(words) == n:
                 break
     return words
 
 
-def quality_report(table: TokenVectors, vocab: Mapping[str, str], cfg: Embed,
-                   texts: Mapping[str, str], counts: list[int]) -> dict:
+def quality_report(
+    table: TokenVectors,
+    vocab: Mapping[str, str],
+    cfg: Embed,
+    texts: Mapping[str, str],
+    counts: list[int],
+) -> dict:
     """The evaluation section of reports/embed.json (`texts`: token -> readable string,
     `counts`: train occurrences of each table row). Probes and word pairs are used only
     where they fit the corpus: `auto` probes are its own frequent words, and word pairs in
@@ -218,17 +245,26 @@ def quality_report(table: TokenVectors, vocab: Mapping[str, str], cfg: Embed,
     pairs = read_pairs(Path(cfg.pairs_file))
     pair_script = main_script(Counter(w for a, b, _ in pairs for w in (a, b)))
     if pairs and pair_script != script:
-        word_pairs = {"file": cfg.pairs_file, "used": False, "pairs": len(pairs),
-                      "spearman": None, "reason": f"the pairs are {pair_script} words, the "
-                      f"corpus is mostly {script}"}
+        word_pairs = {
+            "file": cfg.pairs_file,
+            "used": False,
+            "pairs": len(pairs),
+            "spearman": None,
+            "reason": f"the pairs are {pair_script} words, the corpus is mostly {script}",
+        }
     else:
-        word_pairs = {"file": cfg.pairs_file, "used": True,
-                      **evaluate_pairs(table, vocab, pairs)}
-    report = {"main_script": script,
-              "probes": {"source": "auto" if auto else "params", "words": probes},
-              "neighbours": neighbours, "unknown_probes": unknown, "word_pairs": word_pairs}
+        word_pairs = {"file": cfg.pairs_file, "used": True, **evaluate_pairs(table, vocab, pairs)}
+    report = {
+        "main_script": script,
+        "probes": {"source": "auto" if auto else "params", "words": probes},
+        "neighbours": neighbours,
+        "unknown_probes": unknown,
+        "word_pairs": word_pairs,
+    }
     if cfg.analogy_file:
         questions = read_analogies(Path(cfg.analogy_file))
-        report["analogies"] = {"file": cfg.analogy_file,
-                               **analogy_accuracy(table, vocab, questions)}
+        report["analogies"] = {
+            "file": cfg.analogy_file,
+            **analogy_accuracy(table, vocab, questions),
+        }
     return report

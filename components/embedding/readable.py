@@ -20,8 +20,11 @@ from tokenizers import Tokenizer
 def byte_of() -> dict[str, int]:
     """GPT-2's byte-level alphabet (what HF's ByteLevel uses): stand-in character -> byte.
     Printable Latin-1 bytes stand for themselves, the others for chr(256 + n) in byte order."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    kept = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     shifted = [b for b in range(256) if b not in kept]
     table = {chr(b): b for b in kept}
     table.update({chr(256 + n): b for n, b in enumerate(shifted)})
@@ -48,7 +51,7 @@ def token_texts(tokenizer: Tokenizer) -> list[str]:
         name = tokenizer.id_to_token(i)
         mark = ""
         if inner and name.startswith(inner) and name != inner:
-            name, mark = name[len(inner):], "##"
+            name, mark = name[len(inner) :], "##"
         if byte_level and name not in specials and all(c in table for c in name):
             text = bytes(table[c] for c in name).decode("utf-8", errors="backslashreplace")
         elif name in specials or not byte_level:

@@ -31,17 +31,24 @@ class CarriedStateTrainer(keras.Model):
     starts from the states the previous call ended with and stores the new ones. With
     `carry=False` (`train.context: window`) every call starts cold instead."""
 
-    def __init__(self, lm: keras.Model, streams: int, replicas: int = 1, carry: bool = True,
-                 **kwargs):
+    def __init__(
+        self, lm: keras.Model, streams: int, replicas: int = 1, carry: bool = True, **kwargs
+    ):
         super().__init__(**kwargs)
         self.lm, self.streams, self.replicas, self.carry = lm, streams, replicas, carry
         # (S / replicas, H) per GRU layer: under tf.distribute each replica reads its own
         # S / replicas rows of every batch, so each keeps its own copy ("on_read").
-        self.carried = [keras.Variable(initializer="zeros", shape=(streams // replicas, h),
-                                       trainable=False, name=f"carried_{i}",
-                                       synchronization="on_read",
-                                       aggregation="only_first_replica")
-                        for i, h in enumerate(state_sizes(lm) if carry else [])]
+        self.carried = [
+            keras.Variable(
+                initializer="zeros",
+                shape=(streams // replicas, h),
+                trainable=False,
+                name=f"carried_{i}",
+                synchronization="on_read",
+                aggregation="only_first_replica",
+            )
+            for i, h in enumerate(state_sizes(lm) if carry else [])
+        ]
         self.built = True
 
     def call(self, ids, training=False):
@@ -58,9 +65,13 @@ class CarriedStateTrainer(keras.Model):
             variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
-        return {"name": self.name, "streams": self.streams, "replicas": self.replicas,
-                "carry": self.carry,
-                "lm": keras.saving.serialize_keras_object(self.lm)}
+        return {
+            "name": self.name,
+            "streams": self.streams,
+            "replicas": self.replicas,
+            "carry": self.carry,
+            "lm": keras.saving.serialize_keras_object(self.lm),
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -48,8 +48,10 @@ class Checkpoint:
         try:
             state = json.loads(state_file.read_text())
             if state.get("digest") != self.digest:
-                print(f"train: checkpoint in {self.dir} was made with other model/train params "
-                      "or data — starting afresh")
+                print(
+                    f"train: checkpoint in {self.dir} was made with other model/train params "
+                    "or data — starting afresh"
+                )
                 self.clear()
                 return None
             model = keras.saving.load_model(self.dir / "last.keras", safe_mode=True)
@@ -59,8 +61,10 @@ class Checkpoint:
             for variable, value in zip(variables, state["rng"], strict=True):
                 variable.assign(np.array(value, dtype=variable.dtype))
         except Exception as exc:  # noqa: BLE001 — any unreadable checkpoint: start afresh
-            print(f"train: checkpoint in {self.dir} is unreadable ({exc.__class__.__name__}) "
-                  "— starting afresh")
+            print(
+                f"train: checkpoint in {self.dir} is unreadable ({exc.__class__.__name__}) "
+                "— starting afresh"
+            )
             self.clear()
             return None
         print(f"train: resuming after epoch {state['epoch'] + 1} from {self.dir}")
@@ -76,8 +80,9 @@ class Checkpoint:
             else:
                 shutil.copy2(best, tmp / "best.weights.h5")
             rng = [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for v in seed_states(model)]
-            (tmp / "state.json").write_text(json.dumps({**state, "rng": rng,
-                                                        "digest": self.digest}))
+            (tmp / "state.json").write_text(
+                json.dumps({**state, "rng": rng, "digest": self.digest})
+            )
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -106,9 +111,17 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
         improved = val < self.best
         self.best, self.wait = (val, 0) if improved else (self.best, self.wait + 1)
         stop = self.wait >= max(self.patience, 1)
-        self.ckpt.save(self.model, {"epoch": epoch, "best": self.best, "wait": self.wait,
-                                    "history": self.history, "improved": improved,
-                                    "stopped": stop})
+        self.ckpt.save(
+            self.model,
+            {
+                "epoch": epoch,
+                "best": self.best,
+                "wait": self.wait,
+                "history": self.history,
+                "improved": improved,
+                "stopped": stop,
+            },
+        )
         self.model.stop_training = stop
 
     def on_train_end(self, logs=None):

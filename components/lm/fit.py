@@ -52,9 +52,11 @@ def load_embeddings(p: Params, vocab_size: int) -> np.ndarray | None:
         return None
     embeddings = np.load(p.paths.embeddings)
     if embeddings.shape != (vocab_size, p.model.embedding_dim):
-        raise GruflowError(f"{p.paths.embeddings}: shape {embeddings.shape} does not match "
-                           f"vocabulary {vocab_size} x model.embedding_dim "
-                           f"{p.model.embedding_dim} — rerun the embed stage")
+        raise GruflowError(
+            f"{p.paths.embeddings}: shape {embeddings.shape} does not match "
+            f"vocabulary {vocab_size} x model.embedding_dim "
+            f"{p.model.embedding_dim} — rerun the embed stage"
+        )
     return embeddings
 
 
@@ -69,8 +71,15 @@ def shuffle_documents(stream: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return np.concatenate([docs[i] for i in order])
 
 
-def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: int = 1,
-                   replicas: int = 1, seed: int | None = None, first_epoch: int = 0):
+def stream_dataset(
+    stream: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    epochs: int = 1,
+    replicas: int = 1,
+    seed: int | None = None,
+    first_epoch: int = 0,
+):
     """(tf.data of (ids, targets, weights) batches of shape (S, T) in reading order for
     epochs first_epoch..epochs-1, batches per epoch K, streams S, targets per epoch). With a
     seed each epoch first shuffles the documents (shuffle_documents)."""
@@ -84,17 +93,21 @@ def stream_dataset(stream: np.ndarray, seq_len: int, batch_size: int, epochs: in
 
     def batches():
         for epoch in range(first_epoch, max(epochs, first_epoch + 1)):
-            yield from zip(*make_streams(shuffle_documents(stream, seed, epoch), n_streams,
-                                         seq_len), strict=True)
+            yield from zip(
+                *make_streams(shuffle_documents(stream, seed, epoch), n_streams, seq_len),
+                strict=True,
+            )
 
     spec = tf.TensorSpec(x.shape[1:], tf.int32)
     data = tf.data.Dataset.from_generator(
-        batches, output_signature=(spec, spec, tf.TensorSpec(x.shape[1:], tf.float32)))
+        batches, output_signature=(spec, spec, tf.TensorSpec(x.shape[1:], tf.float32))
+    )
     return data.prefetch(2), len(x), n_streams, target_count(stream)
 
 
-def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
-                   first_epoch: int, epochs: int):
+def window_dataset(
+    stream: np.ndarray, seq_len: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+):
     """`train.context: window`: independent windows, each from a cold state; epoch e is
     shuffled by a stateless permutation keyed on (seed, e), so a resumed run sees exactly the
     batches an uninterrupted one would. Same return values as stream_dataset."""
@@ -106,19 +119,24 @@ def window_dataset(stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
 
     def epoch_batches(e):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e])
+        )
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     def gather(idx):
         return tuple(tf.gather(t, idx) for t in tensors)
 
-    data = tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(
-        epoch_batches).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    data = (
+        tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1))
+        .flat_map(epoch_batches)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    )
     return data.prefetch(tf.data.AUTOTUNE), -(-n // batch_size), batch_size, target_count(stream)
 
 
-def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1,
-                  vocab_size: int = 0):
+def training_data(
+    stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1, vocab_size: int = 0
+):
     """The train split as the `train.context` mode reads it (see the two functions above);
     with `train.objective: masked`, masked windows (components/lm/masked.py; the random
     replacements need `vocab_size`)."""
@@ -128,8 +146,7 @@ def training_data(stream: np.ndarray, t, first_epoch: int = 0, replicas: int = 1
         return masked_dataset(stream, t, vocab_size, first_epoch)
     if t.context == "window":
         return window_dataset(stream, t.seq_len, t.batch_size, t.seed, first_epoch, t.epochs)
-    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs, replicas, t.seed,
-                          first_epoch)
+    return stream_dataset(stream, t.seq_len, t.batch_size, t.epochs, replicas, t.seed, first_epoch)
 
 
 def optimizer(p: Params, steps_per_epoch: int):
@@ -142,9 +159,12 @@ def optimizer(p: Params, steps_per_epoch: int):
         total = max(steps_per_epoch * t.epochs, 1)
         warmup = int(total * t.warmup_fraction)
         lr = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else t.learning_rate, decay_steps=max(total - warmup, 1),
-            alpha=t.min_lr_fraction, warmup_target=t.learning_rate if warmup else None,
-            warmup_steps=warmup)
+            0.0 if warmup else t.learning_rate,
+            decay_steps=max(total - warmup, 1),
+            alpha=t.min_lr_fraction,
+            warmup_target=t.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
     return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
 
 
@@ -155,22 +175,29 @@ def loss(t: Train):
 
     if t.label_smoothing == 0:
         return keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight")
+            from_logits=True, reduction="mean_with_sample_weight"
+        )
     from components.lm.model import SmoothedTokenLoss
 
     return SmoothedTokenLoss(t.label_smoothing, reduction="mean_with_sample_weight")
 
 
-def compiled_model(p: Params, vocab_size: int, train: np.ndarray,
-                   embeddings: np.ndarray | None, steps: int, streams: int, replicas: int = 1):
+def compiled_model(
+    p: Params,
+    vocab_size: int,
+    train: np.ndarray,
+    embeddings: np.ndarray | None,
+    steps: int,
+    streams: int,
+    replicas: int = 1,
+):
     """A fresh model (output bias at the train split's log unigram frequencies) inside the
     trainer that carries its GRU state over `streams` parallel streams (or starts every batch
     cold with `train.context: window`), compiled with the recipe's optimizer and loss."""
     if p.train.objective == "masked":
         from components.lm.masked import compiled_masked
 
-        return compiled_masked(p, vocab_size, train, embeddings, optimizer(p, steps),
-                               loss(p.train))
+        return compiled_masked(p, vocab_size, train, embeddings, optimizer(p, steps), loss(p.train))
     from components.lm.carry import CarriedStateTrainer
     from components.lm.model import build_model
 

@@ -25,17 +25,34 @@ MAX_SEED = 2**63 - 1  # MLflow's `long`
 # The continuous cache of `score` (components/lm/cache.py): -1 = the model's own value, the one
 # its evaluate stage chose on val (info.json "cache"), or off for a model evaluated without it.
 OWN = -1
-LEGACY_DEFAULTS = {"mode": "generate", "max_new_tokens": 32, "temperature": 1.0, "top_k": 0,
-                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "candidates": 5,
-                   "cache_size": OWN, "cache_theta": float(OWN), "cache_lambda": float(OWN)}
+LEGACY_DEFAULTS = {
+    "mode": "generate",
+    "max_new_tokens": 32,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "seed": 0,
+    "candidates": 5,
+    "cache_size": OWN,
+    "cache_theta": float(OWN),
+    "cache_lambda": float(OWN),
+}
 MAX_CANDIDATES = 50
 MAX_CACHE_SIZE = 2_000  # states remembered per text by the continuous cache: bounds the work
 # of a served score request (rows x size x H multiply-adds)
 NO_CACHE = {"size": 0, "theta": 0.3, "lambda": 0.1}  # a model evaluated without the cache
 MODES = ("generate", "score", "fill")  # fill: masked LMs only (components/lm/pyfunc.py)
-SCORE_COLUMNS = {"nll": "double", "tokens": "long", "bytes": "long", "perplexity": "double",
-                 "bits_per_byte": "double", "nll_cache": "double", "perplexity_cache": "double",
-                 "bits_per_byte_cache": "double"}  # score mode's output (the cache's when on)
+SCORE_COLUMNS = {
+    "nll": "double",
+    "tokens": "long",
+    "bytes": "long",
+    "perplexity": "double",
+    "bits_per_byte": "double",
+    "nll_cache": "double",
+    "perplexity_cache": "double",
+    "bits_per_byte_cache": "double",
+}  # score mode's output (the cache's when on)
 MASKED_SCORE_COLUMNS = {"nll": "double", "masked_tokens": "long", "perplexity": "double"}
 
 
@@ -63,8 +80,7 @@ def check_params(params: dict | None, defaults: dict | None = None) -> dict:
         raise BadRequest(f"params {unknown} are not known — use {sorted(defaults)}")
     p = {**defaults, **params}
     if p["mode"] not in MODES:
-        raise BadRequest(f"params.mode must be 'generate', 'score' or 'fill', "
-                         f"got {p['mode']!r}")
+        raise BadRequest(f"params.mode must be 'generate', 'score' or 'fill', got {p['mode']!r}")
     _integer(p, "max_new_tokens", 1, MAX_NEW_TOKENS_CAP)
     _integer(p, "candidates", 1, MAX_CANDIDATES)
     _integer(p, "top_k", 0, None, "(0 = no limit)")
@@ -78,8 +94,9 @@ def check_params(params: dict | None, defaults: dict | None = None) -> dict:
     return p
 
 
-def _real(p: dict, name: str, low: float, high: float | None, allowed: str,
-          open_low: bool = False) -> None:
+def _real(
+    p: dict, name: str, low: float, high: float | None, allowed: str, open_low: bool = False
+) -> None:
     value = p[name]
     ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok and (value > low if open_low else value >= low) and (high is None or value <= high):
@@ -95,17 +112,23 @@ def _integer(p: dict, name: str, low: int, high: int | None, note: str = "") -> 
         p[name] = int(value)
         return
     bounds = f"in {low}..{high}" if high is not None else f">= {low}"
-    raise BadRequest(f"params.{name} must be an integer {bounds}{' ' + note if note else ''}, "
-                     f"got {value!r}")
+    raise BadRequest(
+        f"params.{name} must be an integer {bounds}{' ' + note if note else ''}, got {value!r}"
+    )
 
 
 def _number(p: dict, name: str, ok, bounds: str) -> None:
     """A finite real number meeting `ok`, or -1 (the model's own value)."""
     v = p[name]
-    if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not (
-            v == OWN or ok(v)):
-        raise BadRequest(f"params.{name} must be a number {bounds} (or -1 = the model's own), "
-                         f"got {v!r}")
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, Real)
+        or not math.isfinite(v)
+        or not (v == OWN or ok(v))
+    ):
+        raise BadRequest(
+            f"params.{name} must be a number {bounds} (or -1 = the model's own), got {v!r}"
+        )
     p[name] = float(v)
 
 
@@ -113,8 +136,10 @@ def cache_choice(p: dict, own: dict | None) -> tuple[int, float, float]:
     """(size, θ, λ) of a checked request: its values, -1 replaced by the model's `own` (what
     evaluate chose on val) or, without one, by NO_CACHE."""
     own = own or NO_CACHE
-    pick = [own[key] if p[f"cache_{key}"] == OWN else p[f"cache_{key}"]
-            for key in ("size", "theta", "lambda")]
+    pick = [
+        own[key] if p[f"cache_{key}"] == OWN else p[f"cache_{key}"]
+        for key in ("size", "theta", "lambda")
+    ]
     return int(pick[0]), float(pick[1]), float(pick[2])
 
 
@@ -151,12 +176,13 @@ def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray
     ends once it has cost more than its lead. (V,) -> (V,) float64, `logits` untouched."""
     z = logits.astype(np.float64)
     if penalty != 1.0 and seen.size:
-        z -= np.bincount(seen, minlength=z.size)[:z.size] * math.log(penalty)
+        z -= np.bincount(seen, minlength=z.size)[: z.size] * math.log(penalty)
     return z
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_k: int,
-                rng: np.random.Generator, top_p: float = 1.0) -> int:
+def sample_next(
+    logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator, top_p: float = 1.0
+) -> int:
     """Greedy when temperature is 0, else softmax(logits / T) restricted to the top k and then
     to the nucleus: the fewest likeliest tokens whose probability reaches top_p."""
     if temperature == 0:
@@ -174,9 +200,18 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int,
     return int(rng.choice(z.size, p=p))
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
-             top_k: int, seed: int, seq_len: int, top_p: float = 1.0,
-             repetition_penalty: float = 1.0) -> str:
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int,
+    seq_len: int,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+) -> str:
     """Continue `prompt` token by token. The text is read in blocks of seq_len from its start,
     as in training: finished blocks only pass on their GRU state, the current block is the
     window attention sees. A model without state inputs sees the last seq_len tokens. The
@@ -189,16 +224,16 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
         if not states:
             start = max(0, len(ids) - seq_len)
         while len(ids) - start > seq_len:  # finished blocks: carry their state on
-            _, states = step(model, np.array([ids[start:start + seq_len]], np.int32), states)
+            _, states = step(model, np.array([ids[start : start + seq_len]], np.int32), states)
             start += seq_len
         logits = step(model, np.array([ids[start:]], np.int32), states)[0][0, -1]  # (V,)
-        recent = np.array(ids[max(1, len(ids) - seq_len):], np.int64)  # never <bos>
+        recent = np.array(ids[max(1, len(ids) - seq_len) :], np.int64)  # never <bos>
         logits = penalize(logits, recent, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, rng, top_p)
         if nxt == EOS:
             break
         ids.append(nxt)
-    return tokenizer.decode(ids[len(prompt_ids):])
+    return tokenizer.decode(ids[len(prompt_ids) :])
 
 
 def stream_stats(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,12 +259,15 @@ def text_streams(ids: list[list[int]], seq_len: int) -> tuple[np.ndarray, ...]:
     seq_len; shorter texts are right-padded (padding is never a target)."""
     parts = [make_streams(np.array(t, np.int32), 1, seq_len) for t in ids]
     K = max(len(p[0]) for p in parts)
-    return tuple(np.concatenate([np.pad(p[i], ((0, K - len(p[i])), (0, 0), (0, 0)))
-                                 for p in parts], axis=1) for i in range(3))  # (K, S, T)
+    return tuple(
+        np.concatenate([np.pad(p[i], ((0, K - len(p[i])), (0, 0), (0, 0))) for p in parts], axis=1)
+        for i in range(3)
+    )  # (K, S, T)
 
 
-def score_texts(model, tokenizer, texts: list[str], seq_len: int,
-                batch_size: int = 64) -> list[dict[str, float]]:
+def score_texts(
+    model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 64
+) -> list[dict[str, float]]:
     """Per text: summed NLL (nats), targets, UTF-8 bytes (+1 for <eos>), perplexity, bits/byte.
 
     Each text is one stream (state carried across its windows); up to batch_size texts are
@@ -239,16 +277,22 @@ def score_texts(model, tokenizer, texts: list[str], seq_len: int,
     nll = np.zeros(len(texts))
     counts = np.zeros(len(texts))
     for lo in range(0, len(texts), batch_size):
-        x, y, w = text_streams(ids[lo:lo + batch_size], seq_len)  # (K, S, T)
+        x, y, w = text_streams(ids[lo : lo + batch_size], seq_len)  # (K, S, T)
         per_pos = stream_stats(model, x, y)[0] * w
-        nll[lo:lo + x.shape[1]] = per_pos.sum(axis=(0, 2))
-        counts[lo:lo + x.shape[1]] = w.sum(axis=(0, 2))
+        nll[lo : lo + x.shape[1]] = per_pos.sum(axis=(0, 2))
+        counts[lo : lo + x.shape[1]] = w.sum(axis=(0, 2))
     rows = []
     for text, total, n in zip(texts, nll, counts, strict=True):
         n_bytes = text_bytes(text)
-        rows.append({"nll": float(total), "tokens": int(n), "bytes": n_bytes,
-                     "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
-                     "bits_per_byte": total / math.log(2) / n_bytes})
+        rows.append(
+            {
+                "nll": float(total),
+                "tokens": int(n),
+                "bytes": n_bytes,
+                "perplexity": math.exp(min(total / n, 700.0)),  # no float overflow
+                "bits_per_byte": total / math.log(2) / n_bytes,
+            }
+        )
     return rows
 
 
@@ -268,6 +312,11 @@ def score_stream(model, stream: np.ndarray, seq_len: int, n_streams: int) -> dic
     pos = np.broadcast_to(np.arange(T), x.shape)
     weight = in_order(w)
     per_target = in_order(nll) * weight
-    return {"nll": float(per_target.sum()), "targets": int(weight.sum()),
-            "nll_at": per_target, "rank_at": in_order(rank), "weight_at": weight,
-            "pos_at": in_order(pos)}
+    return {
+        "nll": float(per_target.sum()),
+        "targets": int(weight.sum()),
+        "nll_at": per_target,
+        "rank_at": in_order(rank),
+        "weight_at": weight,
+        "pos_at": in_order(pos),
+    }

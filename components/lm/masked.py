@@ -40,8 +40,7 @@ class WindowAttention(layers.Layer):
     positions with |t - i| < window. Returns the context (B, T, C) and, with
     `return_attention=True`, the weights averaged over heads (B, T, T)."""
 
-    def __init__(self, heads: int = 1, window: int = 0, return_attention: bool = False,
-                 **kwargs):
+    def __init__(self, heads: int = 1, window: int = 0, return_attention: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.heads, self.window, self.return_attention = heads, window, return_attention
 
@@ -69,27 +68,43 @@ class WindowAttention(layers.Layer):
         return ((B, T, C), (B, T, T)) if self.return_attention else (B, T, C)
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "window": self.window,
-                "return_attention": self.return_attention}
+        return {
+            **super().get_config(),
+            "heads": self.heads,
+            "window": self.window,
+            "return_attention": self.return_attention,
+        }
 
 
-def build_masked_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None = None,
-                       unigram_log_probs: np.ndarray | None = None) -> keras.Model:
+def build_masked_model(
+    cfg: ModelParams,
+    vocab_size: int,
+    embeddings: np.ndarray | None = None,
+    unigram_log_probs: np.ndarray | None = None,
+) -> keras.Model:
     """The masked LM as a functional model ids (B, T) -> logits (B, T, V)."""
     if embeddings is not None and embeddings.shape != (vocab_size, cfg.embedding_dim):
-        raise ValueError(f"embedding matrix shape {embeddings.shape} != (vocab {vocab_size}, "
-                         f"model.embedding_dim {cfg.embedding_dim})")
+        raise ValueError(
+            f"embedding matrix shape {embeddings.shape} != (vocab {vocab_size}, "
+            f"model.embedding_dim {cfg.embedding_dim})"
+        )
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
     if cfg.tie_embeddings:
-        embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, name="embedding",
-                                  trainable=cfg.embedding_trainable)
+        embedding = TiedEmbedding(
+            vocab_size, cfg.embedding_dim, name="embedding", trainable=cfg.embedding_trainable
+        )
     else:
-        embedding = layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding",
-                                     embeddings_initializer="uniform",
-                                     trainable=cfg.embedding_trainable)
+        embedding = layers.Embedding(
+            vocab_size,
+            cfg.embedding_dim,
+            name="embedding",
+            embeddings_initializer="uniform",
+            trainable=cfg.embedding_trainable,
+        )
     x = embedding(ids)  # (B, T, E)
-    x = layers.Dropout(cfg.embedding_dropout, noise_shape=(None, None, 1),
-                       name="embedding_dropout")(x)
+    x = layers.Dropout(
+        cfg.embedding_dropout, noise_shape=(None, None, 1), name="embedding_dropout"
+    )(x)
     shape = (None, 1, None) if cfg.locked_dropout else None
 
     def dropout(name: str):
@@ -98,18 +113,19 @@ def build_masked_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray
     x = dropout("dropout_embedding")(x)
     for i in range(cfg.gru_layers):
         # cuDNN-eligible GRU in each direction; outputs concatenated (B, T, 2H)
-        x = layers.Bidirectional(layers.GRU(cfg.units, return_sequences=True),
-                                 name=f"gru_{i}")(x)
+        x = layers.Bidirectional(layers.GRU(cfg.units, return_sequences=True), name=f"gru_{i}")(x)
         x = dropout(f"dropout_gru_{i}")(x)
-    context = WindowAttention(cfg.attention_heads, cfg.attention_window,
-                              name="attention")(x)  # (B, T, 2H)
+    context = WindowAttention(cfg.attention_heads, cfg.attention_window, name="attention")(
+        x
+    )  # (B, T, 2H)
     combined = layers.Concatenate()([x, context])  # (B, T, 4H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)  # (B, T, H)
     combined = dropout("dropout_combine")(combined)
     if cfg.tie_embeddings:
         combined = layers.Dense(cfg.embedding_dim, name="tie_projection")(combined)  # (B, T, E)
-        logits = embedding(layers.Activation("linear", dtype="float32")(combined),
-                           mode="logits")  # (B, T, V)
+        logits = embedding(
+            layers.Activation("linear", dtype="float32")(combined), mode="logits"
+        )  # (B, T, V)
         bias = embedding.bias
     else:
         output = layers.Dense(vocab_size, dtype="float32", name="logits")
@@ -173,42 +189,53 @@ def masked_dataset(stream: np.ndarray, t, vocab_size: int, first_epoch: int = 0)
     def batches():
         for epoch in range(first_epoch, max(t.epochs, first_epoch + 1)):
             order = np.random.default_rng([t.seed, epoch, 0]).permutation(n)
-            x, y, w = mask_windows(windows[order], t.mask_fraction, [t.seed, epoch, 1],
-                                   vocab_size)
+            x, y, w = mask_windows(windows[order], t.mask_fraction, [t.seed, epoch, 1], vocab_size)
             for lo in range(0, n, B):
-                yield x[lo:lo + B], y[lo:lo + B], w[lo:lo + B]
+                yield x[lo : lo + B], y[lo : lo + B], w[lo : lo + B]
 
     spec = tf.TensorSpec((None, t.seq_len), tf.int32)
     data = tf.data.Dataset.from_generator(
-        batches, output_signature=(spec, spec, tf.TensorSpec((None, t.seq_len), tf.float32)))
+        batches, output_signature=(spec, spec, tf.TensorSpec((None, t.seq_len), tf.float32))
+    )
     return data.prefetch(2), -(-n // B), B, chosen_count(stream, t.seq_len, t.mask_fraction)
 
 
 def masked_logits(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Logits (N, T, V) of (N, T) windows, in batches (float64 for exact sums)."""
-    parts = [np.asarray(model.predict_on_batch(x[lo:lo + batch_size]), np.float64)
-             for lo in range(0, len(x), batch_size)]
+    parts = [
+        np.asarray(model.predict_on_batch(x[lo : lo + batch_size]), np.float64)
+        for lo in range(0, len(x), batch_size)
+    ]
     return np.concatenate(parts)
 
 
-def masked_stats(model: keras.Model, stream: np.ndarray, seq_len: int, fraction: float,
-                 batch_size: int, seed=EVAL_MASK_SEED) -> dict:
+def masked_stats(
+    model: keras.Model,
+    stream: np.ndarray,
+    seq_len: int,
+    fraction: float,
+    batch_size: int,
+    seed=EVAL_MASK_SEED,
+) -> dict:
     """The stream under one fixed seeded mask: per chosen position (in stream order) its
     -log p, rank among the logits (0 = top-1), target and index in the stream."""
     vocab = int(model.outputs[0].shape[-1])
     x, y, w = mask_windows(token_windows(stream, seq_len), fraction, seed, vocab)
     nll, rank = [], []
     for lo in range(0, len(x), batch_size):
-        logits = masked_logits(model, x[lo:lo + batch_size], batch_size)  # (b, T, V)
+        logits = masked_logits(model, x[lo : lo + batch_size], batch_size)  # (b, T, V)
         m = logits.max(-1, keepdims=True)
         logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]  # (b, T)
-        target = np.take_along_axis(logits, y[lo:lo + batch_size][..., None], -1)[..., 0]
+        target = np.take_along_axis(logits, y[lo : lo + batch_size][..., None], -1)[..., 0]
         nll.append(logz - target)
         rank.append((logits > target[..., None]).sum(-1))
     chosen = w.reshape(-1) > 0
-    return {"nll_at": np.concatenate(nll).reshape(-1)[chosen],
-            "rank_at": np.concatenate(rank).reshape(-1)[chosen],
-            "targets": y.reshape(-1)[chosen], "index": np.flatnonzero(chosen)}
+    return {
+        "nll_at": np.concatenate(nll).reshape(-1)[chosen],
+        "rank_at": np.concatenate(rank).reshape(-1)[chosen],
+        "targets": y.reshape(-1)[chosen],
+        "index": np.flatnonzero(chosen),
+    }
 
 
 class MaskedValidation(keras.callbacks.Callback):
@@ -220,8 +247,9 @@ class MaskedValidation(keras.callbacks.Callback):
         self.val, self.t = val, t
 
     def on_epoch_end(self, epoch, logs=None):
-        s = masked_stats(self.model.lm, self.val, self.t.seq_len, EVAL_MASK_FRACTION,
-                         self.t.batch_size)
+        s = masked_stats(
+            self.model.lm, self.val, self.t.seq_len, EVAL_MASK_FRACTION, self.t.batch_size
+        )
         if logs is not None:
             logs["val_loss"] = float(s["nll_at"].sum() / max(s["nll_at"].size, 1))
 

@@ -27,8 +27,9 @@ from components.lm.masking import (
 SAMPLE_WORDS, MASKED_WORD, SAMPLE_CANDIDATES = 12, 3, 5
 
 
-def masked_metrics(model, train: np.ndarray, test: np.ndarray, seq_len: int,
-                   batch_size: int, vocab_size: int) -> dict:
+def masked_metrics(
+    model, train: np.ndarray, test: np.ndarray, seq_len: int, batch_size: int, vocab_size: int
+) -> dict:
     """metrics.json of a masked LM and the per-position NLL/index behind its plots."""
     s = masked_stats(model, test, seq_len, EVAL_MASK_FRACTION, batch_size, EVAL_MASK_SEED)
     n = int(s["nll_at"].size)
@@ -39,14 +40,17 @@ def masked_metrics(model, train: np.ndarray, test: np.ndarray, seq_len: int,
         "masked_top5_accuracy": float((s["rank_at"] < 5).mean()),
         "masked_perplexity": math.exp(nll / n),
         "masked_baseline_perplexity": math.exp(unigram_nll(train, s["targets"], vocab_size) / n),
-        "masked_tokens": n, "mask_fraction": EVAL_MASK_FRACTION, "mask_seed": EVAL_MASK_SEED,
+        "masked_tokens": n,
+        "mask_fraction": EVAL_MASK_FRACTION,
+        "mask_seed": EVAL_MASK_SEED,
         "test_tokens": int(test.size),
     }
     return {"metrics": metrics, "per_position": (s["nll_at"], s["index"])}
 
 
-def per_document(per_position: tuple[np.ndarray, np.ndarray],
-                 doc_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def per_document(
+    per_position: tuple[np.ndarray, np.ndarray], doc_lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(length, masked perplexity) of each test document with at least one chosen position."""
     nll_at, index = per_position
     owner = np.repeat(np.arange(len(doc_lengths)), doc_lengths)[index]
@@ -56,17 +60,24 @@ def per_document(per_position: tuple[np.ndarray, np.ndarray],
     return doc_lengths[keep], np.exp(nll[keep] / counts[keep])
 
 
-def score_masked_texts(model, tokenizer, texts: list[str], seq_len: int,
-                       batch_size: int = 64) -> list[dict]:
+def score_masked_texts(
+    model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 64
+) -> list[dict]:
     """Per text: summed NLL (nats) of its positions under the fixed evaluation mask, how many
     there are, and the masked perplexity."""
     rows = []
     for ids in encode(tokenizer, texts):
-        s = masked_stats(model, np.array(ids, np.int32), seq_len, EVAL_MASK_FRACTION,
-                         batch_size, EVAL_MASK_SEED)
+        s = masked_stats(
+            model, np.array(ids, np.int32), seq_len, EVAL_MASK_FRACTION, batch_size, EVAL_MASK_SEED
+        )
         total, n = float(s["nll_at"].sum()), int(s["nll_at"].size)
-        rows.append({"nll": total, "masked_tokens": n,
-                     "perplexity": math.exp(min(total / max(n, 1), 700.0))})
+        rows.append(
+            {
+                "nll": total,
+                "masked_tokens": n,
+                "perplexity": math.exp(min(total / max(n, 1), 700.0)),
+            }
+        )
     return rows
 
 
@@ -75,8 +86,7 @@ def fill(model, tokenizer, text: str, seq_len: int, candidates: int) -> dict:
     `candidates` most likely tokens with their probabilities (special tokens never offered)."""
     ids = np.array([BOS, *tokenizer.encode(text, add_special_tokens=False).ids, EOS], np.int32)
     if not (ids == MASK).any():
-        raise BadRequest(f"text {text!r:.60} has no <mask> — mark each token to fill with "
-                         "<mask>")
+        raise BadRequest(f"text {text!r:.60} has no <mask> — mark each token to fill with <mask>")
     windows = token_windows(ids, seq_len)  # (N, T)
     logits = masked_logits(model, windows, 64)  # (N, T, V)
     logits = logits.reshape(-1, logits.shape[-1])  # (N*T, V): row i = token i of ids
@@ -86,8 +96,9 @@ def fill(model, tokenizer, text: str, seq_len: int, candidates: int) -> dict:
         z = logits[pos] - logits[pos].max()
         p = np.exp(z) / np.exp(z).sum()
         top = np.argsort(-p, kind="stable")[:candidates]
-        fills.append([{"token": tokenizer.decode([int(i)]), "probability": float(p[i])}
-                      for i in top])
+        fills.append(
+            [{"token": tokenizer.decode([int(i)]), "probability": float(p[i])} for i in top]
+        )
         filled[pos] = top[0]
     return {"text": tokenizer.decode(filled[1:-1].tolist()), "fills": fills}
 
@@ -98,18 +109,24 @@ def attention_inputs(model, tokenizer, test: np.ndarray, n_docs: int, n_tokens: 
     starts = np.flatnonzero(test == BOS)[:n_docs]
     maps = []
     for start in starts:
-        x = test[start:start + n_tokens][None, :]  # (1, T)
+        x = test[start : start + n_tokens][None, :]  # (1, T)
         alpha = np.asarray(probe.predict_on_batch(x))[0]  # (T, T)
-        maps.append(([tokenizer.decode([int(i)]) or tokenizer.id_to_token(int(i))
-                      for i in x[0]], alpha))
+        maps.append(
+            ([tokenizer.decode([int(i)]) or tokenizer.id_to_token(int(i)) for i in x[0]], alpha)
+        )
     return maps
 
 
 def write_fill_samples(model, tokenizer, texts: list[str], seq_len: int, out: Path) -> None:
     """The opening words of the first test documents with one word masked, and the model's
     candidates for it (deterministic: no sampling)."""
-    lines = ["# Samples", "", f"The fourth word of the opening words of test documents "
-             f"replaced by <mask>; the model's {SAMPLE_CANDIDATES} most likely tokens.", ""]
+    lines = [
+        "# Samples",
+        "",
+        f"The fourth word of the opening words of test documents "
+        f"replaced by <mask>; the model's {SAMPLE_CANDIDATES} most likely tokens.",
+        "",
+    ]
     for text in texts:
         words = text.split()[:SAMPLE_WORDS]
         if len(words) <= MASKED_WORD:

@@ -52,8 +52,9 @@ def choose(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarr
     return rank < k[:, None]  # (N, T)
 
 
-def corrupt(x: np.ndarray, chosen: np.ndarray, rng: np.random.Generator,
-            vocab_size: int) -> np.ndarray:
+def corrupt(
+    x: np.ndarray, chosen: np.ndarray, rng: np.random.Generator, vocab_size: int
+) -> np.ndarray:
     """x with chosen positions replaced 80/10/10 by `<mask>` / a random non-special token /
     themselves."""
     u = rng.random(x.shape)

@@ -35,8 +35,14 @@ class CausalAttention(layers.Layer):
     row t holds α_t·, every entry above the diagonal is zero.
     """
 
-    def __init__(self, heads: int = 1, window: int = 0, return_attention: bool = False,
-                 block: int = 0, **kwargs):
+    def __init__(
+        self,
+        heads: int = 1,
+        window: int = 0,
+        return_attention: bool = False,
+        block: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.heads, self.window, self.return_attention = heads, window, return_attention
         self.block = block
@@ -72,8 +78,13 @@ class CausalAttention(layers.Layer):
         return (B, T, H)
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "window": self.window,
-                "return_attention": self.return_attention, "block": self.block}
+        return {
+            **super().get_config(),
+            "heads": self.heads,
+            "window": self.window,
+            "return_attention": self.return_attention,
+            "block": self.block,
+        }
 
 
 @keras.saving.register_keras_serializable(package="gruflow")
@@ -87,8 +98,7 @@ class WeightDropGRU(layers.GRU):
     layer keeps every cuDNN condition (no recurrent_dropout, default activations, reset_after).
     """
 
-    def __init__(self, units: int, weight_drop: float = 0.0, seed: int | None = None,
-                 **kwargs):
+    def __init__(self, units: int, weight_drop: float = 0.0, seed: int | None = None, **kwargs):
         super().__init__(units, **kwargs)
         self.weight_drop, self.seed = weight_drop, seed
         self.seed_generator = keras.random.SeedGenerator(seed)  # checkpointed with the model
@@ -98,8 +108,9 @@ class WeightDropGRU(layers.GRU):
             return super().inner_loop(sequences, initial_state, mask, training=training)
         cell = self.cell
         kernel = cell.recurrent_kernel  # the variable (H, 3H)
-        dropped = keras.random.dropout(ops.convert_to_tensor(kernel), self.weight_drop,
-                                       seed=self.seed_generator)  # one mask for the batch
+        dropped = keras.random.dropout(
+            ops.convert_to_tensor(kernel), self.weight_drop, seed=self.seed_generator
+        )  # one mask for the batch
         # The cell and the cuDNN call both read cell.recurrent_kernel: point it at the masked
         # tensor for this call only (object.__setattr__: no variable tracking), then restore.
         object.__setattr__(cell, "recurrent_kernel", ops.cast(dropped, self.compute_dtype))
@@ -121,8 +132,9 @@ class TiedEmbedding(layers.Layer):
         self.vocab_size, self.dim = vocab_size, dim
 
     def build(self, input_shape):
-        self.embeddings = self.add_weight(shape=(self.vocab_size, self.dim),
-                                          initializer="uniform", name="embeddings")
+        self.embeddings = self.add_weight(
+            shape=(self.vocab_size, self.dim), initializer="uniform", name="embeddings"
+        )
         self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
 
     def call(self, inputs, mode: str = "embed"):
@@ -158,8 +170,12 @@ class SmoothedTokenLoss(keras.losses.Loss):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None = None,
-                unigram_log_probs: np.ndarray | None = None) -> keras.Model:
+def build_model(
+    cfg: ModelParams,
+    vocab_size: int,
+    embeddings: np.ndarray | None = None,
+    unigram_log_probs: np.ndarray | None = None,
+) -> keras.Model:
     """The LM as a functional model (ids, h_0...) -> (logits, h_T...); `embeddings`
     initialise the Embedding layer (word2vec)."""
     if embeddings is not None and embeddings.shape != (vocab_size, cfg.embedding_dim):
@@ -168,21 +184,29 @@ def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None
             f"model.embedding_dim {cfg.embedding_dim})"
         )
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T)
-    h0 = [keras.Input(shape=(cfg.units,), name=f"state_{i}")  # (B, H) each
-          for i in range(cfg.gru_layers)]
+    h0 = [
+        keras.Input(shape=(cfg.units,), name=f"state_{i}")  # (B, H) each
+        for i in range(cfg.gru_layers)
+    ]
     if cfg.tie_embeddings:
-        embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, name="embedding",
-                                  trainable=cfg.embedding_trainable)
+        embedding = TiedEmbedding(
+            vocab_size, cfg.embedding_dim, name="embedding", trainable=cfg.embedding_trainable
+        )
     else:
-        embedding = layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding",
-                                     embeddings_initializer="uniform",
-                                     trainable=cfg.embedding_trainable)
+        embedding = layers.Embedding(
+            vocab_size,
+            cfg.embedding_dim,
+            name="embedding",
+            embeddings_initializer="uniform",
+            trainable=cfg.embedding_trainable,
+        )
     x = embedding(ids)  # (B, T, E)
     # Embedding dropout drops whole word vectors (one mask value per token, over all E
     # features); locked dropout keeps one mask per sequence and feature for every step (B, 1, C).
     # Both sit between layers, so the GRU keeps its cuDNN kernel (no recurrent_dropout).
-    x = layers.Dropout(cfg.embedding_dropout, noise_shape=(None, None, 1),
-                       name="embedding_dropout")(x)
+    x = layers.Dropout(
+        cfg.embedding_dropout, noise_shape=(None, None, 1), name="embedding_dropout"
+    )(x)
     shape = (None, 1, None) if cfg.locked_dropout else None
 
     def dropout(name: str):
@@ -193,21 +217,31 @@ def build_model(cfg: ModelParams, vocab_size: int, embeddings: np.ndarray | None
     for i in range(cfg.gru_layers):
         # Default activations, no recurrent dropout, reset_after: the cuDNN-eligible GRU
         # (with weight_drop, the same GRU on a masked recurrent kernel; plain GRU when 0).
-        gru = (WeightDropGRU(cfg.units, cfg.weight_drop, return_sequences=True,
-                             return_state=True, name=f"gru_{i}") if cfg.weight_drop else
-               layers.GRU(cfg.units, return_sequences=True, return_state=True, name=f"gru_{i}"))
+        gru = (
+            WeightDropGRU(
+                cfg.units,
+                cfg.weight_drop,
+                return_sequences=True,
+                return_state=True,
+                name=f"gru_{i}",
+            )
+            if cfg.weight_drop
+            else layers.GRU(cfg.units, return_sequences=True, return_state=True, name=f"gru_{i}")
+        )
         x, h = gru(x, initial_state=h0[i])  # (B, T, H), (B, H)
         h_T.append(layers.Activation("linear", dtype="float32", name=f"final_state_{i}")(h))
         x = dropout(f"dropout_gru_{i}")(x)
-    context = CausalAttention(cfg.attention_heads, cfg.attention_window,
-                              name="attention")(x)  # (B, T, H)
+    context = CausalAttention(cfg.attention_heads, cfg.attention_window, name="attention")(
+        x
+    )  # (B, T, H)
     combined = layers.Concatenate()([x, context])  # (B, T, 2H)
     combined = layers.Dense(cfg.units, activation="tanh", name="combine")(combined)
     combined = dropout("dropout_combine")(combined)
     if cfg.tie_embeddings:
         combined = layers.Dense(cfg.embedding_dim, name="tie_projection")(combined)  # (B, T, E)
-        logits = embedding(layers.Activation("linear", dtype="float32")(combined),
-                           mode="logits")  # (B, T, V)
+        logits = embedding(
+            layers.Activation("linear", dtype="float32")(combined), mode="logits"
+        )  # (B, T, V)
         bias = embedding.bias
     else:
         output = layers.Dense(vocab_size, dtype="float32", name="logits")  # f32 if mixed

@@ -42,8 +42,13 @@ def attention_maps(maps: list[tuple[list[str], np.ndarray]], out: Path) -> None:
 def perplexity_by_length(lengths: np.ndarray, perplexities: np.ndarray, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(lengths, perplexities, s=8, alpha=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="document length (tokens)",
-           ylabel="perplexity", title="Test perplexity by document length")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="document length (tokens)",
+        ylabel="perplexity",
+        title="Test perplexity by document length",
+    )
     _save(fig, out)
 
 

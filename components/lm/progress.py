@@ -38,8 +38,13 @@ def clock_text(seconds: float) -> str:
 class ProgressLines(keras.callbacks.Callback):
     """One plain line per `interval` seconds of fitting: epoch, batch, loss, the epoch's ETA."""
 
-    def __init__(self, label: str, interval: float, clock: Callable[[], float] = time.monotonic,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        stream: TextIO | None = None,
+    ) -> None:
         super().__init__()
         self.label, self.interval, self.clock, self.stream = label, interval, clock, stream
         self.epoch, self.first_done, self.last = 0, 0.0, 0.0
@@ -67,12 +72,16 @@ class ProgressLines(keras.callbacks.Callback):
             eta = f", epoch ETA {clock_text(left)}"
         loss = (logs or {}).get("loss")
         loss_text = f", loss {float(loss):.4f}" if loss is not None else ""
-        print(f"{self.label}: epoch {self.epoch + 1}/{epochs} {where}{loss_text}{eta}",
-              file=self.stream or sys.stdout, flush=True)
+        print(
+            f"{self.label}: epoch {self.epoch + 1}/{epochs} {where}{loss_text}{eta}",
+            file=self.stream or sys.stdout,
+            flush=True,
+        )
 
 
-def fit_progress(label: str, verbose_off_tty: int = 0,
-                 stream: TextIO | None = None) -> tuple[int, list[keras.callbacks.Callback]]:
+def fit_progress(
+    label: str, verbose_off_tty: int = 0, stream: TextIO | None = None
+) -> tuple[int, list[keras.callbacks.Callback]]:
     """(fit's `verbose`, extra callbacks): the live bar on a terminal, else periodic lines (and
     `verbose_off_tty`, e.g. 2 for Keras's one line per epoch)."""
     stream = stream or sys.stdout

@@ -55,8 +55,10 @@ def prepare_texts(texts: list[str], rules: TextRules | None) -> list[str]:
     out = clean_texts(texts, rules)
     for i, text in enumerate(out):
         if not text:
-            raise BadRequest(f"text row {i} is empty after the model's text rules "
-                             f"({rules.normalize}, controls and zero-width removed)")
+            raise BadRequest(
+                f"text row {i} is empty after the model's text rules "
+                f"({rules.normalize}, controls and zero-width removed)"
+            )
     return out
 
 
@@ -66,7 +68,7 @@ def prepare_prompt(prompt: str, rules: TextRules | None) -> str:
     if rules is None:
         return prompt
     text = clean_texts([prompt], rules)[0]
-    tail = prompt[len(prompt.rstrip()):]
+    tail = prompt[len(prompt.rstrip()) :]
     return text + ("\n" if "\n" in tail else " " if tail and text else "")
 
 
@@ -84,8 +86,10 @@ class GruLM(PythonModel):
 
         info = json.loads(Path(context.artifacts["info"]).read_text())
         if file_digest(context.artifacts["tokenizer"]) != info["tokenizer_sha256"]:
-            raise MlflowException("tokenizer.json does not match the vocabulary this model "
-                                  "was trained with (digest mismatch) — re-register the model")
+            raise MlflowException(
+                "tokenizer.json does not match the vocabulary this model "
+                "was trained with (digest mismatch) — re-register the model"
+            )
         self.seq_len = int(info["seq_len"])
         rules = info.get("text_rules")  # absent: registered before rules were saved
         self.rules = None if rules is None else TextRules(**rules)
@@ -109,36 +113,56 @@ class GruLM(PythonModel):
         except BadRequest as exc:
             raise _bad(str(exc)) from None
         if p["mode"] == "score":
-            return pd.DataFrame(score_texts_cache(self.model, self.tokenizer, texts,
-                                                  self.seq_len, cache_choice(p, self.cache)))
-        return pd.DataFrame({"text": [
-            generate(self.model, self.tokenizer, prepare_prompt(t, self.rules),
-                     p["max_new_tokens"], p["temperature"], p["top_k"], p["seed"],
-                     self.seq_len, p["top_p"], p["repetition_penalty"])
-            for t in texts]})
+            return pd.DataFrame(
+                score_texts_cache(
+                    self.model, self.tokenizer, texts, self.seq_len, cache_choice(p, self.cache)
+                )
+            )
+        return pd.DataFrame(
+            {
+                "text": [
+                    generate(
+                        self.model,
+                        self.tokenizer,
+                        prepare_prompt(t, self.rules),
+                        p["max_new_tokens"],
+                        p["temperature"],
+                        p["top_k"],
+                        p["seed"],
+                        self.seq_len,
+                        p["top_p"],
+                        p["repetition_penalty"],
+                    )
+                    for t in texts
+                ]
+            }
+        )
 
     def _masked(self, texts: list[str], p: dict) -> pd.DataFrame:
         from components.lm.masked_inference import fill, score_masked_texts
 
         if p["mode"] == "score":
-            return pd.DataFrame(score_masked_texts(self.model, self.tokenizer, texts,
-                                                   self.seq_len))
-        rows = [fill(self.model, self.tokenizer, t, self.seq_len, p["candidates"])
-                for t in texts]
+            return pd.DataFrame(score_masked_texts(self.model, self.tokenizer, texts, self.seq_len))
+        rows = [fill(self.model, self.tokenizer, t, self.seq_len, p["candidates"]) for t in texts]
         # fills as JSON text: one string cell per row whatever the number of <mask>s
-        return pd.DataFrame({"text": [r["text"] for r in rows],
-                             "fills": [json.dumps(r["fills"]) for r in rows]})
+        return pd.DataFrame(
+            {"text": [r["text"] for r in rows], "fills": [json.dumps(r["fills"]) for r in rows]}
+        )
 
 
 def check_mode(objective: str, mode: str) -> None:
     """A masked LM fills and scores but cannot continue text; a causal LM cannot fill."""
     if objective == "masked" and mode == "generate":
-        raise BadRequest("this model was trained with train.objective masked: it predicts "
-                         "hidden tokens from both sides and cannot continue a text — use "
-                         "params.mode 'fill' (write <mask> where a token is missing) or 'score'")
+        raise BadRequest(
+            "this model was trained with train.objective masked: it predicts "
+            "hidden tokens from both sides and cannot continue a text — use "
+            "params.mode 'fill' (write <mask> where a token is missing) or 'score'"
+        )
     if objective != "masked" and mode == "fill":
-        raise BadRequest("params.mode 'fill' needs a masked LM (train.objective masked); this "
-                         "model is causal — use 'generate' or 'score'")
+        raise BadRequest(
+            "params.mode 'fill' needs a masked LM (train.objective masked); this "
+            "model is causal — use 'generate' or 'score'"
+        )
 
 
 def _texts(model_input) -> list:

@@ -44,14 +44,18 @@ def texts_of(payload: object) -> list:
         raise BadRequest(f"the body must be a JSON object with one of {list(DATA_KEYS)}")
     data_keys = [k for k in payload if k in DATA_KEYS]
     if extra := sorted(k for k in payload if k not in DATA_KEYS and k != "params"):
-        raise BadRequest(f"unknown top-level keys {extra} — use one of {list(DATA_KEYS)} "
-                         "and optionally 'params'")
+        raise BadRequest(
+            f"unknown top-level keys {extra} — use one of {list(DATA_KEYS)} and optionally 'params'"
+        )
     if len(data_keys) != 1:
         raise BadRequest(f"give exactly one of {list(DATA_KEYS)}, got {data_keys}")
     data = payload[data_keys[0]]
     if data_keys[0] == "dataframe_split":
-        if not isinstance(data, dict) or data.get("columns") != ["text"] or \
-                not isinstance(data.get("data"), list):
+        if (
+            not isinstance(data, dict)
+            or data.get("columns") != ["text"]
+            or not isinstance(data.get("data"), list)
+        ):
             raise BadRequest('dataframe_split must be {"columns": ["text"], "data": [[...], ...]}')
         rows = data["data"]
         if not all(isinstance(r, list) and len(r) == 1 for r in rows):
@@ -64,8 +68,9 @@ def texts_of(payload: object) -> list:
     if not isinstance(data, list):
         raise BadRequest(f"{data_keys[0]} must be a list of records")
     if not all(isinstance(r, dict) and list(r) == ["text"] for r in data):
-        raise BadRequest(f'each record of {data_keys[0]} must be {{"text": "..."}} '
-                         "and nothing else")
+        raise BadRequest(
+            f'each record of {data_keys[0]} must be {{"text": "..."}} and nothing else'
+        )
     return [r["text"] for r in data]
 
 
@@ -84,22 +89,29 @@ def check_request(body: bytes, limits: Serve, defaults: dict | None = None) -> N
         raise BadRequest(f"the body is not valid UTF-8 JSON ({exc})") from None
     texts = texts_of(payload)
     if len(texts) > limits.max_records:
-        raise BadRequest(f"{len(texts)} records in one request; at most serve.max_records = "
-                         f"{limits.max_records} — split the request")
+        raise BadRequest(
+            f"{len(texts)} records in one request; at most serve.max_records = "
+            f"{limits.max_records} — split the request"
+        )
     check_texts(texts)
     params = check_params(payload.get("params"), defaults)
-    if params["mode"] == "generate" and \
-            len(texts) * params["max_new_tokens"] > limits.max_generated_tokens:
-        raise BadRequest(f"{len(texts)} records x max_new_tokens {params['max_new_tokens']} "
-                         f"exceeds serve.max_generated_tokens = {limits.max_generated_tokens}"
-                         " — send fewer records or fewer tokens")
+    if (
+        params["mode"] == "generate"
+        and len(texts) * params["max_new_tokens"] > limits.max_generated_tokens
+    ):
+        raise BadRequest(
+            f"{len(texts)} records x max_new_tokens {params['max_new_tokens']} "
+            f"exceeds serve.max_generated_tokens = {limits.max_generated_tokens}"
+            " — send fewer records or fewer tokens"
+        )
 
 
 class ServeGuard:
     """The ASGI wrapper: checks POST /invocations, passes everything else through."""
 
-    def __init__(self, app: Callable, limits: Serve, path: str = "/invocations",
-                 defaults: dict | None = None):
+    def __init__(
+        self, app: Callable, limits: Serve, path: str = "/invocations", defaults: dict | None = None
+    ):
         self.app, self.limits, self.path, self.defaults = app, limits, path, defaults
         self.slots = asyncio.Semaphore(limits.max_concurrent)
 
@@ -119,11 +131,18 @@ class ServeGuard:
         headers = dict(scope["headers"])
         mime = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if mime != b"application/json":
-            raise Refused(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with the "
-                          "header 'Content-Type: application/json'")
-        too_big = Refused(413, "REQUEST_TOO_LARGE", "the request body is over "
-                          f"serve.max_request_bytes = {self.limits.max_request_bytes} bytes — "
-                          "send fewer or shorter texts")
+            raise Refused(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as JSON with the header 'Content-Type: application/json'",
+            )
+        too_big = Refused(
+            413,
+            "REQUEST_TOO_LARGE",
+            "the request body is over "
+            f"serve.max_request_bytes = {self.limits.max_request_bytes} bytes — "
+            "send fewer or shorter texts",
+        )
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limits.max_request_bytes:
             raise too_big
@@ -138,8 +157,7 @@ class ServeGuard:
             if not message.get("more_body"):
                 break
         try:
-            await asyncio.to_thread(check_request, bytes(body), self.limits,
-                                    self.defaults)
+            await asyncio.to_thread(check_request, bytes(body), self.limits, self.defaults)
         except BadRequest as exc:
             raise Refused(400, "BAD_REQUEST", str(exc)) from None
         return bytes(body)
@@ -160,7 +178,14 @@ def _replay(body: bytes) -> Receive:
 
 async def _answer(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error_code": code, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

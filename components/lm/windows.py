@@ -65,8 +65,9 @@ def stream_length(n_tokens: int, n_streams: int) -> int:
     return -(-(n_tokens - 1) // n_streams)
 
 
-def make_streams(stream: np.ndarray, n_streams: int,
-                 seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_streams(
+    stream: np.ndarray, n_streams: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, targets, weights), each (K, S, T): the stream cut into S = n_streams contiguous
     parts of equal length (the last ones right-padded), each read in K windows of T = seq_len.
     Window k of part s continues window k - 1 of part s, so row k is one batch of a model that

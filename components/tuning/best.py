@@ -21,8 +21,10 @@ def load_best(p: Params, root: Path = Path(".")) -> dict:
     if p.tune.n_trials == 0:
         return {}
     if not path.is_file():
-        raise GruflowError(f"{path}: missing — run the tune stage first (dvc repro tune), "
-                           "or set tune.n_trials: 0 to train with params.yaml as is")
+        raise GruflowError(
+            f"{path}: missing — run the tune stage first (dvc repro tune), "
+            "or set tune.n_trials: 0 to train with params.yaml as is"
+        )
     try:
         best = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
@@ -38,8 +40,11 @@ def merge_best(params: Params, best: dict) -> tuple[Params, dict]:
     if not best:
         return params, {}
     merged = with_overrides(params, best, params.paths.best_params)
-    changed = {name: value for name, value in best.items()
-               if getattr(getattr(params, name.split(".")[0]), name.split(".")[1]) != value}
+    changed = {
+        name: value
+        for name, value in best.items()
+        if getattr(getattr(params, name.split(".")[0]), name.split(".")[1]) != value
+    }
     return merged, changed
 
 

@@ -26,8 +26,9 @@ class TrialRun:
     the flow did not ask for live logging."""
 
     def __init__(self, number: int, values: dict):
-        self.run = live_log.ChildRun(f"trial-{number}", values,
-                                     {"optuna.trial_number": str(number)})
+        self.run = live_log.ChildRun(
+            f"trial-{number}", values, {"optuna.trial_number": str(number)}
+        )
 
     def log_epoch(self, epoch: int, val_loss: float) -> None:
         self.run.metric("val_loss", val_loss, epoch)
@@ -37,8 +38,11 @@ class TrialRun:
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
 
 
 def best_params(study: optuna.Study) -> dict:
@@ -54,8 +58,11 @@ def best_params(study: optuna.Study) -> dict:
 def concurrent(trials: list) -> bool:
     """Did any two trials run at the same time (parallel workers, `gruflow tune-worker`)?
     Then each one's sample depended on which results the others had reported yet."""
-    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
-                   if t.datetime_start is not None and t.datetime_complete is not None)
+    spans = sorted(
+        (t.datetime_start, t.datetime_complete)
+        for t in trials
+        if t.datetime_start is not None and t.datetime_complete is not None
+    )
     return any(start < end for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
 
 
@@ -65,9 +72,14 @@ def summarise(study: optuna.Study | None, n_trials: int = 0) -> dict:
     is a DVC output and must not depend on how fast the machine was."""
     trials = study.get_trials(deepcopy=False) if study is not None else []
     interrupted = {t.number for t in trials if t.user_attrs.get("interrupted")}
-    by_state = {name: sum(t.state == state and t.number not in interrupted for t in trials)
-                for name, state in (("complete", TrialState.COMPLETE),
-                                    ("pruned", TrialState.PRUNED), ("fail", TrialState.FAIL))}
+    by_state = {
+        name: sum(t.state == state and t.number not in interrupted for t in trials)
+        for name, state in (
+            ("complete", TrialState.COMPLETE),
+            ("pruned", TrialState.PRUNED),
+            ("fail", TrialState.FAIL),
+        )
+    }
     complete = _complete(study) if study is not None else []
     best = min(complete, key=lambda t: t.value) if complete else None
     defaults = [t for t in complete if t.user_attrs.get("defaults")]
@@ -78,12 +90,15 @@ def summarise(study: optuna.Study | None, n_trials: int = 0) -> dict:
     if concurrent(trials):
         reasons.append("trials ran in parallel")
     return {
-        "enabled": study is not None, "study": study.study_name if study else None,
-        "best_value": best.value if best else None, "best_trial": best.number if best else None,
+        "enabled": study is not None,
+        "study": study.study_name if study else None,
+        "best_value": best.value if best else None,
+        "best_trial": best.number if best else None,
         "defaults_val_loss": defaults[0].value if defaults else None,
         "n_trials": {**by_state, "interrupted": len(interrupted)},
         "pruned_fraction": round(by_state["pruned"] / finished, 3) if finished else 0.0,
-        "reproducible": not reasons, "nonreproducible_reasons": reasons,
+        "reproducible": not reasons,
+        "nonreproducible_reasons": reasons,
     }
 
 

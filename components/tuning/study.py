@@ -31,11 +31,20 @@ UNUSED_TRAIN_KEYS = {"epochs", "patience"}
 def study_name(p: Params, data_digest: str) -> str:
     """tune.study_name + a digest of what defines the objective; budget and storage excluded,
     so raising n_trials continues the study and any other change starts a new one."""
-    objective = p.tune.model_dump(exclude={"n_trials", "timeout", "n_workers", "storage",
-                                           "study_name", "accept_nonreproducible"})
+    objective = p.tune.model_dump(
+        exclude={
+            "n_trials",
+            "timeout",
+            "n_workers",
+            "storage",
+            "study_name",
+            "accept_nonreproducible",
+        }
+    )
     train = p.train.model_dump(exclude=UNUSED_TRAIN_KEYS)
-    blob = json.dumps([objective, p.model.model_dump(), train, data_digest],
-                      sort_keys=True).encode()
+    blob = json.dumps(
+        [objective, p.model.model_dump(), train, data_digest], sort_keys=True
+    ).encode()
     return f"{p.tune.study_name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
@@ -52,23 +61,32 @@ def open_storage(p: Params) -> optuna.storages.BaseStorage:
         Path(p.paths.tune_dir).mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(Path(p.paths.tune_dir) / "study.journal")))
     if url.startswith("sqlite") and p.tune.n_workers > 1:
-        raise GruflowError("tune.storage: SQLite cannot take parallel writers — use a journal "
-                           "file ('') or a server database with tune.n_workers > 1")
+        raise GruflowError(
+            "tune.storage: SQLite cannot take parallel writers — use a journal "
+            "file ('') or a server database with tune.n_workers > 1"
+        )
     connect = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Heartbeats let another worker (or a restart) fail and retry a killed one's trial.
             return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=60,
-                grace_period=180, heartbeat_stale_trial_callback=(
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)))
+                url,
+                engine_kwargs={"connect_args": connect},
+                heartbeat_interval=60,
+                grace_period=180,
+                heartbeat_stale_trial_callback=(
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                ),
+            )
     except Exception as exc:  # SQLAlchemy/driver errors: bad URL, no driver, no server
         source = STORAGE_ENV if os.environ.get(STORAGE_ENV) else "tune.storage"
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise GruflowError(f"{source}: cannot open the study database '{_redact(url)}' "
-                           f"({type(exc).__name__}: {reason}) — fix the URL or start the "
-                           "server, or set tune.storage: '' for a local journal") from None
+        raise GruflowError(
+            f"{source}: cannot open the study database '{_redact(url)}' "
+            f"({type(exc).__name__}: {reason}) — fix the URL or start the "
+            "server, or set tune.storage: '' for a local journal"
+        ) from None
 
 
 def _redact(url: str) -> str:
@@ -92,8 +110,11 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
         self._base_seed = seed
 
     def before_trial(self, study: optuna.Study, trial) -> None:
-        place = sum(1 for t in study.get_trials(deepcopy=False)
-                    if t.number < trial.number and not t.user_attrs.get("interrupted"))
+        place = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and not t.user_attrs.get("interrupted")
+        )
         seed = (self._base_seed * 1_000_003 + place) % 2**32
         # Private in Optuna 5.0 (no public way to set a seed after construction).
         self._rng.rng.seed(seed)
@@ -104,19 +125,23 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
 def open_study(p: Params, storage, data_digest: str, worker: int) -> optuna.Study:
     """Create or load the study; a fresh one starts with the params.yaml values as trial 0."""
     name = study_name(p, data_digest)
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="minimize", load_if_exists=True
+    )
     if not study.trials:
-        defaults = {n: getattr(getattr(p, n.split(".")[0]), n.split(".")[1])
-                    for n in p.tune.space}
+        defaults = {n: getattr(getattr(p, n.split(".")[0]), n.split(".")[1]) for n in p.tune.space}
         study.enqueue_trial(defaults, user_attrs={"defaults": True})
     t = p.tune
-    sampler = TrialSeededTPE(t.seed, n_startup_trials=t.sampler_startup_trials,
-                             constant_liar=t.n_workers > 1)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
-                                          n_warmup_steps=t.pruner_warmup_epochs)
-              if t.pruner == "median" else
-              optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs))
+    sampler = TrialSeededTPE(
+        t.seed, n_startup_trials=t.sampler_startup_trials, constant_liar=t.n_workers > 1
+    )
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_epochs
+        )
+        if t.pruner == "median"
+        else optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs)
+    )
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
@@ -135,5 +160,8 @@ def recover_interrupted(study: optuna.Study, storage) -> int:
 
 
 def finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if not t.user_attrs.get("interrupted"))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if not t.user_attrs.get("interrupted")
+    )

@@ -26,18 +26,30 @@ def fault_env(base: Path, **extra: str) -> dict:
     return env
 
 
-def gruflow(project: Path, env: dict, *args: str, command: str = "run",
-            timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "gruflow"), command, "--project", str(project), *args],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+def gruflow(
+    project: Path, env: dict, *args: str, command: str = "run", timeout: float = 900
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "gruflow"), command, "--project", str(project), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(project: Path, env: dict, out: Path, *args: str) -> subprocess.Popen:
     """`gruflow run` in its own session (so a kill reaches the whole process tree)."""
     with (out.with_suffix(".out")).open("w") as o, (out.with_suffix(".err")).open("w") as e:
-        return subprocess.Popen([str(BIN / "gruflow"), "run", "--project", str(project), *args],
-                                cwd=project, env=env, stdout=o, stderr=e,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [str(BIN / "gruflow"), "run", "--project", str(project), *args],
+            cwd=project,
+            env=env,
+            stdout=o,
+            stderr=e,
+            start_new_session=True,
+        )
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], limit: float = 900) -> float:
@@ -68,8 +80,9 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def dvc_status(project: Path, env: dict) -> str:
-    out = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(BIN / "dvc"), "status"], cwd=project, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -87,5 +100,7 @@ def versions(uri: str) -> list[tuple[str, str]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return sorted((str(v.version), v.tags.get("model_md5", ""))
-                  for v in client.search_model_versions("name = 'gruflow-lm'"))
+    return sorted(
+        (str(v.version), v.tags.get("model_md5", ""))
+        for v in client.search_model_versions("name = 'gruflow-lm'")
+    )

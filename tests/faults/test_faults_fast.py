@@ -21,14 +21,23 @@ SECRET = "s3cr3t-P4ss"
 
 # --- redaction ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    (f"http://user:{SECRET}@host:5000/api", "http://user:***@host:5000/api"),
-    (f"in https://u:{SECRET}@h.example.com (browse)", "in https://u:***@h.example.com (browse)"),
-    (f"postgresql://mlflow:{SECRET}@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
-    (f"ssh://git:p@ss:{SECRET}@host/x", "ssh://git:***@host/x"),  # '@' and ':' in a password
-    ("s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b",
-     "s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b"),  # nothing to hide
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"http://user:{SECRET}@host:5000/api", "http://user:***@host:5000/api"),
+        (
+            f"in https://u:{SECRET}@h.example.com (browse)",
+            "in https://u:***@h.example.com (browse)",
+        ),
+        (f"postgresql://mlflow:{SECRET}@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        (f"ssh://git:p@ss:{SECRET}@host/x", "ssh://git:***@host/x"),  # '@' and ':' in a password
+        (
+            "s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b",
+            "s3://bucket/x sqlite:////a/b.db ssh://git@host/x http://host/a@b",
+        ),  # nothing to hide
+    ],
+)
 def test_redact_hides_passwords_only(text, expected):
     from flows.secrets import redact
 
@@ -41,14 +50,16 @@ def test_redact_filter_cleans_message_args_and_traceback():
     try:
         raise ConnectionError(f"API request to http://u:{SECRET}@h/api failed")
     except ConnectionError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "store %s",
-                                   (f"http://u:{SECRET}@h",), sys.exc_info())
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "store %s", (f"http://u:{SECRET}@h",), sys.exc_info()
+        )
     assert RedactFilter().filter(record)
     text = logging.Formatter().format(record)
     assert SECRET not in text and "http://u:***@h" in text and "ConnectionError" in text
 
 
 # --- one error line, exit codes ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
@@ -62,21 +73,25 @@ def test_explain_maps_exceptions_to_exit_codes():
 
     assert explain(GruflowError("bad source")) == (2, "bad source")
     assert explain(OneLineError("push failed"))[0] == 1
-    code, line = explain(RuntimeError("Timed out while attempting to connect to ephemeral "
-                                      "Prefect API server."))
+    code, line = explain(
+        RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+    )
     assert code == 1 and "prefect server start" in line and "PREFECT_API_URL" in line
     code, line = explain(KeyError("x\nmore"))
     assert code == 1 and line.startswith("KeyError:") and "\n" not in line
 
 
-@pytest.mark.parametrize("message, shown", [
-    ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
-    ("Finished in state Failed('stage ingest failed')", False),
-    ("Finished in state Completed()", True),  # the flow's own end
-    ("stage ingest: up to date, skipped", True),
-    ("stage ingest: starting", False),  # quiet by default: DVC's "Running stage" says it
-    ("stage ingest: done", False),
-])
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
+        ("Finished in state Failed('stage ingest failed')", False),
+        ("Finished in state Completed()", True),  # the flow's own end
+        ("stage ingest: up to date, skipped", True),
+        ("stage ingest: starting", False),  # quiet by default: DVC's "Running stage" says it
+        ("stage ingest: done", False),
+    ],
+)
 def test_console_filter_keeps_the_error_line_last(message, shown):
     from flows.entry import ConsoleFilter
 
@@ -87,11 +102,13 @@ def test_console_filter_keeps_the_error_line_last(message, shown):
 def test_console_filter_shows_routine_lines_when_verbose(monkeypatch):
     from flows.entry import ConsoleFilter, DvcConsoleFilter
 
-    task = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1,
-                             "Finished in state Completed()", None, None)
+    task = logging.LogRecord(
+        "prefect.task_runs", logging.INFO, __file__, 1, "Finished in state Completed()", None, None
+    )
     task.task_run_id = "abc"
-    dvc_echo = logging.LogRecord("dvc.stage.run", logging.INFO, __file__, 1, "> %s",
-                                 ("python -m components.clean",), None)
+    dvc_echo = logging.LogRecord(
+        "dvc.stage.run", logging.INFO, __file__, 1, "> %s", ("python -m components.clean",), None
+    )
     assert not ConsoleFilter().filter(task) and not DvcConsoleFilter().filter(dvc_echo)
     monkeypatch.setenv("GRUFLOW_VERBOSE", "1")
     assert ConsoleFilter().filter(task)
@@ -120,8 +137,9 @@ def test_unreachable_tracking_store_fails_fast_in_one_line(project, tmp_path):
     print(f"unreachable tracking store: exit {out.returncode} after {seconds:.1f} s")
     assert out.returncode == 2
     lines = error_lines(out.stderr)
-    assert len(lines) == 1 and "tracking store http://user:***@127.0.0.1:9 is unreachable" \
-        in lines[0]
+    assert (
+        len(lines) == 1 and "tracking store http://user:***@127.0.0.1:9 is unreachable" in lines[0]
+    )
     assert "Traceback" not in out.stderr and SECRET not in out.stderr + out.stdout
     assert "Starting temporary server" not in out.stderr  # failed before Prefect started
     log = Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")"))
@@ -132,11 +150,18 @@ def test_no_wait_names_the_holder_in_one_line(project, tmp_path):
     """Another process holds the project lock: `gruflow run --no-wait` fails at once naming
     its pid; `retrain --no-wait` too."""
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from flows.project_lock import "
-         "project_lock\nwith project_lock(Path(sys.argv[1]), command='holder'):\n"
-         "    print('held', flush=True); time.sleep(600)", str(project)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from flows.project_lock import "
+            "project_lock\nwith project_lock(Path(sys.argv[1]), command='holder'):\n"
+            "    print('held', flush=True); time.sleep(600)",
+            str(project),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for command in ("run", "retrain"):
@@ -152,22 +177,41 @@ def test_no_wait_names_the_holder_in_one_line(project, tmp_path):
 
 # --- rollback in a real DVC repository ------------------------------------------------------
 
+
 def _dvc_project(root: Path) -> None:
     """Two stages: `first` writes a cached file and an uncached metric from input.txt,
     `second` copies it (and fails when input.txt says 'fail-second')."""
     from dvc.repo import Repo
 
-    first = ("import json, sys; t = open('input.txt').read(); "
-             "sys.exit(2) if t == 'fail-first' else None; "
-             "open('out1.txt', 'w').write(t.upper()); "
-             "json.dump({'n': len(t)}, open('m1.json', 'w'))")
-    second = ("import sys; t = open('out1.txt').read(); "
-              "sys.exit(2) if t == 'FAIL-SECOND' else open('out2.txt', 'w').write(t * 2)")
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "first": {"cmd": f'python -c "{first}"', "deps": ["input.txt"], "outs": ["out1.txt"],
-                  "metrics": [{"m1.json": {"cache": False}}]},
-        "second": {"cmd": f'python -c "{second}"', "deps": ["out1.txt"],
-                   "outs": ["out2.txt"]}}}))
+    first = (
+        "import json, sys; t = open('input.txt').read(); "
+        "sys.exit(2) if t == 'fail-first' else None; "
+        "open('out1.txt', 'w').write(t.upper()); "
+        "json.dump({'n': len(t)}, open('m1.json', 'w'))"
+    )
+    second = (
+        "import sys; t = open('out1.txt').read(); "
+        "sys.exit(2) if t == 'FAIL-SECOND' else open('out2.txt', 'w').write(t * 2)"
+    )
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "first": {
+                        "cmd": f'python -c "{first}"',
+                        "deps": ["input.txt"],
+                        "outs": ["out1.txt"],
+                        "metrics": [{"m1.json": {"cache": False}}],
+                    },
+                    "second": {
+                        "cmd": f'python -c "{second}"',
+                        "deps": ["out1.txt"],
+                        "outs": ["out2.txt"],
+                    },
+                }
+            }
+        )
+    )
     Repo.init(str(root), no_scm=True).close()
     (root / "input.txt").write_text("good")
     with Repo(str(root)) as repo:
@@ -215,8 +259,11 @@ def test_rollback_with_a_stage_that_never_ran_is_quiet(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     _dvc_project(tmp_path)
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
-    stages["stages"]["third"] = {"cmd": "python -c \"open('out3.txt', 'w').write('x')\"",
-                                 "deps": ["out2.txt"], "outs": ["out3.txt"]}
+    stages["stages"]["third"] = {
+        "cmd": "python -c \"open('out3.txt', 'w').write('x')\"",
+        "deps": ["out2.txt"],
+        "outs": ["out3.txt"],
+    }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
     before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
     capfd.readouterr()
@@ -255,9 +302,16 @@ def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch
     (tmp_path / "input.txt").write_text("changed")
     before = digests(tmp_path, "out1.txt", "m1.json", "out2.txt", "dvc.lock")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from dvc.repo import Repo\n"
-         "with Repo(sys.argv[1]).lock:\n    print('held', flush=True); time.sleep(600)",
-         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dvc.repo import Repo\n"
+            "with Repo(sys.argv[1]).lock:\n    print('held', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockError) as info:
@@ -272,14 +326,18 @@ def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch
 
 # --- commands that read the registry --------------------------------------------------------
 
-@pytest.mark.parametrize("command", [["history"], ["lineage", "3"], ["generate", "hi"],
-                                     ["rollback"]])
-def test_registry_command_without_a_store_is_one_line_and_creates_nothing(project, tmp_path,
-                                                                          command):
+
+@pytest.mark.parametrize(
+    "command", [["history"], ["lineage", "3"], ["generate", "hi"], ["rollback"]]
+)
+def test_registry_command_without_a_store_is_one_line_and_creates_nothing(
+    project, tmp_path, command
+):
     """Before any run there is no mlflow.db: a look-up fails in one line (exit 2) instead of
     creating the store and its tables in the project (and printing MLflow's INFO lines)."""
     fresh = tmp_path / "project"
     subprocess.run(["cp", "-a", str(project), str(fresh)], check=True)
+
     def files() -> dict[str, str]:  # .gruflow/: the lock and the command's log file
         return {k: v for k, v in digests(fresh, ".").items() if not k.startswith(".gruflow/")}
 

@@ -35,16 +35,21 @@ from tests.test_pipeline_e2e import STAGES, tiny_project
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 SECRET, SECRET2 = "Tr4ck1ng-S3cret", "Dvc-R3mote-S3cret"
 UP_TO_DATE = "Data and pipelines are up to date."
-OUTPUTS = ("data", "reports", "artifacts/tokenizer.json", "artifacts/model.keras",
-           "artifacts/embeddings.npy", "dvc.lock")
+OUTPUTS = (
+    "data",
+    "reports",
+    "artifacts/tokenizer.json",
+    "artifacts/model.keras",
+    "artifacts/embeddings.npy",
+    "dvc.lock",
+)
 
 
 def _startup_seconds(log: Path) -> float:
     """From Prefect's 'Starting temporary server' to the flow run's first line (log file)."""
     stamps = {}
     for line in log.read_text().splitlines():
-        for key, marker in (("start", "Starting temporary server"),
-                            ("flow", "Beginning flow run")):
+        for key, marker in (("start", "Starting temporary server"), ("flow", "Beginning flow run")):
             if marker in line and key not in stamps:
                 stamps[key] = datetime.strptime(line[:12], "%H:%M:%S.%f")
     return (stamps["flow"] - stamps["start"]).total_seconds()
@@ -71,8 +76,7 @@ def trained(tmp_path_factory):
             assert first.poll() is None, (base / "first.err").read_text()[-3000:]
             time.sleep(0.05)
         second = start(project, env, base / "second")
-        while "Beginning flow run" not in (base / "first.err").read_text() and \
-                first.poll() is None:
+        while "Beginning flow run" not in (base / "first.err").read_text() and first.poll() is None:
             time.sleep(0.2)
     finally:
         for hog in hogs:
@@ -80,13 +84,22 @@ def trained(tmp_path_factory):
             hog.wait()
     first.wait(timeout=1500)
     second.wait(timeout=600)
-    result = {"base": base, "project": project, "env": env, "seconds": time.monotonic() - began,
-              "metrics": (project / "reports/metrics.json").read_bytes()
-              if (project / "reports/metrics.json").exists() else b""}
+    result = {
+        "base": base,
+        "project": project,
+        "env": env,
+        "seconds": time.monotonic() - began,
+        "metrics": (project / "reports/metrics.json").read_bytes()
+        if (project / "reports/metrics.json").exists()
+        else b"",
+    }
     for name, proc in (("first", first), ("second", second)):
         result[name] = subprocess.CompletedProcess(
-            proc.args, proc.returncode, (base / f"{name}.out").read_text(),
-            (base / f"{name}.err").read_text())
+            proc.args,
+            proc.returncode,
+            (base / f"{name}.out").read_text(),
+            (base / f"{name}.err").read_text(),
+        )
     return result
 
 
@@ -99,8 +112,10 @@ def test_two_fresh_runs_under_cpu_hog_second_waits(trained):
     assert re.search(r"gruflow: waiting for pid \d+ \(gruflow run", second.stderr)
     assert "Traceback" not in first.stderr + second.stderr
     startup = _startup_seconds(_log_of(first.stderr, project))
-    print(f"\nPrefect start-up under the CPU hog: {startup:.1f} s (default limit 20 s, "
-          f"gruflow's 180 s); both runs {trained['seconds']:.0f} s")
+    print(
+        f"\nPrefect start-up under the CPU hog: {startup:.1f} s (default limit 20 s, "
+        f"gruflow's 180 s); both runs {trained['seconds']:.0f} s"
+    )
     assert versions(f"sqlite:///{project / 'mlflow.db'}")[0][0] == "1"
 
 
@@ -146,9 +161,14 @@ def _after_rerun(trained, rerun, stage: str) -> None:
     assert "RUNNING" not in status and status.get("KILLED", 0) >= 1, status
     held = versions(f"sqlite:///{project / 'mlflow.db'}")
     assert all(md5 for _, md5 in held) and len({md5 for _, md5 in held}) == len(held), held
-    assert not [p for p in project.rglob(".*.*") if ".git" not in p.parts
-                and ".dvc" not in p.parts and ".gruflow" not in p.parts
-                and p.name not in (".gitignore", ".dvcignore")], "temp leftovers"
+    assert not [
+        p
+        for p in project.rglob(".*.*")
+        if ".git" not in p.parts
+        and ".dvc" not in p.parts
+        and ".gruflow" not in p.parts
+        and p.name not in (".gitignore", ".dvcignore")
+    ], "temp leftovers"
 
 
 def test_sigkill_during_clean_then_rerun(trained):
@@ -190,8 +210,12 @@ def test_sigkill_right_after_created_version_then_rerun(trained, tmp_path):
 
 
 def _files_holding(secret: bytes, *folders: Path) -> list[str]:
-    return [str(p) for folder in folders for p in folder.rglob("*")
-            if p.is_file() and secret in p.read_bytes()]
+    return [
+        str(p)
+        for folder in folders
+        for p in folder.rglob("*")
+        if p.is_file() and secret in p.read_bytes()
+    ]
 
 
 def test_failed_push_and_credentials_never_stored(trained, mlflow_server):  # noqa: F811
@@ -202,13 +226,19 @@ def test_failed_push_and_credentials_never_stored(trained, mlflow_server):  # no
     project, base = trained["project"], trained["base"]
     _wait_up(mlflow_server)
     uri = f"http://gruflow:{SECRET}@127.0.0.1:{mlflow_server['port']}"
-    env = {**trained["env"], "MLFLOW_TRACKING_URI": uri,
-           "GRUFLOW_DVC_REMOTE": f"http://dvc:{SECRET2}@127.0.0.1:9/remote"}
+    env = {
+        **trained["env"],
+        "MLFLOW_TRACKING_URI": uri,
+        "GRUFLOW_DVC_REMOTE": f"http://dvc:{SECRET2}@127.0.0.1:9/remote",
+    }
     good = gruflow(project, env)
     assert good.returncode == 1, good.stderr[-3000:]
     lines = error_lines(good.stderr)
-    assert len(lines) == 1 and "model version 1 is registered, but `dvc push` failed" \
-        in lines[0] and "dvc push" in lines[0]
+    assert (
+        len(lines) == 1
+        and "model version 1 is registered, but `dvc push` failed" in lines[0]
+        and "dvc push" in lines[0]
+    )
     assert "registered model version 1" in good.stdout
     assert f"http://gruflow:***@127.0.0.1:{mlflow_server['port']}" in good.stdout
     original = _set_source(project, str(base / "missing.jsonl"))
@@ -222,5 +252,7 @@ def test_failed_push_and_credentials_never_stored(trained, mlflow_server):  # no
         for secret in (SECRET, SECRET2):
             assert secret not in out.stdout + out.stderr
     for secret in (SECRET, SECRET2):
-        assert _files_holding(secret.encode(), project, base / "prefect-home",
-                              mlflow_server["base"]) == []
+        assert (
+            _files_holding(secret.encode(), project, base / "prefect-home", mlflow_server["base"])
+            == []
+        )

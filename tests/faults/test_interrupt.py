@@ -21,8 +21,15 @@ from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
 
 TUNE = "> python -m components.tune"  # DVC prints it as it starts the command (the study
 # journal outlives an interrupted run, so Optuna's own "new study" line is not printed twice)
-OUTPUTS = ("data", "reports", "artifacts/tokenizer.json", "artifacts/model.keras",
-           "artifacts/embeddings.npy", "artifacts/best_params.json", "dvc.lock")
+OUTPUTS = (
+    "data",
+    "reports",
+    "artifacts/tokenizer.json",
+    "artifacts/model.keras",
+    "artifacts/embeddings.npy",
+    "artifacts/best_params.json",
+    "dvc.lock",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,14 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("interrupt")
     project = tiny_project(base)
     env = fault_env(base)
-    out = subprocess.run([str(BIN / "dvc"), "repro", "clean"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(BIN / "dvc"), "repro", "clean"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return {"base": base, "project": project, "env": env}
 
@@ -75,20 +88,24 @@ def _interrupt(trained, name: str, marker: str, sig: int, group: bool):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.parametrize("name, bump, marker, sig, group, code", [
-    # Ctrl-C in the terminal during tune (its trials run in spawned workers)
-    # (clean reran first: its new outputs and dvc.lock entry must be rolled back too)
-    ("sigint-tune", ("clean", "min_chars"), TUNE, signal.SIGINT, True, 130),
-    # `kill PID`: only gruflow gets it and stops the stage command itself
-    ("sigterm-tune", ("clean", "min_chars"), TUNE, signal.SIGTERM, False, 143),
-])
+@pytest.mark.parametrize(
+    "name, bump, marker, sig, group, code",
+    [
+        # Ctrl-C in the terminal during tune (its trials run in spawned workers)
+        # (clean reran first: its new outputs and dvc.lock entry must be rolled back too)
+        ("sigint-tune", ("clean", "min_chars"), TUNE, signal.SIGINT, True, 130),
+        # `kill PID`: only gruflow gets it and stops the stage command itself
+        ("sigterm-tune", ("clean", "min_chars"), TUNE, signal.SIGTERM, False, 143),
+    ],
+)
 def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, group, code):
     project = trained["project"]
     original = _bump(project, *bump)
     try:
         before = digests(project, *OUTPUTS)
-        killed_before = runs_by_status(project).get("KILLED", 0) \
-            if (project / "mlflow.db").exists() else 0  # the first run creates the store
+        killed_before = (
+            runs_by_status(project).get("KILLED", 0) if (project / "mlflow.db").exists() else 0
+        )  # the first run creates the store
         rc, stderr, alive, group_left = _interrupt(trained, name, marker, sig, group)
         after = digests(project, *OUTPUTS)
     finally:
@@ -98,14 +115,20 @@ def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, g
     ours = [line for line in stderr.splitlines() if line.startswith("gruflow:")]
     assert len(ours) <= 2 and ours[-1].startswith(
         f"gruflow: interrupted ({signal.Signals(sig).name}): stopped, previous outputs "
-        "restored (log: "), ours
+        "restored (log: "
+    ), ours
     assert after == before and "dvc.lock" in before and "data/clean/train.parquet" in before
     assert not alive and not group_left, "processes left"
     status = runs_by_status(project)
     assert "RUNNING" not in status and status.get("KILLED", 0) > killed_before, status
-    assert not [p for p in project.rglob(".*.*") if ".git" not in p.parts
-                and ".dvc" not in p.parts and ".gruflow" not in p.parts
-                and p.name not in (".gitignore", ".dvcignore")], "temp leftovers"
+    assert not [
+        p
+        for p in project.rglob(".*.*")
+        if ".git" not in p.parts
+        and ".dvc" not in p.parts
+        and ".gruflow" not in p.parts
+        and p.name not in (".gitignore", ".dvcignore")
+    ], "temp leftovers"
 
 
 def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
@@ -119,15 +142,22 @@ def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
     params["train"]["no_such_key"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     # the worktree's .venv, already synced (UV: any existing file, nothing is built)
-    out = subprocess.run(["make", "--no-print-directory", "run", f"VENV={BIN.parent}",
-                          f"UV={BIN / 'python'}"],
-                         cwd=project, env=fault_env(tmp_path), capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}", f"UV={BIN / 'python'}"],
+        cwd=project,
+        env=fault_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 2 and lines[0].startswith("gruflow: error: ") and \
-        "train.no_such_key" in lines[0] and re.fullmatch(
-            r"make: \*\*\* \[Makefile:\d+: run\] Error 2", lines[1]), out.stderr
+    assert (
+        len(lines) == 2
+        and lines[0].startswith("gruflow: error: ")
+        and "train.no_such_key" in lines[0]
+        and re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 2", lines[1])
+    ), out.stderr
 
 
 def test_first_signal_raises_later_ones_wait_for_the_block():
@@ -158,8 +188,7 @@ def test_the_line_says_whether_the_outputs_came_back():
     assert interrupted_line(exc).endswith("could not be restored — run `dvc checkout`")
 
 
-@pytest.mark.parametrize("status, interrupted", [(130, True), (-2, True), (1, False),
-                                                 (2, False)])
+@pytest.mark.parametrize("status, interrupted", [(130, True), (-2, True), (1, False), (2, False)])
 def test_a_stage_command_ended_by_ctrl_c_is_an_interruption(status, interrupted):
     """DVC ignores SIGINT in the flow's process while a command runs: the command's exit
     status (130 from components/__init__.py, or killed by SIGINT) tells the flow."""
@@ -180,10 +209,16 @@ def test_a_stage_command_ended_by_ctrl_c_is_an_interruption(status, interrupted)
 def test_stage_command_exits_130_quietly_on_ctrl_c(tmp_path):
     """A stage command run by the flow (GRUFLOW_STAGE_ERROR set) ends at once with 130 and
     prints nothing on Ctrl-C, even while still importing."""
-    code = "import components, os, signal, time; os.kill(os.getpid(), signal.SIGINT); " \
-           "time.sleep(30); print('not stopped')"
-    env = {**os.environ, "GRUFLOW_STAGE_ERROR": str(tmp_path / "error.json"),
-           "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        "import components, os, signal, time; os.kill(os.getpid(), signal.SIGINT); "
+        "time.sleep(30); print('not stopped')"
+    )
+    env = {
+        **os.environ,
+        "GRUFLOW_STAGE_ERROR": str(tmp_path / "error.json"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 130 and out.stdout == "" and out.stderr == ""
