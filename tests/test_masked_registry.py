@@ -12,6 +12,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
+import time  # noqa: E402
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402
@@ -148,3 +149,54 @@ def test_gruflow_serve_answers_fill_and_refuses_generate_with_400(versions, proj
         assert filled.status_code == 200, filled.text
         rows = filled.json()["predictions"]
         assert len(json.loads(rows[0]["fills"])[0]) == 5
+
+
+@pytest.mark.slow
+def test_real_mlflow_models_serve_fills_by_default_and_refuses_generate(versions, project):
+    """The registered masked LM behind the real `mlflow models serve`: a request without params
+    fills (the signature's default mode), generate is a 400 that says why, a text without a
+    <mask> is a 400 too, and the server keeps answering."""
+    from tiny_lm import free_port, http, spawn, stop
+
+    port = free_port()
+    proc = spawn(
+        project["root"],
+        "mlm_serve.log",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}/{versions['v1']}",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    )
+    url, log = f"http://127.0.0.1:{port}", project["root"] / "mlm_serve.log"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if http(url + "/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server not up:\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+        records = {"dataframe_records": [{"text": "the parser <mask> the header"}]}
+        status, body = http(url + "/invocations", records)
+        assert status == 200, body
+        [row] = body["predictions"]
+        assert "<mask>" not in row["text"] and len(json.loads(row["fills"])) == 1
+        status, body = http(url + "/invocations", records | {"params": {"mode": "generate"}})
+        assert status == 400 and "cannot continue" in json.dumps(body), body
+        status, body = http(url + "/invocations", {"dataframe_records": [{"text": "no hole"}]})
+        assert status == 400 and "has no <mask>" in json.dumps(body), body
+        assert http(url + "/ping", timeout=5)[0] == 200
+    finally:
+        stop(proc)
