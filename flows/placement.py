@@ -24,6 +24,7 @@ from prefect.tasks import exponential_backoff
 from components.contract import LIVE_RUN_ENV
 from components.errors import GruflowError
 from components.params import Params, load_params
+from flows import resources
 from flows.entry import OneLineError
 from flows.gitrepo import git_output
 from flows.secrets import redact
@@ -263,6 +264,8 @@ def run_placed(
     _merge_lock_entry(root, stage, payload["entry"])
     _unpack_uncached(root, payload.get("uncached", ""))
     dvc_pull.fn(root, [stage])
+    if payload.get("cost"):  # the worker's measurement: its CPU, memory and GPU, not ours
+        resources.record(root, resources.StageCost(stage, ran=True, **payload["cost"]))
     return bool(payload["ran"])
 
 
@@ -324,10 +327,11 @@ def stage_flow(
     ran = reproduce(root, stage, force=force, timeout=limit)
     dvc_push(root, [stage])
     entry = _lock_entry(root, stage)
+    # what the stage cost on this worker (stages.reproduce measured it): the parent records it
+    cost = resources.read(root).get("stages", {}).get(stage) if ran else None
+    payload = {"ran": ran, "entry": entry, "uncached": _pack_uncached(root, stage), "cost": cost}
     create_markdown_artifact(
-        f"# stage {stage}\nran: {ran}, commit {commit}\n\n```json\n"
-        f"{json.dumps({'ran': ran, 'entry': entry, 'uncached': _pack_uncached(root, stage)})}"
-        "\n```\n",
+        f"# stage {stage}\nran: {ran}, commit {commit}\n\n```json\n{json.dumps(payload)}\n```\n",
         key=LOCK_ARTIFACT,
         description=f"dvc.lock entry of stage {stage}",
     )

@@ -4,6 +4,7 @@ places `train` on the worker, completes and promotes; a second retrain is skippe
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -153,3 +154,7 @@ def test_placed_train_on_worker_then_skip(server):
     assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [0, 1]
     assert train.data.params["train.epochs"] == "2"
     assert "placement.pool" not in children["evaluate"].data.tags  # evaluate ran locally
+    # the worker measured the placed stage; the parent recorded it with the local ones
+    costs = json.loads((project / "reports/resources.json").read_text())["stages"]
+    assert costs["train"]["cpu_s"] > 0 and costs["train"]["peak_rss_mb"] > 100
+    assert parent.data.metrics["resources.train.cpu_s"] == costs["train"]["cpu_s"]
