@@ -167,7 +167,7 @@ def _after_rerun(trained, rerun, stage: str) -> None:
         if ".git" not in p.parts
         and ".dvc" not in p.parts
         and ".gruflow" not in p.parts
-        and p.name not in (".gitignore", ".dvcignore")
+        and p.name not in (".gitignore", ".dvcignore", ".pre-commit-config.yaml")
     ], "temp leftovers"
 
 
