@@ -127,7 +127,7 @@ def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, g
         if ".git" not in p.parts
         and ".dvc" not in p.parts
         and ".gruflow" not in p.parts
-        and p.name not in (".gitignore", ".dvcignore")
+        and p.name not in (".gitignore", ".dvcignore", ".pre-commit-config.yaml")
     ], "temp leftovers"
 
 
