@@ -175,6 +175,29 @@ def test_dvc_metrics_show_of_a_run_fits_100_columns(pipeline_run):
     assert max(len(line) for line in shown.stdout.splitlines()) <= 100, shown.stdout
 
 
+def test_a_clone_that_pulls_the_run_is_up_to_date(pipeline_run, tmp_path):
+    """README, Git and DVC hygiene: every output, reports included, is cached and pushed, so a
+    git clone with the run's dvc.lock gets the whole run back from `dvc pull`: nothing to run,
+    `git status` clean, `dvc metrics show` has the headline."""
+    project, dvc = pipeline_run["project"], str(BIN / "dvc")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    (clone / "dvc.lock").write_text(pipeline_run["lock_after_first"])  # as if committed
+    subprocess.run(["git", "add", "dvc.lock"], cwd=clone, check=True)
+    shutil.copy2(project / ".dvc" / "config.local", clone / ".dvc" / "config.local")  # remote
+    pulled = subprocess.run([dvc, "pull", "-q"], cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    status = subprocess.run([dvc, "status"], cwd=clone, capture_output=True, text=True)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    assert (clone / "reports/metrics.json").is_file() and (clone / "reports/samples.md").is_file()
+    git_status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
+    )
+    assert git_status.stdout.splitlines() == ["A  dvc.lock"]
+    shown = subprocess.run([dvc, "metrics", "show"], cwd=clone, capture_output=True, text=True)
+    assert "perplexity" in shown.stdout, shown.stderr
+
+
 def test_first_run_is_quiet(pipeline_run):
     """No TensorFlow banner, known-harmless warning or telemetry error on the console, and a
     short transcript (issue 20: a first run printed 399 lines)."""
@@ -284,9 +307,10 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     # challenger (tests/test_registry_gate.py covers promotion)
     assert metrics["perplexity"] > metrics["bigram_perplexity"], metrics
     assert tags["gate.promoted"] == "False"
-    # README, Git and DVC hygiene: the run rewrote nothing git tracks (this copy has no dvc.lock
-    # committed, so the new one is untracked), and the first model is tagged clean
-    assert pipeline_run["git_status"] == ["?? dvc.lock"], pipeline_run["git_status"]
+    # README, Git and DVC hygiene: the run rewrote nothing git tracks but dvc.lock (none is
+    # committed in this copy, so it is new), and the first model is tagged clean
+    # (DVC stages it: core.autostage in .dvc/config)
+    assert pipeline_run["git_status"] == ["A  dvc.lock"], pipeline_run["git_status"]
     assert tags["git_dirty"] == "False"
     assert "does not beat the bigram baseline" in tags["gate.reason"]
     line = "registered model version 1 as challenger: first version, test perplexity "
