@@ -1,10 +1,11 @@
 """Stage `evaluate`: score the trained LM and two count baselines on the test split.
 
-Usage: `python -m components.evaluate`. Writes reports/metrics.json (DVC metrics): perplexity
+Usage: `python -m components.evaluate`. Writes reports/metrics.json: perplexity
 per token, per word and bits per byte, top-1/top-5 token accuracy, loss by position in the
 window, and the baselines scored on the same targets: an add-one unigram
 (`baseline_perplexity`) and a Witten-Bell bigram (`bigram_perplexity`); plots under
-reports/plots/ and seeded samples in reports/samples.md. Targets are the real next tokens
+reports/plots/, seeded samples in reports/samples.md, and the DVC metrics file
+reports/headline.json (a few keys of metrics.json). Targets are the real next tokens
 (`<eos>` counted, `<bos>` never); the test split is read as evaluate.batch_size parallel
 streams with the GRU state carried across windows (components/lm/inference.py).
 """
@@ -20,10 +21,12 @@ import pyarrow.parquet as pq
 from components.artifacts import atomic_file, write_json
 from components.contract import (
     EOS_BYTES,
+    HEADLINE_REPORT,
     METRICS_REPORT,
     PLOTS_DIR,
     SAMPLES,
     TRAIN_HISTORY,
+    headline,
     split_file,
 )
 from components.errors import GruflowError, guarded
@@ -223,6 +226,7 @@ def run(p: Params) -> dict:
     plots.learning_curves(reports / TRAIN_HISTORY, reports / PLOTS_DIR / "learning_curves.png")
     write_samples(model, tokenizer, texts, p.train.seq_len, p.generate, reports / SAMPLES)
     write_json(reports / METRICS_REPORT, metrics)
+    write_json(reports / HEADLINE_REPORT, headline(metrics))
     return metrics
 
 
@@ -266,6 +270,7 @@ def run_masked(p: Params, model, tokenizer, train: np.ndarray, test: np.ndarray)
         model, tokenizer, texts.to_pylist()[:N_SAMPLES], t.seq_len, reports / SAMPLES
     )
     write_json(reports / METRICS_REPORT, metrics)
+    write_json(reports / HEADLINE_REPORT, headline(metrics))
     return metrics
 
 

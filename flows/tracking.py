@@ -94,9 +94,10 @@ def _digest(path: Path) -> str:
 
 
 def _dirty(root: Path, outputs: set[str]) -> bool:
-    """Tracked files changed since the commit, other than what the pipeline itself writes
-    (dvc.lock and the stage outputs committed to git, e.g. reports/*.json): the code and
-    params.yaml that made the model are the commit's exactly when this is False."""
+    """Tracked files changed since the commit, other than what the pipeline itself writes:
+    dvc.lock (committed, as DVC intends, and rewritten by every run that executes a stage) and
+    any stage output a user chose to commit (this project's are all git-ignored DVC outputs).
+    The code and params.yaml that made the model are the commit's exactly when this is False."""
     for path in git_output(root, "diff", "--name-only", "HEAD").splitlines():
         if path != "dvc.lock" and not any(
             path == o or path.startswith(o.rstrip("/") + "/") for o in outputs

@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from components import evaluate
-from components.contract import BOS, EOS, PAD, SPECIALS
+from components.contract import BOS, EOS, HEADLINE_KEYS, PAD, SPECIALS
 from components.errors import GruflowError
 from components.lm.inference import generate, score_texts, zero_states
 from components.lm.model import build_model
@@ -40,6 +40,9 @@ def test_evaluate_run_writes_metrics_and_beats_unigram(trained, evaluated):
     m = evaluated
     saved = json.loads((Path(p.paths.reports) / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(m))
+    # the DVC metrics file: the headline keys of metrics.json, same values (test_git_hygiene.py)
+    head = json.loads((Path(p.paths.reports) / "headline.json").read_text())
+    assert head == {k: saved[k] for k in HEADLINE_KEYS}
     for key in (
         "perplexity",
         "bits_per_byte",

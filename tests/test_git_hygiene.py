@@ -1,9 +1,12 @@
-"""A run leaves git alone where it can: what the pipeline writes outside git's view is ignored,
-nothing git tracks is in an ignored path, and every cached DVC output is already in the
-.gitignore DVC would write it to (so a first `dvc repro` does not edit a tracked .gitignore)."""
+"""A run leaves git alone: what the pipeline writes outside git's view is ignored, nothing git
+tracks is in an ignored path or is a stage's output, and every DVC output is already in the
+.gitignore DVC would write it to (so a first `dvc repro` does not edit a tracked .gitignore).
+`dvc metrics show` and the documented `dvc exp show` view fit a terminal."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.contract import HEADLINE_KEYS, HEADLINE_REPORT, MASKED_HEADLINE_KEYS, headline
+from components.finetune import blank_png
 from components.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,18 +27,22 @@ def _ignored(path: str) -> bool:
     return check.returncode == 0
 
 
-def _outs() -> list[str]:
-    """Every cached `outs` path of dvc.yaml, with params.yaml's values templated in."""
+def _outs(sections=("outs",), cached_only: bool = True) -> list[str]:
+    """The paths of dvc.yaml's `sections` (cached ones only, unless told), with params.yaml's
+    values templated in."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     found = []
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
-        for out in stage.get("outs", []):
+        for out in (o for section in sections for o in stage.get(section, [])):
             path, opts = next(iter(out.items())) if isinstance(out, dict) else (out, {})
-            if opts.get("cache", True):
+            if opts.get("cache", True) or not cached_only:
                 for key, value in params["paths"].items():
                     path = path.replace(f"${{paths.{key}}}", str(value))
                 found.append(path)
     return found
+
+
+ALL = ("outs", "metrics", "plots")
 
 
 def test_transient_paths_the_pipeline_writes_are_ignored():
@@ -42,6 +51,10 @@ def test_transient_paths_the_pipeline_writes_are_ignored():
         f"{paths.checkpoints}/epoch.keras",
         f"{paths.tune_dir}/journal.log",
         f"{paths.reports}/tensorboard/train/events.out.tfevents.1.host.1.v2",
+        f"{paths.reports}/resources.json",
+        f"{paths.reports}/drift.json",
+        f"{paths.reports}/drift.svg",
+        f"{paths.reports}/cards/gruflow-lm-v1.html",
         ".gruflow/logs/20260101T000000-1.log",
         ".gruflow/run.lock",
         "mlflow.db",
@@ -53,9 +66,22 @@ def test_transient_paths_the_pipeline_writes_are_ignored():
 
 
 def test_cached_dvc_outputs_are_ignored_before_the_first_run():
-    outs = _outs()
+    outs = _outs(ALL)
     assert "artifacts/model.keras" in outs and "artifacts/classifier" in outs
     assert [p for p in outs if not _ignored(p)] == []
+
+
+def test_every_stage_output_is_cached_ignored_and_untracked():
+    """What a run writes is DVC's (restored by `dvc checkout`/`dvc pull`), never git's: a fresh
+    clone's run rewrites no tracked file but dvc.lock."""
+    paths = _outs(ALL, cached_only=False)
+    assert "reports/metrics.json" in paths and f"reports/{HEADLINE_REPORT}" in paths
+    assert sorted(_outs(ALL)) == sorted(paths)  # no `cache: false` output left
+    assert [p for p in paths if not _ignored(p)] == []
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *paths], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked == []
 
 
 def test_no_tracked_file_is_in_an_ignored_path():
@@ -84,15 +110,75 @@ def test_every_dvc_plot_is_an_image():
 
 
 def test_dvc_plots_page_loads_nothing_from_the_network(tmp_path):
-    if not (ROOT / "reports" / "plots" / "learning_curves.png").is_file():
-        pytest.skip("no evaluate plots in this checkout")
+    """Every plot of dvc.yaml present (a fresh clone has none: they are DVC outputs), as images
+    like the stages write them."""
+    project = _dvc_project(tmp_path / "project", CAUSAL)
+    for rel in _outs(("plots",), cached_only=False):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".svg"):
+            (project / rel).write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+        else:
+            blank_png(project / rel)
+    _dvc(project, "plots", "show", "-o", str(tmp_path / "page"), columns=100)
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert page.count("<img") >= 4 and "<script src=" not in page and "cdn." not in page
+
+
+# README, Git and DVC hygiene: the experiments table with the headline metrics only
+EXP_SHOW = ["exp", "show", "--no-pager", "--drop", ".*", "--keep"]
+EXP_KEEP = "Experiment|Created|^perplexity|bits_per_byte|bigram"
+METRICS = {k: 12345.678901234 for k in HEADLINE_KEYS + MASKED_HEADLINE_KEYS} | {
+    "token_accuracy": 0.25,
+    "loss_by_position": {"0-0": 4.5, "1-1": 4.4},
+    "baseline_word_perplexity": 182291.957,
+}
+
+
+_DVC = str(Path(sys.executable).parent / "dvc")
+
+CAUSAL = {k: v for k, v in METRICS.items() if not k.startswith("masked")}
+
+
+def _dvc_project(tmp_path: Path, metrics: dict) -> Path:
+    """A git + DVC repository with this dvc.yaml and params.yaml and evaluate's metrics file."""
+    tmp_path.mkdir(exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / HEADLINE_REPORT).write_text(json.dumps(headline(metrics)))
+    for cmd in (["git", "init", "-q"], [_DVC, "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]
+    subprocess.run(git, cwd=tmp_path, check=True, capture_output=True)
+    return tmp_path
+
+
+def _dvc(project: Path, *args: str, columns: int) -> str:
+    env = os.environ | {"COLUMNS": str(columns)}
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "plots", "show", "-o", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [_DVC, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    page = (tmp_path / "index.html").read_text()
-    assert "<img" in page and "<script src=" not in page and "cdn." not in page
+    return out.stdout
+
+
+def test_evaluate_metrics_are_the_only_dvc_metrics_file():
+    assert _outs(("metrics",), cached_only=False) == [f"reports/{HEADLINE_REPORT}"]
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_dvc_metrics_show_fits_100_columns(tmp_path, objective):
+    metrics = METRICS if objective == "masked" else CAUSAL
+    table = _dvc(_dvc_project(tmp_path, metrics), "metrics", "show", columns=100)
+    keys = MASKED_HEADLINE_KEYS if objective == "masked" else HEADLINE_KEYS
+    assert all(k in table for k in keys) and "token_accuracy" not in table, table
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+
+
+def test_documented_dvc_exp_show_view_fits_80_columns(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert f"dvc exp show --drop '.*' --keep '{EXP_KEEP}'" in readme
+    table = _dvc(_dvc_project(tmp_path, CAUSAL), *EXP_SHOW, EXP_KEEP, columns=80)
+    # rich squeezes a table wider than the terminal with "…": every header must be whole
+    assert "…" not in table and "bigram_perplexity" in table and "bits_per_byte" in table, table
+    assert "12346" in table and max(len(line) for line in table.splitlines()) <= 80, table

@@ -59,12 +59,13 @@ def tiny_params(source: Path) -> dict:
 
 
 def copy_project(dest: Path) -> None:
-    """The tracked files of the project (as a clean clone has them), without run outputs."""
+    """The tracked files of the project (as a clean clone has them: no run output is tracked,
+    tests/test_git_hygiene.py), without dvc.lock and the tests."""
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     for rel in files:
-        if rel == "dvc.lock" or rel.startswith(("reports/", "tests/")) or not (ROOT / rel).exists():
+        if rel == "dvc.lock" or rel.startswith("tests/") or not (ROOT / rel).exists():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest / rel)
@@ -129,6 +130,16 @@ def pipeline_run(tmp_path_factory):
     first = gruflow(project, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     lock_after_first = (project / "dvc.lock").read_text()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    metrics_show = subprocess.run(
+        [str(BIN / "dvc"), "metrics", "show"], cwd=project, capture_output=True, text=True
+    )
     second = gruflow(project, env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {
@@ -137,6 +148,8 @@ def pipeline_run(tmp_path_factory):
         "first": first,
         "second": second,
         "lock_after_first": lock_after_first,
+        "git_status": status,
+        "metrics_show": metrics_show,
     }
 
 
@@ -154,6 +167,35 @@ def test_first_run_executes_every_stage_and_writes_metrics(pipeline_run):
         assert metrics[key] > 0, key
     assert metrics["perplexity"] < metrics["baseline_perplexity"]
     assert "test perplexity" in out and "MLflow run" in out
+
+
+def test_dvc_metrics_show_of_a_run_fits_100_columns(pipeline_run):
+    shown = pipeline_run["metrics_show"]
+    assert shown.returncode == 0 and "bits_per_byte" in shown.stdout, shown.stderr
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 100, shown.stdout
+
+
+def test_a_clone_that_pulls_the_run_is_up_to_date(pipeline_run, tmp_path):
+    """README, Git and DVC hygiene: every output, reports included, is cached and pushed, so a
+    git clone with the run's dvc.lock gets the whole run back from `dvc pull`: nothing to run,
+    `git status` clean, `dvc metrics show` has the headline."""
+    project, dvc = pipeline_run["project"], str(BIN / "dvc")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    (clone / "dvc.lock").write_text(pipeline_run["lock_after_first"])  # as if committed
+    subprocess.run(["git", "add", "dvc.lock"], cwd=clone, check=True)
+    shutil.copy2(project / ".dvc" / "config.local", clone / ".dvc" / "config.local")  # remote
+    pulled = subprocess.run([dvc, "pull", "-q"], cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    status = subprocess.run([dvc, "status"], cwd=clone, capture_output=True, text=True)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    assert (clone / "reports/metrics.json").is_file() and (clone / "reports/samples.md").is_file()
+    git_status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
+    )
+    assert git_status.stdout.splitlines() == ["A  dvc.lock"]
+    shown = subprocess.run([dvc, "metrics", "show"], cwd=clone, capture_output=True, text=True)
+    assert "perplexity" in shown.stdout, shown.stderr
 
 
 def test_first_run_is_quiet(pipeline_run):
@@ -265,6 +307,11 @@ def test_model_registered_once_with_lineage(pipeline_run, mlflow_client):
     # challenger (tests/test_registry_gate.py covers promotion)
     assert metrics["perplexity"] > metrics["bigram_perplexity"], metrics
     assert tags["gate.promoted"] == "False"
+    # README, Git and DVC hygiene: the run rewrote nothing git tracks but dvc.lock (none is
+    # committed in this copy, so it is new), and the first model is tagged clean
+    # (DVC stages it: core.autostage in .dvc/config)
+    assert pipeline_run["git_status"] == ["A  dvc.lock"], pipeline_run["git_status"]
+    assert tags["git_dirty"] == "False"
     assert "does not beat the bigram baseline" in tags["gate.reason"]
     line = "registered model version 1 as challenger: first version, test perplexity "
     assert (

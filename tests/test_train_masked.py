@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from components import evaluate, train  # noqa: E402
-from components.contract import BOS, EOS, SPECIALS  # noqa: E402
+from components.contract import BOS, EOS, MASKED_HEADLINE_KEYS, SPECIALS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
 from tests.test_train import DOCS, make_project, with_train, write_tokens  # noqa: E402
 
@@ -62,6 +62,8 @@ def test_evaluate_reports_masked_metrics_and_beats_the_unigram_baseline(masked):
     p, _, m = masked
     saved = json.loads((Path(p.paths.reports) / "metrics.json").read_text())
     assert saved == m
+    head = json.loads((Path(p.paths.reports) / "headline.json").read_text())
+    assert head == {k: m[k] for k in MASKED_HEADLINE_KEYS}
     for key in ("masked_accuracy", "masked_top5_accuracy"):
         assert 0.0 <= m[key] <= 1.0
     assert m["masked_top5_accuracy"] >= m["masked_accuracy"]
