@@ -49,7 +49,10 @@ def _retrain(args: argparse.Namespace) -> int:
 
             reason = retrain_skipped(root, params)
             if reason:
+                from flows.resources import saved_line
+
                 print(f"gruflow: retrain skipped — {reason}")
+                print(f"gruflow: {saved_line(root)} (reports/resources.json)")
                 return 0
         from flows.interrupt import own_server
         from flows.retrain import retrain

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
@@ -125,9 +126,22 @@ def own_server() -> Iterator[None]:
     try:
         server.start()  # waits up to PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
+            try:
+                yield
+            finally:  # the run's last log records reach the server before it stops (else
+                # "--- Error logging to API --- All connection attempts failed" at exit)
+                _drain_api_logs()
     finally:
         server.stop()
+
+
+def _drain_api_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.drain_all(timeout=5)
+    except Exception as exc:  # only logs: never fail or hang a finished run for them
+        logging.getLogger(__name__).debug("could not flush Prefect's API logs: %s", exc)
 
 
 def end_killed(run_id: str) -> list[str]:

@@ -58,7 +58,8 @@ def params_for(source: Path) -> dict:
     raw["tokenize"].update(vocab_size=400, min_frequency=1)
     raw["embed"].update(dim=8, epochs=2, neighbours=4)
     raw["model"].update(embedding_dim=8, units=16)
-    raw["train"].update(seq_len=16, batch_size=16, epochs=2)
+    # learning rate pinned: the measured greedy loop below is this tiny model's at 0.004
+    raw["train"].update(seq_len=16, batch_size=16, epochs=2, learning_rate=0.004)
     raw["tune"]["n_trials"] = 0
     raw["registry"]["model_name"] = NAME
     raw["orchestration"]["dvc_remote"] = ""
@@ -153,7 +154,9 @@ def test_word2vec_keys_and_projector_are_readable(project):
 
 def test_score_normalises_like_training_pyfunc(model):
     scores = model.predict(pd.DataFrame({"text": [FULL, ASCII]}), params={"mode": "score"})
-    assert set(scores.columns) == {"nll", "tokens", "bytes", "perplexity", "bits_per_byte"}
+    static = {"nll", "tokens", "bytes", "perplexity", "bits_per_byte"}
+    cache = {"nll_cache", "perplexity_cache", "bits_per_byte_cache"}  # when evaluate chose one
+    assert static <= set(scores.columns) <= static | cache
     first, second = scores.to_dict("records")
     assert first == second  # identical, not only close: the same tokens after NFKC
     lm = model.unwrap_python_model()
@@ -178,7 +181,8 @@ def test_score_normalises_like_training_cli(project, registered, capsys):
             )
             == 0
         )
-        outputs.append(capsys.readouterr().out.split(": ", 1)[1])
+        out = capsys.readouterr().out  # the static line, then the cache's when it is on
+        outputs.append(out.replace(f"{project / name}: ", ""))
     assert outputs[0] == outputs[1] and "perplexity" in outputs[0]
 
 
@@ -213,12 +217,22 @@ def test_signature_lists_both_modes_and_the_example_is_chinese(registered):
         "bytes",
         "perplexity",
         "bits_per_byte",
+        "nll_cache",
+        "perplexity_cache",
+        "bits_per_byte_cache",
     ]
     from components.params import load_params
 
     defaults = {p.name: p.default for p in info.signature.params.params}
     gen = load_params(ROOT / "params.yaml").generate
-    assert defaults == {"mode": "generate", **gen.model_dump()}
+    assert defaults == {
+        "mode": "generate",
+        **gen.model_dump(),
+        "candidates": 5,
+        "cache_size": -1,
+        "cache_theta": -1.0,
+        "cache_lambda": -1.0,
+    }
     local = Path(mlflow.artifacts.download_artifacts(registered))
     example = json.loads((local / "input_example.json").read_text(encoding="utf-8"))
     assert any("\u4e00" <= ch <= "\u9fff" for ch in json.dumps(example, ensure_ascii=False))
