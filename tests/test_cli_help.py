@@ -36,9 +36,13 @@ def test_every_command_has_a_description_and_every_argument_help():
 
 
 def test_help_shows_flag_defaults():
-    text = _subparsers(cli.build_parser())["generate"].format_help()
-    assert "(default: 0.8)" in text and "(default: 40)" in text and "(default: 32)" in text
+    commands = _subparsers(cli.build_parser())
+    text = commands["generate"].format_help()
+    # generation flags default to the model's own values, and say so by name
+    assert "params.yaml generate.temperature" in " ".join(text.split())
     assert "(default: None)" not in text and "(default: False)" not in text
+    score = " ".join(commands["score"].format_help().split())
+    assert "(default: -1)" in score and "(default: -1.0)" in score
 
 
 def test_verbose_is_shared_by_project_commands():

@@ -172,7 +172,7 @@ def test_neighbours_and_analogies_agree_with_gensim():
         assert [f"t{i}" for i, _ in ours] == [key for key, _ in theirs]
         assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=1e-5)
     table = TokenVectors([f"Ġt{i}" for i in range(60)], vectors)
-    vocab = {name: i for i, name in enumerate(table.names)}
+    vocab = quality.token_lookup(table.names, {})
     questions = [tuple(f"t{i}" for i in rng.choice(60, 4, replace=False)) for _ in range(40)]
     expected = [
         kv.most_similar(positive=[b, c], negative=[a], topn=1)[0][0] == d
