@@ -6,11 +6,12 @@ Usage: `x, y, w = mask_windows(token_windows(stream, T), 0.15, [seed, epoch], vo
 A window's candidates are its real tokens: `<pad>` and `<bos>` are never chosen (a `<bos>` is
 free to predict: it always follows `<eos>`), nor is an `<eos>` followed by `<bos>` or `<pad>`
 in its window (the model sees both sides, so that next token gives it away: a free target
-would inflate masked accuracy and perplexity); an `<eos>` at a window's last position is. Of a window's n candidates exactly
-max(1, round(fraction·n)) are chosen, so every window, short or long, trains on the same share;
-each chosen token becomes `<mask>` with probability 0.8, a random non-special token with 0.1,
-and stays as it is with 0.1 (so the model cannot tell a kept token from context alone). The
-loss weight is 1 on chosen positions and 0 everywhere else.
+would inflate masked accuracy and perplexity); an `<eos>` at a window's last position is.
+Of a window's n candidates exactly max(1, round(fraction·n)) are chosen, so every window,
+short or long, trains on the same share; each chosen token becomes `<mask>` with probability
+0.8, a random non-special token with 0.1, and stays as it is with 0.1 (so the model cannot
+tell a kept token from context alone). The loss weight is 1 on chosen positions and 0
+everywhere else.
 """
 
 from __future__ import annotations
