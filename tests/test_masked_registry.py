@@ -148,3 +148,19 @@ def test_gruflow_serve_answers_fill_and_refuses_generate_with_400(versions, proj
         assert filled.status_code == 200, filled.text
         rows = filled.json()["predictions"]
         assert len(json.loads(rows[0]["fills"])[0]) == 5
+
+
+def test_fill_texts_go_through_the_models_text_rules(versions):
+    """A masked model trained on NFKC text must read `，` as `,` in a fill request too (the
+    serving promise: texts go through the model's training normalisation first); `<mask>`
+    survives the rules."""
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{versions['v1']}")
+
+    def fill(text: str):
+        out = model.predict(pd.DataFrame({"text": [text]}), params={"mode": "fill"})
+        return out["text"][0], out["fills"][0]
+
+    ascii_text, ascii_fills = fill("the parser <mask> the header, then a list")
+    wide_text, wide_fills = fill("ｔｈｅ parser <mask> the header， then a list")
+    assert (wide_text, wide_fills) == (ascii_text, ascii_fills)
+    assert "，" not in wide_text
