@@ -770,3 +770,18 @@ def test_champion_docker_build_context_is_generated(project, first_version, tmp_
         model_dir.rglob("pyfunc.py")
     ), "the model's code must travel into the image"
     assert "tensorflow" in (model_dir / "requirements.txt").read_text()
+
+
+def test_cli_score_of_a_non_utf8_file_says_what_was_replaced(project, registered, capsys, tmp_path):
+    """Nothing lost silently: a Latin-1 file is scored with U+FFFD in place of each
+    undecodable byte, and the CLI says how many and what to do."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("the café returns the naïve value\n".encode("latin-1"))
+    rc = cli.main(["score", str(latin1), "--project", str(project["root"])])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "perplexity" in out, out + err
+    assert "2 undecodable byte sequence(s)" in err and "UTF-8" in err, err
+    clean = tmp_path / "utf8.txt"
+    clean.write_text("the café returns the naïve value \ufffd\n", encoding="utf-8")
+    assert cli.main(["score", str(clean), "--project", str(project["root"])]) == 0
+    assert "undecodable" not in capsys.readouterr().err  # a real U+FFFD is not a loss
