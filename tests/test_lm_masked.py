@@ -175,3 +175,12 @@ def test_an_eos_given_away_by_the_next_token_is_never_chosen():
     cand = masking.candidates(windows)
     assert not (cand & free).any()
     assert cand[(windows == EOS) & (nxt == -1)].all()  # last position: not given away
+
+
+def test_unigram_baseline_counts_every_eos_of_train():
+    """The baseline ignores context: its <eos> probability is <eos>'s share of the train
+    tokens, though most <eos> are never masked targets (their next token gives them away)."""
+    train = stream(n_docs=50, length=9)
+    real = train[(train != PAD) & (train != BOS)]
+    p_eos = (np.sum(real == EOS) + 1) / (real.size + V)
+    assert masking.unigram_nll(train, np.array([EOS]), V) == pytest.approx(-np.log(p_eos))

@@ -94,7 +94,9 @@ def chosen_count(stream: np.ndarray, seq_len: int, fraction: float) -> int:
 def unigram_nll(train: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
     """Summed NLL of `targets` under the add-one unigram of the train split's real tokens
     (the masked objective's baseline: it ignores the context on both sides)."""
-    real = train[candidates(train)]
+    # every real token's frequency, an <eos> a candidate would skip included: the baseline sees
+    # no context, and a window-final <eos> target must get <eos>'s true unigram probability
+    real = train[(train != PAD) & (train != BOS)]
     counts = np.bincount(real, minlength=vocab_size).astype(np.float64)
     logp = np.log((counts + 1.0) / (counts.sum() + vocab_size))
     return float(-logp[targets].sum())
