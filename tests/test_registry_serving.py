@@ -49,7 +49,7 @@ from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
 from components.lm.inference import zero_states  # noqa: E402
 from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
-from flows import cli, registry, tracking  # noqa: E402
+from flows import cli, model_contract, registry, tracking  # noqa: E402
 
 NAME, WEAK_NAME, OPS_NAME = "tiny-lm", "tiny-lm-weak", "tiny-lm-ops"
 PROMPT = "the parser"  # few tokens: prompt + new tokens stay inside one seq_len window
@@ -339,10 +339,10 @@ def test_registered_info_carries_the_cache_evaluate_chose(project, tmp_path):
     (reports / "metrics.json").write_text(
         json.dumps({"perplexity": 9.0, "cache_size": 300, "cache_theta": 0.3, "cache_lambda": 0.2})
     )
-    info = tracking.serving_info(tmp_path, params)
+    info = model_contract.serving_info(tmp_path, params)
     assert info["cache"] == {"size": 300, "theta": 0.3, "lambda": 0.2}
     (reports / "metrics.json").write_text(json.dumps({"perplexity": 9.0}))
-    assert "cache" not in tracking.serving_info(tmp_path, params)
+    assert "cache" not in model_contract.serving_info(tmp_path, params)
 
 
 def test_cli_score_with_the_cache_prints_both_lines(
