@@ -261,11 +261,12 @@ class Generate(_Section):
 
 class Cache(_Section):
     """Continuous cache pointer (Grave et al. 2017) in evaluate and `score`: size 0 = off;
-    thetas and lambdas are grids, the pair with the lowest val NLL is used on test."""
+    thetas and lambdas are grids, the pair with the lowest val NLL is used on test; λ < 1
+    (λ = 1 would drop the model: infinite NLL for any target the cache has not seen)."""
 
     size: NonNegInt
     thetas: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)]
-    lambdas: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
+    lambdas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=1)]
 
 
 class Evaluate(_Section):

@@ -150,7 +150,15 @@ def _score(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise GruflowError(f"{path}: no such file — pass a UTF-8 text file to score")
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    # nothing lost silently: each undecodable byte became U+FFFD (a real one in the file is not)
+    if lost := text.count("\ufffd") - raw.count("\ufffd".encode()):
+        print(
+            f"gruflow: warning: {path}: {lost} undecodable byte sequence(s) read as U+FFFD — "
+            "convert the file to UTF-8 for an exact score",
+            file=sys.stderr,
+        )
     if not text.strip():
         raise GruflowError(f"{path}: the file is empty — nothing to score")
     params = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DRIFT_REPORT, DRIFT_PLOT = "drift.json", "drift.svg"
 PROFILE_REPORT = "data_profile.json"
+LOG2 = math.log(2)
 METRICS = {
     "bits_per_byte.new": "drift.new_bits_per_byte",
     "bits_per_byte.champion_test": "drift.champion_test_bits_per_byte",
@@ -117,12 +119,21 @@ def _pick(table: pa.Table, max_bytes: int) -> tuple[list[str], list[str]]:
 
 
 def _scores(lm, ids: list[str], texts: list[str]) -> list[dict]:
+    """Per document {doc_id, bits_per_byte, nll, bytes} under the champion: a causal LM's
+    next-token NLL, a masked LM's NLL under the fixed evaluation mask (it reads both sides, so
+    a next-token score would mean nothing) — over the document's bytes either way."""
     from components.lm.inference import score_texts
+    from components.lm.masked_inference import score_masked_texts
 
-    rows = score_texts(lm.model, lm.tokenizer, texts, lm.seq_len) if texts else []
+    if not texts:
+        return []
+    if getattr(lm, "objective", "causal") == "masked":
+        nll = [r["nll"] for r in score_masked_texts(lm.model, lm.tokenizer, texts, lm.seq_len)]
+    else:
+        nll = [r["nll"] for r in score_texts(lm.model, lm.tokenizer, texts, lm.seq_len)]
     return [
-        {"doc_id": d, "bits_per_byte": r["bits_per_byte"], "nll": r["nll"], "bytes": r["bytes"]}
-        for d, r in zip(ids, rows, strict=True)
+        {"doc_id": d, "bits_per_byte": n / LOG2 / text_bytes(t), "nll": n, "bytes": text_bytes(t)}
+        for d, n, t in zip(ids, nll, texts, strict=True)
     ]
 
 

@@ -60,7 +60,10 @@ def take_snapshot(paths: list[Path], include: list[str]) -> Snapshot:
                 continue
             raise
         for f in files:
-            with_stat = f.stat()
+            try:
+                with_stat = f.stat()
+            except FileNotFoundError:  # removed since the walk listed it: not there now
+                continue
             snap[str(f)] = (with_stat.st_size, with_stat.st_mtime_ns)
     return snap
 

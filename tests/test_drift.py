@@ -276,3 +276,41 @@ def test_on_drift_trains_when_params_or_code_changed_too(params):
     assert (
         d.retrain and d.reason == "policy on_drift: not only new data changed (train: params.yaml)"
     )
+
+
+def test_a_masked_champion_is_scored_as_a_masked_lm():
+    """A masked champion reads both sides: scored as a causal LM (next token at each position)
+    its bits/byte mean nothing. Drift scores it under the fixed evaluation mask instead:
+    masked NLL over the document's bytes, the same measure on the new and the old side."""
+    from types import SimpleNamespace
+
+    import keras
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from components.contract import SPECIALS, text_bytes
+    from components.lm.masked import build_masked_model
+    from components.lm.masked_inference import score_masked_texts
+    from flows import drift_check
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = "the parser reads the header and returns a list of names"
+    tok.train_from_iterator(
+        [text] * 20, trainers.BpeTrainer(vocab_size=60, special_tokens=list(SPECIALS))
+    )
+    keras.utils.set_random_seed(0)
+    cfg = load_params(ROOT / "params.yaml").model.model_copy(
+        update={"units": 8, "embedding_dim": 8, "embedding_init": "random"}
+    )
+    lm = SimpleNamespace(
+        model=build_masked_model(cfg, tok.get_vocab_size()),
+        tokenizer=tok,
+        seq_len=16,
+        objective="masked",
+    )
+    texts = [text, "returns the names of the header"]
+    rows = drift_check._scores(lm, ["a", "b"], texts)
+    want = score_masked_texts(lm.model, tok, texts, 16)
+    for row, w, t in zip(rows, want, texts, strict=True):
+        assert row["nll"] == pytest.approx(w["nll"]) and row["bytes"] == text_bytes(t)
+        assert row["bits_per_byte"] == pytest.approx(w["nll"] / math.log(2) / text_bytes(t))

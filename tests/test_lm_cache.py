@@ -141,8 +141,39 @@ def test_score_cache_params_checked_and_model_choice_by_default():
         {"cache_size": 10**6},
         {"cache_theta": 0},
         {"cache_lambda": 1.5},
+        {"cache_lambda": 1},  # the cache alone: an unseen token's NLL is inf, not JSON
         {"cache_theta": float("nan")},
         {"cache_size": True},
     ):
         with pytest.raises(BadRequest, match=next(iter(bad))):
             check_params(bad)
+
+
+def test_a_huge_theta_is_the_nearest_state_not_nan():
+    """θ is only bounded below (a served `cache_theta` may be 1e308): θ h_t·h_i then overflows,
+    and the cache must become the limit of the definition (all weight on the largest h_t·h_i),
+    never NaN."""
+    rng = np.random.default_rng(0)
+    feats = (rng.normal(size=(1, 40, 5)) * 3).astype(np.float32)
+    targets = rng.integers(4, 9, size=(1, 40))
+    weights = np.ones((1, 40), np.float32)
+    with np.errstate(over="ignore"):
+        got, has = cache_probs(feats, targets, weights, 10, 1.7e308)
+    assert np.isfinite(got).all()
+    h = feats[0].astype(np.float64)
+    for t in range(1, 40):
+        pool = np.arange(max(0, t - 10), t)
+        nearest = pool[np.argmax(h[pool] @ h[t])]
+        assert got[0, t] == float(targets[0, nearest] == targets[0, t]) and has[0, t]
+    np.testing.assert_allclose(got, cache_probs(feats, targets, weights, 10, 1e6)[0])
+
+
+def test_an_evaluate_grid_with_lambda_one_is_refused_naming_the_key():
+    """λ = 1 drops the model: every target the cache has not seen gets infinite NLL, and
+    metrics.json would hold `Infinity` (not JSON)."""
+    from pydantic import ValidationError
+
+    from components.params import Cache
+
+    with pytest.raises(ValidationError, match="lambdas"):
+        Cache.model_validate({"size": 10, "thetas": [0.3], "lambdas": [0.1, 1.0]})

@@ -39,10 +39,12 @@ def test_exact_share_of_candidates_chosen_per_window_never_bos_or_pad():
     windows = masking.token_windows(stream(n_docs=7, length=13), T)  # last window padded
     assert (windows[-1] == PAD).any()
     x, y, w = masking.mask_windows(windows, 0.3, [0, 0], V)
-    cand = (windows != PAD) & (windows != BOS)
+    nxt = np.full_like(windows, -1)
+    nxt[:, :-1] = windows[:, 1:]
+    cand = (windows != PAD) & (windows != BOS) & ~((windows == EOS) & np.isin(nxt, [BOS, PAD]))
     n = cand.sum(1)
     assert (w.sum(1) == np.maximum(1, np.rint(0.3 * n))).all()
-    assert not (w.astype(bool) & ~cand).any()  # <bos> and <pad> are never chosen
+    assert not (w.astype(bool) & ~cand).any()  # <bos>, <pad>, a given-away <eos>: never
     assert (y == windows).all()  # targets are the original tokens
     assert (x[w == 0] == windows[w == 0]).all()  # unchosen positions untouched
 
@@ -156,3 +158,29 @@ def test_loss_counts_only_the_chosen_positions(model):
     logp = np.asarray(keras.ops.log_softmax(logits, axis=-1), np.float64)
     nll = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
     assert base == pytest.approx((nll * w).sum() / w.sum(), rel=1e-5)
+
+
+def test_an_eos_given_away_by_the_next_token_is_never_chosen():
+    """A bidirectional model sees the `<bos>` or `<pad>` right after an `<eos>`: that `<eos>` is
+    a free target (it would inflate masked accuracy and perplexity), so it is never chosen; an
+    `<eos>` at a window's last position (nothing after it) still may be."""
+    windows = masking.token_windows(stream(n_docs=60, length=5), T)  # many <eos> per window
+    nxt = np.full_like(windows, -1)
+    nxt[:, :-1] = windows[:, 1:]
+    free = (windows == EOS) & ((nxt == BOS) | (nxt == PAD))
+    assert free.sum() > 30
+    for seed in range(5):
+        _, _, w = masking.mask_windows(windows, 0.5, [seed], V)
+        assert not (w.astype(bool) & free).any()
+    cand = masking.candidates(windows)
+    assert not (cand & free).any()
+    assert cand[(windows == EOS) & (nxt == -1)].all()  # last position: not given away
+
+
+def test_unigram_baseline_counts_every_eos_of_train():
+    """The baseline ignores context: its <eos> probability is <eos>'s share of the train
+    tokens, though most <eos> are never masked targets (their next token gives them away)."""
+    train = stream(n_docs=50, length=9)
+    real = train[(train != PAD) & (train != BOS)]
+    p_eos = (np.sum(real == EOS) + 1) / (real.size + V)
+    assert masking.unigram_nll(train, np.array([EOS]), V) == pytest.approx(-np.log(p_eos))

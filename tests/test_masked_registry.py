@@ -200,3 +200,19 @@ def test_real_mlflow_models_serve_fills_by_default_and_refuses_generate(versions
         assert http(url + "/ping", timeout=5)[0] == 200
     finally:
         stop(proc)
+
+
+def test_fill_texts_go_through_the_models_text_rules(versions):
+    """A masked model trained on NFKC text must read `，` as `,` in a fill request too (the
+    serving promise: texts go through the model's training normalisation first); `<mask>`
+    survives the rules."""
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{versions['v1']}")
+
+    def fill(text: str):
+        out = model.predict(pd.DataFrame({"text": [text]}), params={"mode": "fill"})
+        return out["text"][0], out["fills"][0]
+
+    ascii_text, ascii_fills = fill("the parser <mask> the header, then a list")
+    wide_text, wide_fills = fill("ｔｈｅ parser <mask> the header， then a list")
+    assert (wide_text, wide_fills) == (ascii_text, ascii_fills)
+    assert "，" not in wide_text

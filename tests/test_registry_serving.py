@@ -49,7 +49,7 @@ from components.contract import BOS, EOS  # noqa: E402
 from components.errors import GruflowError  # noqa: E402
 from components.lm.inference import zero_states  # noqa: E402
 from components.lm.pyfunc import MAX_NEW_TOKENS_CAP  # noqa: E402
-from flows import cli, registry, tracking  # noqa: E402
+from flows import cli, model_contract, registry, tracking  # noqa: E402
 
 NAME, WEAK_NAME, OPS_NAME = "tiny-lm", "tiny-lm-weak", "tiny-lm-ops"
 PROMPT = "the parser"  # few tokens: prompt + new tokens stay inside one seq_len window
@@ -339,10 +339,10 @@ def test_registered_info_carries_the_cache_evaluate_chose(project, tmp_path):
     (reports / "metrics.json").write_text(
         json.dumps({"perplexity": 9.0, "cache_size": 300, "cache_theta": 0.3, "cache_lambda": 0.2})
     )
-    info = tracking.serving_info(tmp_path, params)
+    info = model_contract.serving_info(tmp_path, params)
     assert info["cache"] == {"size": 300, "theta": 0.3, "lambda": 0.2}
     (reports / "metrics.json").write_text(json.dumps({"perplexity": 9.0}))
-    assert "cache" not in tracking.serving_info(tmp_path, params)
+    assert "cache" not in model_contract.serving_info(tmp_path, params)
 
 
 def test_cli_score_with_the_cache_prints_both_lines(
@@ -770,3 +770,18 @@ def test_champion_docker_build_context_is_generated(project, first_version, tmp_
         model_dir.rglob("pyfunc.py")
     ), "the model's code must travel into the image"
     assert "tensorflow" in (model_dir / "requirements.txt").read_text()
+
+
+def test_cli_score_of_a_non_utf8_file_says_what_was_replaced(project, registered, capsys, tmp_path):
+    """Nothing lost silently: a Latin-1 file is scored with U+FFFD in place of each
+    undecodable byte, and the CLI says how many and what to do."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("the café returns the naïve value\n".encode("latin-1"))
+    rc = cli.main(["score", str(latin1), "--project", str(project["root"])])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "perplexity" in out, out + err
+    assert "2 undecodable byte sequence(s)" in err and "UTF-8" in err, err
+    clean = tmp_path / "utf8.txt"
+    clean.write_text("the café returns the naïve value \ufffd\n", encoding="utf-8")
+    assert cli.main(["score", str(clean), "--project", str(project["root"])]) == 0
+    assert "undecodable" not in capsys.readouterr().err  # a real U+FFFD is not a loss

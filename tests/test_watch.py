@@ -108,3 +108,15 @@ def test_deploy_env_carries_the_trigger_resource_and_debounce(params):
         "match": {"prefect.resource.id": env["GRUFLOW_PROJECT_RESOURCE"]},
     }
     assert DeploymentEventTrigger(**filled).within.total_seconds() == params.orchestration.debounce
+
+
+def test_a_file_removed_between_listing_and_stat_is_not_a_crash(project, monkeypatch):
+    """A busy folder: a file listed by the walk can be gone (moved away, a cleanup job) before
+    its stat. The long-running watcher must not die of it; the file is simply not there (a
+    removal, if it was seen before)."""
+    folder = project / "incoming"
+    (folder / "a.txt").write_text("one")
+    gone = folder / "gone.txt"
+    real = watch.source_files
+    monkeypatch.setattr(watch, "source_files", lambda src, inc: [*real(src, inc), gone])
+    assert list(watch.take_snapshot([folder], ["**/*"])) == [str(folder / "a.txt")]

@@ -71,13 +71,16 @@ def cache_probs(
         h = feats[s].astype(np.float64)
         for a in range(0, L, CHUNK):
             b, lo = min(a + CHUNK, L), max(a - size, 0)
-            scores = theta * (h[a:b] @ h[lo:b].T)  # (rows, cols): θ h_t·h_i
             t = np.arange(a, b)[:, None]
             i = np.arange(lo, b)[None, :]
             allowed = (i < t) & (i >= t - size) & (weights[s, lo:b][None, :] > 0)
-            scores = np.where(allowed, scores, -np.inf)
-            m = scores.max(1, keepdims=True)
-            e = np.where(allowed, np.exp(scores - np.where(np.isfinite(m), m, 0.0)), 0.0)
+            dots = np.where(allowed, h[a:b] @ h[lo:b].T, -np.inf)  # (rows, cols): h_t·h_i
+            m = dots.max(1, keepdims=True)
+            # θ (h_t·h_i - max) <= 0: a huge θ (a request may send 1e308) gives 0 or -inf,
+            # i.e. all weight on the nearest states, where θ h_t·h_i - θ max would be inf - inf
+            with np.errstate(over="ignore"):
+                scores = theta * (dots - np.where(np.isfinite(m), m, 0.0))
+            e = np.where(allowed, np.exp(scores), 0.0)
             match = targets[s, lo:b][None, :] == targets[s, a:b][:, None]
             den = e.sum(1)
             has[s, a:b] = den > 0

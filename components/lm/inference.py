@@ -87,7 +87,9 @@ def check_params(params: dict | None, defaults: dict | None = None) -> dict:
     _integer(p, "seed", 0, MAX_SEED)
     _integer(p, "cache_size", OWN, MAX_CACHE_SIZE, "(0 = no cache, -1 = the model's own)")
     _number(p, "cache_theta", lambda v: v > 0, "> 0")
-    _number(p, "cache_lambda", lambda v: 0 <= v <= 1, "in 0..1")
+    # λ = 1 is the cache alone: a token it has not seen would get infinite NLL (and `Infinity`,
+    # which is not JSON, in the served answer)
+    _number(p, "cache_lambda", lambda v: 0 <= v < 1, "in [0, 1)")
     _real(p, "temperature", 0.0, None, ">= 0 (0 = greedy)")
     _real(p, "top_p", 0.0, 1.0, "in (0, 1] (1 = off)", open_low=True)
     _real(p, "repetition_penalty", 1.0, None, ">= 1 (1 = off)")

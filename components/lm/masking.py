@@ -4,19 +4,21 @@ choice of positions to predict and their 80/10/10 corruption, and the unigram ba
 Usage: `x, y, w = mask_windows(token_windows(stream, T), 0.15, [seed, epoch], vocab)`.
 
 A window's candidates are its real tokens: `<pad>` and `<bos>` are never chosen (a `<bos>` is
-free to predict: it always follows `<eos>`), `<eos>` is (where a text ends is real
-information, as in the causal objective). Of a window's n candidates exactly
-max(1, round(fraction·n)) are chosen, so every window, short or long, trains on the same share;
-each chosen token becomes `<mask>` with probability 0.8, a random non-special token with 0.1,
-and stays as it is with 0.1 (so the model cannot tell a kept token from context alone). The
-loss weight is 1 on chosen positions and 0 everywhere else.
+free to predict: it always follows `<eos>`), nor is an `<eos>` followed by `<bos>` or `<pad>`
+in its window (the model sees both sides, so that next token gives it away: a free target
+would inflate masked accuracy and perplexity); an `<eos>` at a window's last position is.
+Of a window's n candidates exactly max(1, round(fraction·n)) are chosen, so every window,
+short or long, trains on the same share; each chosen token becomes `<mask>` with probability
+0.8, a random non-special token with 0.1, and stays as it is with 0.1 (so the model cannot
+tell a kept token from context alone). The loss weight is 1 on chosen positions and 0
+everywhere else.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from components.contract import BOS, MASK, PAD, SPECIALS
+from components.contract import BOS, EOS, MASK, PAD, SPECIALS
 from components.errors import GruflowError
 
 # Evaluate, validation and the served `score` use one fixed mask, drawn from this seed: the
@@ -38,8 +40,12 @@ def token_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 def candidates(x: np.ndarray) -> np.ndarray:
-    """Positions that may be chosen: every real token but `<bos>` (bool, shape of x)."""
-    return (x != PAD) & (x != BOS)
+    """Positions that may be chosen: every real token but `<bos>` and an `<eos>` whose next
+    token (last axis) is `<bos>` or `<pad>` (bool, shape of x)."""
+    nxt = np.full_like(x, -1)
+    nxt[..., :-1] = x[..., 1:]
+    given_away = (x == EOS) & ((nxt == BOS) | (nxt == PAD))
+    return (x != PAD) & (x != BOS) & ~given_away
 
 
 def choose(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,7 +94,9 @@ def chosen_count(stream: np.ndarray, seq_len: int, fraction: float) -> int:
 def unigram_nll(train: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
     """Summed NLL of `targets` under the add-one unigram of the train split's real tokens
     (the masked objective's baseline: it ignores the context on both sides)."""
-    real = train[candidates(train)]
+    # every real token's frequency, an <eos> a candidate would skip included: the baseline sees
+    # no context, and a window-final <eos> target must get <eos>'s true unigram probability
+    real = train[(train != PAD) & (train != BOS)]
     counts = np.bincount(real, minlength=vocab_size).astype(np.float64)
     logp = np.log((counts + 1.0) / (counts.sum() + vocab_size))
     return float(-logp[targets].sum())

@@ -105,7 +105,7 @@ class GruLM(PythonModel):
         try:
             p = check_params(params, self.defaults)
             texts = check_texts(_texts(model_input))
-            if p["mode"] == "score":
+            if p["mode"] in ("score", "fill"):  # the rules keep `<mask>` as it is
                 texts = prepare_texts(texts, self.rules)
             check_mode(self.objective, p["mode"])
             if self.objective == "masked":
