@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -71,9 +72,16 @@ class ConsoleFilter(logging.Filter):
 def _routine(record: logging.LogRecord, message: str) -> bool:
     """Lines a run prints per stage that say nothing DVC's "Running stage" and the stage's own
     summary line do not (kept in the log file; shown with --verbose)."""
-    if getattr(record, "task_run_id", None) and message == "Finished in state Completed()":
+    if getattr(record, "task_run_id", None) and (
+        message == "Finished in state Completed()"
+        or message.startswith("model card: ")  # the card's path (and `gruflow card N`)
+        or REGISTERED.match(message)  # the gate's line: the CLI summary prints it
+    ):
         return True
     return message.startswith("stage ") and message.endswith((": starting", ": done"))
+
+
+REGISTERED = re.compile(r"\S+: (registered )?model version \d+ ")
 
 
 class DvcConsoleFilter(logging.Filter):

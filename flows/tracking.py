@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +18,7 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
+from components import verbosity
 from components.contract import (
     METRICS_REPORT,
     MODEL_SUMMARY,
@@ -322,7 +326,15 @@ def log_and_register_model(
         "objective": contents["objective"],
         **{f"metric.{k}": str(v) for k, v in numbers(metrics).items()},
     }
-    mv = mlflow.register_model(model_info.model_uri, params.registry.model_name, tags=version_tags)
+    # MLflow prints "Successfully registered model" / "Created version" to stderr itself: the
+    # gate's line in the summary says it (kept in the log file; on the console with --verbose)
+    said = io.StringIO()
+    with contextlib.redirect_stderr(sys.stderr if verbosity.is_verbose() else said):
+        mv = mlflow.register_model(
+            model_info.model_uri, params.registry.model_name, tags=version_tags
+        )
+    for line in said.getvalue().splitlines():
+        log.debug("mlflow: %s", line)
     return str(mv.version)
 
 
