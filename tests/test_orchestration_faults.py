@@ -272,7 +272,8 @@ def test_register_retry_succeeds_after_mlflow_outage(
     version, run_id = register_during_outage()
 
     assert attempts == [("Running", False), ("Retrying", True)]  # one failed try, one retry
-    assert version == "1"
+    assert version[0] == "1"  # (version, the gate's decision line)
+    assert "registered model version 1 as champion" in version[1]
     client = MlflowClient(f"http://127.0.0.1:{mlflow_server['port']}")
     versions = client.search_model_versions(f"name = '{params.registry.model_name}'")
     assert [(str(v.version), v.tags["model_md5"]) for v in versions] == [("1", md5)]
