@@ -19,8 +19,9 @@ import yaml
 from tests.faults.kit import digests, fault_env, runs_by_status, start
 from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
 
-TUNE = "> python -m components.tune"  # DVC prints it as it starts the command (the study
-# journal outlives an interrupted run, so Optuna's own "new study" line is not printed twice)
+TUNE = "Running stage 'tune'"  # DVC prints it as it starts the stage (its command echo is
+# in the log file only; the study journal outlives an interrupted run, so Optuna's own "new
+# study" line is not printed twice); _interrupt then checks a stage command is running
 OUTPUTS = (
     "data",
     "reports",
