@@ -184,8 +184,8 @@ def test_sigkill_during_clean_then_rerun(trained):
 
 def test_sigkill_during_train_then_rerun(trained):
     project, env, base = trained["project"], trained["env"], trained["base"]
-    (project / "artifacts" / "model.keras").unlink()  # train must run again: DVC's run cache
-    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)  # would restore it
+    (project / "artifacts" / "model.keras").unlink()  # train must run again, so its cached
+    _uncache(project, "train", "artifacts/model.keras")  # copy must go too (DVC restores it)
     proc = start(project, env, base / "kill-train", "--no-push")
     kill_when(proc, lambda: (project / "artifacts/checkpoints/state.json").exists())
     rerun = gruflow(project, env, "--no-push")
@@ -212,6 +212,14 @@ def test_sigkill_right_after_created_version_then_rerun(trained, tmp_path):
     tags = MlflowClient(uri, uri).get_model_version("gruflow-lm", "1").tags
     assert "gate.promoted" in tags
     assert "RUNNING" not in runs_by_status(project, uri)
+
+
+def _uncache(project: Path, stage: str, out: str) -> None:
+    """Remove `out`'s copy from the DVC cache (and the run cache), so DVC reruns `stage`."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+    md5 = next(o["md5"] for o in lock["outs"] if o["path"] == out)
+    (project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
 def _has_version(db: Path) -> bool:
