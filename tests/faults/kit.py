@@ -104,3 +104,16 @@ def versions(uri: str) -> list[tuple[str, str]]:
         (str(v.version), v.tags.get("model_md5", ""))
         for v in client.search_model_versions("name = 'gruflow-lm'")
     )
+
+
+def temp_leftovers(project: Path) -> list[Path]:
+    """Dot-named files with a suffix that gruflow or DVC leave beside outputs (`.clean.*`,
+    `.model.keras.*` temp copies), other than the project's own committed dotfiles."""
+    return [
+        p
+        for p in project.rglob(".*.*")
+        if ".git" not in p.parts
+        and ".dvc" not in p.parts
+        and ".gruflow" not in p.parts
+        and p.name not in (".gitignore", ".dvcignore", ".pre-commit-config.yaml")
+    ]

@@ -29,6 +29,7 @@ from tests.faults.kit import (
     kill_when,
     runs_by_status,
     start,
+    temp_leftovers,
     versions,
 )
 from tests.test_orchestration_faults import _wait_up, mlflow_server  # noqa: F401 (fixture)
@@ -163,14 +164,7 @@ def _after_rerun(trained, rerun, stage: str) -> None:
     assert "RUNNING" not in status and status.get("KILLED", 0) >= 1, status
     held = versions(f"sqlite:///{project / 'mlflow.db'}")
     assert all(md5 for _, md5 in held) and len({md5 for _, md5 in held}) == len(held), held
-    assert not [
-        p
-        for p in project.rglob(".*.*")
-        if ".git" not in p.parts
-        and ".dvc" not in p.parts
-        and ".gruflow" not in p.parts
-        and p.name not in (".gitignore", ".dvcignore", ".pre-commit-config.yaml")
-    ], "temp leftovers"
+    assert not temp_leftovers(project), "temp leftovers"
 
 
 def test_sigkill_during_clean_then_rerun(trained):

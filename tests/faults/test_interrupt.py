@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.faults.kit import digests, fault_env, runs_by_status, start
+from tests.faults.kit import digests, fault_env, runs_by_status, start, temp_leftovers
 from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
 
 TUNE = "Running stage 'tune'"  # DVC prints it as it starts the stage (its command echo is
@@ -122,14 +122,7 @@ def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, g
     assert not alive and not group_left, "processes left"
     status = runs_by_status(project)
     assert "RUNNING" not in status and status.get("KILLED", 0) > killed_before, status
-    assert not [
-        p
-        for p in project.rglob(".*.*")
-        if ".git" not in p.parts
-        and ".dvc" not in p.parts
-        and ".gruflow" not in p.parts
-        and p.name not in (".gitignore", ".dvcignore", ".pre-commit-config.yaml")
-    ], "temp leftovers"
+    assert not temp_leftovers(project), "temp leftovers"
 
 
 def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
