@@ -125,6 +125,9 @@ def test_interrupted_run_restores_everything(trained, name, bump, marker, sig, g
     assert not temp_leftovers(project), "temp leftovers"
 
 
+_MAKE_VARS = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+
+
 def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
     """GNU make always adds `make: *** [Makefile:N: run] Error 2` after a failing recipe (no
     option turns it off; see the Makefile): stderr is gruflow's one line, then make's."""
@@ -135,11 +138,14 @@ def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["no_such_key"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # a user's shell: CI runs this test under `make test`, whose MAKELEVEL would turn make's
+    # prefix into `make[1]:`
+    env = {k: v for k, v in fault_env(tmp_path).items() if k not in _MAKE_VARS}
     # the worktree's .venv, already synced (UV: any existing file, nothing is built)
     out = subprocess.run(
         ["make", "--no-print-directory", "run", f"VENV={BIN.parent}", f"UV={BIN / 'python'}"],
         cwd=project,
-        env=fault_env(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
