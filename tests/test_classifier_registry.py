@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -133,36 +132,10 @@ def test_loaded_classifier_returns_label_and_probabilities(versions):
 
 
 def test_mlflow_models_serve_answers_labels_and_400_on_bad_requests(project, versions):
-    root, port = project["root"], tiny_lm.free_port()
-    proc = tiny_lm.spawn(
-        root,
-        "serve.log",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{NAME}@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    )
-    url = f"http://127.0.0.1:{port}"
+    root = project["root"]
+    proc, url = tiny_lm.serve_model(root, "serve.log", f"models:/{NAME}@champion")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
-            try:
-                if tiny_lm.http(url + "/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (root / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+        tiny_lm.wait_until_up(proc, url, root / "serve.log", timeout=180)
         status, body = tiny_lm.http(
             url + "/invocations", {"dataframe_records": [{"text": "the film was great and lovely"}]}
         )

@@ -12,7 +12,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
-import time  # noqa: E402
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402
@@ -156,38 +155,12 @@ def test_real_mlflow_models_serve_fills_by_default_and_refuses_generate(versions
     """The registered masked LM behind the real `mlflow models serve`: a request without params
     fills (the signature's default mode), generate is a 400 that says why, a text without a
     <mask> is a 400 too, and the server keeps answering."""
-    from tiny_lm import free_port, http, spawn, stop
+    from tiny_lm import http, serve_model, stop, wait_until_up
 
-    port = free_port()
-    proc = spawn(
-        project["root"],
-        "mlm_serve.log",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{NAME}/{versions['v1']}",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    )
-    url, log = f"http://127.0.0.1:{port}", project["root"] / "mlm_serve.log"
+    log = project["root"] / "mlm_serve.log"
+    proc, url = serve_model(project["root"], log.name, f"models:/{NAME}/{versions['v1']}")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if http(url + "/ping", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server not up:\n" + log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_up(proc, url, log, timeout=300)
         records = {"dataframe_records": [{"text": "the parser <mask> the header"}]}
         status, body = http(url + "/invocations", records)
         assert status == 200, body

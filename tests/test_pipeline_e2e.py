@@ -111,14 +111,17 @@ def isolated_env(base: Path, **extra: str) -> dict:
     }
 
 
-def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
+def gruflow(
+    project: Path, env: dict, *args: str, command: str = "run", timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """`gruflow COMMAND --project PROJECT ARGS...` in the project, output captured."""
     return subprocess.run(
-        [str(BIN / "gruflow"), "run", "--project", str(project)],
+        [str(BIN / "gruflow"), command, "--project", str(project), *args],
         cwd=project,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
 
 

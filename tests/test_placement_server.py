@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline_e2e import BIN, git, tiny_project
+from tests.test_pipeline_e2e import BIN, git, gruflow, tiny_project
 from tests.test_retrain import copy_project
 
 pytestmark = pytest.mark.slow
@@ -85,14 +85,7 @@ def test_placed_train_on_worker_then_skip(server):
     )
     git(project, "remote", "add", "origin", str(base / "code.git"))
 
-    deploy = subprocess.run(
-        [str(BIN / "gruflow"), "deploy", "--project", str(project)],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    deploy = gruflow(project, env, command="deploy", timeout=300)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     worker_log = (base / "worker.log").open("w")
     worker = subprocess.Popen(
@@ -103,28 +96,14 @@ def test_placed_train_on_worker_then_skip(server):
         stderr=subprocess.STDOUT,
     )
     try:
-        first = subprocess.run(
-            [str(BIN / "gruflow"), "retrain", "--project", str(project)],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        first = gruflow(project, env, command="retrain")
         assert first.returncode == 0, (
             first.stdout[-3000:] + first.stderr[-3000:] + (base / "worker.log").read_text()[-3000:]
         )
         assert "placed on work pool gpu" in first.stdout + first.stderr
         assert "registered model version 1" in first.stdout
         start = time.perf_counter()
-        second = subprocess.run(
-            [str(BIN / "gruflow"), "retrain", "--project", str(project)],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        second = gruflow(project, env, command="retrain", timeout=300)
         seconds = time.perf_counter() - start
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "retrain skipped" in second.stdout

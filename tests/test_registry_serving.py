@@ -20,7 +20,6 @@ import math  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
@@ -36,11 +35,12 @@ from tiny_lm import (  # noqa: E402
     UNTUNED_SEQ_LEN,
     VENV_BIN,
     build_project,
-    free_port,
     http,
     register,
+    serve_model,
     spawn,
     stop,
+    wait_until_up,
 )
 from tiny_lm import env as _env  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
@@ -385,7 +385,7 @@ def test_negative_seed_is_a_clear_bad_request(champion):
 
 # --- the real server -----------------------------------------------------------------------
 
-_free_port, _http, _stop = free_port, http, stop
+_http, _stop = http, stop
 
 
 def _spawn(project, log_name: str, *argv: str):
@@ -397,26 +397,11 @@ def background(project, first_version):
     """The server and the two model-loading CLI runs start together as soon as tiny-lm has a
     champion: each spends ~20 s importing TensorFlow and MLflow, so overlapping them with each
     other and with the in-process tests keeps the module fast."""
-    root, port = str(project["root"]), _free_port()
+    root = str(project["root"])
     (project["root"] / "sample.txt").write_text(SAMPLE)
+    server, url = serve_model(project["root"], "serve.log", f"models:/{NAME}@champion")
     procs = {
-        "server": _spawn(
-            project,
-            "serve.log",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ),
+        "server": server,
         "generate": _spawn(
             project,
             "generate.log",
@@ -433,7 +418,7 @@ def background(project, first_version):
         "score": _spawn(project, "score.log", "gruflow", "score", "sample.txt", "--project", root),
     }
     try:
-        yield {"port": port, **procs}
+        yield {"url": url, **procs}
     finally:
         for proc in procs.values():
             _stop(proc)
@@ -446,22 +431,9 @@ def _finished(project, background, key: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def server(project, background):
-    proc, log = background["server"], project["root"] / "serve.log"
-    url = f"http://127.0.0.1:{background['port']}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"mlflow models serve exited {proc.returncode}:\n" + log.read_text()[-3000:]
-            )
-        try:
-            if _http(url + "/ping", timeout=2)[0] == 200:
-                return url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail("server not up after 120 s:\n" + log.read_text()[-3000:])
-        time.sleep(0.5)
+    proc, url = background["server"], background["url"]
+    wait_until_up(proc, url, project["root"] / "serve.log", timeout=120)
+    return url
 
 
 def test_server_generates(server):

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.test_pipeline_e2e import BIN, git, isolated_env, tiny_project
+from tests.test_pipeline_e2e import gruflow as run_gruflow
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +55,7 @@ def tuned_project(base: Path, corpus: Path | None = None) -> Path:
 
 def gruflow(project: Path, env: dict) -> subprocess.CompletedProcess:
     """`gruflow run`, with room for a machine kept busy on purpose (and by others)."""
-    return subprocess.run(
-        [str(BIN / "gruflow"), "run", "--project", str(project)],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=2400,
-    )
+    return run_gruflow(project, env, timeout=2400)
 
 
 def out_hashes(project: Path) -> dict[str, str]:

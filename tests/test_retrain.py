@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline_e2e import BIN, ROOT, isolated_env, tiny_project
+from tests.test_pipeline_e2e import ROOT, gruflow, isolated_env, tiny_project
 from tests.test_pipeline_e2e import copy_project as copy_tracked
 
 
@@ -34,14 +34,7 @@ def copy_project(dest: Path) -> None:
 
 def _retrain(project: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    out = subprocess.run(
-        [str(BIN / "gruflow"), "retrain", "--project", str(project)],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    out = gruflow(project, env, command="retrain")
     return out, time.perf_counter() - start
 
 

@@ -220,21 +220,25 @@ def test_check_params_refuses_in_both_modes(params, mentions):
         check_params(params)
 
 
+# What a model registered before the generate section always served with (stated here, not
+# imported: the test must fail if components/lm/inference.py's defaults drift).
+LEGACY = {
+    "mode": "generate",
+    "max_new_tokens": 32,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "seed": 0,
+    "candidates": 5,
+    "cache_size": -1,
+    "cache_theta": -1.0,
+    "cache_lambda": -1.0,
+}
+
+
 def test_check_params_fills_defaults():
-    # a model registered before the generate section: the values it always served with
-    assert check_params(None) == {
-        "mode": "generate",
-        "max_new_tokens": 32,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "repetition_penalty": 1.0,
-        "seed": 0,
-        "candidates": 5,
-        "cache_size": -1,
-        "cache_theta": -1.0,
-        "cache_lambda": -1.0,
-    }
+    assert check_params(None) == LEGACY
     assert check_params({"temperature": 0})["temperature"] == 0.0
 
 
@@ -247,10 +251,7 @@ def test_model_defaults_come_from_params_generate():
     assert check_params(None, defaults) == {
         "mode": "generate",
         **gen.model_dump(),
-        "candidates": 5,
-        "cache_size": -1,
-        "cache_theta": -1.0,
-        "cache_lambda": -1.0,
+        **{k: LEGACY[k] for k in ("candidates", "cache_size", "cache_theta", "cache_lambda")},
     }
     assert check_params({"top_k": 3}, defaults)["top_p"] == gen.top_p
 
@@ -262,17 +263,5 @@ def test_request_cap_uses_the_models_default_max_new_tokens():
     body = json.dumps({"dataframe_records": [{"text": "a"}, {"text": "b"}]}).encode()
     with pytest.raises(BadRequest, match="max_new_tokens 32"):  # legacy default: 2 x 32 > 40
         check_request(body, limits)
-    few = {
-        "mode": "generate",
-        "max_new_tokens": 8,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "repetition_penalty": 1.0,
-        "seed": 0,
-        "candidates": 5,
-        "cache_size": -1,
-        "cache_theta": -1.0,
-        "cache_lambda": -1.0,
-    }
+    few = LEGACY | {"max_new_tokens": 8}
     check_request(body, limits, few)  # 2 x 8 <= 40

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_e2e import BIN, git, tiny_project
+from tests.test_pipeline_e2e import BIN, git, gruflow, tiny_project
 from tests.test_placement_server import server  # noqa: F401  (the loopback server fixture)
 from tests.test_retrain import copy_project
 
@@ -94,14 +94,7 @@ def _wait_for_final_run(env: dict, dep_id: str, seconds: float) -> list[dict]:
 def test_burst_of_files_starts_exactly_one_retrain(server):  # noqa: F811
     base, env = server
     project, incoming = _project(base)
-    deploy = subprocess.run(
-        [str(BIN / "gruflow"), "deploy", "--project", str(project)],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    deploy = gruflow(project, env, command="deploy", timeout=300)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     assert "trigger gruflow.data.changed debounce PT300S" in deploy.stdout
     dep = _api(env, "/deployments/name/gruflow-retrain/gruflow-retrain")

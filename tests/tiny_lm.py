@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -132,6 +133,31 @@ def spawn(root: Path, log_name: str, *argv: str) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def serve_model(root: Path, log_name: str, model_uri: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve` of `model_uri` on a free loopback port, one worker: (process, URL)."""
+    port = free_port()
+    argv = ("mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local")
+    proc = spawn(root, log_name, *argv, "-h", "127.0.0.1", "-p", str(port), "-w", "1")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Poll `url`/ping until it answers 200; fail with the server's log when it exits or
+    `timeout` seconds pass (the machine may be busy: model loading imports TensorFlow)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited {proc.returncode}:\n" + log.read_text()[-3000:]
+        try:
+            if http(url + "/ping", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, (
+            f"server not up after {timeout} s:\n" + log.read_text()[-3000:]
+        )
+        time.sleep(0.5)
 
 
 def stop(proc: subprocess.Popen) -> None:

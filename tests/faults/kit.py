@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.test_pipeline_e2e import BIN, isolated_env
+from tests.test_pipeline_e2e import BIN, gruflow, isolated_env  # noqa: F401  (re-exported)
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
@@ -24,19 +24,6 @@ def fault_env(base: Path, **extra: str) -> dict:
     if STARTUP_ENV not in extra:
         env.pop(STARTUP_ENV)
     return env
-
-
-def gruflow(
-    project: Path, env: dict, *args: str, command: str = "run", timeout: float = 900
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "gruflow"), command, "--project", str(project), *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def start(project: Path, env: dict, out: Path, *args: str) -> subprocess.Popen:
