@@ -131,7 +131,7 @@ def fit(
         stopper,
         keras.callbacks.TensorBoard(str(board)),
     ]
-    verbose, progress = fit_progress("train", verbose_off_tty=2)  # bar, or a line per 30 s
+    verbose, progress = fit_progress("train", epoch_lines=True)  # bar, or lines (30 s, epoch)
     if first < t.epochs and not state.get("stopped"):
         try:
             trainer.fit(

@@ -51,6 +51,7 @@ from components.tuning.study import (
     recover_interrupted,
     storage_url,
 )
+from components.verbosity import quiet_optuna
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def share_cores(n_workers: int) -> None:
 
 def join(p: Params, worker: int, deadline: float | None) -> int:
     """One worker: join the study and optimise (spawned processes, `gruflow tune-worker`)."""
+    quiet_optuna()  # a spawned worker runs no guarded main
     share_cores(p.tune.n_workers)
     storage = open_storage(p)
     data = load_data(p)

@@ -62,6 +62,9 @@ NOISE_PATTERNS = (
     r"Failed to send telemetry",
     r"Downloading artifacts",
     r"Still processing items",
+    r"\[I \d{4}-\d\d-\d\d ",  # Optuna's INFO lines
+    r"Starting temporary server",  # Prefect's start-up and run-page lines (temporary server)
+    r"View at http",
 )
 
 
@@ -94,6 +97,16 @@ def quiet_libraries() -> None:
     # "Creating initial MLflow database tables..." on a new store
     for name in ("mlflow.pyfunc", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_optuna()
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO line per trial ("[I 2026-...] Trial 3 pruned. ..."): tune's summary line,
+    reports/tune.json and MLflow say it (unless verbose). Optuna sets its own level when first
+    used, so this goes through its API, in each process that runs trials."""
+    optuna = sys.modules.get("optuna")
+    if optuna is not None and not is_verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @contextlib.contextmanager

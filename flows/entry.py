@@ -72,13 +72,21 @@ class ConsoleFilter(logging.Filter):
 def _routine(record: logging.LogRecord, message: str) -> bool:
     """Lines a run prints per stage that say nothing DVC's "Running stage" and the stage's own
     summary line do not (kept in the log file; shown with --verbose)."""
+    if message == "Finished in state Completed()" or message.startswith(
+        "dvc push: "  # the CLI summary says "pushed N file(s)"
+    ):
+        return True
     if getattr(record, "task_run_id", None) and (
-        message == "Finished in state Completed()"
-        or message.startswith("model card: ")  # the card's path (and `gruflow card N`)
+        message.startswith("model card: ")  # the card's path (and `gruflow card N`)
         or REGISTERED.match(message)  # the gate's line: the CLI summary prints it
     ):
         return True
+    if not os.environ.get("PREFECT_API_URL") and message.startswith(TEMPORARY_SERVER):
+        return True  # the temporary server and its run page are gone when the command ends
     return message.startswith("stage ") and message.endswith((": starting", ": done"))
+
+
+TEMPORARY_SERVER = ("Starting temporary server", "Beginning flow run", "View at ")
 
 
 REGISTERED = re.compile(r"\S+: (registered )?model version \d+ ")

@@ -57,9 +57,12 @@ def test_eta_is_the_rest_of_the_epoch_at_the_current_pace():
 
 
 def test_terminal_gets_the_keras_bar_and_logs_get_lines(monkeypatch):
-    assert progress.fit_progress("train", 2, stream=Tty()) == (1, [])
-    verbose, callbacks = progress.fit_progress("train", 2, stream=io.StringIO())
-    assert verbose == 2 and isinstance(callbacks[0], progress.ProgressLines)
+    assert progress.fit_progress("train", True, stream=Tty()) == (1, [])
+    verbose, callbacks = progress.fit_progress("train", True, stream=io.StringIO())
+    assert verbose == 0 and [type(c) for c in callbacks] == [
+        progress.ProgressLines,
+        progress.EpochLines,
+    ]
     assert callbacks[0].interval == progress.DEFAULT_INTERVAL
     monkeypatch.setenv(progress.INTERVAL_ENV, "5")
     assert progress.fit_progress("x", stream=io.StringIO())[1][0].interval == 5.0
@@ -83,3 +86,16 @@ def test_lines_come_from_a_real_fit():
 def test_clock_text():
     assert progress.clock_text(59.6) == "1:00"
     assert progress.clock_text(3725) == "1:02:05"
+
+
+def test_one_line_per_epoch_from_a_real_fit():
+    import keras
+
+    out = io.StringIO()
+    cb = progress.EpochLines("train", clock=FakeClock(2.0), stream=out)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    x = np.zeros((8, 3), "float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0, callbacks=[cb])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1] == "train: epoch 2/2 in 2 s: loss 0.0000", lines

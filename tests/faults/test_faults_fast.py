@@ -141,9 +141,9 @@ def test_unreachable_tracking_store_fails_fast_in_one_line(project, tmp_path):
         len(lines) == 1 and "tracking store http://user:***@127.0.0.1:9 is unreachable" in lines[0]
     )
     assert "Traceback" not in out.stderr and SECRET not in out.stderr + out.stdout
-    assert "Starting temporary server" not in out.stderr  # failed before Prefect started
     log = Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")"))
     assert "Traceback" in log.read_text() and SECRET not in log.read_text()
+    assert "Starting temporary server" not in log.read_text()  # failed before Prefect started
 
 
 def test_no_wait_names_the_holder_in_one_line(project, tmp_path):
