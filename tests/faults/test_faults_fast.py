@@ -86,14 +86,20 @@ def test_explain_maps_exceptions_to_exit_codes():
     [
         ("Stopping temporary server on http://127.0.0.1:8411", False),  # at exit, after the error
         ("Finished in state Failed('stage ingest failed')", False),
-        ("Finished in state Completed()", True),  # the flow's own end
+        ("Finished in state Completed()", False),  # quiet: the CLI's summary says it
+        ("dvc push: 40 file(s) uploaded to /remote", False),  # the summary says "pushed 40"
+        ("Starting temporary server on http://127.0.0.1:8411", False),  # gone at exit
+        ("View at http://127.0.0.1:8411/runs/flow-run/x", False),
         ("stage ingest: up to date, skipped", True),
         ("stage ingest: starting", False),  # quiet by default: DVC's "Running stage" says it
         ("stage ingest: done", False),
     ],
 )
-def test_console_filter_keeps_the_error_line_last(message, shown):
+def test_console_filter_keeps_the_error_line_last(message, shown, monkeypatch):
     from flows.entry import ConsoleFilter
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # a temporary server
+    monkeypatch.delenv("GRUFLOW_VERBOSE", raising=False)
 
     record = logging.LogRecord("prefect", logging.INFO, __file__, 1, message, None, None)
     assert ConsoleFilter().filter(record) is shown
@@ -110,6 +116,13 @@ def test_console_filter_shows_routine_lines_when_verbose(monkeypatch):
         "dvc.stage.run", logging.INFO, __file__, 1, "> %s", ("python -m components.clean",), None
     )
     assert not ConsoleFilter().filter(task) and not DvcConsoleFilter().filter(dvc_echo)
+    page = logging.LogRecord(
+        "prefect.flow_runs", logging.INFO, __file__, 1, "View at http://srv/runs/x", None, None
+    )
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert not ConsoleFilter().filter(page)
+    monkeypatch.setenv("PREFECT_API_URL", "http://srv/api")  # a real server: its page stays
+    assert ConsoleFilter().filter(page)
     monkeypatch.setenv("GRUFLOW_VERBOSE", "1")
     assert ConsoleFilter().filter(task)
 
