@@ -23,7 +23,7 @@ from bench.quality import gruflow_row, read_data, with_value
 from components.artifacts import write_json
 from components.contract import split_file
 from components.params import load_params
-from components.sizing import choose_size
+from components.sizing import choose_size, sized_params
 
 
 def sample_bytes(path: Path, train_tokens: int, seed: int, at_least: int) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="64x1,128x1,256x1", help="units x layers, comma-separated")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/size.json"))
     args = ap.parse_args(argv)
-    p = load_params()
+    p = sized_params(load_params())  # vocabulary and embedding: the pipeline's files
     vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()
     rows: list[dict] = []
     for tokens in (int(t) for t in args.train_tokens.split(",")):

@@ -65,7 +65,7 @@ def test_sizes_grow_monotonically_with_the_corpus_and_the_budget():
             assert b.vocab_size >= a.vocab_size and b.embedding_dim >= a.embedding_dim
             assert b.units * b.gru_layers >= a.units * a.gru_layers
             assert parameters(b) >= parameters(a)
-        assert sizes[0] == Size(1000, 32, 32, 1)  # the floors
+        assert sizes[0] == Size(1000, 32, 128, 1)  # the floors
         assert sizes[-1].vocab_size == 32000 and sizes[-1].embedding_dim == 512
     for n in grid:
         widths = [choose_size(n, e).units * choose_size(n, e).gru_layers for e in (1, 2, 4, 8)]
@@ -75,7 +75,7 @@ def test_sizes_grow_monotonically_with_the_corpus_and_the_budget():
 
 def test_each_fourfold_corpus_doubles_the_sizes():
     small, ref, large = (choose_size(n, 4) for n in (2**19, 2**21, 2**23))
-    assert (small.vocab_size, small.embedding_dim, small.units) == (2000, 32, 64)
+    assert (small.vocab_size, small.embedding_dim, small.units) == (2000, 32, 128)  # floor
     assert (large.vocab_size, large.embedding_dim, large.units) == (8000, 128, 256)
     assert ref == Size(4000, 64, 128, 1)
     assert choose_size(2**21, 16).units == 256  # 4x the epochs: 2x the units, same vocabulary
