@@ -38,6 +38,7 @@ from components.lm.fit import load_embeddings, seed_everything
 from components.lm.inference import score_stream
 from components.lm.windows import make_windows, read_stream, stream_count
 from components.params import Params, load_params
+from components.sizing import sized_params
 
 QUICK_TOKENS, QUICK_EPOCHS = 150_000, 2
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.project:
         os.chdir(args.project)
-    p = load_params()
+    p = sized_params(load_params())  # model.size auto: the sizes the pipeline trained
     tokens = QUICK_TOKENS if args.quick else args.train_tokens
     epochs = QUICK_EPOCHS if args.quick else (args.epochs or p.train.epochs)
     vocab = Tokenizer.from_file(p.paths.tokenizer).get_vocab_size()

@@ -18,6 +18,7 @@ import yaml
 from bench.quality import QUICK_EPOCHS, QUICK_TOKENS, gruflow_row, read_data, with_value
 from components.artifacts import write_json
 from components.params import load_params, with_overrides
+from components.sizing import sized_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/sweep.json"))
     ap.add_argument("values", nargs="+", help="section.field=v1,v2,...")
     args = ap.parse_args(argv)
-    p = load_params()
+    p = sized_params(load_params())  # model.size auto: the sizes the pipeline trained
     for spec in args.base:
         dotted, _, text = spec.partition("=")
         p = with_overrides(p, {dotted: yaml.safe_load(text)}, "bench.sweep --base")

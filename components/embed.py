@@ -37,6 +37,7 @@ from components.embedding.readable import token_texts as readable_texts
 from components.embedding.readable import unique
 from components.errors import GruflowError, guarded
 from components.params import Embed, Params, load_params
+from components.sizing import sized_params
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def similar(word: str, k: int, params: Params, root: Path = Path(".")) -> list[t
 
 @guarded
 def main() -> None:
-    p = load_params()
+    p = sized_params(load_params())  # model.size auto: embed.dim = auto's embedding_dim
     if not Path(p.paths.tokenizer).is_file():
         raise GruflowError(f"{p.paths.tokenizer}: missing — run the tokenize stage first")
     tokenizer = Tokenizer.from_file(p.paths.tokenizer)

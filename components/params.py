@@ -205,6 +205,7 @@ class Embed(_Section):
 
 
 class ModelParams(_Section):
+    size: Literal["explicit", "auto"]  # auto: components/sizing.py replaces the sizes below
     embedding_dim: PosInt
     embedding_init: Literal["word2vec", "random"]
     embedding_trainable: bool
@@ -336,6 +337,7 @@ class Orchestration(_Section):
 
 
 TUNABLE_SECTIONS = ("model", "train")  # tune.space may name fields of these sections only
+AUTO_SIZED = ("model.embedding_dim", "model.units", "model.gru_layers")  # model.size auto sets
 
 
 class SpaceSpec(_Section):
@@ -501,6 +503,19 @@ class Params(_Section):
                 raise ValueError("clean.dedup 'near' needs clean.near_dup: true")
             if self.split.group_near_duplicates:
                 raise ValueError("split.group_near_duplicates needs clean.near_dup: true")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_sizes_not_tuned(self) -> Params:
+        # auto picks these from the corpus: a study over them would train other sizes than
+        # its first trial (the params.yaml values) says, and train would not know which wins
+        if self.model.size == "auto" and self.tune.n_trials:
+            for name in self.tune.space:
+                if name in AUTO_SIZED:
+                    raise ValueError(
+                        f"'tune.space.{name}': model.size auto picks {name} from the corpus "
+                        "— remove it from tune.space, or set model.size: explicit"
+                    )
         return self
 
     @model_validator(mode="after")

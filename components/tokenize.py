@@ -27,6 +27,7 @@ from components.contract import (
 )
 from components.errors import GruflowError, guarded
 from components.params import Tokenize, load_params
+from components.sizing import clean_train_bytes, resolve_size, size_report
 
 SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("ids", pa.list_(pa.int32())), ("n_bytes", pa.int64())]
@@ -175,13 +176,23 @@ def training_texts(path: Path, max_bytes: int, seen: dict[str, int]) -> Iterator
         yield from text.to_pylist()
 
 
-def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path, report: Path) -> dict:
+def run(
+    cfg: Tokenize,
+    clean_dir: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    report: Path,
+    size: dict | None = None,
+) -> dict:
+    """`size`: what model.size decided (components/sizing.py), recorded in the report."""
     train_file = split_file(clean_dir, "train")
     if not train_file.is_file():
         raise GruflowError(f"{train_file}: missing — run the clean stage first")
     seen = {"documents": 0, "bytes": 0}
     tok = train_tokenizer(training_texts(train_file, cfg.train_max_bytes, seen), cfg)
     summary: dict = {"vocab_size": tok.get_vocab_size(), "splits": {}, "trained_on": seen}
+    if size is not None:
+        summary["size"] = size
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             n_docs = n_tokens = n_unk = 0
@@ -213,12 +224,18 @@ def run(cfg: Tokenize, clean_dir: Path, tokenizer_path: Path, out_dir: Path, rep
 @guarded
 def main() -> None:
     p = load_params()
+    train_bytes = clean_train_bytes(Path(p.paths.clean)) if p.model.size == "auto" else 0
+    size = size_report(p, train_bytes)
+    p = resolve_size(p, train_bytes)
+    if size["mode"] == "auto":
+        print(f"tokenize: model.size auto for {train_bytes} train bytes: {size}")
     s = run(
         p.tokenize,
         Path(p.paths.clean),
         Path(p.paths.tokenizer),
         Path(p.paths.tokens),
         Path(p.paths.reports) / TOKENIZE_REPORT,
+        size,
     )
     counts = ", ".join(f"{k} {v['tokens']}" for k, v in s["splits"].items())
     print(f"tokenize: vocabulary {s['vocab_size']}; tokens {counts}")

@@ -207,6 +207,14 @@ def run(p: Params) -> dict:
         "train_tokens": n_train,
         "flops_per_token": fpt,
         "parameters": int(model.count_params()),
+        # what the model has; with model.size auto, what components/sizing.py picked
+        "size": {
+            "mode": p.model.size,
+            "vocab_size": vocab_size,
+            "embedding_dim": p.model.embedding_dim,
+            "units": p.model.units,
+            "gru_layers": p.model.gru_layers,
+        },
         "embedding_init": p.model.embedding_init,
         "objective": p.train.objective,
         "tuned": tuned,

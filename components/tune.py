@@ -43,6 +43,7 @@ from components.lm.fit import (
 )
 from components.lm.windows import read_stream
 from components.params import Params, SpaceSpec, load_params, with_overrides
+from components.sizing import sized_params
 from components.tuning import report as tune_report
 from components.tuning.study import (
     finished,
@@ -240,6 +241,7 @@ def join(p: Params, worker: int, deadline: float | None) -> int:
 
 def work(p: Params) -> int:
     """`gruflow tune-worker`: join from anywhere for up to tune.timeout seconds."""
+    p = sized_params(p)
     return join(
         p, worker=os.getpid(), deadline=time.time() + p.tune.timeout if p.tune.timeout else None
     )
@@ -259,6 +261,7 @@ def check_budget(study: optuna.Study, p: Params) -> None:
 
 
 def run(p: Params) -> dict:
+    p = sized_params(p)  # model.size auto: the sizes train will use
     t0 = time.time()
     best: dict = {}
     study: optuna.Study | None = None

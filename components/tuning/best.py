@@ -13,6 +13,7 @@ from pathlib import Path
 
 from components.errors import GruflowError
 from components.params import Params, with_overrides
+from components.sizing import sized_params
 
 
 def load_best(p: Params, root: Path = Path(".")) -> dict:
@@ -49,5 +50,6 @@ def merge_best(params: Params, best: dict) -> tuple[Params, dict]:
 
 
 def effective_params(p: Params, root: Path = Path(".")) -> tuple[Params, dict]:
-    """(params.yaml with the tuned values applied, the values tuning changed)."""
-    return merge_best(p, load_best(p, root))
+    """(params.yaml with model.size auto's sizes and then the tuned values applied, the
+    values tuning changed)."""
+    return merge_best(sized_params(p, root), load_best(p, root))
