@@ -50,6 +50,14 @@ def test_the_check_passes_only_when_every_floor_is_met(tmp_path):
     assert len(failures(rows)) == 2
 
 
+def test_a_table_of_unnamed_records_is_not_a_row(tmp_path):
+    """reports/bench/size.json (bench/size.py's calibration table) sits beside the rows."""
+    (tmp_path / "all.json").write_text(json.dumps(passing_rows()))
+    (tmp_path / "size.json").write_text(json.dumps([{"units": 128, "test_bits_per_byte": 1.7}]))
+    out = check(tmp_path)
+    assert out.returncode == 0 and "all" in out.stdout, out.stdout + out.stderr
+
+
 def test_a_missing_row_fails_the_check(tmp_path):
     (tmp_path / "some.json").write_text(json.dumps(passing_rows()[1:]))
     out = check(tmp_path)
