@@ -89,7 +89,7 @@ def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) 
         else:
             x = layers.GRU(shape.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
     pooled = AttentionPooling(shape.units, name="pooling")(x)  # (B, H)
-    pooled = layers.Dropout(dropout)(pooled)
+    pooled = layers.Dropout(dropout, name="head_dropout")(pooled)
     probs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(
         pooled
     )  # (B, C)
