@@ -80,7 +80,9 @@ def fit_classifier(kind: str, lm, encoded: dict, n_classes: int, cfg: Finetune):
     from components.lm.fit import seed_everything
 
     seed_everything(cfg.seed)
-    model = build_classifier(lm_encoder_shape(lm), n_classes, dropout=cfg.head_dropout)
+    model = build_classifier(
+        lm_encoder_shape(lm), n_classes, dropout=cfg.head_dropout, pooling=cfg.pooling
+    )
     frozen = 0
     if kind == "pretrained":
         transfer_encoder(model, lm)
