@@ -36,7 +36,7 @@ def _one_step(lm, params, kind: str, **update):
     from components.lm.fit import seed_everything
 
     seed_everything(cfg.seed)  # fit_classifier's own start, rebuilt
-    start = build_classifier(lm_encoder_shape(lm), 2, dropout=cfg.head_dropout)
+    start = build_classifier(lm_encoder_shape(lm), 2, dropout=cfg.head_dropout, pooling=cfg.pooling)
     if kind == "pretrained":
         transfer_encoder(start, lm)
 
