@@ -23,9 +23,10 @@ import numpy as np
 from components.artifacts import atomic_dir, atomic_file, stable_keras_file, write_json
 from components.classify import data as cdata
 from components.classify import scores as cscores
+from components.classify.fit import fit_classifier
 from components.contract import FINETUNE_PLOT, FINETUNE_REPORT, PLOTS_DIR, SPLITS, encode
 from components.errors import GruflowError, guarded
-from components.params import Finetune, Params, load_params
+from components.params import Params, load_params
 
 MODEL_FILE, LABELS_FILE, TEST_FILE, OFF_FILE = (
     "classifier.keras",
@@ -45,63 +46,6 @@ def encode_split(tok, texts: list[str], max_len: int) -> tuple[np.ndarray, int]:
         x = x[:max_len]
         out[i, : len(x)] = x
     return out, cut
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights n / (C · n_c), so macro-F1 is not won by the big classes alone."""
-    counts = np.bincount(y, minlength=n_classes)
-    return {c: float(len(y) / (n_classes * max(n, 1))) for c, n in enumerate(counts)}
-
-
-def fit_classifier(kind: str, lm, encoded: dict, n_classes: int, cfg: Finetune):
-    """Train one classifier; `pretrained` starts from the LM's encoder, frozen for the first
-    freeze_epochs. Returns the model (best validation loss restored) and epochs run."""
-    import keras
-
-    from components.classify.model import (
-        build_classifier,
-        lm_encoder_shape,
-        set_encoder_trainable,
-        transfer_encoder,
-    )
-    from components.lm.fit import seed_everything
-
-    seed_everything(cfg.seed)
-    model = build_classifier(lm_encoder_shape(lm), n_classes)
-    frozen = 0
-    if kind == "pretrained":
-        transfer_encoder(model, lm)
-        frozen = cfg.freeze_epochs
-    (x, y), val = encoded["train"], encoded["val"]
-    weights = class_weights(y, n_classes)
-
-    def fit(epochs: int, callbacks=()):
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
-            loss="sparse_categorical_crossentropy",
-        )
-        h = model.fit(
-            x,
-            y,
-            batch_size=cfg.batch_size,
-            epochs=epochs,
-            validation_data=val,
-            class_weight=weights,
-            shuffle=True,
-            verbose=0,
-            callbacks=list(callbacks),
-        )
-        return len(h.history["loss"])
-
-    run = 0
-    if frozen:
-        set_encoder_trainable(model, False)
-        run += fit(frozen)
-        set_encoder_trainable(model, True)
-    if cfg.epochs > frozen:
-        stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
-        run += fit(cfg.epochs - frozen, [stop])
-    return model, run
 
 
 def predict(model, x: np.ndarray, classes: list[str], batch_size: int) -> list[str]:

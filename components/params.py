@@ -449,6 +449,9 @@ class Finetune(_Section):
     patience: NonNegInt
     batch_size: PosInt
     learning_rate: Annotated[float, Field(gt=0.0)]
+    encoder_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)]  # pretrained encoder's lr share
+    head_dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    pooling: Literal["attention", "concat"]  # concat: attention ‖ masked mean ‖ masked max
     max_len: Annotated[int, Field(strict=True, ge=4)]
     val_fraction: SplitFraction
     test_fraction: SplitFraction

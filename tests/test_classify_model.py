@@ -9,6 +9,7 @@ import pytest
 
 from components.classify.model import (
     AttentionPooling,
+    MeanMaxPooling,
     build_classifier,
     lm_encoder_shape,
     set_encoder_trainable,
@@ -37,6 +38,29 @@ def test_pooling_ignores_masked_positions_and_round_trips():
     np.testing.assert_allclose(np.asarray(layer(x2, mask=mask))[0], out[0], rtol=1e-6)
     again = AttentionPooling.from_config(layer.get_config())
     assert again.units == 4
+
+
+def test_mean_max_pooling_counts_only_real_tokens():
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    x[0, 3:] = 99.0  # padding: would win the max and move the mean if counted
+    out = np.asarray(MeanMaxPooling()(x, mask=mask))
+    assert out.shape == (2, 6)
+    np.testing.assert_allclose(out[0], np.concatenate([x[0, :3].mean(0), x[0, :3].max(0)]), 1e-6)
+    np.testing.assert_allclose(out[1], np.concatenate([x[1].mean(0), x[1].max(0)]), 1e-6)
+
+
+def test_concat_pooling_feeds_the_head_three_views_and_round_trips(tmp_path, lm):
+    """finetune.pooling concat: attention ‖ mean ‖ max (3H) into the head; saved and loaded."""
+    clf = build_classifier(lm_encoder_shape(lm), 3, pooling="concat")
+    assert clf.get_layer("head").kernel.shape == (3 * 8, 3)
+    x = np.array([[2, 5, 7, 3, 0, 0]], np.int32)
+    before = np.asarray(clf.predict(x, verbose=0))
+    clf.save(tmp_path / "c.keras")
+    again = keras.saving.load_model(tmp_path / "c.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)), before, rtol=1e-5)
+    longer = np.concatenate([x, np.zeros((1, 3), np.int32)], axis=1)  # more padding, same answer
+    np.testing.assert_allclose(np.asarray(clf.predict(longer, verbose=0)), before, atol=1e-5)
 
 
 def test_encoder_shape_and_weights_come_from_the_lm(lm):

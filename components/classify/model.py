@@ -4,6 +4,7 @@ Usage: `model = build_classifier(shape, n_classes)`, then `transfer_encoder(mode
 
     ids (B, T) -> Embedding (B, T, E) -> GRU x L (B, T, H)
       -> AttentionPooling: a_t = softmax_t(v · tanh(W h_t)) over real tokens, s = Σ_t a_t h_t
+      [pooling concat: ‖ masked mean ‖ masked max of h_t  (B, 3H)]
       -> Dropout -> Dense(C, softmax) (B, C)
 
 The embedding and GRU layers have the names and shapes of the LM's (`embedding`, `gru_0`..),
@@ -55,6 +56,31 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="gruflow")
+class MeanMaxPooling(layers.Layer):
+    """Mean and max of the states over real tokens, side by side (B, 2H): ULMFiT's concat
+    pooling next to the attention's weighted sum, so the head sees the whole text's states."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, states, mask=None):
+        x = ops.cast(states, "float32")  # (B, T, H)
+        if mask is None:
+            mask = ops.ones(ops.shape(x)[:2], dtype="bool")
+        m = ops.cast(mask, "float32")[..., None]  # (B, T, 1)
+        mean = ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)  # (B, H)
+        biggest = ops.max(ops.where(m > 0, x, ops.full_like(x, -1e9)), axis=1)  # (B, H)
+        return ops.cast(ops.concatenate([mean, biggest], axis=-1), states.dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])
+
+
 @dataclass(frozen=True)
 class EncoderShape:
     vocab_size: int
@@ -76,7 +102,9 @@ def lm_encoder_shape(lm: keras.Model) -> EncoderShape:
     return EncoderShape(int(matrix.shape[0]), int(matrix.shape[1]), int(units), len(grus), both)
 
 
-def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) -> keras.Model:
+def build_classifier(
+    shape: EncoderShape, n_classes: int, dropout: float = 0.1, pooling: str = "attention"
+) -> keras.Model:
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")  # (B, T), 0 = <pad>
     x = layers.Embedding(shape.vocab_size, shape.embedding_dim, mask_zero=True, name="embedding")(
         ids
@@ -89,7 +117,11 @@ def build_classifier(shape: EncoderShape, n_classes: int, dropout: float = 0.1) 
         else:
             x = layers.GRU(shape.units, return_sequences=True, name=f"gru_{i}")(x)  # (B, T, H)
     pooled = AttentionPooling(shape.units, name="pooling")(x)  # (B, H)
-    pooled = layers.Dropout(dropout)(pooled)
+    if pooling == "concat":  # finetune.pooling: attention, mean and max side by side (B, 3H)
+        pooled = layers.Concatenate(name="pooling_concat")(
+            [pooled, MeanMaxPooling(name="pooling_meanmax")(x)]
+        )
+    pooled = layers.Dropout(dropout, name="head_dropout")(pooled)
     probs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(
         pooled
     )  # (B, C)
