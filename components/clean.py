@@ -149,7 +149,7 @@ def _per_split(codes: np.ndarray, n: int, kept_rows: np.ndarray) -> np.ndarray:
 
 class Stream:
     """What the sequential pass keeps of every document that survives exact de-duplication:
-    its row in a temp Parquet file and a few numbers in memory (~26 B, + 100 B with near_dup)."""
+    its row in a temp Parquet file and a few numbers in memory (~26 B; near_dup's index spills)."""
 
     def __init__(self, path: Path, near: NearIndex | None) -> None:
         self.writer = pq.ParquetWriter(

@@ -225,3 +225,30 @@ def test_exact_hashes_agree_with_a_set_over_many_batches():
         reference.update(int(h) for h in batch)
     assert len(seen) == len(reference)
     assert len(seen.runs) <= 12  # log-structured: few runs, however many batches
+
+
+def test_near_index_results_do_not_depend_on_chunks_or_batches(monkeypatch):
+    """Signatures computed a few documents at a time (near_dup.SIG_CHARS), band keys spilled
+    per batch and candidates verified in chunks (VERIFY_CHUNK) give what one pass over
+    everything gives: the chunk sizes only bound memory."""
+    from components.data import near_dup
+
+    rng = random.Random(5)
+    docs = [english(rng, rng.randrange(3, 40)) for _ in range(60)]
+    docs += [d + " river" for d in docs[:20]] + [chinese(rng, 200)] + ["x" * 900]
+    text = pa.array(docs)
+
+    def run(sig_chars: int, verify: int, batch: int):
+        monkeypatch.setattr(near_dup, "SIG_CHARS", sig_chars)
+        monkeypatch.setattr(near_dup, "VERIFY_CHUNK", verify)
+        sigs, keys = signatures(text, 5)
+        index = NearIndex(threshold=0.8)
+        for i in range(0, len(docs), batch):
+            index.add(*signatures(text.slice(i, batch), 5))
+        return sigs, keys, *index.pairs()
+
+    whole = run(1 << 30, 1 << 30, len(docs))
+    chunked = run(64, 3, 7)
+    assert len(whole[2]) >= 20  # the near copies were found
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)

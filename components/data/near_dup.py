@@ -2,9 +2,9 @@
 
 Shingles are character n-grams of the lower-cased text with blanks collapsed, so the same
 rule works for text with spaces and without (Chinese, Japanese). `signatures` runs on a batch
-in a worker thread; `NearIndex` keeps every kept document's signature (256 B, in a temp file)
-and band keys (100 B) and, once the corpus has been read, returns the verified pairs:
-documents whose estimated Jaccard similarity reaches the threshold. Usage:
+in a worker thread; `NearIndex` keeps every kept document's signature (256 B) and band keys
+(100 B) in temp files (memory: their layout) and, once the corpus has been read, returns the
+verified pairs: documents whose estimated Jaccard similarity reaches the threshold. Usage:
 `index = NearIndex(0.8); index.add(*signatures(text, 5)); pairs, sim = index.pairs()`.
 """
 
@@ -25,12 +25,18 @@ BANDS, ROWS = 25, 5  # P(candidate) = 1-(1-s^5)^25: 0.99995 at s=0.8, 0.06 at s=
 # band key, then row): buckets of many copies cost O(n) pairs, not O(n^2); 25 bands give any
 # true pair many chances.
 LAG = 8
+# Candidate pairs verified at once: two signature reads of 256 B per pair (8 MB in all); the
+# number of candidates grows with the corpus, so a larger chunk made peak memory grow with it.
+VERIFY_CHUNK = 1 << 14
 # The estimate's standard deviation is sqrt(J(1-J)/128), 0.035 at J = 0.8: pairs within
 # GROUP_MARGIN below the threshold still share a split (a true 0.8 pair then does with
 # probability ~0.998); only pairs at or above it count as duplicates (dedup, overlap).
 GROUP_MARGIN = 0.1
 # Signatures cover the first this-many characters: a 50 MB line must not become 50 M shingles.
 MAX_CHARS = 200_000
+# Signatures of a batch are computed this many characters of documents at a time: their
+# temporaries (~40 B per character) stay a few MB whatever the batch's text.
+SIG_CHARS = 1 << 16
 _BLANKS = re.compile(r"\s+")
 _RNG = np.random.default_rng(20240521)  # fixed: signatures must mean the same on every run
 _A = _RNG.integers(1, 2**63, NUM_PERM, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
@@ -88,62 +94,76 @@ def signatures(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     sig = np.empty((len(text), NUM_PERM), np.uint32)
     if len(text) == 0:
         return sig, np.empty((0, BANDS), np.uint64)
-    h, first = _shingle_hashes(text, n)
-    tmp = np.empty_like(h)
-    for k in range(NUM_PERM):
-        np.multiply(h, _A[k], out=tmp)
-        tmp += _B[k]
-        tmp >>= np.uint64(32)
-        sig[:, k] = np.minimum.reduceat(tmp, first)
+    chars = np.cumsum(pc.utf8_length(text).to_numpy(zero_copy_only=False))
+    start = 0
+    while start < len(text):  # documents of up to SIG_CHARS characters at a time (memory)
+        end = max(start + 1, int(np.searchsorted(chars, chars[start] + SIG_CHARS, "right")))
+        end = min(end, len(text))
+        h, first = _shingle_hashes(text.slice(start, end - start), n)
+        tmp = np.empty_like(h)
+        for k in range(NUM_PERM):
+            np.multiply(h, _A[k], out=tmp)
+            tmp += _B[k]
+            tmp >>= np.uint64(32)
+            sig[start:end, k] = np.minimum.reduceat(tmp, first)
+        start = end
     mixed = sig[:, : BANDS * ROWS].astype(np.uint64) * _BAND_MIX
     return sig, mixed.reshape(len(text), BANDS, ROWS).sum(axis=2)
 
 
 class NearIndex:
-    """Signatures and band keys of the documents added so far, in row order: 100 bytes of
-    band keys per document in memory, 256 bytes of signature in a temp file. Signatures keep
+    """Signatures and band keys of the documents added so far, in row order, in two temp files
+    (256 and 100 bytes per document; memory holds one int per batch). Signatures keep
     the low 16 bits of each minimum (b-bit MinHash: two different minima agree by chance with
     odds 2**-16, which the Jaccard estimate can ignore) and band keys 32 bits (a chance
     collision only adds a candidate, which verification rejects)."""
 
     def __init__(self, threshold: float, folder: Path | None = None) -> None:
         self.threshold = threshold
-        # signatures wait in an (already unlinked) temp file: memory keeps only the band keys
+        # signatures wait in an (already unlinked) temp file, read back row by row to verify
         self.spill = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed in pairs)
+        # band keys too, band-major per batch: pairs() reads one band's column at a time
+        self.key_spill = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed in pairs)
         self.rows = 0
-        self.keys: list[np.ndarray] = []
+        self.batches: list[int] = []  # rows per added batch (the key file's layout)
 
     def add(self, sigs: np.ndarray, keys: np.ndarray) -> None:
         self.spill.write(sigs.astype(np.uint16).tobytes())
+        self.key_spill.write(np.ascontiguousarray(keys.astype(np.uint32).T).tobytes())
         self.rows += len(sigs)
-        self.keys.append(keys.astype(np.uint32))
+        self.batches.append(len(sigs))
+
+    def _band(self, band: int) -> np.ndarray:
+        """One band's keys of every row, in row order, read from the key file."""
+        fd, parts, offset = self.key_spill.fileno(), [], 0
+        for rows in self.batches:
+            parts.append(os.pread(fd, 4 * rows, offset + 4 * rows * band))
+            offset += 4 * rows * BANDS
+        return np.frombuffer(b"".join(parts), np.uint32)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) row pairs i < j that share an LSH bucket and whose signatures agree on at
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
         Jaccard estimate) of each. Band by band, so memory holds one band's candidates and the
         pairs verified so far, never every candidate of every band."""
-        self.spill.flush()  # band keys stay per batch: one band's column is joined at a time
+        self.spill.flush()
+        self.key_spill.flush()
         n = max(self.rows, 1)
         kept, similar = np.empty(0, np.int64), np.empty(0)
         for band in range(BANDS):
-            column = (
-                np.concatenate([k[:, band] for k in self.keys])
-                if self.keys
-                else np.empty(0, np.uint32)
-            )
-            codes = _candidates(column, n)
+            codes = _candidates(self._band(band), n)
             codes = codes[~_contains(kept, codes)]  # verified in an earlier band
             agree = np.empty(len(codes))
-            for s in range(0, len(codes), 100_000):  # bounded temporaries
-                i, j = codes[s : s + 100_000] // n, codes[s : s + 100_000] % n
-                agree[s : s + 100_000] = (self._read(i) == self._read(j)).mean(axis=1)
+            for s in range(0, len(codes), VERIFY_CHUNK):  # temporaries independent of corpus size
+                i, j = codes[s : s + VERIFY_CHUNK] // n, codes[s : s + VERIFY_CHUNK] % n
+                agree[s : s + VERIFY_CHUNK] = (self._read(i) == self._read(j)).mean(axis=1)
             ok = agree >= self.threshold - GROUP_MARGIN
             kept = np.concatenate([kept, codes[ok]])
             similar = np.concatenate([similar, agree[ok]])
             order = np.argsort(kept, kind="stable")
             kept, similar = kept[order], similar[order]
         self.spill.close()
+        self.key_spill.close()
         return np.stack([kept // n, kept % n], axis=1), similar
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
