@@ -187,3 +187,43 @@ def test_documented_dvc_exp_show_view_fits_80_columns(tmp_path):
     # rich squeezes a table wider than the terminal with "…": every header must be whole
     assert "…" not in table and "bigram_perplexity" in table and "bits_per_byte" in table, table
     assert "12346" in table and max(len(line) for line in table.splitlines()) <= 80, table
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"train.epochs": 4, ...}: a params section flattened to dvc.lock's dotted keys."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat |= _dotted(value, name + ".") if isinstance(value, dict) else {name: value}
+    return flat
+
+
+def test_committed_dvc_lock_matches_the_code_and_params():
+    """README, Git and DVC hygiene: the committed dvc.lock is what `make run` writes for the
+    committed code and params.yaml, so a fresh clone's first run (deterministic,
+    tests/test_reproducible.py) leaves `git status` clean. Fails naming the stage when a
+    component, dvc.yaml or params.yaml changed without a new run: then `make run` and commit
+    dvc.lock."""
+    import hashlib
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = _dotted(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert sorted(lock) == sorted(stages), "dvc.lock's stages are not dvc.yaml's"
+    outs = {o["path"]: o["md5"] for entry in lock.values() for o in entry.get("outs", [])}
+    stale = []
+    for name, entry in lock.items():
+        for dep in entry.get("deps", []):
+            path = ROOT / dep["path"]
+            if dep["path"] in outs:  # another stage's output: the lock must agree with itself
+                ok = dep["md5"] == outs[dep["path"]]
+            elif any(dep["path"].startswith(out + "/") for out in outs):
+                continue  # a file inside another stage's output folder: data, not code
+            else:
+                ok = path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() == dep["md5"]
+            if not ok:
+                stale.append(f"{name}: {dep['path']}")
+        for key, value in entry.get("params", {}).get("params.yaml", {}).items():
+            recorded = _dotted(value, key + ".") if isinstance(value, dict) else {key: value}
+            stale += [f"{name}: params {k}" for k, v in recorded.items() if params.get(k) != v]
+    assert stale == [], "dvc.lock is stale (run `make run`, commit dvc.lock): " + ", ".join(stale)
