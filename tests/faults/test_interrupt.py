@@ -141,9 +141,18 @@ def test_make_run_failure_is_gruflow_line_then_makes_own(tmp_path):
     # a user's shell: CI runs this test under `make test`, whose MAKELEVEL would turn make's
     # prefix into `make[1]:`
     env = {k: v for k, v in fault_env(tmp_path).items() if k not in _MAKE_VARS}
-    # the worktree's .venv, already synced (UV: any existing file, nothing is built)
+    # the worktree's .venv, already synced: a stamp newer than the copied uv.lock (UV: any
+    # existing file), so make builds nothing whatever stamp the .venv itself has
+    (project / ".synced").touch()
     out = subprocess.run(
-        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}", f"UV={BIN / 'python'}"],
+        [
+            "make",
+            "--no-print-directory",
+            "run",
+            f"VENV={BIN.parent}",
+            f"UV={BIN / 'python'}",
+            f"STAMP={project / '.synced'}",
+        ],
         cwd=project,
         env=env,
         capture_output=True,
