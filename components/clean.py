@@ -272,7 +272,7 @@ def run(
         finally:
             docs = stream.arrays()
         pairs, similar = (
-            stream.near.pairs()
+            stream.near.pairs(worker_count())
             if stream.near is not None
             else (np.empty((0, 2), np.int64), np.empty(0))
         )
