@@ -52,6 +52,9 @@ WRITE_OPTIONS = {
     "use_dictionary": ["source", "split"],
     "write_statistics": ["source", "split"],
 }
+# the temp file of pass one is read back once: uncompressed, it costs ~5x less CPU to write and
+# read than compressed (disk: the text's size, deleted at the end of the stage)
+PENDING_OPTIONS = {"compression": "none", "use_dictionary": ["source"], "write_statistics": False}
 SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -153,7 +156,7 @@ class Stream:
 
     def __init__(self, path: Path, near: NearIndex | None) -> None:
         self.writer = pq.ParquetWriter(
-            path, pa.schema(SCHEMA.field(i) for i in range(3)), compression=TEXT_CODEC
+            path, pa.schema(SCHEMA.field(i) for i in range(3)), **PENDING_OPTIONS
         )
         self.near = near
         self.parts: dict[str, list[np.ndarray]] = {
@@ -330,28 +333,36 @@ def run(
 def write_splits(
     tmp: Path, pending: Path, decision: Decision, docs: dict[str, np.ndarray], profiler: Profiler
 ) -> dict[str, int]:
-    """Pass two: the parked documents to their final split files, in stream order."""
+    """Pass two: the parked documents to their final split files, in stream order. Each split's
+    part of a batch is written on its own thread while the next batch is read (encoding and
+    compression release the GIL); a batch waits for the last one's writes, so every file gets
+    its parts in stream order and one batch at most is in flight."""
     per_split = dict.fromkeys(SPLITS, 0)
     writers = {s: pq.ParquetWriter(split_file(tmp, s), SCHEMA, **WRITE_OPTIONS) for s in SPLITS}
-    start = 0
+    start, writing = 0, []
     try:
-        for batch in parquet_batches(pending, None, BATCH_DOCS):
-            end = start + batch.num_rows
-            keep, codes = decision.keep[start:end], decision.codes[start:end]
-            profiler.add(
-                docs["lengths"][start:end][keep], docs["words"][start:end][keep], NO_SAMPLE
-            )
-            for code, name in enumerate(BY_CODE):
-                rows = np.flatnonzero(keep & (codes == code))
-                if len(rows):
-                    part = batch.take(rows)
-                    writers[name].write_table(
-                        pa.table(
+        with ThreadPoolExecutor(len(SPLITS)) as pool:
+            for batch in parquet_batches(pending, None, BATCH_DOCS):
+                end = start + batch.num_rows
+                keep, codes = decision.keep[start:end], decision.codes[start:end]
+                profiler.add(
+                    docs["lengths"][start:end][keep], docs["words"][start:end][keep], NO_SAMPLE
+                )
+                for future in writing:
+                    future.result()
+                writing = []
+                for code, name in enumerate(BY_CODE):
+                    rows = np.flatnonzero(keep & (codes == code))
+                    if len(rows):
+                        part = batch.take(rows)
+                        table = pa.table(
                             [*part.columns, pa.repeat(pa.scalar(name), len(rows))], schema=SCHEMA
                         )
-                    )
-                    per_split[name] += len(rows)
-            start = end
+                        writing.append(pool.submit(writers[name].write_table, table))
+                        per_split[name] += len(rows)
+                start = end
+            for future in writing:
+                future.result()
     finally:
         for writer in writers.values():
             writer.close()
