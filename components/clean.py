@@ -333,36 +333,28 @@ def run(
 def write_splits(
     tmp: Path, pending: Path, decision: Decision, docs: dict[str, np.ndarray], profiler: Profiler
 ) -> dict[str, int]:
-    """Pass two: the parked documents to their final split files, in stream order. Each split's
-    part of a batch is written on its own thread while the next batch is read (encoding and
-    compression release the GIL); a batch waits for the last one's writes, so every file gets
-    its parts in stream order and one batch at most is in flight."""
+    """Pass two: the parked documents to their final split files, in stream order."""
     per_split = dict.fromkeys(SPLITS, 0)
     writers = {s: pq.ParquetWriter(split_file(tmp, s), SCHEMA, **WRITE_OPTIONS) for s in SPLITS}
-    start, writing = 0, []
+    start = 0
     try:
-        with ThreadPoolExecutor(len(SPLITS)) as pool:
-            for batch in parquet_batches(pending, None, BATCH_DOCS):
-                end = start + batch.num_rows
-                keep, codes = decision.keep[start:end], decision.codes[start:end]
-                profiler.add(
-                    docs["lengths"][start:end][keep], docs["words"][start:end][keep], NO_SAMPLE
-                )
-                for future in writing:
-                    future.result()
-                writing = []
-                for code, name in enumerate(BY_CODE):
-                    rows = np.flatnonzero(keep & (codes == code))
-                    if len(rows):
-                        part = batch.take(rows)
-                        table = pa.table(
+        for batch in parquet_batches(pending, None, BATCH_DOCS):
+            end = start + batch.num_rows
+            keep, codes = decision.keep[start:end], decision.codes[start:end]
+            profiler.add(
+                docs["lengths"][start:end][keep], docs["words"][start:end][keep], NO_SAMPLE
+            )
+            for code, name in enumerate(BY_CODE):
+                rows = np.flatnonzero(keep & (codes == code))
+                if len(rows):
+                    part = batch.take(rows)
+                    writers[name].write_table(
+                        pa.table(
                             [*part.columns, pa.repeat(pa.scalar(name), len(rows))], schema=SCHEMA
                         )
-                        writing.append(pool.submit(writers[name].write_table, table))
-                        per_split[name] += len(rows)
-                start = end
-            for future in writing:
-                future.result()
+                    )
+                    per_split[name] += len(rows)
+            start = end
     finally:
         for writer in writers.values():
             writer.close()

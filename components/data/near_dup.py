@@ -27,14 +27,14 @@ BANDS, ROWS = 25, 5  # P(candidate) = 1-(1-s^5)^25: 0.99995 at s=0.8, 0.06 at s=
 # band key, then row): buckets of many copies cost O(n) pairs, not O(n^2); 25 bands give any
 # true pair many chances.
 LAG = 8
-# Candidate pairs verified at once, per thread: up to two signatures of 256 B per pair, read
-# once and gathered per side (~8 MB in all); the number of candidates grows with the corpus, so
-# a larger chunk made peak memory grow with it.
-VERIFY_CHUNK = 1 << 13
+# Bucket positions verified at once, per thread: their rows' signatures (256 B each, read once)
+# and each lag's pairs gathered from them (~14 MB in all); the number of candidates grows with
+# the corpus, so memory would grow with it if a band were verified at once.
+VERIFY_CHUNK = 1 << 14
 # Reads of the signature file: rows at most READ_GAP apart share one read (reading 32 unused
-# signatures, 8 KB, costs less than another system call), within blocks of READ_SPAN rows (1 MB).
+# signatures, 8 KB, costs less than another system call), within blocks of READ_SPAN rows (2 MB).
 READ_GAP = 32
-READ_SPAN = 1 << 12
+READ_SPAN = 1 << 13
 # The estimate's standard deviation is sqrt(J(1-J)/128), 0.035 at J = 0.8: pairs within
 # GROUP_MARGIN below the threshold still share a split (a true 0.8 pair then does with
 # probability ~0.998); only pairs at or above it count as duplicates (dedup, overlap).
@@ -168,27 +168,45 @@ class NearIndex:
         return np.stack([self._kept // n, self._kept % n], axis=1), self._similar
 
     def _band_pairs(self, band: int) -> None:
-        n = max(self.rows, 1)
-        codes = _candidates(self._band(band), n)
-        codes = codes[~_contains(self._kept, codes)]  # verified in a band already merged
-        agree = np.empty(len(codes))
-        for s in range(0, len(codes), VERIFY_CHUNK):  # temporaries independent of corpus size
-            part = codes[s : s + VERIFY_CHUNK]
-            rows, inverse = np.unique(np.concatenate([part // n, part % n]), return_inverse=True)
-            sig = self._read(rows)  # each row once, for both sides of its pairs
-            agree[s : s + len(part)] = (
-                sig[inverse[: len(part)]] == sig[inverse[len(part) :]]
-            ).mean(axis=1)
-        ok = agree >= self.threshold - GROUP_MARGIN
+        """Verify one band's candidates: each row of a shared bucket paired with the LAG rows
+        before it in key order. Buckets are walked VERIFY_CHUNK positions at a time and each
+        row's signature is read once per band (not once per pair it is in)."""
+        n, least = max(self.rows, 1), self.threshold - GROUP_MARGIN
+        order, keys = _bucketed(self._band(band))
+        codes, agree = [], []
+        for start in range(0, len(order), VERIFY_CHUNK):  # temporaries independent of corpus size
+            stop, end = (
+                min(start + VERIFY_CHUNK, len(order)),
+                min(start + VERIFY_CHUNK + LAG, len(order)),
+            )
+            sig = self._read_any(order[start:end])
+            for lag in range(1, LAG + 1):
+                top = max(start, min(stop, len(order) - lag))  # pairs (p, p + lag), p < top
+                a = start + np.flatnonzero(keys[start + lag : top + lag] == keys[start:top])
+                ra, rb = order[a], order[a + lag]
+                code = np.minimum(ra, rb) * n + np.maximum(ra, rb)
+                new = ~_contains(self._kept, code)  # verified in a band already merged
+                a, code = a[new] - start, code[new]
+                similar = (sig[a] == sig[a + lag]).mean(axis=1)
+                codes.append(code[similar >= least])
+                agree.append(similar[similar >= least])
         with self._lock:  # a pair found by two bands has the same agreement in both
-            kept = np.concatenate([self._kept, codes[ok]])
-            similar = np.concatenate([self._similar, agree[ok]])
+            kept = np.concatenate([self._kept, *codes])
+            similar = np.concatenate([self._similar, *agree])
             kept, first = np.unique(kept, return_index=True)
             self._kept, self._similar = kept, similar[first]
 
+    def _read_any(self, rows: np.ndarray) -> np.ndarray:
+        """Signatures of distinct rows in any order."""
+        out = np.empty((len(rows), NUM_PERM), np.uint16)
+        if len(rows):
+            by_row = np.argsort(rows)
+            out[by_row] = self._read(rows[by_row])
+        return out
+
     def _read(self, rows: np.ndarray) -> np.ndarray:
         """Signatures of the given sorted distinct rows, read from the temp file: one read per
-        run of rows at most READ_GAP apart, a READ_SPAN-row block (1 MB) at a time (plain
+        run of rows at most READ_GAP apart, a READ_SPAN-row block (2 MB) at a time (plain
         reads, so the file's pages never count as this process's memory)."""
         out = np.empty((len(rows), NUM_PERM), np.uint16)
         blocks = np.flatnonzero(np.diff(rows // READ_SPAN)) + 1
@@ -211,24 +229,19 @@ class NearIndex:
         return np.frombuffer(data, np.uint16).reshape(-1, NUM_PERM)[offset[run] + rows - first[run]]
 
 
-def _candidates(band_keys: np.ndarray, n: int) -> np.ndarray:
-    """Sorted unique codes i * n + j (i < j) of rows whose keys in one band are equal, each
-    row paired with the LAG rows before it in key order."""
+def _bucketed(band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose key in one band some other row shares, in key order (equal keys in row
+    order), and their keys."""
     # keys and rows in one uint64 each: sorting values is faster than a stable argsort, and
     # equal keys stay in row order just the same
     packed = np.sort(
         (band_keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(band_keys), dtype=np.uint64)
     )
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    sorted_keys = packed >> np.uint64(32)
-    found = []
-    for lag in range(1, LAG + 1):
-        same = sorted_keys[lag:] == sorted_keys[:-lag]
-        if not same.any():
-            break
-        a, b = order[:-lag][same], order[lag:][same]
-        found.append(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b))
-    return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+    keys = packed >> np.uint64(32)
+    shared = np.zeros(len(keys), bool)
+    shared[1:] = keys[1:] == keys[:-1]
+    shared[:-1] |= shared[1:]
+    return (packed[shared] & np.uint64(0xFFFFFFFF)).astype(np.int64), keys[shared]
 
 
 def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
