@@ -151,10 +151,11 @@ class NearIndex:
     def pairs(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) row pairs i < j that share an LSH bucket and whose signatures agree on at
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
-        Jaccard estimate) of each. Bands run on `threads` threads (argsort, reads and compares
-        release the GIL); memory holds a band's candidates per thread and the pairs verified
-        so far, never every candidate of every band. The result is the union over bands of
-        pairs whose agreement does not depend on the band: the same on any thread count."""
+        Jaccard estimate) of each. Bands run on `threads` threads (sorts, reads and compares
+        release the GIL); memory holds a band's bucketed rows and VERIFY_CHUNK positions'
+        signatures per thread and the pairs verified so far, never every candidate of every
+        band. The result is the union over bands of pairs whose agreement does not depend on
+        the band: the same on any thread count and chunk size."""
         self.spill.flush()
         self.key_spill.flush()
         self._kept, self._similar = np.empty(0, np.int64), np.empty(0)
