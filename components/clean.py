@@ -52,6 +52,9 @@ WRITE_OPTIONS = {
     "use_dictionary": ["source", "split"],
     "write_statistics": ["source", "split"],
 }
+# the temp file of pass one is read back once: uncompressed, it costs ~5x less CPU to write and
+# read than compressed (disk: the text's size, deleted at the end of the stage)
+PENDING_OPTIONS = {"compression": "none", "use_dictionary": ["source"], "write_statistics": False}
 SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -153,7 +156,7 @@ class Stream:
 
     def __init__(self, path: Path, near: NearIndex | None) -> None:
         self.writer = pq.ParquetWriter(
-            path, pa.schema(SCHEMA.field(i) for i in range(3)), compression=TEXT_CODEC
+            path, pa.schema(SCHEMA.field(i) for i in range(3)), **PENDING_OPTIONS
         )
         self.near = near
         self.parts: dict[str, list[np.ndarray]] = {
@@ -272,7 +275,7 @@ def run(
         finally:
             docs = stream.arrays()
         pairs, similar = (
-            stream.near.pairs()
+            stream.near.pairs(worker_count())
             if stream.near is not None
             else (np.empty((0, 2), np.int64), np.empty(0))
         )

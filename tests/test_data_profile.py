@@ -229,8 +229,9 @@ def test_exact_hashes_agree_with_a_set_over_many_batches():
 
 def test_near_index_results_do_not_depend_on_chunks_or_batches(monkeypatch):
     """Signatures computed a few documents at a time (near_dup.SIG_CHARS), band keys spilled
-    per batch and candidates verified in chunks (VERIFY_CHUNK) give what one pass over
-    everything gives: the chunk sizes only bound memory."""
+    per batch, candidates verified in chunks (VERIFY_CHUNK), signatures read in runs
+    (READ_GAP, READ_SPAN) and bands verified on several threads give what one pass over
+    everything on one thread gives: the chunk sizes only bound memory, threads only speed."""
     from components.data import near_dup
 
     rng = random.Random(5)
@@ -238,17 +239,19 @@ def test_near_index_results_do_not_depend_on_chunks_or_batches(monkeypatch):
     docs += [d + " river" for d in docs[:20]] + [chinese(rng, 200)] + ["x" * 900]
     text = pa.array(docs)
 
-    def run(sig_chars: int, verify: int, batch: int):
+    def run(sig_chars: int, verify: int, batch: int, read: tuple[int, int], threads: int):
         monkeypatch.setattr(near_dup, "SIG_CHARS", sig_chars)
         monkeypatch.setattr(near_dup, "VERIFY_CHUNK", verify)
+        monkeypatch.setattr(near_dup, "READ_GAP", read[0])
+        monkeypatch.setattr(near_dup, "READ_SPAN", read[1])
         sigs, keys = signatures(text, 5)
         index = NearIndex(threshold=0.8)
         for i in range(0, len(docs), batch):
             index.add(*signatures(text.slice(i, batch), 5))
-        return sigs, keys, *index.pairs()
+        return sigs, keys, *index.pairs(threads)
 
-    whole = run(1 << 30, 1 << 30, len(docs))
-    chunked = run(64, 3, 7)
+    whole = run(1 << 30, 1 << 30, len(docs), (1 << 30, 1 << 30), 1)
     assert len(whole[2]) >= 20  # the near copies were found
-    for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for chunked in (run(64, 3, 7, (0, 2), 4), run(64, 5, 7, (3, 16), 3)):
+        for a, b in zip(whole, chunked, strict=True):
+            np.testing.assert_array_equal(a, b)

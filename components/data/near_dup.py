@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,14 @@ BANDS, ROWS = 25, 5  # P(candidate) = 1-(1-s^5)^25: 0.99995 at s=0.8, 0.06 at s=
 # band key, then row): buckets of many copies cost O(n) pairs, not O(n^2); 25 bands give any
 # true pair many chances.
 LAG = 8
-# Candidate pairs verified at once: two signature reads of 256 B per pair (8 MB in all); the
-# number of candidates grows with the corpus, so a larger chunk made peak memory grow with it.
+# Bucket positions verified at once, per thread: their rows' signatures (256 B each, read once)
+# and each lag's pairs gathered from them (~14 MB in all); the number of candidates grows with
+# the corpus, so memory would grow with it if a band were verified at once.
 VERIFY_CHUNK = 1 << 14
+# Reads of the signature file: rows at most READ_GAP apart share one read (reading 32 unused
+# signatures, 8 KB, costs less than another system call), within blocks of READ_SPAN rows (2 MB).
+READ_GAP = 32
+READ_SPAN = 1 << 13
 # The estimate's standard deviation is sqrt(J(1-J)/128), 0.035 at J = 0.8: pairs within
 # GROUP_MARGIN below the threshold still share a split (a true 0.8 pair then does with
 # probability ~0.998); only pairs at or above it count as duplicates (dedup, overlap).
@@ -141,53 +148,101 @@ class NearIndex:
             offset += 4 * rows * BANDS
         return np.frombuffer(b"".join(parts), np.uint32)
 
-    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+    def pairs(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) row pairs i < j that share an LSH bucket and whose signatures agree on at
         least `threshold - GROUP_MARGIN` of the permutations, sorted, and that agreement (the
-        Jaccard estimate) of each. Band by band, so memory holds one band's candidates and the
-        pairs verified so far, never every candidate of every band."""
+        Jaccard estimate) of each. Bands run on `threads` threads (sorts, reads and compares
+        release the GIL); memory holds a band's bucketed rows and VERIFY_CHUNK positions'
+        signatures per thread and the pairs verified so far, never every candidate of every
+        band. The result is the union over bands of pairs whose agreement does not depend on
+        the band: the same on any thread count and chunk size."""
         self.spill.flush()
         self.key_spill.flush()
-        n = max(self.rows, 1)
-        kept, similar = np.empty(0, np.int64), np.empty(0)
-        for band in range(BANDS):
-            codes = _candidates(self._band(band), n)
-            codes = codes[~_contains(kept, codes)]  # verified in an earlier band
-            agree = np.empty(len(codes))
-            for s in range(0, len(codes), VERIFY_CHUNK):  # temporaries independent of corpus size
-                i, j = codes[s : s + VERIFY_CHUNK] // n, codes[s : s + VERIFY_CHUNK] % n
-                agree[s : s + VERIFY_CHUNK] = (self._read(i) == self._read(j)).mean(axis=1)
-            ok = agree >= self.threshold - GROUP_MARGIN
-            kept = np.concatenate([kept, codes[ok]])
-            similar = np.concatenate([similar, agree[ok]])
-            order = np.argsort(kept, kind="stable")
-            kept, similar = kept[order], similar[order]
+        self._kept, self._similar = np.empty(0, np.int64), np.empty(0)
+        self._lock = threading.Lock()
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for _ in pool.map(self._band_pairs, range(BANDS)):
+                pass  # each band merges its pairs itself, as soon as it is done
         self.spill.close()
         self.key_spill.close()
-        return np.stack([kept // n, kept % n], axis=1), similar
+        n = max(self.rows, 1)
+        return np.stack([self._kept // n, self._kept % n], axis=1), self._similar
+
+    def _band_pairs(self, band: int) -> None:
+        """Verify one band's candidates: each row of a shared bucket paired with the LAG rows
+        before it in key order. Buckets are walked VERIFY_CHUNK positions at a time and each
+        row's signature is read once per band (not once per pair it is in)."""
+        n, least = max(self.rows, 1), self.threshold - GROUP_MARGIN
+        order, keys = _bucketed(self._band(band))
+        codes, agree = [], []
+        for start in range(0, len(order), VERIFY_CHUNK):  # temporaries independent of corpus size
+            stop, end = (
+                min(start + VERIFY_CHUNK, len(order)),
+                min(start + VERIFY_CHUNK + LAG, len(order)),
+            )
+            sig = self._read_any(order[start:end])
+            for lag in range(1, LAG + 1):
+                top = max(start, min(stop, len(order) - lag))  # pairs (p, p + lag), p < top
+                a = start + np.flatnonzero(keys[start + lag : top + lag] == keys[start:top])
+                ra, rb = order[a], order[a + lag]
+                code = np.minimum(ra, rb) * n + np.maximum(ra, rb)
+                new = ~_contains(self._kept, code)  # verified in a band already merged
+                a, code = a[new] - start, code[new]
+                similar = (sig[a] == sig[a + lag]).mean(axis=1)
+                codes.append(code[similar >= least])
+                agree.append(similar[similar >= least])
+        with self._lock:  # a pair found by two bands has the same agreement in both
+            kept = np.concatenate([self._kept, *codes])
+            similar = np.concatenate([self._similar, *agree])
+            kept, first = np.unique(kept, return_index=True)
+            self._kept, self._similar = kept, similar[first]
+
+    def _read_any(self, rows: np.ndarray) -> np.ndarray:
+        """Signatures of distinct rows in any order."""
+        out = np.empty((len(rows), NUM_PERM), np.uint16)
+        if len(rows):
+            by_row = np.argsort(rows)
+            out[by_row] = self._read(rows[by_row])
+        return out
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
-        """Signatures of the given rows, read from the temp file (one read per distinct row:
-        plain reads, so the file's pages never count as this process's memory)."""
-        unique, inverse = np.unique(rows, return_inverse=True)
+        """Signatures of the given sorted distinct rows, read from the temp file: one read per
+        run of rows at most READ_GAP apart, a READ_SPAN-row block (2 MB) at a time (plain
+        reads, so the file's pages never count as this process's memory)."""
+        out = np.empty((len(rows), NUM_PERM), np.uint16)
+        blocks = np.flatnonzero(np.diff(rows // READ_SPAN)) + 1
+        for s, e in zip([0, *blocks.tolist()], [*blocks.tolist(), len(rows)], strict=True):
+            out[s:e] = self._read_block(rows[s:e])
+        return out
+
+    def _read_block(self, rows: np.ndarray) -> np.ndarray:
         size, fd = NUM_PERM * 2, self.spill.fileno()
-        data = b"".join([os.pread(fd, size, int(r) * size) for r in unique])
-        return np.frombuffer(data, np.uint16).reshape(len(unique), NUM_PERM)[inverse]
+        cut = np.flatnonzero(np.diff(rows) > READ_GAP) + 1
+        first, last = rows[np.append(0, cut)], rows[np.append(cut - 1, len(rows) - 1)] + 1
+        data = b"".join(
+            [
+                os.pread(fd, (e - s) * size, s * size)
+                for s, e in zip(first.tolist(), last.tolist(), strict=True)
+            ]
+        )
+        run = np.repeat(np.arange(len(first)), np.diff(np.append(np.append(0, cut), len(rows))))
+        offset = np.cumsum(last - first) - (last - first)  # each run's first row in `data`
+        return np.frombuffer(data, np.uint16).reshape(-1, NUM_PERM)[offset[run] + rows - first[run]]
 
 
-def _candidates(band_keys: np.ndarray, n: int) -> np.ndarray:
-    """Sorted unique codes i * n + j (i < j) of rows whose keys in one band are equal, each
-    row paired with the LAG rows before it in key order."""
-    order = np.argsort(band_keys, kind="stable")
-    sorted_keys = band_keys[order]
-    found = []
-    for lag in range(1, LAG + 1):
-        same = sorted_keys[lag:] == sorted_keys[:-lag]
-        if not same.any():
-            break
-        a, b = order[:-lag][same], order[lag:][same]
-        found.append(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b))
-    return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+def _bucketed(band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose key in one band some other row shares, in key order (equal keys in row
+    order), and their keys."""
+    # keys and rows in one uint64 each: sorting values is faster than a stable argsort, and
+    # equal keys stay in row order just the same
+    packed = np.sort(
+        (band_keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(band_keys), dtype=np.uint64)
+    )
+    keys = packed >> np.uint64(32)
+    shared = np.zeros(len(keys), bool)
+    shared[1:] = keys[1:] == keys[:-1]
+    shared[:-1] |= shared[1:]
+    return (packed[shared] & np.uint64(0xFFFFFFFF)).astype(np.int64), keys[shared]
 
 
 def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
