@@ -23,6 +23,9 @@ from components.params import Params, parse_params
 # The reference point: the built-in corpus (1.83 MB of train text; the band below keeps its
 # sizes from 1 to 4 MiB, whichever Python's docs it was built from) at params.yaml's budget.
 REF_BYTES = 2**21
+# The budget auto sizes for, in epochs of the train split. Fixed, not train.epochs: the stages
+# that use the size (tokenize, embed, tune) would otherwise depend on train.epochs in dvc.yaml
+# (DVC's params are static), so every change of it would rerun them, even with explicit sizes.
 REF_EPOCHS = 4
 REF = {"vocab_size": 4000, "embedding_dim": 64, "units": 128}
 # Units never go below the reference: on train subsets of 40k and 130k tokens, 64 units lost to
@@ -79,7 +82,7 @@ def resolve_size(p: Params, train_bytes: int) -> Params:
     subword tokenizers, tokenize.vocab_size; validated again like params.yaml."""
     if p.model.size != "auto":
         return p
-    s = choose_size(train_bytes, p.train.epochs)
+    s = choose_size(train_bytes, REF_EPOCHS)
     raw = p.model_dump()
     raw["model"] |= {"embedding_dim": s.embedding_dim, "units": s.units, "gru_layers": s.gru_layers}
     raw["embed"]["dim"] = s.embedding_dim
@@ -92,12 +95,12 @@ def size_report(p: Params, train_bytes: int) -> dict:
     """What a stage's report says about the sizes: the mode, and auto's inputs and choice."""
     if p.model.size != "auto":
         return {"mode": "explicit"}
-    s = choose_size(train_bytes, p.train.epochs)
+    s = choose_size(train_bytes, REF_EPOCHS)
     vocab = s.vocab_size if p.tokenize.kind in SUBWORD else p.tokenize.vocab_size
     return {
         "mode": "auto",
         "train_bytes": train_bytes,
-        "epochs": p.train.epochs,
+        "epochs": REF_EPOCHS,
         **s.as_dict(),
         "vocab_size": vocab,
     }
