@@ -4,7 +4,8 @@ training budget (README "Model size": the rule and the measurements behind it).
 Usage: `p = sized_params(load_params())` in a stage that reads the token files;
 `resolve_size(p, train_bytes)` where only the clean text exists (tokenize). With
 `model.size: explicit` both return `p` unchanged. A pure function of counts — the train split's
-UTF-8 bytes and `train.epochs` — never of time, load or cores, so DVC can vouch for its choice.
+UTF-8 bytes, for a fixed budget of REF_EPOCHS epochs — never of time, load or cores, so DVC can
+vouch for its choice.
 """
 
 from __future__ import annotations

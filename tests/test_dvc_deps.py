@@ -89,3 +89,14 @@ def test_direct_imports_follow_sub_packages(tmp_path):
         ROOT / "components" / "lm" / "plots.py",
         ROOT / "components" / "tuning" / "best.py",
     } <= found
+
+
+def test_tune_depends_on_every_train_field_its_trials_use():
+    """Trials train by train's recipe (components/lm/fit.py): every train field is a tune param
+    but epochs (trials use tune.max_epochs) and patience (trials are pruned instead)."""
+    from components.params import Train
+
+    tune = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["tune"]["params"]
+    listed = {p.removeprefix("train.") for p in tune if isinstance(p, str)}
+    assert "train" not in listed
+    assert set(Train.model_fields) - {"epochs", "patience"} <= listed
