@@ -23,7 +23,7 @@ from bench.quality import gruflow_row, read_data, with_value
 from components.artifacts import write_json
 from components.contract import split_file
 from components.params import load_params
-from components.sizing import choose_size, sized_params
+from components.sizing import REF_EPOCHS, choose_size, sized_params
 
 
 def sample_bytes(path: Path, train_tokens: int, seed: int, at_least: int) -> int:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         data = read_data(p, tokens)
         train_path = split_file(Path(p.paths.tokens), "train")
         n_bytes = sample_bytes(train_path, tokens, p.tune.seed, p.train.seq_len + 1)
-        auto = choose_size(n_bytes, args.epochs)
+        auto = choose_size(n_bytes, REF_EPOCHS)  # the pipeline sizes for a fixed budget
         for units, layers in parse_sizes(args.sizes):
             q = with_value(with_value(p, "model.units", units), "model.gru_layers", layers)
             bpb, cpu, n = gruflow_row(q, vocab, data, args.epochs)

@@ -56,6 +56,8 @@ def test_a_table_of_unnamed_records_is_not_a_row(tmp_path):
     (tmp_path / "size.json").write_text(json.dumps([{"units": 128, "test_bits_per_byte": 1.7}]))
     out = check(tmp_path)
     assert out.returncode == 0 and "all" in out.stdout, out.stdout + out.stderr
+    (tmp_path / "other.json").write_text(json.dumps([{"ratio": 9.0}]))  # a row without a name
+    assert check(tmp_path).returncode != 0
 
 
 def test_a_missing_row_fails_the_check(tmp_path):

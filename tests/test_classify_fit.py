@@ -75,3 +75,33 @@ def test_frozen_epochs_leave_the_encoder_as_the_lm_left_it(lm, params):
 def test_head_dropout_is_the_params_value(lm, params):
     model, _, _ = _one_step(lm, params, "pretrained", head_dropout=0.37)
     assert model.get_layer("head_dropout").rate == pytest.approx(0.37)
+
+
+def test_class_weights_are_balanced():
+    from components.classify.fit import class_weights
+
+    w = class_weights(np.array([0, 0, 0, 1]), 2)  # n / (C * n_c)
+    assert w == pytest.approx([4 / 6, 4 / 2])
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    x = rng.integers(5, 30, size=(24, 6)).astype(np.int32)
+    y = (np.arange(24) % 3 == 0).astype(np.int32)  # unbalanced: 8 of 24
+    return {"train": (x[:16], y[:16]), "val": (x[16:], y[16:])}
+
+
+def test_the_best_validation_weights_come_back_and_a_fit_is_deterministic(lm, params, monkeypatch):
+    import components.classify.fit as fit
+
+    seen, real = [], fit.val_loss
+    monkeypatch.setattr(fit, "val_loss", lambda *a: seen.append(real(*a)) or seen[-1])
+    cfg = params.finetune.model_copy(
+        update={"learning_rate": 0.05, "epochs": 5, "patience": 5, "freeze_epochs": 0}
+    )
+    model, epochs = fit.fit_classifier("scratch", lm, _data(), 2, cfg)
+    assert epochs == 5 and len(seen) == 5 and len(set(seen)) > 1
+    assert real(model, _data()["val"], cfg.batch_size) == pytest.approx(min(seen), abs=1e-6)
+    again, _ = fit.fit_classifier("scratch", lm, _data(), 2, cfg)
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
