@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,7 +209,8 @@ def test_committed_dvc_lock_matches_the_code_and_params():
 
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    params = _dotted(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = _dotted(tree)
     assert sorted(lock) == sorted(stages), "dvc.lock's stages are not dvc.yaml's"
     outs = {o["path"]: o["md5"] for entry in lock.values() for o in entry.get("outs", [])}
     stale = []
@@ -226,4 +228,46 @@ def test_committed_dvc_lock_matches_the_code_and_params():
         for key, value in entry.get("params", {}).get("params.yaml", {}).items():
             recorded = _dotted(value, key + ".") if isinstance(value, dict) else {key: value}
             stale += [f"{name}: params {k}" for k, v in recorded.items() if params.get(k) != v]
+        stale += _shape_differences(name, stages[name], entry, tree)
     assert stale == [], "dvc.lock is stale (run `make run`, commit dvc.lock): " + ", ".join(stale)
+
+
+def _resolve(text: str, tree: dict) -> str:
+    """dvc.yaml's ${a.b} templates, filled from params.yaml."""
+
+    def value(match: re.Match) -> str:
+        node = tree
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def _subtree(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _shape_differences(name: str, stage: dict, entry: dict, tree: dict) -> list[str]:
+    """What DVC compares besides hashes: the command, the set of deps, outs and params, and
+    each params entry as a whole (a section: every key in it, new ones included)."""
+    found = []
+    if _resolve(stage["cmd"], tree) != entry["cmd"]:
+        found.append(f"{name}: cmd")
+    for section, declaring in (("deps", ("deps",)), ("outs", ("outs", "metrics", "plots"))):
+        declared = {
+            _resolve(next(iter(o)) if isinstance(o, dict) else o, tree).rstrip("/")
+            for key in declaring
+            for o in stage.get(key, [])
+        }
+        if declared != {o["path"] for o in entry.get(section, [])}:
+            found.append(f"{name}: {section} list")
+    keys = [_resolve(k, tree) for k in stage.get("params", []) if isinstance(k, str)]
+    recorded = entry.get("params", {}).get("params.yaml", {})
+    if set(keys) != set(recorded):
+        found.append(f"{name}: params list")
+    found += [f"{name}: params {k}" for k in keys if recorded.get(k) != _subtree(tree, k)]
+    return found
