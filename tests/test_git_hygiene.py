@@ -235,13 +235,7 @@ def test_committed_dvc_lock_matches_the_code_and_params():
 def _resolve(text: str, tree: dict) -> str:
     """dvc.yaml's ${a.b} templates, filled from params.yaml."""
 
-    def value(match: re.Match) -> str:
-        node = tree
-        for part in match.group(1).split("."):
-            node = node[part]
-        return str(node)
-
-    return re.sub(r"\$\{([^}]+)\}", value, text)
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(_subtree(tree, m.group(1))), text)
 
 
 def _subtree(tree: dict, dotted: str):
