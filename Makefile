@@ -33,7 +33,7 @@ browser:
 	  || echo "chromium not installed: tests/test_card.py's browser test will be skipped"
 
 test: $(STAMP) browser  ## the CI suite (unit + end-to-end)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(VENV)/bin/pytest -q -m "not slow"
