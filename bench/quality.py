@@ -61,6 +61,11 @@ ABLATIONS = {  # the ones that decide a default first: the bench keeps rows it f
         lambda v: 0.0 if v else 0.1,
         "embedding_dropout 0 <-> 0.1",
     ),
+    "ablation_weight_drop": (
+        "model.weight_drop",
+        lambda v: 0.0 if v else 0.2,
+        "weight_drop (DropConnect on the recurrent kernel) 0 <-> 0.2",
+    ),
 }
 
 
