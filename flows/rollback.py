@@ -14,11 +14,12 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 NOT_RESTORED = "gruflow: the previous outputs could not be restored"
+RESTORED = "gruflow: outputs restored"  # an outer block knows an inner one rolled back
 
 
 def _target(root: Path, stage: str) -> str:
@@ -92,9 +93,13 @@ def _refused(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
+def keep_outputs(
+    root: Path,
+    stages: list[str] | None = None,
+    restore_if: Callable[[BaseException], bool] | None = None,
+) -> Iterator[None]:
     """Restore the outputs of `stages` (None: all stages, dvc.lock and the run's cost report)
-    if the block fails."""
+    if the block fails (and `restore_if(exc)`, when given, says so)."""
     outs = _outs(root, stages) + (_run_reports(root) if stages is None else [])
     state = root / ".gruflow"
     state.mkdir(exist_ok=True)
@@ -109,10 +114,12 @@ def keep_outputs(root: Path, stages: list[str] | None = None) -> Iterator[None]:
         try:
             yield
         except BaseException as exc:
-            if not _refused(exc):
+            if not _refused(exc) and (restore_if is None or restore_if(exc)):
                 try:
                     _restore(root, stages, outs, existed, store)
                     log.info("failed: outputs of %s restored", ", ".join(stages or ["all"]))
+                    if RESTORED not in getattr(exc, "__notes__", []):
+                        exc.add_note(RESTORED)
                 except Exception:
                     log.exception(
                         "the previous outputs could not be restored: run "
