@@ -21,6 +21,7 @@ import sys
 import flows.pipeline
 
 def broken(**kwargs):
+    print("pipeline called with", sorted(kwargs.items()))
     raise RuntimeError("a later stage failed")
 
 flows.pipeline.pipeline = broken  # flows.retrain imports it when it trains
@@ -34,7 +35,12 @@ except RuntimeError as exc:
 
 
 def test_a_failed_pipeline_restores_what_the_retrains_clean_wrote(tmp_path):
+    """Under `always` (every stage forced): the pipeline is told that ingest and clean already
+    ran, so it does not force them a second time."""
     project = tiny_project(tmp_path, copy_project, placement={})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["retrain"]["policy"] = "always"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     out = subprocess.run(
         [sys.executable, "-c", FAIL_AFTER_CLEAN, str(project)],
         cwd=tmp_path,
@@ -46,6 +52,8 @@ def test_a_failed_pipeline_restores_what_the_retrains_clean_wrote(tmp_path):
     assert "retrain failed: a later stage failed" in out.stdout, (
         out.stdout[-3000:] + out.stderr[-3000:]
     )
+    called = "pipeline called with [('done', ['ingest', 'clean']), ('force', True), ('project',"
+    assert called in out.stdout, out.stdout[-3000:]
     # the drift check ran clean (drift.json says why nothing was measured) ...
     drift = json.loads((project / "reports" / "drift.json").read_text())
     assert "has no champion yet" in drift["unavailable"]
