@@ -6,8 +6,10 @@ NVIDIA GPU is visible, GPU seconds and peak GPU memory of that tree (sampled wit
 Usage: `with resources.measure(root, stage) as cost: ran = <run the stage>; cost.ran = ran` —
 flows/stages.reproduce does it for every stage. Each executed stage's entry is written to
 `reports/resources.json` and logged as MLflow metrics `resources.<stage>.<name>` on the
-pipeline's parent run. The numbers depend on time and load, so the file is no DVC output (it is
-git-ignored, written by the flow, never by a stage): dvc.lock never sees it.
+pipeline's parent run; `log_entries(run_id, entries)` puts entries recorded before a run existed
+(a retrain's forced ingest and clean) onto it. The numbers depend on time and load, so the file
+is no DVC output (it is git-ignored, written by the flow, never by a stage): dvc.lock never sees
+it. The retrain artifact's tables are flows/retrain_report.py.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_masked_pipeline_evaluates_registers_and_finetunes(masked_run):
     assert lm.tags["objective"] == "masked" and lm.tags["gate.promoted"] == "True"
     clf = client.get_model_version("gruflow-classifier", "1")
     assert clf.tags  # registered, with its lineage (tests/test_classifier_registry.py)
-    parent = client.get_run(lm.run_id)
+    parent = client.get_run(lm.tags["mlflow_run_id"])  # the pipeline's parent run
     assert parent.data.tags["executed_stages"].endswith(",evaluate,finetune")
     assert parent.data.metrics["resources.finetune.cpu_s"] == costs["finetune"]["cpu_s"]
 
