@@ -192,7 +192,7 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
                 drifted = measure_drift(root, params, reason, forced)
                 ran += ["clean"] if drifted.clean_ran else []
                 if force or drifted.decision.retrain:
-                    result = _train(root, params, drifted, ran, forced, tracking_uri)
+                    result = _train(root, params, drifted, ran, forced)
                 else:
                     champion = str(drifted.report.get("champion") or version)
                     result = _skip(root, params, champion, drifted.decision.reason, ran, drifted)
@@ -214,12 +214,14 @@ def _skip(
 
 
 def _train(
-    root: Path, params: Params, drifted: Drifted, ran: list[str], forced: bool, uri: str
+    root: Path, params: Params, drifted: Drifted, ran: list[str], forced: bool
 ) -> RetrainResult:
     """The pipeline (ingest and clean, already run, are not forced again), then the retrain's
     record on its parent run: the stages of the whole retrain, their costs, the drift."""
     reason = drifted.decision.reason
-    get_run_logger().info("retraining: %s", reason)
+    get_run_logger().info(
+        "retraining: %s", "forced" if forced and not drifted.decision.retrain else reason
+    )
     from flows.pipeline import pipeline  # only now: the pipeline path may load TensorFlow
 
     out = pipeline(project=str(root), force=forced, done=ran)
