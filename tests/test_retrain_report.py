@@ -137,16 +137,17 @@ def test_costs_of_stages_run_before_the_mlflow_run_are_logged_onto_it(project, m
     (project / "reports").mkdir()
     report = {"stages": {**STAGES}, "total": resources.total(STAGES)}
     (project / "reports" / "resources.json").write_text(json.dumps(report))
+    before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    try:
-        with mlflow.start_run() as run:
-            pass
+    try:  # no active run or experiment: earlier tests may have left theirs set
+        client = mlflow.MlflowClient()
+        run = client.create_run(client.create_experiment("costs"))
         drifted = retrain_drift.Drifted({}, drift.Decision(False, "no drift", {}), project, True)
         drifted.cost = DRIFT
         stages = retrain_drift.record_costs(project, run.info.run_id, ["ingest", "clean"], drifted)
-        metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+        metrics = client.get_run(run.info.run_id).data.metrics
     finally:
-        mlflow.set_tracking_uri("")
+        mlflow.set_tracking_uri(before)
     assert stages == STAGES
     assert metrics["resources.ingest.cpu_s"] == 0.5 and metrics["resources.clean.wall_s"] == 2.0
     assert metrics["resources.drift.cpu_s"] == 3.5
