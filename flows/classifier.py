@@ -126,20 +126,23 @@ def register(root: Path, params: Params, tags: dict[str, str], report: dict) -> 
 
 
 @task(name="finetune")
-def finetune_and_register(root: Path, params: Params, force: bool = False) -> str | None:
+def finetune_and_register(
+    root: Path, params: Params, force: bool = False
+) -> tuple[str | None, bool]:
     """Run the finetune stage (a nested MLflow run when it runs and is on), then register and
-    gate the classifier unless the registry already holds this exact one."""
+    gate the classifier unless the registry already holds this exact one. Returns (the
+    classifier version or None when finetune is off, whether DVC executed the stage)."""
     on = bool(params.finetune.source)
     limit = params.orchestration.stage_timeout
     if on and (force or is_changed(root, "finetune")):
         with mlflow.start_run(run_name="finetune", nested=True) as run:
-            reproduce(root, "finetune", force=force, timeout=limit)
+            ran = reproduce(root, "finetune", force=force, timeout=limit)
             log_finetune(run.info.run_id, root, params, read_report(root, params))
     else:
-        reproduce(root, "finetune", force=force, timeout=limit)
+        ran = reproduce(root, "finetune", force=force, timeout=limit)
     report = read_report(root, params)
     if not report.get("enabled"):
-        return None
+        return None, ran
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     md5 = tags.get(f"dvc.{params.paths.classifier}", "")
     name = params.finetune.model_name
@@ -161,7 +164,7 @@ def finetune_and_register(root: Path, params: Params, force: bool = False) -> st
             "champion" if decision["promoted"] else "challenger",
             decision["reason"],
         )
-    return version
+    return version, ran
 
 
 def load_classifier(uri: str):

@@ -49,10 +49,8 @@ def _retrain(args: argparse.Namespace) -> int:
 
             reason = retrain_skipped(root, params)
             if reason:
-                from flows.resources import saved_line
-
                 print(f"gruflow: retrain skipped — {reason}")
-                print(f"gruflow: {saved_line(root)} (reports/resources.json)")
+                _print_costs(root, ["ingest"], None)
                 return 0
         from flows.interrupt import own_server
         from flows.retrain import retrain
@@ -61,15 +59,23 @@ def _retrain(args: argparse.Namespace) -> int:
             r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, {r.seconds:.1f} s)")
-        from flows.resources import saved_line
-
-        print(f"gruflow: {saved_line(root)} (reports/resources.json)")
+        _print_costs(root, r.executed, r.cost)
         return 0
     print(f"gruflow: retrained — {r.reason}; stages executed: {', '.join(r.executed) or 'none'}")
     if r.decision:
         print(f"gruflow: {r.decision}")
     print(f"gruflow: pushed {r.pushed} file(s) to the DVC remote; MLflow run {r.run_id}")
     return 0
+
+
+def _print_costs(root: Path, ran: list[str], drift: dict | None) -> None:
+    """A skipped retrain's two cost lines: what it ran (stages, drift scoring), what it saved."""
+    from flows.resources import read
+    from flows.retrain_report import cost_line, saved_line
+
+    stages = read(root).get("stages", {})
+    print(f"gruflow: this skip's {cost_line(stages, ran, drift)}")
+    print(f"gruflow: {saved_line(stages, ran)} (reports/resources.json)")
 
 
 def watch_trigger_env(params) -> dict[str, str]:

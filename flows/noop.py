@@ -92,7 +92,7 @@ def retrain_skipped(root: Path, params: Params) -> str | None:
 
     if _first_run(root):  # the flow will snapshot the source; once is enough
         return None
-    reproduce(root, "ingest", force=True, timeout=params.orchestration.stage_timeout)
+    ingested = reproduce(root, "ingest", force=True, timeout=params.orchestration.stage_timeout)
     line = nothing_to_do(root, params)
     if line is None:
         return None
@@ -110,12 +110,18 @@ def retrain_skipped(root: Path, params: Params) -> str | None:
             **tags,
             "retrain": "skipped",
             "retrain_reason": reason,
+            "retrain.policy": params.retrain.policy,
             "model_version": version,
-            "executed_stages": "none",
+            "executed_stages": "ingest" if ingested else "none",
             "gruflow.project": tracking.project_tag(root),
         },
     ) as run:
         pass
+    from flows import resources  # the forced ingest ran before this run existed
+
+    entry = resources.read(root).get("stages", {}).get("ingest")
+    if ingested and entry:
+        resources.log_entries(run.info.run_id, {"ingest": entry})
     champion = registry.champion_version(name)
     return (
         f"{reason}, "

@@ -159,14 +159,18 @@ def recover(root: Path, params: Params) -> None:
 
 @flow(name="gruflow-pipeline", log_prints=True)
 @redacted_errors
-def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
+def pipeline(
+    project: str = ".", force: bool = False, done: list[str] | None = None
+) -> PipelineResult:
+    """`done`: stages the caller already ran in this run (a retrain's forced ingest and its
+    clean): not forced a second time, DVC only confirms they are up to date."""
     root = Path(project).resolve()
     params = load_params(root / "params.yaml")  # fail before any work on bad params
     with project_lock(root, command="gruflow pipeline"):  # re-entrant: the CLI may hold it
         result = PipelineResult(tracking_uri=tracking.configure(root, params.mlflow.experiment))
         recover(root, params)
         try:
-            _run(root, params, force, result)
+            _run(root, params, force, result, done or [])
         # Ctrl-C/SIGTERM (flows/interrupt.py; Prefect turns a SIGTERM during a flow run into
         # its TerminationSignal first), the outputs already restored
         except (KeyboardInterrupt, TerminationSignal):
@@ -176,7 +180,7 @@ def pipeline(project: str = ".", force: bool = False) -> PipelineResult:
     return result
 
 
-def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> None:
+def _run(root: Path, params: Params, force: bool, result: PipelineResult, done: list[str]) -> None:
     """The stages, registration and finetune hook inside the parent MLflow run."""
     with mlflow.start_run(
         run_name="pipeline", tags={"gruflow.project": tracking.project_tag(root)}
@@ -190,7 +194,7 @@ def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> Non
         )
         with keep_outputs(root):  # a failed stage rolls back the run's earlier stages too
             for stage in STAGES:
-                ran, logged = step(root, params, stage, force)
+                ran, logged = step(root, params, stage, force and stage not in done)
                 if stage == "evaluate":
                     result.metrics = logged
                 if ran:
@@ -203,7 +207,9 @@ def _run(root: Path, params: Params, force: bool, result: PipelineResult) -> Non
             tracking.numbers(result.metrics or tracking.read_metrics(root / params.paths.reports))
         )
         mlflow.set_tags({"gate.decision": result.decision[:5000]})
-        classifier.finetune_and_register(root, params, force)  # off: a no-op stage run
+        _, ran = classifier.finetune_and_register(root, params, force)
+        if ran and params.finetune.source:  # off, the stage is a no-op marker: not listed
+            result.executed.append("finetune")
         mlflow.set_tags(
             {
                 **tracking.lineage_tags(root, params, str(flow_run.id or "")),

@@ -6,8 +6,10 @@ NVIDIA GPU is visible, GPU seconds and peak GPU memory of that tree (sampled wit
 Usage: `with resources.measure(root, stage) as cost: ran = <run the stage>; cost.ran = ran` —
 flows/stages.reproduce does it for every stage. Each executed stage's entry is written to
 `reports/resources.json` and logged as MLflow metrics `resources.<stage>.<name>` on the
-pipeline's parent run. The numbers depend on time and load, so the file is no DVC output (it is
-git-ignored, written by the flow, never by a stage): dvc.lock never sees it.
+pipeline's parent run; `log_entries(run_id, entries)` puts entries recorded before a run existed
+(a retrain's forced ingest and clean) onto it. The numbers depend on time and load, so the file
+is no DVC output (it is git-ignored, written by the flow, never by a stage): dvc.lock never sees
+it. The retrain artifact's tables are flows/retrain_report.py.
 """
 
 from __future__ import annotations
@@ -245,20 +247,27 @@ def _log_mlflow(cost: StageCost) -> None:
     if run is None:
         return
     run_id = run.data.tags.get("mlflow.parentRunId") or run.info.run_id
-    metrics = {
-        f"resources.{cost.stage}.{k}": float(getattr(cost, k))
+    log_entries(run_id, {cost.stage: asdict(cost)})
+
+
+def log_entries(run_id: str, entries: dict[str, dict]) -> None:
+    """resources.<name>.<number> of each entry onto MLflow run `run_id` — also for stages that
+    ran before the run existed (a retrain's forced ingest and its clean before the drift
+    check). A failure is a warning: costs are a report."""
+    import mlflow
+
+    now = int(time.time() * 1000)
+    metrics = [
+        mlflow.entities.Metric(f"resources.{name}.{k}", float(e[k]), now, 0)
+        for name, e in entries.items()
         for k in NUMBERS
-        if getattr(cost, k) is not None
-    }
+        if e.get(k) is not None
+    ]
     try:
-        mlflow.MlflowClient().log_batch(
-            run_id,
-            metrics=[
-                mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()
-            ],
-        )
-    except mlflow.exceptions.MlflowException as exc:  # a report: never fail the stage for it
-        log.warning("could not log resources of stage %s to MLflow: %s", cost.stage, exc)
+        if metrics:
+            mlflow.MlflowClient().log_batch(run_id, metrics=metrics)
+    except mlflow.exceptions.MlflowException as exc:
+        log.warning("could not log resources of %s to MLflow: %s", ", ".join(entries), exc)
 
 
 def summary_line(root: Path, executed: list[str]) -> str:
@@ -278,44 +287,3 @@ def summary_line(root: Path, executed: list[str]) -> str:
         f"{t['peak_rss_mb']:.0f} MiB{gpu} over {len(ran)} stage(s) "
         "(reports/resources.json)"
     )
-
-
-def saved_line(root: Path) -> str:
-    """For a skipped retrain: the last measured cost of every stage but ingest (which a
-    retrain always runs)."""
-    stages = {s: e for s, e in read(root).get("stages", {}).items() if s != "ingest"}
-    if not stages:
-        return "no stage cost recorded yet"
-    t = total(stages)
-    return (
-        f"saved about {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU s: the last measured "
-        f"cost of {len(stages)} stage(s)"
-    )
-
-
-def markdown(root: Path, executed: list[str] | None) -> str:
-    """A table for the retrain artifact: the stages of this run (`executed`), or, for a skipped
-    retrain (None), the last measured cost of every stage but ingest (a retrain always runs
-    ingest to refresh the snapshot) — what the skip saved."""
-    stages = read(root).get("stages", {})
-    rows = {
-        s: e
-        for s, e in stages.items()
-        if (s in executed if executed is not None else s != "ingest")
-    }
-    if not rows:
-        return "\nResources: nothing recorded yet (reports/resources.json).\n"
-    title = (
-        "What this skip saved (each stage's last measured run)"
-        if executed is None
-        else "Resources of this run"
-    )
-    lines = [
-        f"\n## {title}\n",
-        "| stage | wall s | CPU s | peak RSS MiB | GPU s | GPU MiB |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, e in [*rows.items(), ("total", total(rows))]:
-        cells = [("-" if e.get(k) is None else f"{e[k]:g}") for k in NUMBERS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -21,23 +21,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from components.drift import Decision, decide
 from components.errors import GruflowError
 from components.params import Params, load_params
-from flows import resources, tracking
+from flows import resources, retrain_report, tracking
 from flows.placement import push_after_run
 from flows.project_lock import project_lock
+from flows.retrain_drift import Drifted, drift_record, measure_drift, record_costs
+from flows.rollback import keep_outputs
 from flows.secrets import redact, redacted_errors
 from flows.stages import reproduce
 
 CONCURRENCY_LIMIT = "gruflow-retrain"  # Prefect global concurrency limit (gruflow deploy makes it)
-
-
-@dataclass
-class Drifted:
-    report: dict
-    decision: Decision
-    path: Path
 
 
 @dataclass
@@ -51,6 +45,7 @@ class RetrainResult:
     pushed: int = 0
     seconds: float = 0.0
     decision: str = ""  # the gate's decision line (flows.registry.decision_line)
+    cost: dict | None = None  # wall_s, cpu_s of the drift scoring (None: not measured)
 
 
 @contextlib.contextmanager
@@ -109,26 +104,19 @@ def what_changed(root: Path, params: Params) -> tuple[bool, str | None, str]:
     )
 
 
-@task(name="measure-drift")
-@redacted_errors
-def measure_drift(root: Path, params: Params, why_changed: str) -> Drifted:
-    """Before any training: the clean stage (new documents cleaned and split), then the
-    champion's drift on them (reports/drift.json) and the policy's decision."""
-    from flows import drift_check
-    from flows.pipeline import step  # the clean stage where params place it
-
-    not_data = drift_check.non_data_changes(root)  # before clean: its deps still say why
-    step(root, params, "clean", False)
-    report = drift_check.measure(root, params)
-    decision = decide(params.retrain, report, report.get("age_days"), why_changed, not_data)
-    return Drifted(report, decision, drift_check.write(root, params, report, decision))
-
-
 @task(name="record-skip", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 @redacted_errors
 def record_skip(
-    root: Path, params: Params, version: str, reason: str, drifted: Drifted | None = None
+    root: Path,
+    params: Params,
+    version: str,
+    reason: str,
+    ran: list[str],
+    drifted: Drifted | None = None,
 ) -> str:
+    """The MLflow run `retrain=skipped` (tags, drift numbers, the costs of the stages that
+    ran) and the `gruflow-retrain` artifact: the decision, the drift, what the skip cost and
+    what it saved."""
     tags = tracking.lineage_tags(root, params, str(flow_run.id or ""))
     with mlflow.start_run(
         run_name="retrain-skipped",
@@ -138,63 +126,49 @@ def record_skip(
             "retrain_reason": reason,
             "retrain.policy": params.retrain.policy,
             "model_version": version,
-            "executed_stages": "none",
+            "executed_stages": ",".join(ran) or "none",
         },
     ) as run:
         pass
-    text = (
-        f"# gruflow retrain: skipped\n\n{reason}.\n\n| | |\n|---|---|\n"
-        f"| model | {params.registry.model_name} version {version} |\n"
-        f"| MLflow run | {run.info.run_id} ({redact(mlflow.get_tracking_uri())}) |\n"
+    stages = record_costs(root, run.info.run_id, ran, drifted)
+    sections = [] if drifted is None else [drift_record(run.info.run_id, params, drifted)]
+    sections.append(
+        retrain_report.resources_markdown(
+            stages, ran, drifted.cost if drifted else None, skipped=True
+        )
     )
-    if drifted is not None:
-        text += "\n" + _drift_record(run.info.run_id, params, drifted)
-    text += resources.markdown(root, None)
+    text = retrain_report.skip_markdown(
+        params.registry.model_name,
+        version,
+        reason,
+        run.info.run_id,
+        redact(mlflow.get_tracking_uri()),
+        sections,
+    )
     create_markdown_artifact(text, key="gruflow-retrain", description="retrain decision")
     return run.info.run_id
-
-
-def _drift_record(run_id: str, params: Params, drifted: Drifted) -> str:
-    """Drift numbers and decision onto the MLflow run; the artifact's drift section."""
-    from flows import drift_check
-
-    policy = params.retrain.policy
-    drift_check.log_to_run(run_id, drifted.path, drifted.report, drifted.decision, policy)
-    return drift_check.markdown(drifted.report, drifted.decision, policy)
 
 
 def _report(params: Params, result: RetrainResult, reason: str, tracking_uri: str) -> str:
     from mlflow.tracking import MlflowClient
 
     name = params.registry.model_name
-    lines = [
-        "# gruflow retrain: trained\n",
-        f"Why: {reason}.\n",
-        f"Stages executed: {', '.join(result.executed) or 'none'}\n",
-        f"MLflow parent run `{result.run_id}` in `{redact(tracking_uri)}`\n",
-    ]
-    m = result.metrics
-    if m:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {v:.4f} |"
-            for k, v in m.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        ]
-        lines.append("")
-    if result.model_version:
-        tags = MlflowClient().get_model_version(name, result.model_version).tags
-        lines += [
-            f"## Gate: {name} version {result.model_version} (models:/{name}/"
-            f"{result.model_version})\n",
-            "| | |",
-            "|---|---|",
-        ]
-        lines += [f"| {k} | {v} |" for k, v in sorted(tags.items()) if k.startswith("gate.")]
-    else:
-        lines.append("No new model version (the registry already holds this model).")
-    lines.append(f"\n{result.pushed} file(s) pushed to the DVC remote.")
-    return "\n".join(lines)
+    gate_tags = (
+        MlflowClient().get_model_version(name, result.model_version).tags
+        if result.model_version
+        else {}
+    )
+    return retrain_report.trained_markdown(
+        name,
+        reason,
+        result.executed,
+        result.run_id,
+        redact(tracking_uri),
+        result.metrics,
+        result.model_version,
+        gate_tags,
+        result.pushed,
+    )
 
 
 @flow(name="gruflow-retrain", log_prints=True)
@@ -204,61 +178,85 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
     root = Path(project).resolve()
     params = load_params(root / "params.yaml")
     os.chdir(root)  # stage commands resolve params.yaml and outputs from the working directory
-    log = get_run_logger()
     with exclusive(root, wait):
         tracking_uri = tracking.configure(root, params.mlflow.experiment)
-        refresh_source(root, params.orchestration.stage_timeout)
+        ran = ["ingest"] if refresh_source(root, params.orchestration.stage_timeout) else []
         unchanged, version, reason = what_changed(root, params)
-        always = params.retrain.policy == "always"
-        if unchanged and not (force or always):
-            run_id = record_skip(root, params, version, reason)
-            log.info("retrain skipped: %s", reason)
-            return RetrainResult(
-                skipped=True,
-                reason=reason,
-                run_id=run_id,
-                model_version=version,
-                seconds=time.perf_counter() - start,
-            )
-        drifted = measure_drift(root, params, reason)
-        reason = drifted.decision.reason
-        if not (force or drifted.decision.retrain):
-            champion = str(drifted.report.get("champion") or version)
-            run_id = record_skip(root, params, champion, reason, drifted)
-            log.info("retrain skipped: %s", reason)
-            return RetrainResult(
-                skipped=True,
-                reason=reason,
-                run_id=run_id,
-                model_version=champion,
-                seconds=time.perf_counter() - start,
-            )
-        log.info("retraining: %s", "forced" if force else reason)
-        from flows.pipeline import pipeline  # only now: the pipeline path may load TensorFlow
-
-        out = pipeline(project=str(root), force=force or always)
-        result = RetrainResult(
-            skipped=False,
-            reason=reason,
-            executed=out.executed,
-            metrics=out.metrics,
-            run_id=out.parent_run_id,
-            model_version=out.model_version,
-            decision=out.decision,
-        )
-        mlflow.MlflowClient().set_tag(out.parent_run_id, "retrain", "trained")
-        section = _drift_record(out.parent_run_id, params, drifted)
-        result.pushed = push_after_run(root, result.model_version)
-        create_markdown_artifact(
-            _report(params, result, reason, tracking_uri)
-            + "\n\n"
-            + section
-            + resources.markdown(root, ["ingest", *result.executed]),
-            key="gruflow-retrain",
-            description="retrain decision",
-        )
+        forced = force or params.retrain.policy == "always"
+        if unchanged and not forced:
+            result = _skip(root, params, version, reason, ran, None)
+        else:
+            # clean runs here, before the pipeline: a failure up to the end of the pipeline
+            # restores its outputs too (and dvc.lock, reports/resources.json)
+            with keep_outputs(root):
+                drifted = measure_drift(root, params, reason, forced)
+                ran += ["clean"] if drifted.clean_ran else []
+                if force or drifted.decision.retrain:
+                    result = _train(root, params, drifted, ran, forced)
+                else:
+                    champion = str(drifted.report.get("champion") or version)
+                    result = _skip(root, params, champion, drifted.decision.reason, ran, drifted)
+            if not result.skipped:
+                _publish(root, params, result, drifted, tracking_uri)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _skip(
+    root: Path, params: Params, version: str, reason: str, ran: list[str], drifted: Drifted | None
+) -> RetrainResult:
+    run_id = record_skip(root, params, version, reason, ran, drifted)
+    get_run_logger().info("retrain skipped: %s", reason)
+    cost = drifted.cost if drifted else None
+    return RetrainResult(
+        skipped=True, reason=reason, executed=ran, run_id=run_id, model_version=version, cost=cost
+    )
+
+
+def _train(
+    root: Path, params: Params, drifted: Drifted, ran: list[str], forced: bool
+) -> RetrainResult:
+    """The pipeline (ingest and clean, already run, are not forced again), then the retrain's
+    record on its parent run: the stages of the whole retrain, their costs, the drift."""
+    reason = drifted.decision.reason
+    get_run_logger().info(
+        "retraining: %s", "forced" if forced and not drifted.decision.retrain else reason
+    )
+    from flows.pipeline import pipeline  # only now: the pipeline path may load TensorFlow
+
+    out = pipeline(project=str(root), force=forced, done=ran)
+    executed = [*ran, *(s for s in out.executed if s not in ran)]
+    client = mlflow.MlflowClient()
+    client.set_tag(out.parent_run_id, "retrain", "trained")
+    client.set_tag(out.parent_run_id, "executed_stages", ",".join(executed))
+    record_costs(root, out.parent_run_id, ran, drifted)
+    drift_record(out.parent_run_id, params, drifted)
+    return RetrainResult(
+        skipped=False,
+        reason=reason,
+        executed=executed,
+        metrics=out.metrics,
+        run_id=out.parent_run_id,
+        model_version=out.model_version,
+        decision=out.decision,
+        cost=drifted.cost,
+    )
+
+
+def _publish(root: Path, params: Params, result: RetrainResult, drifted: Drifted, uri: str) -> None:
+    """After a training retrain: push, then the `gruflow-retrain` artifact."""
+    from flows import drift_check
+
+    result.pushed = push_after_run(root, result.model_version)
+    stages = resources.read(root).get("stages", {})
+    create_markdown_artifact(
+        _report(params, result, result.reason, uri)
+        + "\n\n"
+        + drift_check.markdown(drifted.report, drifted.decision, params.retrain.policy)
+        + retrain_report.resources_markdown(stages, result.executed, drifted.cost),
+        key="gruflow-retrain",
+        description="retrain decision",
+    )
 
 
 if __name__ == "__main__":

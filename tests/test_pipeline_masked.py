@@ -55,7 +55,12 @@ def masked_run(tmp_path_factory):
 @pytest.mark.slow
 def test_masked_pipeline_evaluates_registers_and_finetunes(masked_run):
     project, out = masked_run["project"], masked_run["out"].stdout
-    assert f"stages executed: {', '.join(STAGES)}" in out
+    # finetune is on: its cost is in the run's summary line and the parent run's stage list
+    assert f"stages executed: {', '.join(STAGES)}, finetune" in out
+    costs = json.loads((project / "reports/resources.json").read_text())["stages"]
+    cpu = sum(costs[s]["cpu_s"] for s in (*STAGES, "finetune"))
+    line = next(x for x in out.splitlines() if "resources:" in x)
+    assert f"{cpu:.1f} CPU s" in line and f"over {len(STAGES) + 1} stage(s)" in line, line
     assert "test masked perplexity" in out
     m = json.loads((project / "reports/metrics.json").read_text())
     assert m["objective"] == "masked" and m["masked_tokens"] > 0
@@ -73,6 +78,9 @@ def test_masked_pipeline_evaluates_registers_and_finetunes(masked_run):
     assert lm.tags["objective"] == "masked" and lm.tags["gate.promoted"] == "True"
     clf = client.get_model_version("gruflow-classifier", "1")
     assert clf.tags  # registered, with its lineage (tests/test_classifier_registry.py)
+    parent = client.get_run(lm.tags["mlflow_run_id"])  # the pipeline's parent run
+    assert parent.data.tags["executed_stages"].endswith(",evaluate,finetune")
+    assert parent.data.metrics["resources.finetune.cpu_s"] == costs["finetune"]["cpu_s"]
 
 
 @pytest.mark.slow

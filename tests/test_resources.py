@@ -87,17 +87,24 @@ def test_report_keeps_each_stages_latest_entry_and_totals(project):
     assert "no stage ran" in resources.summary_line(project, [])
 
 
-def test_skip_markdown_shows_what_a_full_run_costs_without_ingest(project):
-    _stage(project, "ingest")
+def test_skip_markdown_from_the_recorded_costs(project):
+    """flows/retrain_report.py on the file `measure` wrote: a skip that ran ingest shows its
+    cost and saved every other stage's (tests/test_retrain_report.py: the text itself)."""
+    from flows import retrain_report
+
+    i = _stage(project, "ingest")
     t = _stage(project, "train")
-    skip = resources.markdown(project, None)
-    assert "What this skip saved" in skip and "| ingest |" not in skip
-    assert f"| total | {t.wall_s:g} | {t.cpu_s:g} |" in skip
-    assert f"{t.cpu_s:.0f} CPU s: the last measured cost of 1 stage(s)" in resources.saved_line(
-        project
+    stages = resources.read(project)["stages"]
+    skip = retrain_report.resources_markdown(stages, ["ingest"], None, skipped=True)
+    spent, saved = skip.split("What this skip saved")
+    assert f"| total | {i.wall_s:g} | {i.cpu_s:g} |" in spent
+    assert "| ingest |" not in saved and f"| total | {t.wall_s:g} | {t.cpu_s:g} |" in saved
+    assert (
+        f"{t.cpu_s:.0f} CPU s: the last measured cost of 1 stage(s)"
+        in retrain_report.saved_line(stages, ["ingest"])
     )
-    ran = resources.markdown(project, ["ingest", "train"])
-    assert "Resources of this run" in ran and "| ingest |" in ran
+    ran = retrain_report.resources_markdown(stages, ["ingest", "train"])
+    assert "Resources of this run" in ran and "| ingest |" in ran and "| train |" in ran
 
 
 def test_report_follows_paths_reports(project):

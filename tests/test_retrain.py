@@ -3,6 +3,7 @@ a local DVC remote; the second finds nothing changed and is skipped without runn
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,7 @@ def test_second_retrain_is_skipped_without_running_a_stage(retrains):
     assert "gruflow: retrain skipped" in out, out
     assert "nothing changed" in out
     assert "gruflow: saved about" in out and "CPU s: the last measured cost of 7 stage(s)" in out
+    assert "gruflow: this skip's cost " in out and "CPU s (ingest)" in out  # the forced ingest
     assert "Running stage 'clean'" not in out + retrains["second"].stderr
     assert (retrains["project"] / "dvc.lock").read_text() == retrains["lock"]
     # how fast a skip is: bench/noop.py (no timed assertion in tests: machines are busy)
@@ -88,10 +90,18 @@ def test_skipped_run_recorded_and_no_new_version(retrains):
     exp = client.get_experiment_by_name("gruflow")
     skipped = client.search_runs([exp.experiment_id], "tags.retrain = 'skipped'")
     assert len(skipped) == 1
-    assert skipped[0].data.tags["executed_stages"] == "none"
-    assert skipped[0].data.tags["model_version"] == "1"
+    skip = skipped[0].data
+    assert skip.tags["executed_stages"] == "ingest"  # the forced re-snapshot, nothing else
+    assert skip.tags["retrain.policy"] == "on_change"  # `gruflow history` shows the policy
+    assert skip.tags["model_version"] == "1"
+    costs = json.loads((retrains["project"] / "reports/resources.json").read_text())["stages"]
+    assert skip.metrics["resources.ingest.cpu_s"] == costs["ingest"]["cpu_s"]
     trained = client.search_runs([exp.experiment_id], "tags.retrain = 'trained'")
     assert len(trained) == 1
+    # the first retrain's forced ingest ran before its pipeline run existed: logged onto it
+    assert trained[0].data.tags["executed_stages"].startswith("ingest,clean,tokenize")
+    assert "resources.ingest.cpu_s" in trained[0].data.metrics
+    assert "resources.clean.cpu_s" in trained[0].data.metrics
     versions = client.search_model_versions("name = 'gruflow-lm'")
     assert [str(v.version) for v in versions] == ["1"]
 

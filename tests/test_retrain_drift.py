@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,40 @@ def append_docs(corpus: Path, first: int, n: int, words: tuple[list, list, list]
             f.write(json.dumps({"text": f"Doc {i}: " + " ".join(sentences), "id": i}) + "\n")
 
 
+# The `gruflow-retrain` artifacts the CLI's temporary server stored in this Prefect home, oldest
+# first: read through Prefect's client on an in-process API over the same database (~10 s).
+READ_ARTIFACTS = """
+import asyncio, json
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.server.api.server import create_app
+
+async def main():
+    async with PrefectClient(api=create_app(ephemeral=True)) as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gruflow-retrain"])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    print(json.dumps([a.data for a in reversed(found)]))
+
+asyncio.run(main())
+"""
+
+
+def published_artifacts(env: dict, cwd: Path) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", READ_ARTIFACTS],
+        cwd=cwd,
+        env=env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def gruflow(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     out = subprocess.run(
         [str(BIN / "gruflow"), *args, "--project", str(project)],
@@ -81,10 +116,13 @@ def drift_runs(tmp_path_factory):
     append_docs(corpus, 240, 40, (SUBJECTS, VERBS, OBJECTS), seed=1)
     runs["same"] = gruflow(project, env, "retrain")
     runs["same_report"] = json.loads((project / "reports/drift.json").read_text())
+    runs["same_costs"] = json.loads((project / "reports/resources.json").read_text())["stages"]
     append_docs(corpus, 280, 40, (DE_SUBJECTS, DE_VERBS, DE_OBJECTS), seed=2)
     runs["other"] = gruflow(project, env, "retrain")
     runs["other_report"] = json.loads((project / "reports/drift.json").read_text())
+    runs["other_costs"] = json.loads((project / "reports/resources.json").read_text())["stages"]
     runs["history"] = gruflow(project, env, "history").stdout
+    runs["artifacts"] = published_artifacts(env, base)
     for key in ("same_report", "other_report"):
         r = runs[key]
         print(
@@ -170,3 +208,67 @@ def test_history_lists_the_decisions(drift_runs):
     assert "has no champion yet" in rows[0]
     assert "on_drift" in rows[1] and "bpb ratio" in rows[1] and rows[1].endswith("no drift")
     assert "drift: " in rows[2]
+
+
+def _retrain_runs(project: Path) -> dict:
+    """The skip run and the last trained run of the module's retrains (MLflow)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("gruflow")
+    order = ["attributes.start_time DESC"]
+    [skip] = client.search_runs([exp.experiment_id], "tags.retrain = 'skipped'")
+    trained = client.search_runs([exp.experiment_id], "tags.retrain = 'trained'", order_by=order)
+    return {"skip": skip, "trained": trained[0]}
+
+
+def _expected_total(costs: dict, ran: list[str], metrics: dict) -> str:
+    """The artifact's total row for the stages that ran (reports/resources.json as that run
+    left it) plus the drift scoring (its cost, as logged on the retrain's MLflow run)."""
+    from flows.resources import NUMBERS, total
+
+    rows = {s: costs[s] for s in ran}
+    rows["drift"] = {k: metrics.get(f"resources.drift.{k}") for k in NUMBERS}
+    t = total(rows)
+    cells = ["-" if t[k] is None else f"{t[k]:g}" for k in NUMBERS]
+    return "| total | " + " | ".join(cells) + " |"
+
+
+def test_published_artifacts_show_decision_numbers_plot_and_costs(drift_runs):
+    """What the retrains published to Prefect (`gruflow-retrain`, read back from the server's
+    database): the decision, the drift numbers, the plot, what the run cost (ingest, clean and
+    the drift scoring included) and, for the skip, what it saved."""
+    first, skip, trained = drift_runs["artifacts"]
+    runs = _retrain_runs(drift_runs["project"])
+    assert first.startswith("# gruflow retrain: trained") and "has no champion yet" in first
+    assert "Stages executed: ingest, clean, tokenize, embed, tune, train, evaluate" in first
+
+    r, costs = drift_runs["same_report"], drift_runs["same_costs"]
+    assert skip.startswith("# gruflow retrain: skipped\n\nno drift.")
+    assert "## Drift (policy on_drift): skip — no drift" in skip
+    assert f"(ratio {r['bits_per_byte']['ratio']:.4f})" in skip
+    assert f"| JS divergence new vs old train tokens | {r['js_divergence']:.4f} |" in skip
+    assert "| bits/byte | new documents | champion's test documents |" in skip  # the plot
+    spent, saved = skip.split("## What this skip cost")[1].split("## What this skip saved")
+    m = runs["skip"].data.metrics
+    assert m["resources.clean.cpu_s"] == costs["clean"]["cpu_s"]  # clean ran, logged on the run
+    assert m["resources.drift.cpu_s"] > 0
+    assert "| drift scoring |" in spent
+    assert _expected_total(costs, ["ingest", "clean"], m) in spent
+    assert "| clean |" not in saved and "| train |" in saved
+    rest = [s for s in costs if s not in ("ingest", "clean")]
+    assert _expected_total(costs, rest, {}) in saved
+    assert runs["skip"].data.tags["executed_stages"] == "ingest,clean"
+
+    r, costs = drift_runs["other_report"], drift_runs["other_costs"]
+    assert trained.startswith("# gruflow retrain: trained")
+    assert f"## Drift (policy on_drift): train — {r['decision']['reason']}" in trained
+    assert f"(ratio {r['bits_per_byte']['ratio']:.4f})" in trained
+    ran = runs["trained"].data.tags["executed_stages"].split(",")
+    assert ran[:3] == ["ingest", "clean", "tokenize"]
+    assert f"Stages executed: {', '.join(ran)}" in trained
+    assert f"stages executed: {', '.join(ran)}" in drift_runs["other"].stdout
+    section = trained.split("## Resources of this run")[1]
+    assert _expected_total(costs, ran, runs["trained"].data.metrics) in section

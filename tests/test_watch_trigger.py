@@ -122,7 +122,11 @@ def test_burst_of_files_starts_exactly_one_retrain(server):  # noqa: F811
             time.sleep(0.5)
         assert _runs(env, dep["id"]) == []  # the watcher's first snapshot sends nothing
         _drop(incoming, ["a.jsonl", "b.jsonl", "c.jsonl"])  # first wave: one event
+        deadline = time.monotonic() + 180
         while (base / "watch.log").read_text().count("gruflow.data.changed:") < 1:
+            assert watcher.poll() is None and time.monotonic() < deadline, (
+                base / "watch.log"
+            ).read_text()
             time.sleep(0.5)
         _drop(incoming, ["d.jsonl", "e.jsonl"])  # second wave: a second event, same burst
         runs = _wait_for_final_run(env, dep["id"], 900)
@@ -140,3 +144,30 @@ def test_burst_of_files_starts_exactly_one_retrain(server):  # noqa: F811
     assert runs[0]["state_type"] == "COMPLETED", (base / "worker.log").read_text()[-4000:]
     state = json.loads((project / ".gruflow" / "watch.json").read_text())
     assert len(state) == 6  # the watcher's saved snapshot: the original file and five new
+    events = _events(env, 2)
+    assert [e["resource"]["prefect.resource.id"] for e in events] == [
+        "gruflow.project.gruflow-lm"
+    ] * 2
+    waves = [e["payload"] for e in events]
+    assert [Path(w["project"]).resolve() for w in waves] == [project.resolve()] * 2
+    assert [sorted(Path(f).name for f in w["changed"]) for w in waves] == [
+        ["a.jsonl", "b.jsonl", "c.jsonl"],
+        ["d.jsonl", "e.jsonl"],
+    ]
+    assert [(w["changed_total"], w["removed"], w["removed_total"]) for w in waves] == [
+        (3, [], 0),
+        (2, [], 0),
+    ]
+    assert all(Path(f).parent.resolve() == incoming.resolve() for w in waves for f in w["changed"])
+
+
+def _events(env: dict, n: int) -> list[dict]:
+    """The server's stored `gruflow.data.changed` events, oldest first (the server writes
+    events in the background: wait up to a minute for `n`)."""
+    body = {"filter": {"event": {"name": ["gruflow.data.changed"]}}, "limit": 50}
+    deadline = time.monotonic() + 60
+    while True:
+        found = _api(env, "/events/filter", body)["events"]
+        if len(found) >= n or time.monotonic() > deadline:
+            return sorted(found, key=lambda e: e["occurred"])
+        time.sleep(2)
