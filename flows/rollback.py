@@ -85,6 +85,11 @@ def _restore(
             repo.checkout(targets=targets, force=True)
 
 
+def rolled_back(exc: BaseException) -> bool:
+    """A `keep_outputs` block this exception left restored the outputs it guarded."""
+    return RESTORED in getattr(exc, "__notes__", [])
+
+
 def _refused(exc: BaseException) -> bool:
     """DVC refused to start (its repository lock is taken): nothing was deleted."""
     from dvc.lock import LockError
