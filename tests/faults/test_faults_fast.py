@@ -317,6 +317,26 @@ def test_sweep_removes_atomic_write_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".gitignore"]
 
 
+def test_sweep_removes_the_lock_a_killed_tune_left(tmp_path):
+    """Optuna's symlink lock beside tune's journal, as a SIGKILL mid-append leaves it (the
+    stage's relative journal path makes it dangle); the journal itself stays."""
+    import os
+
+    from flows.project_lock import sweep_temp
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    tune = tmp_path / "artifacts" / "tune"
+    tune.mkdir(parents=True)
+    (tune / "study.journal").write_text("{}\n")
+    os.symlink("artifacts/tune/study.journal", tune / "study.journal.lock")
+    (tune / "study.journal.lock1234.rename").symlink_to("artifacts/tune/study.journal")
+    assert sweep_temp(tmp_path, []) == [
+        tune / "study.journal.lock",
+        tune / "study.journal.lock1234.rename",
+    ]
+    assert sorted(p.name for p in tune.iterdir()) == ["study.journal"]
+
+
 def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch):
     """A plain `dvc` command holds DVC's repository lock: the stage is refused, its outputs
     stay as they are, and the CLI's line says what to do."""
