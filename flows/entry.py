@@ -7,7 +7,8 @@ import it sets the environment the commands need:
 - `PREFECT_LOGGING_SETTINGS_PATH` (flows/logging.yml unless set): Prefect's console shows no
   tracebacks or errors, every record goes to the run's log file, credentials are redacted;
 - `GRUFLOW_LOG_FILE`: `.gruflow/logs/<UTC time>-<pid>.log` in the project (stage commands
-  append their tracebacks there too).
+  append their tracebacks there too), or in `<temp dir>/gruflow-logs/` when the project's
+  folder cannot be created (a read-only project, `.gruflow` a file).
 Exit codes: 2 for user errors (`GruflowError`: bad params, bad source, lock held with
 --no-wait), 1 for everything else, 130 on Ctrl-C (SIGINT), 143 on SIGTERM (flows/interrupt.py).
 """
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -110,10 +112,23 @@ def quiet_dvc_console() -> None:
             handler.addFilter(DvcConsoleFilter())
 
 
+FALLBACK_LOG_DIR = "gruflow-logs"  # under tempfile.gettempdir()
+
+
+def _can_create(folder: Path) -> bool:
+    """`folder` exists as a writable folder or can be made (without making it now)."""
+    while not folder.exists():
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
 def log_file_for(root: Path) -> Path:
-    """The command's log file (created when first written: by Prefect's logging or a failure)."""
+    """The command's log file (created when first written: by Prefect's logging or a failure);
+    the older logs beyond the last KEEP_LOGS - 1 are deleted, so with it KEEP_LOGS remain."""
     logs = root / LOG_DIR
-    for old in sorted(logs.glob("*.log"))[:-KEEP_LOGS]:  # names sort by time
+    if not _can_create(logs):
+        logs = Path(tempfile.gettempdir()) / FALLBACK_LOG_DIR
+    for old in sorted(logs.glob("*.log"))[: -(KEEP_LOGS - 1)]:  # names sort by time
         old.unlink(missing_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return logs / f"{stamp}-{os.getpid()}.log"
@@ -182,11 +197,22 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     return f"interrupted ({how}): stopped, previous outputs restored"
 
 
-def _write_traceback(log_file: Path, exc: BaseException) -> None:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a", encoding="utf-8") as f:
-        f.write(f"--- gruflow {' '.join(sys.argv[1:])} failed:\n")
-        f.write(redact("".join(traceback.format_exception(exc))))
+def _write_traceback(log_file: Path, exc: BaseException) -> Path:
+    """Append the traceback to `log_file`, or (when that cannot be written: disk full, the
+    folder gone read-only meanwhile) to a file in the temp folder; the file written."""
+    text = f"--- gruflow {' '.join(sys.argv[1:])} failed:\n" + redact(
+        "".join(traceback.format_exception(exc))
+    )
+    fallback = Path(tempfile.gettempdir()) / FALLBACK_LOG_DIR / log_file.name
+    for path in (log_file, fallback):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return Path(os.devnull)  # nowhere to write: the one line still says what failed
 
 
 def run(func: Callable, args, root: Path) -> int:
@@ -203,6 +229,13 @@ def run(func: Callable, args, root: Path) -> int:
             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
         )
     }
+    if not root.is_dir():  # before anything is created there (the log folder)
+        print(
+            f"gruflow: error: no project at {root} — give --project the folder that holds "
+            "params.yaml",
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "verbose", False):
         os.environ[verbosity.VERBOSE_ENV] = "1"  # stage commands inherit it
     log_file = prepare(root, getattr(args, "command", "") not in ("deploy", "worker"))
@@ -210,13 +243,13 @@ def run(func: Callable, args, root: Path) -> int:
         with interrupt.handled():
             return func(args)
     except KeyboardInterrupt as exc:
-        _write_traceback(log_file, exc)
-        print(f"gruflow: {interrupted_line(exc)} (log: {log_file})", file=sys.stderr)
+        written = _write_traceback(log_file, exc)
+        print(f"gruflow: {interrupted_line(exc)} (log: {written})", file=sys.stderr)
         return interrupt.exit_code(exc)
     except Exception as exc:
-        _write_traceback(log_file, exc)
+        written = _write_traceback(log_file, exc)
         code, message = explain(exc)
-        print(f"gruflow: error: {redact(message)} (log: {log_file})", file=sys.stderr)
+        print(f"gruflow: error: {redact(message)} (log: {written})", file=sys.stderr)
         return code
     finally:  # a command called in-process (tests) leaves the environment as it found it
         for key, value in saved.items():

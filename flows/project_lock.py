@@ -76,7 +76,8 @@ def project_lock(root: Path, wait: bool = True, command: str = "gruflow") -> Ite
 
 def sweep_temp(root: Path, outs: list[str]) -> list[Path]:
     """Remove the temp siblings (`.NAME.*`) that atomic writes of the stage outputs `outs`
-    leave when a stage is killed mid-write. Call only under the project lock."""
+    leave when a stage is killed mid-write, and the lock of tune's Optuna journal a killed
+    tune leaves. Call only under the project lock."""
     removed = []
     for rel in outs:
         out = root / rel
@@ -88,6 +89,9 @@ def sweep_temp(root: Path, outs: list[str]) -> list[Path]:
             else:
                 tmp.unlink(missing_ok=True)
             removed.append(tmp)
+    for lock in _journal_locks(root):
+        lock.unlink(missing_ok=True)
+        removed.append(lock)
     if removed:
         log.warning(
             "removed %d temp file(s) a killed run left: %s",
@@ -95,3 +99,18 @@ def sweep_temp(root: Path, outs: list[str]) -> list[Path]:
             ", ".join(str(p.relative_to(root)) for p in removed),
         )
     return removed
+
+
+def _journal_locks(root: Path) -> list[Path]:
+    """Optuna's lock beside tune's journal (`study.journal.lock`, a symlink, and the
+    `.lock<uuid>.rename` of a release cut short). Only a running tune holds it, for one
+    append; a tune killed meanwhile leaves it, and the next tune would wait forever: the stage
+    opens the journal by a relative path, so the symlink dangles and Optuna's 30 s grace
+    period, which stats the link's target, never fires."""
+    from components.params import load_params
+
+    try:
+        folder = root / load_params(root / "params.yaml").paths.tune_dir
+    except (GruflowError, OSError):  # no params: nothing of tune's to sweep
+        return []
+    return sorted(folder.glob("study.journal.lock*")) if folder.is_dir() else []

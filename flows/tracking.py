@@ -261,7 +261,10 @@ def drop_orphan_versions(root: Path, name: str) -> list[str]:
     client = MlflowClient()
     mine, dropped = project_tag(root), []
     for mv in client.search_model_versions(f"name = '{name}'"):
-        if mv.tags.get("model_md5") or mv.aliases:
+        if mv.tags.get("model_md5"):
+            continue
+        # search_model_versions leaves `aliases` empty (MLflow 3): ask for the version itself
+        if client.get_model_version(name, mv.version).aliases:
             continue
         try:
             owner = (

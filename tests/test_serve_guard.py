@@ -100,8 +100,18 @@ def test_good_request_reaches_the_model_unchanged(limits):
         ("x" * 1001, None, 413, "serve.max_request_bytes = 1000"),
         (GOOD, {"Content-Type": "application/json", "Content-Length": "5000"}, 413, "max_request"),
         ("[" * 5000 + "]" * 5000, {"Content-Type": "application/json"}, 413, "max_request"),
+        (GOOD, {"Content-Type": "application/json; charset=latin-1"}, 415, "UTF-8"),
+        (GOOD, {"Content-Type": 'Application/JSON; Charset="UTF-16"'}, 415, "UTF-8"),
     ],
-    ids=["no-content-type", "csv", "big-body", "declared-big", "chunked-big"],
+    ids=[
+        "no-content-type",
+        "csv",
+        "big-body",
+        "declared-big",
+        "chunked-big",
+        "latin-1",
+        "utf-16",
+    ],
 )
 def test_refused_before_the_model(limits, body, headers, status, mentions):
     inner = Inner()
@@ -109,6 +119,27 @@ def test_refused_before_the_model(limits, body, headers, status, mentions):
     assert got == status
     assert mentions in json.loads(answer)["message"]
     assert inner.calls == 0
+
+
+def test_integer_too_long_for_python_is_400_json(limits):
+    """json.loads raises a plain ValueError (not JSONDecodeError) past 4300 digits; MLflow's app
+    would answer 500."""
+    inner = Inner()
+    body = '{"dataframe_records": [{"text": "a"}], "params": {"seed": ' + "1" * 4301 + "}}"
+    guard = ServeGuard(inner, limits.model_copy(update={"max_request_bytes": 10_000}))
+    got, answer = run(guard, body.encode())
+    assert got == 400 and inner.calls == 0
+    assert "integer of more than 4300 digits" in json.loads(answer)["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", 'application/json; Charset="UTF8"', "application/json;"],
+)
+def test_utf8_charset_is_accepted(limits, content_type):
+    inner = Inner()
+    got = run(ServeGuard(inner, limits), GOOD.encode(), {"Content-Type": content_type})
+    assert got == (200, GOOD.encode()) and inner.calls == 1
 
 
 def test_other_paths_and_methods_pass_through(limits):
@@ -160,6 +191,7 @@ def test_at_most_max_concurrent_requests_reach_the_model(limits):
         ('{"inputs": {"text": "a"}}', "inputs"),
         ('"just a string"', "JSON object"),
         ('{"dataframe_records": [{"text": "a"}]', "not valid UTF-8 JSON"),
+        ('{"inputs": [{"text": "a"}], "x": [' + "9" * 5000 + "]}", "more than 4300 digits"),
     ],
     ids=[
         "deep",
@@ -176,6 +208,7 @@ def test_at_most_max_concurrent_requests_reach_the_model(limits):
         "inputs-shape",
         "string",
         "cut",
+        "long-integer",
     ],
 )
 def test_check_request_names_the_problem(limits, body, mentions):

@@ -6,12 +6,13 @@ Usage: `app = ServeGuard(mlflow.pyfunc.scoring_server.init(model), params.serve)
 (AttributeError) and to JSON nested thousands deep (RecursionError), accepts NaN/Infinity, drops
 unknown params with a warning and has no size limits; the guard closes those gaps:
 
-- POST /invocations without `Content-Type: application/json`: 415
+- POST /invocations without `Content-Type: application/json`, or with a charset other than
+  UTF-8 (MLflow would answer its own plain-text 415): 415
 - a body over `serve.max_request_bytes` (declared or streamed): 413
-- not JSON, nested too deep, NaN/Infinity, another shape than one data key (+ `params`), a
-  record whose `text` is not a non-empty string, more than `serve.max_records` records, an
-  unknown or out-of-range param in either mode, a generate request over
-  `serve.max_generated_tokens`: 400 with a message naming the field
+- not JSON, nested too deep, an integer too long for Python (MLflow: 500), NaN/Infinity,
+  another shape than one data key (+ `params`), a record whose `text` is not a non-empty
+  string, more than `serve.max_records` records, an unknown or out-of-range param in either
+  mode, a generate request over `serve.max_generated_tokens`: 400 with a message naming the field
 - at most `serve.max_concurrent` admitted requests reach the model at once; the others wait
   (MLflow's timeout starts when a request is admitted)
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 
 from components.lm.inference import BadRequest, check_params, check_texts
@@ -85,8 +87,15 @@ def check_request(body: bytes, limits: Serve, defaults: dict | None = None) -> N
         payload = json.loads(body, parse_constant=_no_constants)
     except RecursionError:
         raise BadRequest("the JSON is nested too deeply") from None
+    except BadRequest:  # NaN/Infinity (_no_constants); a ValueError too
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid UTF-8 JSON ({exc})") from None
+    except ValueError:  # Python's int conversion limit (sys.get_int_max_str_digits, 4300)
+        raise BadRequest(
+            f"the JSON holds an integer of more than {sys.get_int_max_str_digits()} digits"
+            " — send shorter numbers"
+        ) from None
     texts = texts_of(payload)
     if len(texts) > limits.max_records:
         raise BadRequest(
@@ -129,12 +138,19 @@ class ServeGuard:
 
     async def _admit(self, scope: Scope, receive: Receive) -> bytes:
         headers = dict(scope["headers"])
-        mime = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if mime != b"application/json":
+        mime, *options = headers.get(b"content-type", b"").lower().split(b";")
+        if mime.strip() != b"application/json":
             raise Refused(
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",
                 "send the body as JSON with the header 'Content-Type: application/json'",
+            )
+        if any(_charset(o) not in (None, b"utf-8", b"utf8") for o in options):
+            raise Refused(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "the body must be UTF-8 JSON: send 'Content-Type: application/json' "
+                "(or '; charset=utf-8')",
             )
         too_big = Refused(
             413,
@@ -161,6 +177,12 @@ class ServeGuard:
         except BadRequest as exc:
             raise Refused(400, "BAD_REQUEST", str(exc)) from None
         return bytes(body)
+
+
+def _charset(option: bytes) -> bytes | None:
+    """The value of a `charset=...` Content-Type option (lower-case), None for other options."""
+    key, _, value = option.partition(b"=")
+    return value.strip().strip(b'"') if key.strip() == b"charset" else None
 
 
 def _replay(body: bytes) -> Receive:

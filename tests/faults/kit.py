@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from tests.test_pipeline_e2e import BIN, gruflow, isolated_env  # noqa: F401  (re-exported)
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -40,15 +42,50 @@ def start(project: Path, env: dict, out: Path, *args: str) -> subprocess.Popen:
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], limit: float = 900) -> float:
-    """SIGKILL the process group of `proc` as soon as `ready()`; seconds waited."""
+    """SIGKILL the process group of `proc` as soon as `ready()`; seconds waited. Every process
+    of its tree (stage commands, Prefect's temporary server in its own session, which the group
+    kill does not reach) must be gone within 60 s: README promises the server dies with
+    gruflow even on SIGKILL."""
     start_time = time.monotonic()
     while not ready():
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() - start_time < limit, "kill point never reached"
         time.sleep(0.005)
+    tree = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return time.monotonic() - start_time
+    seconds = time.monotonic() - start_time
+    deadline = time.monotonic() + 60
+    while (left := [d for p in tree if (d := _described(p))]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"left running 60 s after the SIGKILL: {left}"
+    return seconds
+
+
+def _described(p: psutil.Process) -> str:
+    """pid and command line of a live process; '' once it is gone or a zombie (its parent
+    died; nothing runs, whether or not PID 1 reaps it)."""
+    try:
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return ""
+        return f"{p.pid}: {' '.join(p.cmdline())[:200]}"
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def stage_command_running(proc: subprocess.Popen, stage: str) -> bool:
+    """`python -m components.<stage>` (the DVC stage's command) runs below `proc`."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for p in tree:
+        try:
+            if f"components.{stage}" in p.cmdline():
+                return True
+        except psutil.Error:  # ended meanwhile
+            continue
+    return False
 
 
 def digests(project: Path, *rels: str) -> dict[str, str]:

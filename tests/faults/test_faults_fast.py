@@ -3,9 +3,12 @@ rollback of a failed stage or run in a real DVC repository, paths outside the pr
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import yaml
 from dvc.exceptions import ReproductionError
 
 from tests.faults.kit import digests, error_lines, fault_env, gruflow
-from tests.test_pipeline_e2e import ROOT, tiny_project
+from tests.test_pipeline_e2e import BIN, ROOT, tiny_project
 
 SECRET = "s3cr3t-P4ss"
 
@@ -127,9 +130,12 @@ def test_console_filter_shows_routine_lines_when_verbose(monkeypatch):
     assert ConsoleFilter().filter(task)
 
 
-def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
+@pytest.mark.parametrize("raw", ["../outside/raw", "/elsewhere/raw"])
+def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path, raw):
+    """`../outside/raw`: the field's validator; `/elsewhere/raw` (absolute paths are allowed
+    below the project): the check against the project root."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["paths"]["raw"] = "../outside/raw"
+    params["paths"]["raw"] = raw
     bad = tmp_path / "project"
     subprocess.run(["cp", "-a", str(project), str(bad)], check=True)
     (bad / "params.yaml").write_text(yaml.safe_dump(params))
@@ -138,6 +144,15 @@ def test_param_path_outside_project_is_one_line_exit_2(project, tmp_path):
     assert error_lines(out.stderr) == [line for line in out.stderr.splitlines() if line]
     assert "'paths.raw': must be a path inside the project" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_param_path_absolute_inside_the_project_is_accepted(project, tmp_path):
+    from components.params import load_params
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["paths"]["raw"] = str(tmp_path / "data" / "raw")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "params.yaml").paths.raw == str(tmp_path / "data" / "raw")
 
 
 def test_unreachable_tracking_store_fails_fast_in_one_line(project, tmp_path):
@@ -302,6 +317,26 @@ def test_sweep_removes_atomic_write_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".gitignore"]
 
 
+def test_sweep_removes_the_lock_a_killed_tune_left(tmp_path):
+    """Optuna's symlink lock beside tune's journal, as a SIGKILL mid-append leaves it (the
+    stage's relative journal path makes it dangle); the journal itself stays."""
+    import os
+
+    from flows.project_lock import sweep_temp
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    tune = tmp_path / "artifacts" / "tune"
+    tune.mkdir(parents=True)
+    (tune / "study.journal").write_text("{}\n")
+    os.symlink("artifacts/tune/study.journal", tune / "study.journal.lock")
+    (tune / "study.journal.lock1234.rename").symlink_to("artifacts/tune/study.journal")
+    assert sweep_temp(tmp_path, []) == [
+        tune / "study.journal.lock",
+        tune / "study.journal.lock1234.rename",
+    ]
+    assert sorted(p.name for p in tune.iterdir()) == ["study.journal"]
+
+
 def test_dvc_lock_conflict_is_one_line_and_touches_nothing(tmp_path, monkeypatch):
     """A plain `dvc` command holds DVC's repository lock: the stage is refused, its outputs
     stay as they are, and the CLI's line says what to do."""
@@ -373,3 +408,95 @@ def test_generate_without_a_champion_is_one_line(project, tmp_path):
     assert out.returncode == 2, out.stderr
     assert [line for line in out.stderr.splitlines() if line] == error_lines(out.stderr)
     assert len(error_lines(out.stderr)) == 1 and "cannot load model" in out.stderr
+
+
+# --- the log file, the project folder, Prefect's start-up wait ---------------------------------
+
+
+def _failing(args):
+    from components.errors import GruflowError
+
+    raise GruflowError("bad source")
+
+
+def test_logs_keep_exactly_the_last_50(tmp_path):
+    """README: the last 50 logs are kept — the new one included (pruning happens before it
+    is created, so it keeps 49 old ones)."""
+    from flows import entry
+
+    logs = tmp_path / ".gruflow" / "logs"
+    logs.mkdir(parents=True)
+    old = [logs / f"20200101T0000{i:02d}-1.log" for i in range(60)]
+    for f in old:
+        f.write_text("old\n")
+    code = entry.run(_failing, argparse.Namespace(command="history"), tmp_path)
+    kept = sorted(logs.glob("*.log"))
+    assert code == 2 and len(kept) == entry.KEEP_LOGS == 50
+    assert kept[:-1] == old[-49:] and "GruflowError: bad source" in kept[-1].read_text()
+
+
+def test_log_folder_that_cannot_be_made_falls_back_to_temp(project, tmp_path):
+    """`.gruflow` is a file (or the project read-only): the log goes to the temp folder and the
+    one line names it; no traceback on the terminal."""
+    fresh = tmp_path / "project"
+    fresh.mkdir()
+    (fresh / "params.yaml").write_text((project / "params.yaml").read_text())
+    (fresh / ".gruflow").write_text("")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    out = gruflow(fresh, fault_env(tmp_path, TMPDIR=str(temp)), command="history")
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line]
+    assert len(lines) == 1 and lines == error_lines(out.stderr), out.stderr
+    log = Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log.parent == temp / "gruflow-logs" and "Traceback" in log.read_text()
+
+
+def test_traceback_goes_to_temp_when_the_log_cannot_be_written(tmp_path, monkeypatch):
+    """The project's log folder became unwritable after the command started."""
+    from flows import entry
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "blocked").write_text("")  # a file where the log folder should be
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        written = entry._write_traceback(tmp_path / "blocked" / "logs" / "x.log", exc)
+    assert written == tmp_path / "temp" / "gruflow-logs" / "x.log"
+    assert "ValueError: boom" in written.read_text()
+
+
+def test_missing_project_folder_is_one_line_and_creates_nothing(tmp_path):
+    missing = tmp_path / "nowhere"
+    out = subprocess.run(
+        [str(BIN / "gruflow"), "history", "--project", str(missing)],
+        cwd=tmp_path,
+        env=fault_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"gruflow: error: no project at {missing} — give --project the folder that holds "
+        "params.yaml\n"
+    )
+    assert not missing.exists()
+
+
+def test_prefect_startup_wait_is_180_s_unless_the_user_set_one(tmp_path, monkeypatch):
+    """Prefect's temporary server gets 180 s (its default 20 s fails on a busy 2-core
+    machine); a value the user exported is kept. Set before the command (and Prefect) runs."""
+    from flows import entry
+
+    seen = []
+
+    def command(args):
+        seen.append(os.environ.get(entry.STARTUP_ENV))
+        return 0
+
+    monkeypatch.delenv(entry.STARTUP_ENV, raising=False)
+    assert entry.run(command, argparse.Namespace(command="run"), tmp_path) == 0
+    assert entry.STARTUP_ENV not in os.environ  # restored after the command
+    monkeypatch.setenv(entry.STARTUP_ENV, "400")
+    assert entry.run(command, argparse.Namespace(command="run"), tmp_path) == 0
+    assert seen == ["180", "400"]

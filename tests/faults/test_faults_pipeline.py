@@ -1,7 +1,8 @@
 """Faults at the real entry point (`gruflow run` processes) on one tiny project, in order:
 two concurrent fresh runs under a CPU hog, a bad source after the good run, SIGKILL during a
-data stage, during train and right after the registry created the version, then a failed
-`dvc push` and credentials in both URLs against a real MLflow server. Each test leaves the
+data stage, during train, during each of ingest, tokenize, embed, tune and evaluate in turn,
+right after the registry created the version, then a failed `dvc push` and credentials in
+both URLs against a real MLflow server. Each test leaves the
 project as the good run left it (up to new MLflow runs and versions)."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.faults.kit import (
     gruflow,
     kill_when,
     runs_by_status,
+    stage_command_running,
     start,
     temp_leftovers,
     versions,
@@ -134,25 +136,65 @@ def _set_source(project: Path, source: str) -> str:
     return original
 
 
-@pytest.mark.parametrize("case", ["missing", "cleans-to-nothing"])
-def test_bad_source_after_good_run_leaves_project_identical(trained, case):
-    """missing: ingest fails (DVC deleted its outputs; they come back). cleans-to-nothing:
-    ingest succeeds on the new source, clean fails; the run rolls ingest back too."""
-    project, env, base = trained["project"], trained["env"], trained["base"]
-    before = digests(project, *OUTPUTS)
-    source = base / f"{case}.jsonl"
+# case: (what the error line says, the warning lines before it: `{source}` is the path)
+BAD_SOURCES = {
+    "missing": ("does not exist", []),
+    "cleans-to-nothing": ("stage clean failed: ", []),
+    # UTF-16 is mostly NUL bytes: the reader skips the file with a warning (a run whose other
+    # files are good goes on, counting it); with nothing else the error counts it too
+    "utf16.txt": (
+        "yielded no documents (1 files: 0 empty, 1 skipped as binary;",
+        [
+            "{source}: skipped, looks binary (over 30% control or non-UTF-8 bytes) — "
+            "convert text to UTF-8"
+        ],
+    ),
+    "image.png": ("unsupported file type", []),
+    "no-text-column.jsonl": ("no column 'text' (has ['body'])", []),
+    "int64-text.parquet": ("column 'text' holds int64, not text", []),
+}
+
+
+def _bad_source(base: Path, case: str) -> Path:
+    source = base / (case if "." in case else f"{case}.jsonl")
+    lines = [f"the parser reads line {i} of the corpus." for i in range(200)]
     if case == "cleans-to-nothing":
         source.write_text("".join(json.dumps({"text": "ab"}) + "\n" for _ in range(50)))
+    elif case == "utf16.txt":
+        source.write_text("\n".join(lines), encoding="utf-16")
+    elif case == "image.png":
+        source.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16)
+    elif case == "no-text-column.jsonl":
+        source.write_text("".join(json.dumps({"body": line}) + "\n" for line in lines))
+    elif case == "int64-text.parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": pa.array(range(200), pa.int64())}), source)
+    return source
+
+
+@pytest.mark.parametrize("case", list(BAD_SOURCES))
+def test_bad_source_after_good_run_leaves_project_identical(trained, case):
+    """missing, UTF-16, PNG, JSONL without the text key, Parquet with an int64 text column:
+    ingest fails (DVC deleted its outputs; they come back). cleans-to-nothing: ingest succeeds
+    on the new source, clean fails; the run rolls ingest back too. The whole stderr is the
+    one error line (after the reader's warning naming a skipped file, for UTF-16)."""
+    project, env, base = trained["project"], trained["env"], trained["base"]
+    before = digests(project, *OUTPUTS)
+    source = _bad_source(base, case)
     original = _set_source(project, str(source))
     try:
         out = gruflow(project, env, "--no-push")
     finally:
         (project / "params.yaml").write_text(original)
     assert out.returncode == 2, out.stderr[-3000:]
-    lines = error_lines(out.stderr)
-    stage = "ingest" if case == "missing" else "clean"
-    assert len(lines) == 1 and lines[0].startswith(f"gruflow: error: stage {stage} failed: ")
-    assert "Traceback" not in out.stderr
+    says, warnings = BAD_SOURCES[case]
+    stage = "clean" if case == "cleans-to-nothing" else "ingest"
+    *before_error, line = [x for x in out.stderr.splitlines() if x]
+    assert before_error == [w.format(source=source) for w in warnings], out.stderr
+    assert line.startswith(f"gruflow: error: stage {stage} failed: ") and says in line, line
+    assert line.endswith(".log)") and error_lines(out.stderr) == [line]
     assert digests(project, *OUTPUTS) == before
     assert UP_TO_DATE in dvc_status(project, env)
     assert "Traceback" in _log_of(out.stderr, project).read_text()
@@ -189,6 +231,63 @@ def test_sigkill_during_train_then_rerun(trained):
     rerun = gruflow(project, env, "--no-push")
     assert "train: resuming after epoch 1" in rerun.stdout + rerun.stderr
     _after_rerun(trained, rerun, "train")
+
+
+KILLED_STAGES = ("ingest", "tokenize", "embed", "tune", "evaluate")
+
+
+def test_sigkill_during_each_other_stage_then_rerun(trained):
+    """The outputs of ingest, tokenize, embed, tune (and its journal) and evaluate are gone
+    with their cached copies, so one run after another reruns them; each run is killed while
+    the next of these stages runs (its command alive below gruflow; tune: once a trial is
+    complete in its journal), after the stage killed before it ran again. A final run ends
+    as the uninterrupted run did."""
+    project, env, base = trained["project"], trained["env"], trained["base"]
+    for stage in KILLED_STAGES:
+        _uncache_stage(project, stage)
+    shutil.rmtree(project / "artifacts" / "tune")  # the journal: tune's trials must run again
+    for before, stage in zip((None, *KILLED_STAGES), KILLED_STAGES, strict=False):
+        proc = start(project, env, base / f"kill-{stage}", "--no-push")
+        if stage == "tune":
+            kill_when(proc, lambda: _completed_trials(project) > 0)
+        else:
+            kill_when(proc, lambda p=proc, s=stage: stage_command_running(p, s))
+        out = (base / f"kill-{stage}.out").read_text()
+        assert f"Running stage '{stage}'" in out, out[-3000:]
+        assert before is None or f"Running stage '{before}'" in out, out[-3000:]
+    rerun = gruflow(project, env, "--no-push")
+    assert "Running stage 'evaluate'" in rerun.stdout
+    _after_rerun(trained, rerun, "evaluate")
+
+
+def _uncache_stage(project: Path, stage: str) -> None:
+    """Delete every output of `stage` and its copy in the DVC cache (a folder's manifest),
+    and the run cache, so DVC runs the stage again instead of restoring it."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+    for out in lock["outs"]:
+        path = project / out["path"]
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        md5 = out["md5"]
+        (project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
+def _completed_trials(project: Path) -> int:
+    """Trials the tune stage's Optuna journal records as COMPLETE (state 1 in op 6)."""
+    journal = project / "artifacts" / "tune" / "study.journal"
+    if not journal.is_file():
+        return 0
+    count = 0
+    for line in journal.read_text().splitlines():
+        try:
+            op = json.loads(line)
+        except ValueError:  # the line being written
+            continue
+        count += op.get("op_code") == 6 and op.get("state") == 1
+    return count
 
 
 def test_sigkill_right_after_created_version_then_rerun(trained, tmp_path):

@@ -73,7 +73,21 @@ CASES: dict[str, tuple[str, bytes | None, dict, int, int]] = {
         200,
         4,
     ),
-    "no-content-type": ("POST", _json({"dataframe_records": _records(1)}), {}, 415, 50),
+    "no-content-type": ("POST", _json({"dataframe_records": _records(1)}), {}, 415, 30),
+    "latin-1-charset": (
+        "POST",
+        '{"dataframe_records": [{"text": "café"}]}'.encode("latin-1"),
+        {"Content-Type": "application/json; charset=latin-1"},
+        415,
+        20,
+    ),
+    "integer-4301-digits": (  # json.loads: ValueError, not JSONDecodeError
+        "POST",
+        b'{"dataframe_records": [{"text": "a"}], "params": {"seed": ' + b"7" * 4301 + b"}}",
+        JSON,
+        400,
+        20,
+    ),
     "text-plain": ("POST", b"the parser", {"Content-Type": "text/plain"}, 415, 20),
     "deep-json-50000": (
         "POST",
@@ -103,7 +117,7 @@ CASES: dict[str, tuple[str, bytes | None, dict, int, int]] = {
         _json({"dataframe_records": _records(1), "params": {"max_tokens": 5}}),
         JSON,
         400,
-        50,
+        30,
     ),
     "temperature-Infinity": (
         "POST",
@@ -284,6 +298,8 @@ def test_hostile_mix_gets_no_5xx_and_the_server_stays_up(server):
     ("case", "mentions"),
     [
         ("no-content-type", "Content-Type: application/json"),
+        ("latin-1-charset", "UTF-8"),
+        ("integer-4301-digits", "more than 4300 digits"),
         ("deep-json-50000", "nested too deeply"),
         ("65-records", "serve.max_records"),
         ("1MB-text-score", "serve.max_request_bytes"),
