@@ -432,3 +432,19 @@ def test_masked_objective_tunes_in_its_own_study_deterministically(tmp_path, pro
     assert summary["n_trials"]["complete"] >= 1 and math.isfinite(summary["best_value"])
     trial = tune.trial_params(p, {})
     assert tune.fit_trial(trial, data, []) == tune.fit_trial(trial, data, [])
+
+
+def test_journal_lock_of_the_stage_storage_resolves_so_a_stale_one_expires(tmp_path, monkeypatch):
+    """Optuna's journal lock is a symlink to the journal's path, read from the link's folder;
+    with the stage's relative `paths.tune_dir` the link dangled, Optuna could never read its
+    age and, after a kill left it, waited forever. The storage's path is absolute: a lock as
+    Optuna makes it resolves, so its 30 s grace period applies."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    storage = tune_study.open_storage(parse_params(copy.deepcopy(DEFAULTS)))
+    journal = storage._backend._file_path
+    assert os.path.isabs(journal) and Path(journal).is_file()
+    lock = Path(journal + ".lock")
+    os.symlink(journal, lock)  # what JournalFileSymlinkLock.acquire does
+    assert os.stat(lock).st_mtime > 0  # raised FileNotFoundError with the relative path

@@ -59,7 +59,10 @@ def open_storage(p: Params) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(p.paths.tune_dir).mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(Path(p.paths.tune_dir) / "study.journal")))
+        # absolute: Optuna's lock is a symlink to this path, resolved from the link's folder; a
+        # relative target dangles, and after a kill Optuna waits on the stale lock forever
+        journal = (Path(p.paths.tune_dir) / "study.journal").resolve()
+        return JournalStorage(JournalFileBackend(str(journal)))
     if url.startswith("sqlite") and p.tune.n_workers > 1:
         raise GruflowError(
             "tune.storage: SQLite cannot take parallel writers — use a journal "
