@@ -28,7 +28,14 @@ from pathlib import Path
 from components import verbosity
 from components.errors import GruflowError
 from flows import interrupt
-from flows.rollback import NOT_RESTORED
+from flows.rollback import (
+    AFTER_STAGES,
+    KEPT,
+    NOT_RESTORED,
+    NOT_RESTORED_HINT,
+    RESTORED,
+    has_note,
+)
 from flows.secrets import redact
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -153,10 +160,11 @@ def prepare(root: Path, prefect_logging: bool = True) -> Path:
 def explain(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line saying what failed and what to do)."""
     text = " ".join(str(exc).split())
-    if isinstance(exc, GruflowError):
-        return 2, str(exc)
-    if isinstance(exc, OneLineError):
-        return 1, str(exc)
+    if isinstance(exc, GruflowError | OneLineError):
+        line = str(exc)
+        if has_note(exc, NOT_RESTORED):  # the stage's message said they were kept
+            line = line.replace(KEPT, "") + NOT_RESTORED_HINT
+        return (2 if isinstance(exc, GruflowError) else 1), line
     if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in text:
         return 1, (
             f"Prefect's temporary server did not start within {os.environ.get(STARTUP_ENV)}"
@@ -189,12 +197,16 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     """What an interruption left: the stage stopped and (unless the rollback itself failed,
     see flows.rollback) the outputs as they were before the run."""
     how = exc.args[0] if isinstance(exc, interrupt.Interrupted) else "SIGINT"
-    if NOT_RESTORED in getattr(exc, "__notes__", []):
+    if has_note(exc, NOT_RESTORED):
         return (
             f"interrupted ({how}): stopped, but the previous outputs could not be restored"
             " — run `dvc checkout`"
         )
-    return f"interrupted ({how}): stopped, previous outputs restored"
+    if has_note(exc, RESTORED):
+        return f"interrupted ({how}): stopped, previous outputs restored"
+    if has_note(exc, AFTER_STAGES):
+        return f"interrupted ({how}): stopped after the stages finished; their outputs are kept"
+    return f"interrupted ({how}): stopped before any stage changed an output"
 
 
 def _write_traceback(log_file: Path, exc: BaseException) -> Path:

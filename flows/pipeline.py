@@ -22,7 +22,7 @@ from components.params import Params, load_params
 from flows import card, classifier, placement, registry, tracking
 from flows.interrupt import end_killed
 from flows.project_lock import project_lock, sweep_temp
-from flows.rollback import keep_outputs
+from flows.rollback import after_stages, keep_outputs
 from flows.secrets import redact, redacted_errors
 from flows.stages import STAGES, StageTimeout, all_outs, is_changed, reproduce, stage_timeout
 
@@ -199,23 +199,26 @@ def _run(root: Path, params: Params, force: bool, result: PipelineResult, done: 
                     result.metrics = logged
                 if ran:
                     result.executed.append(stage)
-        result.model_version, result.decision = register_and_gate(
-            root, params, parent.info.run_id, result.metrics
-        )
-        # the parent run carries the outcome, so MLflow's runs table compares pipelines
-        mlflow.log_metrics(
-            tracking.numbers(result.metrics or tracking.read_metrics(root / params.paths.reports))
-        )
-        mlflow.set_tags({"gate.decision": result.decision[:5000]})
-        _, ran = classifier.finetune_and_register(root, params, force)
-        if ran and params.finetune.source:  # off, the stage is a no-op marker: not listed
-            result.executed.append("finetune")
-        mlflow.set_tags(
-            {
-                **tracking.lineage_tags(root, params, str(flow_run.id or "")),
-                "executed_stages": ",".join(result.executed) or "none",
-            }
-        )
+        with after_stages():  # a failure from here on keeps the stages' good outputs
+            result.model_version, result.decision = register_and_gate(
+                root, params, parent.info.run_id, result.metrics
+            )
+            # the parent run carries the outcome, so MLflow's runs table compares pipelines
+            mlflow.log_metrics(
+                tracking.numbers(
+                    result.metrics or tracking.read_metrics(root / params.paths.reports)
+                )
+            )
+            mlflow.set_tags({"gate.decision": result.decision[:5000]})
+            _, ran = classifier.finetune_and_register(root, params, force)
+            if ran and params.finetune.source:  # off, the stage is a no-op marker: not listed
+                result.executed.append("finetune")
+            mlflow.set_tags(
+                {
+                    **tracking.lineage_tags(root, params, str(flow_run.id or "")),
+                    "executed_stages": ",".join(result.executed) or "none",
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from flows import resources, retrain_report, tracking
 from flows.placement import push_after_run
 from flows.project_lock import project_lock
 from flows.retrain_drift import Drifted, drift_record, measure_drift, record_costs
-from flows.rollback import keep_outputs, rolled_back
+from flows.rollback import keep_outputs, stages_failed
 from flows.secrets import redact, redacted_errors
 from flows.stages import reproduce
 
@@ -180,12 +180,11 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
     os.chdir(root)  # stage commands resolve params.yaml and outputs from the working directory
     with exclusive(root, wait):
         tracking_uri = tracking.configure(root, params.mlflow.experiment)
-        started: list[bool] = []  # the pipeline flow was called
         # ingest and clean run here, before the pipeline (whose own rollback covers only its
-        # stages): a failure before the pipeline, or one its stages rolled back, puts the
+        # stages): a failure anywhere before the pipeline's stages all succeeded puts the
         # outputs, dvc.lock and reports/resources.json back as they were before the retrain;
-        # one after its stages (registration) keeps the good outputs, as `gruflow run` does
-        with keep_outputs(root, restore_if=lambda exc: not started or rolled_back(exc)):
+        # one after them (registration, finetune) keeps the good outputs, as `gruflow run` does
+        with keep_outputs(root, restore_if=stages_failed):
             ran = ["ingest"] if refresh_source(root, params.orchestration.stage_timeout) else []
             unchanged, version, reason = what_changed(root, params)
             forced = force or params.retrain.policy == "always"
@@ -195,7 +194,6 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
                 drifted = measure_drift(root, params, reason, forced)
                 ran += ["clean"] if drifted.clean_ran else []
                 if force or drifted.decision.retrain:
-                    started.append(True)
                     result = _train(root, params, drifted, ran, forced)
                 else:
                     champion = str(drifted.report.get("champion") or version)

@@ -13,13 +13,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 NOT_RESTORED = "gruflow: the previous outputs could not be restored"
-RESTORED = "gruflow: outputs restored"  # an outer block knows an inner one rolled back
+RESTORED = "gruflow: outputs restored"
+KEPT = " (previous outputs kept)"  # a failed stage's line says so; NOT_RESTORED overrides
+NOT_RESTORED_HINT = " (the previous outputs could not be restored — run `dvc checkout`)"
+AFTER_STAGES = "gruflow: failed after the stages (their outputs are good and kept)"
 
 
 def _target(root: Path, stage: str) -> str:
@@ -85,9 +90,53 @@ def _restore(
             repo.checkout(targets=targets, force=True)
 
 
-def rolled_back(exc: BaseException) -> bool:
-    """A `keep_outputs` block this exception left restored the outputs it guarded."""
-    return RESTORED in getattr(exc, "__notes__", [])
+def has_note(exc: BaseException | None, note: str) -> bool:
+    """`note` on the exception or one it was raised during or from (Prefect re-raises a
+    SIGTERM as a new exception while the first, which carries the notes, is handled)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if note in getattr(exc, "__notes__", []):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if note not in getattr(exc, "__notes__", []):
+        exc.add_note(note)
+
+
+@contextlib.contextmanager
+def after_stages() -> Iterator[None]:
+    """Wraps what a run does once its stages succeeded (registration, finetune): a failure
+    there is marked, so an outer `keep_outputs(..., restore_if=stages_failed)` (a retrain
+    around its ingest, clean and pipeline) keeps the good outputs."""
+    try:
+        yield
+    except BaseException as exc:
+        _add_note(exc, AFTER_STAGES)
+        raise
+
+
+def stages_failed(exc: BaseException) -> bool:
+    """The failure came before the run's stages had all succeeded."""
+    return not has_note(exc, AFTER_STAGES)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT/SIGTERM ignored while outputs are put back (a second Ctrl-C, `kill` twice or
+    `docker stop` would otherwise cut the restore short); only the main thread can set them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -121,14 +170,14 @@ def keep_outputs(
         except BaseException as exc:
             if not _refused(exc) and (restore_if is None or restore_if(exc)):
                 try:
-                    _restore(root, stages, outs, existed, store)
+                    with _signals_ignored():
+                        _restore(root, stages, outs, existed, store)
                     log.info("failed: outputs of %s restored", ", ".join(stages or ["all"]))
-                    if RESTORED not in getattr(exc, "__notes__", []):
-                        exc.add_note(RESTORED)
-                except Exception:
+                    _add_note(exc, RESTORED)
+                except BaseException:
                     log.exception(
                         "the previous outputs could not be restored: run "
                         "`dvc checkout` (reports without a DVC cache are lost)"
                     )
-                    exc.add_note(NOT_RESTORED)  # the CLI's one line must not claim otherwise
+                    _add_note(exc, NOT_RESTORED)  # the CLI's one line must not claim otherwise
             raise

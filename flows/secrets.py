@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 
+from components.errors import GruflowError
+
 # scheme://user:password@host -> the password is everything between the first ':' of the
 # userinfo and the last '@' before the host (passwords may contain '@' and ':').
 _USERINFO = re.compile(
@@ -25,6 +27,10 @@ def redact(text: str) -> str:
 
 class RedactedError(RuntimeError):
     """An error whose message held a credential: the same message, redacted."""
+
+
+class RedactedUserError(GruflowError):
+    """A user error (exit 2) whose message held a credential, redacted."""
 
 
 class RedactFilter(logging.Filter):
@@ -60,7 +66,11 @@ def redacted_errors(fn):
         except Exception as exc:
             text = str(exc)
             if redact(text) != text:
-                raise RedactedError(f"{type(exc).__name__}: {redact(text)}") from None
+                kind = RedactedUserError if isinstance(exc, GruflowError) else RedactedError
+                clean = kind(f"{type(exc).__name__}: {redact(text)}")
+                for note in getattr(exc, "__notes__", []):  # e.g. whether outputs came back
+                    clean.add_note(redact(note))
+                raise clean from None
             raise
 
     return wrapper

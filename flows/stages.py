@@ -14,7 +14,7 @@ from pathlib import Path
 from components.errors import STAGE_ERROR_ENV, GruflowError
 from flows import resources
 from flows.interrupt import Interrupted
-from flows.rollback import keep_outputs
+from flows.rollback import KEPT, keep_outputs
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _stage_error(stage: str, error_file: Path) -> Exception | None:
         report.get("traceback", ""),
     )
     kind = StageFailed if report.get("code") == 2 else StageCrashed
-    return kind(f"stage {stage} failed: {report.get('message', '')} (previous outputs kept)")
+    return kind(f"stage {stage} failed: {report.get('message', '')}{KEPT}")
 
 
 def _stopped_by_sigint(exc: BaseException) -> bool:
