@@ -57,7 +57,10 @@ async def _call(
         "type": "http",
         "method": method,
         "path": path,
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in (headers if isinstance(headers, list) else headers.items())
+        ],
     }
     size = max(1, len(body) // chunks + 1)
     parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
@@ -132,14 +135,104 @@ def test_integer_too_long_for_python_is_400_json(limits):
     assert "integer of more than 4300 digits" in json.loads(answer)["message"]
 
 
+class _Reached(Exception):
+    """Raised when MLflow's `invocations` gets past its Content-Type checks to the model."""
+
+
+class _NoModel:
+    @property
+    def metadata(self):
+        raise _Reached
+
+
+def mlflow_accepts(content_type: str) -> bool:
+    """MLflow 3's own verdict on a Content-Type: its real `invocations`, stopped at the model."""
+    from mlflow.pyfunc.scoring_server import invocations
+
+    try:
+        answer = invocations(GOOD.encode(), content_type, _NoModel(), None)
+    except _Reached:
+        return True
+    assert answer.status == 415, answer
+    return False
+
+
 @pytest.mark.parametrize(
-    "content_type",
-    ["application/json; charset=utf-8", 'application/json; Charset="UTF8"', "application/json;"],
+    ("content_type", "accepted"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("application/json;charset=UTF-8", True),
+        (" application/json ;  charset=Utf-8 ", True),
+        ("application/json; charset=latin-1; charset=utf-8", True),  # MLflow: the last one wins
+        ('APPLICATION/JSON; Charset="UTF-8"', False),
+        ("Application/json", False),
+        ('application/json; charset="utf-8"', False),
+        ("application/json; charset=utf8", False),
+        ("application/json; charset = utf-8", False),
+        ("application/json; Charset=utf-8", False),
+        ("application/json;", False),
+        ("application/json; charset=utf-8;", False),
+        ("application/json; foo=bar", False),
+        ("application/json; charset=utf-8; charset=latin-1", False),
+        ("application/json; charset=utf-16", False),
+    ],
 )
-def test_utf8_charset_is_accepted(limits, content_type):
+def test_content_type_accepted_exactly_as_mlflow_does(limits, content_type, accepted):
+    assert mlflow_accepts(content_type) is accepted
     inner = Inner()
-    got = run(ServeGuard(inner, limits), GOOD.encode(), {"Content-Type": content_type})
-    assert got == (200, GOOD.encode()) and inner.calls == 1
+    got, answer = run(ServeGuard(inner, limits), GOOD.encode(), {"Content-Type": content_type})
+    if accepted:
+        assert (got, answer, inner.calls) == (200, GOOD.encode(), 1)
+    else:
+        assert got == 415 and inner.calls == 0
+        assert json.loads(answer)["error_code"] == "UNSUPPORTED_MEDIA_TYPE"
+
+
+@pytest.mark.parametrize("first", ["text/csv", "application/json"])
+def test_more_than_one_content_type_is_refused(limits, first):
+    """Starlette (so MLflow) reads the first of repeated headers; the guard refuses them all."""
+    inner = Inner()
+    headers = [("Content-Type", first), ("Content-Type", "application/json")]
+    got, answer = run(ServeGuard(inner, limits), GOOD.encode(), headers)
+    assert got == 415 and inner.calls == 0
+    assert "one Content-Type header" in json.loads(answer)["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"dataframe_records": [{"text": "\\ud800"}]}', "text row 0"),
+        ('{"inputs": {"text": ["a", "b \\udfff c"]}}', "text row 1"),
+        ('{"dataframe_records": [{"text": "a"}], "params": {"mode": "\\ud800"}}', "params.mode"),
+    ],
+    ids=["record", "column", "param"],
+)
+def test_text_that_is_not_unicode_is_400_json(limits, body, field):
+    """A lone surrogate, spelled as a JSON escape, would reach the tokenizer (TypeError) and
+    MLflow would answer with the server's stack trace."""
+    inner = Inner()
+    got, answer = run(ServeGuard(inner, limits), body.encode())
+    message = json.loads(answer)["message"]
+    assert got == 400 and inner.calls == 0
+    assert message.startswith(field) and "UTF-8" in message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_not_in_utf8_is_400_json(limits, encoding):
+    inner = Inner()
+    got, answer = run(ServeGuard(inner, limits), GOOD.encode(encoding))
+    assert got == 400 and inner.calls == 0
+    assert "not valid UTF-8 JSON" in json.loads(answer)["message"]
+
+
+def test_a_utf8_body_with_a_bom_is_taken_as_mlflow_takes_it(limits):
+    from mlflow.pyfunc.scoring_server import _decode_json_input
+
+    body = b"\xef\xbb\xbf" + GOOD.encode()
+    assert _decode_json_input(body) == json.loads(GOOD)  # MLflow skips the BOM
+    inner = Inner()
+    assert run(ServeGuard(inner, limits), body) == (200, body) and inner.calls == 1
 
 
 def test_other_paths_and_methods_pass_through(limits):

@@ -6,10 +6,13 @@ Usage: `app = ServeGuard(mlflow.pyfunc.scoring_server.init(model), params.serve)
 (AttributeError) and to JSON nested thousands deep (RecursionError), accepts NaN/Infinity, drops
 unknown params with a warning and has no size limits; the guard closes those gaps:
 
-- POST /invocations without `Content-Type: application/json`, or with a charset other than
-  UTF-8 (MLflow would answer its own plain-text 415): 415
+- POST /invocations not sent as JSON, or whose Content-Type MLflow 3 would refuse with its own
+  plain-text 415 (its exact rule: `application/json`, at most the option `charset=utf-8`, see
+  `_check_content_type`), or with more than one Content-Type header: 415
 - a body over `serve.max_request_bytes` (declared or streamed): 413
-- not JSON, nested too deep, an integer too long for Python (MLflow: 500), NaN/Infinity,
+- not strictly UTF-8 (a UTF-16 body; one leading UTF-8 BOM is skipped, as MLflow does), a text
+  or string param that cannot be encoded as UTF-8 (a lone surrogate spelled `\\ud800`),
+  not JSON, nested too deep, an integer too long for Python (MLflow: 500), NaN/Infinity,
   another shape than one data key (+ `params`), a record whose `text` is not a non-empty
   string, more than `serve.max_records` records, an unknown or out-of-range param in either
   mode, a generate request over `serve.max_generated_tokens`: 400 with a message naming the field
@@ -80,11 +83,35 @@ def _no_constants(name: str) -> None:
     raise BadRequest(f"{name} is not a number JSON allows — send a finite number")
 
 
+def _check_utf8(text: str, field: str) -> None:
+    """A JSON escape can spell a lone surrogate ("\\ud800"), which no UTF-8 encoder takes (the
+    tokenizer raises TypeError, and MLflow answers with its stack trace)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(
+            f"{field} is not valid Unicode ({exc.reason} at character {exc.start})"
+            " — send text that can be encoded as UTF-8"
+        ) from None
+
+
+def _check_strings(texts: list[str], params: object) -> None:
+    for i, text in enumerate(texts):
+        _check_utf8(text, f"text row {i}")
+    if isinstance(params, dict):
+        for name, value in params.items():
+            _check_utf8(name, "a params name")
+            if isinstance(value, str):
+                _check_utf8(value, f"params.{name}")
+
+
 def check_request(body: bytes, limits: Serve, defaults: dict | None = None) -> None:
     """Raise BadRequest when the model should not see this body (`defaults`: the model's own
     request defaults, so a request without max_new_tokens is capped by the one it gets)."""
     try:
-        payload = json.loads(body, parse_constant=_no_constants)
+        # strictly UTF-8 (json.loads on bytes would also take UTF-16/32); one leading UTF-8 BOM
+        # is skipped, as MLflow's json.loads(bytes) does
+        payload = json.loads(body.decode("utf-8-sig"), parse_constant=_no_constants)
     except RecursionError:
         raise BadRequest("the JSON is nested too deeply") from None
     except BadRequest:  # NaN/Infinity (_no_constants); a ValueError too
@@ -103,6 +130,7 @@ def check_request(body: bytes, limits: Serve, defaults: dict | None = None) -> N
             f"{limits.max_records} — split the request"
         )
     check_texts(texts)
+    _check_strings(texts, payload.get("params"))
     params = check_params(payload.get("params"), defaults)
     if (
         params["mode"] == "generate"
@@ -137,21 +165,8 @@ class ServeGuard:
             await self.app(scope, _replay(body), send)
 
     async def _admit(self, scope: Scope, receive: Receive) -> bytes:
+        _check_content_type(scope["headers"])
         headers = dict(scope["headers"])
-        mime, *options = headers.get(b"content-type", b"").lower().split(b";")
-        if mime.strip() != b"application/json":
-            raise Refused(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "send the body as JSON with the header 'Content-Type: application/json'",
-            )
-        if any(_charset(o) not in (None, b"utf-8", b"utf8") for o in options):
-            raise Refused(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "the body must be UTF-8 JSON: send 'Content-Type: application/json' "
-                "(or '; charset=utf-8')",
-            )
         too_big = Refused(
             413,
             "REQUEST_TOO_LARGE",
@@ -179,10 +194,30 @@ class ServeGuard:
         return bytes(body)
 
 
-def _charset(option: bytes) -> bytes | None:
-    """The value of a `charset=...` Content-Type option (lower-case), None for other options."""
-    key, _, value = option.partition(b"=")
-    return value.strip().strip(b'"') if key.strip() == b"charset" else None
+def _check_content_type(headers: list) -> None:
+    """Refuse what MLflow 3's `invocations` would refuse with its plain-text 415, by its own rule:
+    the value split on ';' and stripped, the media type compared case-sensitively, each option
+    split at its first '=' (a repeated key: the last wins), only `charset` allowed and its value,
+    lower-cased, exactly `utf-8`. Starlette hands MLflow the first Content-Type header, so more
+    than one is refused rather than guessed at."""
+    values = [v for k, v in headers if k.lower() == b"content-type"]
+    if len(values) > 1:
+        raise Refused(415, "UNSUPPORTED_MEDIA_TYPE", "send one Content-Type header, not several")
+    parts = [p.strip() for p in (values[0].decode("latin-1") if values else "").split(";")]
+    options = {key: value for key, _, value in (p.partition("=") for p in parts[1:])}
+    if options.get("charset", "utf-8").lower() != "utf-8" or set(options) - {"charset"}:
+        raise Refused(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "the body must be UTF-8 JSON: send exactly 'Content-Type: application/json' "
+            "(or 'application/json; charset=utf-8')",
+        )
+    if parts[0] != "application/json":
+        raise Refused(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the body as JSON with the header 'Content-Type: application/json'",
+        )
 
 
 def _replay(body: bytes) -> Receive:
