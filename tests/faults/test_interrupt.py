@@ -188,10 +188,14 @@ def test_first_signal_raises_later_ones_wait_for_the_block():
 def test_the_line_says_whether_the_outputs_came_back():
     from flows.entry import interrupted_line
     from flows.interrupt import Interrupted, exit_code
-    from flows.rollback import NOT_RESTORED
+    from flows.rollback import NOT_RESTORED, RESTORED
 
     assert exit_code(KeyboardInterrupt()) == 130 and exit_code(Interrupted(signal.SIGINT)) == 130
-    exc = Interrupted(signal.SIGINT)
+    exc = Interrupted(signal.SIGINT)  # no rollback ran: nothing is claimed
+    assert interrupted_line(exc) == (
+        "interrupted (SIGINT): stopped before any stage changed an output"
+    )
+    exc.add_note(RESTORED)  # what keep_outputs adds when it put the outputs back
     assert interrupted_line(exc) == "interrupted (SIGINT): stopped, previous outputs restored"
     exc.add_note(NOT_RESTORED)  # what keep_outputs adds when its own restore failed
     assert interrupted_line(exc).endswith("could not be restored — run `dvc checkout`")
