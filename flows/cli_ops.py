@@ -36,27 +36,31 @@ def _prefect(
 def _retrain(args: argparse.Namespace) -> int:
     from flows import tracking
     from flows.project_lock import project_lock
+    from flows.rollback import keep_outputs, stages_failed
 
     root = Path(args.project).resolve()
     load_params(root / "params.yaml")
     tracking.check_reachable(tracking.store_uri(root))
     with project_lock(root, wait=not args.no_wait, command="gruflow retrain"):
         params = load_params(root / "params.yaml")
-        # nothing changed: decided before Prefect starts (flows/noop.py); policy `always`
-        # trains even then, as the flow does
-        if not args.force and params.retrain.policy != "always":
-            from flows.noop import retrain_skipped
+        # the pre-Prefect check forces an ingest: a failure before the retrain's stages all
+        # succeeded puts it back too (flows/rollback.py), as the flow does for what it runs
+        with keep_outputs(root, restore_if=stages_failed):
+            # nothing changed: decided before Prefect starts (flows/noop.py); policy `always`
+            # trains even then, as the flow does
+            if not args.force and params.retrain.policy != "always":
+                from flows.noop import retrain_skipped
 
-            reason = retrain_skipped(root, params)
-            if reason:
-                print(f"gruflow: retrain skipped — {reason}")
-                _print_costs(root, ["ingest"], None)
-                return 0
-        from flows.interrupt import own_server
-        from flows.retrain import retrain
+                reason = retrain_skipped(root, params)
+                if reason:
+                    print(f"gruflow: retrain skipped — {reason}")
+                    _print_costs(root, ["ingest"], None)
+                    return 0
+            from flows.interrupt import own_server
+            from flows.retrain import retrain
 
-        with own_server():  # Prefect's temporary server, out of reach of the terminal's Ctrl-C
-            r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
+            with own_server():  # Prefect's temporary server, out of reach of the terminal's Ctrl-C
+                r = retrain(project=str(root), force=args.force, wait=not args.no_wait)
     if r.skipped:
         print(f"gruflow: retrain skipped — {r.reason} (MLflow run {r.run_id}, {r.seconds:.1f} s)")
         _print_costs(root, r.executed, r.cost)

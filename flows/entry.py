@@ -177,7 +177,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
             "this project: wait for it to finish, then run again"
         )
     first = text[:300] + ("…" if len(text) > 300 else "")
-    return 1, f"{type(exc).__name__}: {first}"
+    hint = NOT_RESTORED_HINT if has_note(exc, NOT_RESTORED) else ""
+    return 1, f"{type(exc).__name__}: {first}{hint}"
 
 
 INTERRUPTED_CODES = (128 + 2, 128 + 15)  # SIGINT, SIGTERM
@@ -202,11 +203,11 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
             f"interrupted ({how}): stopped, but the previous outputs could not be restored"
             " — run `dvc checkout`"
         )
+    if has_note(exc, AFTER_STAGES):  # before RESTORED: finetune's own rollback adds that
+        return f"interrupted ({how}): stopped after the stages finished; their outputs are kept"
     if has_note(exc, RESTORED):
         return f"interrupted ({how}): stopped, previous outputs restored"
-    if has_note(exc, AFTER_STAGES):
-        return f"interrupted ({how}): stopped after the stages finished; their outputs are kept"
-    return f"interrupted ({how}): stopped before any stage changed an output"
+    return f"interrupted ({how}): stopped; no outputs were rolled back"
 
 
 def _write_traceback(log_file: Path, exc: BaseException) -> Path:

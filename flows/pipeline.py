@@ -22,7 +22,7 @@ from components.params import Params, load_params
 from flows import card, classifier, placement, registry, tracking
 from flows.interrupt import end_killed
 from flows.project_lock import project_lock, sweep_temp
-from flows.rollback import after_stages, keep_outputs
+from flows.rollback import AFTER_STAGES, add_note, after_stages, keep_outputs
 from flows.secrets import redact, redacted_errors
 from flows.stages import STAGES, StageTimeout, all_outs, is_changed, reproduce, stage_timeout
 
@@ -182,6 +182,23 @@ def pipeline(
 
 def _run(root: Path, params: Params, force: bool, result: PipelineResult, done: list[str]) -> None:
     """The stages, registration and finetune hook inside the parent MLflow run."""
+    stages_done: list[bool] = []
+    try:
+        _stages_then_register(root, params, force, result, done, stages_done)
+    except BaseException as exc:  # after the stages (MLflow's end_run on exit included)
+        if stages_done:
+            add_note(exc, AFTER_STAGES)
+        raise
+
+
+def _stages_then_register(
+    root: Path,
+    params: Params,
+    force: bool,
+    result: PipelineResult,
+    done: list[str],
+    stages_done: list[bool],
+) -> None:
     with mlflow.start_run(
         run_name="pipeline", tags={"gruflow.project": tracking.project_tag(root)}
     ) as parent:
@@ -199,6 +216,7 @@ def _run(root: Path, params: Params, force: bool, result: PipelineResult, done: 
                     result.metrics = logged
                 if ran:
                     result.executed.append(stage)
+        stages_done.append(True)
         with after_stages():  # a failure from here on keeps the stages' good outputs
             result.model_version, result.decision = register_and_gate(
                 root, params, parent.info.run_id, result.metrics

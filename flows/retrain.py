@@ -27,7 +27,7 @@ from flows import resources, retrain_report, tracking
 from flows.placement import push_after_run
 from flows.project_lock import project_lock
 from flows.retrain_drift import Drifted, drift_record, measure_drift, record_costs
-from flows.rollback import keep_outputs, stages_failed
+from flows.rollback import after_stages, keep_outputs, stages_failed
 from flows.secrets import redact, redacted_errors
 from flows.stages import reproduce
 
@@ -199,7 +199,8 @@ def retrain(project: str = ".", force: bool = False, wait: bool = True) -> Retra
                     champion = str(drifted.report.get("champion") or version)
                     result = _skip(root, params, champion, drifted.decision.reason, ran, drifted)
         if not result.skipped:
-            _publish(root, params, result, drifted, tracking_uri)
+            with after_stages():  # a failed push keeps the good outputs (a CLI block is outside)
+                _publish(root, params, result, drifted, tracking_uri)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -228,11 +229,12 @@ def _train(
 
     out = pipeline(project=str(root), force=forced, done=ran)
     executed = [*ran, *(s for s in out.executed if s not in ran)]
-    client = mlflow.MlflowClient()
-    client.set_tag(out.parent_run_id, "retrain", "trained")
-    client.set_tag(out.parent_run_id, "executed_stages", ",".join(executed))
-    record_costs(root, out.parent_run_id, ran, drifted)
-    drift_record(out.parent_run_id, params, drifted)
+    with after_stages():  # the stages succeeded: a failure here keeps their outputs
+        client = mlflow.MlflowClient()
+        client.set_tag(out.parent_run_id, "retrain", "trained")
+        client.set_tag(out.parent_run_id, "executed_stages", ",".join(executed))
+        record_costs(root, out.parent_run_id, ran, drifted)
+        drift_record(out.parent_run_id, params, drifted)
     return RetrainResult(
         skipped=False,
         reason=reason,

@@ -102,7 +102,7 @@ def has_note(exc: BaseException | None, note: str) -> bool:
     return False
 
 
-def _add_note(exc: BaseException, note: str) -> None:
+def add_note(exc: BaseException, note: str) -> None:
     if note not in getattr(exc, "__notes__", []):
         exc.add_note(note)
 
@@ -115,7 +115,7 @@ def after_stages() -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        _add_note(exc, AFTER_STAGES)
+        add_note(exc, AFTER_STAGES)
         raise
 
 
@@ -131,7 +131,8 @@ def _signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)  # SIGALRM: Prefect's timeouts
+    kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
     try:
         yield
     finally:
@@ -173,11 +174,11 @@ def keep_outputs(
                     with _signals_ignored():
                         _restore(root, stages, outs, existed, store)
                     log.info("failed: outputs of %s restored", ", ".join(stages or ["all"]))
-                    _add_note(exc, RESTORED)
+                    add_note(exc, RESTORED)
                 except BaseException:
                     log.exception(
                         "the previous outputs could not be restored: run "
                         "`dvc checkout` (reports without a DVC cache are lost)"
                     )
-                    _add_note(exc, NOT_RESTORED)  # the CLI's one line must not claim otherwise
+                    add_note(exc, NOT_RESTORED)  # the CLI's one line must not claim otherwise
             raise

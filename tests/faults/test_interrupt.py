@@ -192,9 +192,7 @@ def test_the_line_says_whether_the_outputs_came_back():
 
     assert exit_code(KeyboardInterrupt()) == 130 and exit_code(Interrupted(signal.SIGINT)) == 130
     exc = Interrupted(signal.SIGINT)  # no rollback ran: nothing is claimed
-    assert interrupted_line(exc) == (
-        "interrupted (SIGINT): stopped before any stage changed an output"
-    )
+    assert interrupted_line(exc) == ("interrupted (SIGINT): stopped; no outputs were rolled back")
     exc.add_note(RESTORED)  # what keep_outputs adds when it put the outputs back
     assert interrupted_line(exc) == "interrupted (SIGINT): stopped, previous outputs restored"
     exc.add_note(NOT_RESTORED)  # what keep_outputs adds when its own restore failed

@@ -126,7 +126,10 @@ def test_cli_lines_follow_the_notes_along_the_exception_chain():
     assert "previous outputs restored" in interrupted_line(chained(RESTORED))
     assert "could not be restored" in interrupted_line(chained(NOT_RESTORED))
     assert "outputs are kept" in interrupted_line(chained(AFTER_STAGES))
-    assert "before any stage changed" in interrupted_line(chained(None))
+    assert "no outputs were rolled back" in interrupted_line(chained(None))
+    finetune = chained(RESTORED)  # finetune's own rollback, then after_stages
+    finetune.__context__.add_note(AFTER_STAGES)
+    assert "outputs are kept" in interrupted_line(finetune)
 
 
 def test_redacted_errors_keep_the_notes_and_the_user_error_class():
@@ -143,6 +146,71 @@ def test_redacted_errors_keep_the_notes_and_the_user_error_class():
 
     with pytest.raises(GruflowError) as info:
         failing()
-    assert has_note(info.value, RESTORED)
+    assert RESTORED in info.value.__notes__ and has_note(info.value, RESTORED)
     code, line = explain(info.value)
     assert code == 2 and "S3cret" not in line and "user:***@host" in line
+
+
+@pytest.mark.parametrize("fails", ["stage", "registration", "end_run"])
+def test_pipeline_marks_only_failures_after_its_stages(fails, tmp_path, monkeypatch):
+    """flows.pipeline._run: a failing stage carries no AFTER_STAGES note (a retrain around it
+    restores); registration, or MLflow ending the parent run, after the stages does."""
+    import contextlib
+
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    from flows import pipeline
+    from flows.rollback import stages_failed
+
+    real_end_run = fluent.end_run
+
+    monkeypatch.setattr(utils, "_tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(pipeline, "keep_outputs", lambda root: contextlib.nullcontext())
+
+    def step(root, params, stage, force):
+        if fails == "stage" and stage == "tokenize":
+            raise RuntimeError("stage tokenize failed")
+        return False, {}
+
+    def register(*args):
+        if fails == "registration":
+            raise RuntimeError("registry down")
+        return "1", "kept"
+
+    monkeypatch.setattr(pipeline, "step", step)
+    monkeypatch.setattr(pipeline, "register_and_gate", register)
+    monkeypatch.setattr(pipeline.classifier, "finetune_and_register", lambda *a: (None, False))
+    monkeypatch.setattr(pipeline.tracking, "lineage_tags", lambda *a: {})
+    if fails == "end_run":
+
+        def end_run(*args, **kwargs):
+            raise OSError("tracking store locked")
+
+        monkeypatch.setattr(fluent, "end_run", end_run)  # what ActiveRun.__exit__ calls
+    from components.params import load_params
+    from tests.test_pipeline_e2e import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises((RuntimeError, OSError)) as info:
+        pipeline._run(tmp_path, params, False, pipeline.PipelineResult(), [])
+    if mlflow.active_run():  # end_run was patched: no run left active for later tests
+        real_end_run()
+    assert stages_failed(info.value) == (fails == "stage")
+
+
+def test_a_restore_that_raises_a_base_exception_is_noted(project, monkeypatch):
+    from flows import rollback
+    from flows.rollback import NOT_RESTORED, keep_outputs
+    from flows.stages import reproduce
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollback, "_restore", interrupted)
+    (project / "input.txt").write_text("fail-second")
+    with pytest.raises(ReproductionError) as info, keep_outputs(project):
+        reproduce(project, "first")
+        raise ReproductionError("second")
+    assert NOT_RESTORED in info.value.__notes__
