@@ -14,7 +14,7 @@ import pytest
 from dvc.exceptions import ReproductionError
 
 from tests.faults.kit import digests
-from tests.faults.test_faults_fast import _dvc_project
+from tests.faults.test_rollback_dvc import _dvc_project
 
 FILES = ("out1.txt", "m1.json", "out2.txt", "dvc.lock")
 
